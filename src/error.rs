@@ -1,0 +1,229 @@
+//! The crate's one error type.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io;
+use std::ops::Range;
+use std::time::Duration;
+
+/// Everything that can go wrong in a pool.
+///
+/// Variants name what happened and where: which index range, which worker,
+/// which signal. The enum and its struct-like variants are
+/// `#[non_exhaustive]`, so match them with `..`.
+///
+/// # Example
+/// ```
+/// use shmpool::{Error, Pool};
+///
+/// assert!(matches!(Pool::new(0), Err(Error::InvalidArgument { .. })));
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// An argument was out of range: zero workers, a length whose byte size
+    /// overflows, a call made in the wrong state.
+    #[non_exhaustive]
+    InvalidArgument {
+        /// What was wrong.
+        reason: Cow<'static, str>,
+    },
+    /// The pool was closed (or terminated) and accepts no new work.
+    Closed,
+    /// The pool was terminated (or dropped) before the job finished.
+    Terminated,
+    /// A task panicked. The job's other ranges were skipped; the pool stays
+    /// usable.
+    #[non_exhaustive]
+    TaskPanicked {
+        /// The panic message.
+        message: String,
+        /// The index range the worker was running when the task panicked.
+        range: Range<usize>,
+        /// Where the panic happened (`file:line:column`), when known.
+        location: Option<String>,
+    },
+    /// A worker process died while running part of the job (a signal, an
+    /// `abort`, an `exit`). The pool replaced it and stays usable.
+    #[non_exhaustive]
+    WorkerDied {
+        /// The process id of the worker that died.
+        pid: u32,
+        /// The signal that killed it, if it was killed by a signal.
+        signal: Option<i32>,
+        /// Its exit code, if it exited.
+        exit_code: Option<i32>,
+        /// The index range it was running, when the worker had recorded one.
+        range: Option<Range<usize>>,
+    },
+    /// A deadline passed.
+    #[non_exhaustive]
+    Timeout {
+        /// How long was waited.
+        after: Duration,
+        /// The index range concerned, when there is one.
+        range: Option<Range<usize>>,
+    },
+    /// The job was cancelled.
+    Cancelled,
+    /// The shared-memory arena has no free block large enough.
+    #[non_exhaustive]
+    OutOfSharedMemory {
+        /// Bytes asked for.
+        requested: usize,
+        /// The largest free block at the time, in bytes.
+        available: usize,
+    },
+    /// A worker left the shared control block in an impossible state. The
+    /// job it belonged to failed; the pool stays usable.
+    #[non_exhaustive]
+    Corrupted {
+        /// What was inconsistent.
+        detail: &'static str,
+    },
+    /// The call would wait on something that can only happen after the call
+    /// returns: using the pool from inside one of its own tasks, or blocking on
+    /// an unfinished result from inside a completion callback.
+    #[non_exhaustive]
+    WouldDeadlock {
+        /// Which call, and why it would deadlock.
+        reason: &'static str,
+    },
+    /// A system call failed.
+    Io(io::Error),
+}
+
+impl Error {
+    pub(crate) fn invalid(reason: impl Into<Cow<'static, str>>) -> Self {
+        Error::InvalidArgument {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The name of a signal number, as `kill -l` would print it ("SIGSEGV").
+pub(crate) fn signal_name(signal: i32) -> Cow<'static, str> {
+    match nix::sys::signal::Signal::try_from(signal) {
+        Ok(s) => Cow::Borrowed(s.as_str()),
+        Err(_) => Cow::Owned(format!("signal {signal}")),
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidArgument { reason } => write!(f, "invalid argument: {reason}"),
+            Error::Closed => f.write_str("the pool is closed and accepts no new work"),
+            Error::Terminated => f.write_str("the pool was terminated before the job finished"),
+            Error::TaskPanicked {
+                message,
+                range,
+                location,
+            } => {
+                write!(
+                    f,
+                    "task panicked on elements {}..{}: {message}",
+                    range.start, range.end
+                )?;
+                if let Some(location) = location {
+                    write!(f, " (at {location})")?;
+                }
+                Ok(())
+            }
+            Error::WorkerDied {
+                pid,
+                signal,
+                exit_code,
+                range,
+            } => {
+                write!(f, "worker process {pid} ")?;
+                match (signal, exit_code) {
+                    (Some(s), _) => write!(f, "was killed by {}", signal_name(*s))?,
+                    (None, Some(c)) => write!(f, "exited with code {c}")?,
+                    (None, None) => f.write_str("died")?,
+                }
+                match range {
+                    Some(r) => write!(f, " while running elements {}..{}", r.start, r.end),
+                    None => f.write_str(" while taking part in the job"),
+                }
+            }
+            Error::Timeout { after, range } => {
+                write!(f, "timed out after {after:?}")?;
+                if let Some(r) = range {
+                    write!(f, " on elements {}..{}", r.start, r.end)?;
+                }
+                Ok(())
+            }
+            Error::Cancelled => f.write_str("the job was cancelled"),
+            Error::OutOfSharedMemory {
+                requested,
+                available,
+            } => write!(
+                f,
+                "out of shared memory: {requested} bytes requested, the largest free block is {available} bytes"
+            ),
+            Error::Corrupted { detail } => write!(f, "shared control block corrupted: {detail}"),
+            Error::WouldDeadlock { reason } => write!(f, "operation would deadlock: {reason}"),
+            Error::Io(e) => write!(f, "system call failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+impl From<nix::Error> for Error {
+    fn from(e: nix::Error) -> Self {
+        Error::Io(io::Error::from(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_signal_and_range() {
+        let e = Error::WorkerDied {
+            pid: 42,
+            signal: Some(libc::SIGSEGV),
+            exit_code: None,
+            range: Some(3..9),
+        };
+        assert_eq!(
+            e.to_string(),
+            "worker process 42 was killed by SIGSEGV while running elements 3..9"
+        );
+        let e = Error::TaskPanicked {
+            message: "boom".into(),
+            range: 0..4,
+            location: Some("src/x.rs:1:2".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "task panicked on elements 0..4: boom (at src/x.rs:1:2)"
+        );
+    }
+
+    #[test]
+    fn io_error_is_the_source() {
+        use std::error::Error as _;
+        let e = Error::from(io::Error::from_raw_os_error(libc::ENOMEM));
+        assert!(e.source().is_some());
+        assert!(Error::Closed.source().is_none());
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(1000), "signal 1000");
+    }
+}

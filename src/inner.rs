@@ -1,0 +1,310 @@
+//! The state a pool's handle, its result thread and its supervisor share, and
+//! the two ways of waiting for a job: blocking on its slot (`map`, `apply`,
+//! the drop of a borrowing `AsyncResult`) and collecting finished
+//! asynchronous jobs for the result thread.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicU8, AtomicU64};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread::ThreadId;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::os::{self, Wake};
+use crate::region::Region;
+use crate::ring::{Harvest, Job, RawOut, Ring, Spec, Waiter};
+use crate::states::{NOTIFY_EVENT, SLOT_RUNNING};
+use crate::worker::in_worker;
+
+/// How long a blocked caller sleeps before it re-checks its job on its own
+/// (a lost wake-up, a stalled job). Wake-ups normally come much sooner.
+pub(crate) const WAIT_TICK: Duration = Duration::from_millis(50);
+
+/// `Inner::life`: accepting work.
+pub(crate) const OPEN: u8 = 0;
+/// `Inner::life`: `close()` was called; outstanding jobs still run.
+pub(crate) const CLOSED: u8 = 1;
+/// `Inner::life`: `terminate()` was called (or the pool dropped).
+pub(crate) const TERMINATED: u8 = 2;
+
+/// `Inner::stop`: the supervisor keeps the workers alive.
+pub(crate) const STOP_NONE: u8 = 0;
+/// `Inner::stop`: ask workers to exit, wait for them, then kill stragglers.
+pub(crate) const STOP_GRACEFUL: u8 = 1;
+/// `Inner::stop`: kill every worker now.
+pub(crate) const STOP_KILL: u8 = 2;
+
+/// Running totals behind `Pool::stats`.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) jobs_submitted: AtomicU64,
+    pub(crate) jobs_completed: AtomicU64,
+    pub(crate) jobs_failed: AtomicU64,
+    pub(crate) bytes_staged: AtomicU64,
+    pub(crate) worker_restarts: AtomicU64,
+}
+
+/// The worker processes, as the supervisor last recorded them.
+pub(crate) struct Procs {
+    /// The pid of worker `w`, if it is alive.
+    pub(crate) pids: Vec<Option<u32>>,
+    /// Set when the supervisor has reaped every worker and exited.
+    pub(crate) gone: bool,
+}
+
+pub(crate) struct Inner {
+    pub(crate) region: Arc<Region>,
+    pub(crate) workers: usize,
+    pub(crate) spin: u32,
+    ring: Mutex<Ring>,
+    /// Notified when a slot is freed or a job delivered.
+    ring_cv: Condvar,
+    life: AtomicU8,
+    /// A command to the supervisor (`STOP_*`).
+    pub(crate) stop: AtomicU8,
+    pub(crate) stats: Counters,
+    /// Workers write it when an asynchronous job finishes; the result thread
+    /// reads it.
+    pub(crate) done_fd: OwnedFd,
+    /// Wakes the supervisor.
+    pub(crate) ctl_fd: OwnedFd,
+    pub(crate) procs: Mutex<Procs>,
+    pub(crate) procs_cv: Condvar,
+    pub(crate) result_thread: OnceLock<ThreadId>,
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Inner {
+    pub(crate) fn new(region: Arc<Region>, spin: u32) -> Result<Self, Error> {
+        let layout = *region.layout();
+        Ok(Inner {
+            workers: layout.workers,
+            spin,
+            ring: Mutex::new(Ring::new(layout.ring)),
+            ring_cv: Condvar::new(),
+            life: AtomicU8::new(OPEN),
+            stop: AtomicU8::new(STOP_NONE),
+            stats: Counters::default(),
+            done_fd: os::new_eventfd()?,
+            ctl_fd: os::new_eventfd()?,
+            procs: Mutex::new(Procs {
+                pids: vec![None; layout.workers],
+                gone: false,
+            }),
+            procs_cv: Condvar::new(),
+            result_thread: OnceLock::new(),
+            region,
+        })
+    }
+
+    pub(crate) fn ring(&self) -> MutexGuard<'_, Ring> {
+        lock(&self.ring)
+    }
+
+    pub(crate) fn life(&self) -> u8 {
+        // ORDERING: SeqCst: life changes are rare; keep them simple.
+        self.life.load(SeqCst)
+    }
+
+    /// Moves the pool to `to` if that is a step forward; returns the old value.
+    pub(crate) fn advance_life(&self, to: u8) -> u8 {
+        // ORDERING: SeqCst, see `life`.
+        self.life.fetch_max(to, SeqCst)
+    }
+
+    /// Fails unless the pool accepts work from this thread.
+    pub(crate) fn check_open(&self) -> Result<(), Error> {
+        if in_worker() {
+            return Err(Error::WouldDeadlock {
+                reason: "a task used the pool that runs it; tasks run in worker processes",
+            });
+        }
+        if self.life() != OPEN {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn on_result_thread(&self) -> bool {
+        self.result_thread.get() == Some(&std::thread::current().id())
+    }
+
+    pub(crate) fn poke_result_thread(&self) {
+        os::eventfd_signal(self.done_fd.as_raw_fd());
+    }
+
+    pub(crate) fn poke_supervisor(&self) {
+        os::eventfd_signal(self.ctl_fd.as_raw_fd());
+    }
+
+    /// Publishes a job, waiting for a free slot if the ring is full, and
+    /// posts `tokens` work tokens. Returns its slot and sequence number.
+    pub(crate) fn submit(&self, spec: &Spec, job: Job, tokens: u32) -> Result<(usize, u64), Error> {
+        let notify = match job.waiter {
+            Waiter::Async(_) => NOTIFY_EVENT,
+            Waiter::Sync => 0,
+        };
+        let mut ring = self.ring();
+        let s = loop {
+            self.check_open()?;
+            if let Some(s) = ring.take_free(&self.region) {
+                break s;
+            }
+            // The ring is full. Finished asynchronous jobs may be holding
+            // slots while the result thread is busy (perhaps running a callback
+            // that is submitting right now): harvest them here.
+            if self.collect_async(&mut ring) {
+                self.poke_result_thread();
+                continue;
+            }
+            ring = self
+                .ring_cv
+                .wait_timeout(ring, WAIT_TICK)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        };
+        let seq = ring.publish(&self.region, s, spec, job, notify);
+        drop(ring);
+        self.region.control().sem.post(tokens);
+        // ORDERING: Relaxed: a statistic.
+        self.stats.jobs_submitted.fetch_add(1, Relaxed);
+        Ok((s, seq))
+    }
+
+    /// Blocks until the job `seq` in slot `s` finishes and returns its outcome.
+    pub(crate) fn wait_sync(&self, s: usize, seq: u64) -> Result<RawOut, Error> {
+        self.block_on_slot(s, seq, |ring, h| {
+            ring.in_flight -= 1;
+            h.outcome
+        })
+        .unwrap_or(Err(Error::Corrupted {
+            detail: "a blocking job left the ring without its caller",
+        }))
+    }
+
+    /// Blocks until the asynchronous job `seq` in slot `s` has been harvested
+    /// (by anyone), so that nothing reads a borrowed input any more. The
+    /// outcome still goes to the result thread.
+    pub(crate) fn settle(&self, s: usize, seq: u64) {
+        let queued = self.block_on_slot(s, seq, |ring, h| {
+            if let Waiter::Async(cell) = h.waiter {
+                ring.ready.push((cell, h.outcome));
+            }
+        });
+        if queued.is_some() {
+            self.poke_result_thread();
+        }
+    }
+
+    /// The one blocking wait on a slot: harvest if finished, else sleep on the
+    /// slot's state word, re-checking every `WAIT_TICK`. Returns `None` if the
+    /// job had already been harvested by someone else.
+    fn block_on_slot<R>(
+        &self,
+        s: usize,
+        seq: u64,
+        take: impl FnOnce(&mut Ring, Harvest) -> R,
+    ) -> Option<R> {
+        let desc = &self.region.slot(s).desc;
+        loop {
+            {
+                let mut ring = self.ring();
+                if !ring.holds(s, seq) {
+                    return None;
+                }
+                if let Some(h) = ring.try_harvest(&self.region, s, Some(seq)) {
+                    self.count(&h.outcome);
+                    let r = take(&mut ring, h);
+                    drop(ring);
+                    self.ring_cv.notify_all();
+                    return Some(r);
+                }
+            }
+            // ORDERING: SeqCst: pairs with the completing worker's SeqCst
+            // exchange of `state` followed by its load of `waiters`.
+            desc.waiters.store(1, SeqCst);
+            // ORDERING: SeqCst, as above.
+            if desc.state.load(SeqCst) == SLOT_RUNNING
+                && os::futex_wait(&desc.state, SLOT_RUNNING, Some(WAIT_TICK)) == Wake::TimedOut
+                && self.ring().kick(&self.region, s)
+            {
+                self.region.control().sem.post(1);
+            }
+        }
+    }
+
+    /// Harvests every finished asynchronous job into `ring.ready`. Returns
+    /// whether it found any.
+    pub(crate) fn collect_async(&self, ring: &mut Ring) -> bool {
+        let finished: Vec<usize> = ring.async_slots().collect();
+        let mut any = false;
+        for s in finished {
+            if let Some(h) = ring.try_harvest(&self.region, s, None) {
+                self.count(&h.outcome);
+                if let Waiter::Async(cell) = h.waiter {
+                    ring.ready.push((cell, h.outcome));
+                    any = true;
+                }
+            }
+        }
+        any
+    }
+
+    /// Re-announces unfinished asynchronous jobs whose wake-up may be lost.
+    pub(crate) fn kick_async(&self, ring: &Ring) {
+        let kicked = ring
+            .async_slots()
+            .filter(|&s| ring.kick(&self.region, s))
+            .count();
+        self.region.control().sem.post(kicked as u32);
+    }
+
+    /// `n` asynchronous jobs were delivered.
+    pub(crate) fn delivered(&self, n: usize) {
+        self.ring().in_flight -= n;
+        self.ring_cv.notify_all();
+    }
+
+    /// Blocks until every submitted job has been handed to its waiter.
+    pub(crate) fn wait_idle(&self) {
+        let mut ring = self.ring();
+        while ring.in_flight > 0 {
+            ring = self
+                .ring_cv
+                .wait_timeout(ring, WAIT_TICK)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Blocks until the supervisor has reaped every worker and exited.
+    pub(crate) fn wait_workers_gone(&self) {
+        let mut procs = lock(&self.procs);
+        while !procs.gone {
+            procs = self
+                .procs_cv
+                .wait_timeout(procs, WAIT_TICK)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    pub(crate) fn workers_gone(&self) -> bool {
+        lock(&self.procs).gone
+    }
+
+    fn count(&self, outcome: &Result<RawOut, Error>) {
+        let counter = if outcome.is_ok() {
+            &self.stats.jobs_completed
+        } else {
+            &self.stats.jobs_failed
+        };
+        // ORDERING: Relaxed: a statistic.
+        counter.fetch_add(1, Relaxed);
+    }
+}

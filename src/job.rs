@@ -1,0 +1,231 @@
+//! Type-erased jobs: the monomorphised trampolines that workers call.
+//!
+//! A job's descriptor names its trampoline by address. Workers are forked
+//! from the parent, so every function in the binary has the same address in
+//! them; `run_map::<T, U, F>` is instantiated in the parent when `map` is
+//! called, and a worker calls it through a `RunFn` pointer. Inside, `F` is a
+//! zero-sized closure type: the worker conjures it and calls it in a plain
+//! loop that the compiler inlines and vectorises.
+
+use std::mem::{align_of, size_of};
+use std::ptr::NonNull;
+use std::slice;
+
+use bytemuck::Pod;
+
+/// The message of the compile-time check on task closures.
+pub(crate) const CAPTURE_MESSAGE: &str = "shmpool: a task must be a fn item or a closure that captures nothing, \
+     because it runs in a forked worker process; pass state through a Pod context (`map_with`)";
+
+/// Fails compilation unless `F` is zero-sized, i.e. a fn item or a closure
+/// that captures nothing.
+pub(crate) const fn assert_no_captures<F>() {
+    const {
+        assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE);
+    }
+}
+
+/// What a trampoline needs to find its data; built by the worker from the
+/// slot descriptor, which may have been scribbled on, so every field is
+/// validated before use.
+pub(crate) struct JobArgs {
+    pub(crate) base: *mut u8,
+    pub(crate) region_len: u64,
+    pub(crate) in_off: u64,
+    pub(crate) out_off: u64,
+    pub(crate) ctx_off: u64,
+    pub(crate) len: u64,
+}
+
+/// A descriptor that points outside the region or is misaligned.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct BadDescriptor;
+
+/// The signature of every trampoline: run elements `start..end`.
+///
+/// # Safety
+/// - `args.base` is the base of a live mapping of `args.region_len` bytes;
+/// - the function is the trampoline the descriptor was published with, so
+///   its type parameters match the data at the offsets;
+/// - no one else writes elements `start..end` of the output while it runs.
+pub(crate) type RunFn = unsafe fn(&JobArgs, usize, usize) -> Result<(), BadDescriptor>;
+
+impl JobArgs {
+    /// A pointer to element `start` of an array of `count` values of `T` at
+    /// region offset `off`, after checking that the whole array lies in the
+    /// region, is aligned, and that `start <= end <= count`.
+    fn elems<T>(
+        &self,
+        off: u64,
+        count: u64,
+        start: usize,
+        end: usize,
+    ) -> Result<*mut T, BadDescriptor> {
+        let bytes = count
+            .checked_mul(size_of::<T>() as u64)
+            .ok_or(BadDescriptor)?;
+        let last = off.checked_add(bytes).ok_or(BadDescriptor)?;
+        let ok = last <= self.region_len
+            && off % align_of::<T>() as u64 == 0
+            && start <= end
+            && end as u64 <= count;
+        if !ok {
+            return Err(BadDescriptor);
+        }
+        // In bounds by the checks above, so `add` stays within the mapping.
+        Ok(self
+            .base
+            .wrapping_add(off as usize)
+            .cast::<T>()
+            .wrapping_add(start))
+    }
+}
+
+/// Makes a value of the zero-sized closure type `F`.
+///
+/// # Safety
+/// A value of `F` must have existed: the parent held one when it submitted
+/// the job, so `F` is inhabited; `F: Copy`, so making another is the same as
+/// copying that one.
+unsafe fn conjure<F: Copy>() -> F {
+    const { assert!(size_of::<F>() == 0) };
+    // SAFETY: reading a zero-sized type from a dangling, aligned pointer reads
+    // no memory; the caller guarantees `F` is inhabited and copyable.
+    unsafe { NonNull::<F>::dangling().as_ptr().read() }
+}
+
+/// The trampoline of `map`: `out[i] = f(in[i])` for `i` in `start..end`.
+///
+/// # Safety
+/// See [`RunFn`]; `F` must satisfy [`conjure`]'s contract.
+pub(crate) unsafe fn run_map<T, U, F>(
+    a: &JobArgs,
+    start: usize,
+    end: usize,
+) -> Result<(), BadDescriptor>
+where
+    T: Pod,
+    U: Pod,
+    F: Fn(T) -> U + Copy,
+{
+    let input = a.elems::<T>(a.in_off, a.len, start, end)?;
+    let output = a.elems::<U>(a.out_off, a.len, start, end)?;
+    let n = end - start;
+    // SAFETY: both ranges were checked to lie in the live mapping and to be
+    // aligned; shared memory holds initialised bytes and every bit pattern is
+    // a valid Pod value; this worker claimed `start..end`, so no one else
+    // writes those output elements, and the parent does not write the input
+    // while the job runs (it is borrowed or owned by the job).
+    let (input, output) = unsafe {
+        (
+            slice::from_raw_parts(input, n),
+            slice::from_raw_parts_mut(output, n),
+        )
+    };
+    // SAFETY: the parent held an `F` when it submitted the job.
+    let f = unsafe { conjure::<F>() };
+    for (o, &x) in output.iter_mut().zip(input) {
+        *o = f(x);
+    }
+    Ok(())
+}
+
+/// The trampoline of `map_with`: `out[i] = f(&ctx, in[i])`.
+///
+/// # Safety
+/// See [`run_map`].
+pub(crate) unsafe fn run_map_with<C, T, U, F>(
+    a: &JobArgs,
+    start: usize,
+    end: usize,
+) -> Result<(), BadDescriptor>
+where
+    C: Pod,
+    T: Pod,
+    U: Pod,
+    F: Fn(&C, T) -> U + Copy,
+{
+    let ctx = a.elems::<C>(a.ctx_off, 1, 0, 1)?;
+    let input = a.elems::<T>(a.in_off, a.len, start, end)?;
+    let output = a.elems::<U>(a.out_off, a.len, start, end)?;
+    let n = end - start;
+    // SAFETY: as in `run_map`; the context is read-only for the job's life.
+    let (ctx, input, output) = unsafe {
+        (
+            &*ctx,
+            slice::from_raw_parts(input, n),
+            slice::from_raw_parts_mut(output, n),
+        )
+    };
+    // SAFETY: the parent held an `F` when it submitted the job.
+    let f = unsafe { conjure::<F>() };
+    for (o, &x) in output.iter_mut().zip(input) {
+        *o = f(ctx, x);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(buf: &mut [u64], in_off: u64, out_off: u64, len: u64) -> JobArgs {
+        JobArgs {
+            base: buf.as_mut_ptr().cast(),
+            region_len: (buf.len() * 8) as u64,
+            in_off,
+            out_off,
+            ctx_off: 0,
+            len,
+        }
+    }
+
+    /// Runs `run_map` with the closure type of `f`, as a worker would.
+    fn run<F: Fn(u64) -> u64 + Copy>(
+        _f: F,
+        a: &JobArgs,
+        start: usize,
+        end: usize,
+    ) -> Result<(), BadDescriptor> {
+        // SAFETY: `a` describes a live buffer of u64s, matching T = U = u64,
+        // and we hold a value of `F`.
+        unsafe { run_map::<u64, u64, F>(a, start, end) }
+    }
+
+    #[test]
+    fn runs_exactly_the_claimed_range() {
+        let mut buf = [0u64; 16];
+        buf[..8].copy_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        let a = args(&mut buf, 0, 64, 8);
+        run(|x| x * x, &a, 2, 5).unwrap();
+        run(|x| x * x, &a, 7, 7).unwrap();
+        assert_eq!(&buf[8..], &[0, 0, 9, 16, 25, 0, 0, 0]);
+        assert_eq!(run(|x| x, &a, 5, 9), Err(BadDescriptor));
+    }
+
+    #[test]
+    fn rejects_out_of_bounds_descriptors() {
+        let mut buf = [0u64; 16];
+        let a = args(&mut buf, 0, 120, 8);
+        assert_eq!(
+            a.elems::<u64>(a.out_off, a.len, 0, 8).err(),
+            Some(BadDescriptor)
+        );
+        assert_eq!(
+            a.elems::<u64>(3, 1, 0, 1).err(),
+            Some(BadDescriptor),
+            "misaligned"
+        );
+        assert_eq!(
+            a.elems::<u64>(0, 8, 4, 9).err(),
+            Some(BadDescriptor),
+            "end past len"
+        );
+        assert_eq!(
+            a.elems::<u64>(0, u64::MAX, 0, 1).err(),
+            Some(BadDescriptor),
+            "overflow"
+        );
+        assert!(a.elems::<u64>(64, 8, 0, 8).is_ok());
+    }
+}

@@ -1,0 +1,220 @@
+//! The structures that live in the shared region, and where they sit.
+//!
+//! ```text
+//! offset 0            Control        magic, shutdown flag, semaphore, pending bitmap
+//! records_off         [WorkerRecord; workers]   one 128-byte line per worker
+//! slots_off           [Slot; ring]              the job ring
+//! arena_off (2 MiB)   arena                     ShmVec data, staged inputs, outputs
+//! ```
+//!
+//! Everything here is `#[repr(C)]`, refers to other parts of the region by
+//! offset (never by pointer), and is made of atomics, so that any process may
+//! read or write any word at any time without undefined behaviour. Counters
+//! that many processes update sit on cache lines of their own. Which process
+//! writes which word, and when, is in `design.md`.
+
+use std::cell::UnsafeCell;
+use std::mem::{offset_of, size_of};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize};
+
+use crate::error::Error;
+use crate::sync::Semaphore;
+
+/// The unit of alignment for shared structures: two 64-byte lines, because
+/// adjacent-line prefetch makes neighbours share on x86.
+pub(crate) const LINE: usize = 128;
+/// The arena starts on a 2 MiB boundary so large blocks can use huge pages.
+pub(crate) const ARENA_ALIGN: usize = 2 << 20;
+/// Bytes of panic message a worker can report.
+pub(crate) const MSG_CAP: usize = 480;
+/// Bytes of panic location (`file:line:col`) a worker can report.
+pub(crate) const LOC_CAP: usize = 224;
+/// Bytes of per-slot inline data, for small `apply` arguments, results and
+/// `map_with` contexts, so that they need no arena allocation.
+pub(crate) const INLINE_CAP: usize = 256;
+/// Words in the pending-work bitmap; bounds the ring size.
+pub(crate) const PENDING_WORDS: usize = 16;
+/// The largest ring.
+pub(crate) const MAX_RING: usize = PENDING_WORDS * 64;
+/// A value every live region starts with, to recognise our own mapping.
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"shmpool1");
+
+/// One value alone on its own line.
+#[repr(C, align(128))]
+#[derive(Default)]
+pub(crate) struct Line<T>(pub(crate) T);
+
+/// The region's header.
+#[repr(C)]
+pub(crate) struct Control {
+    pub(crate) magic: Line<AtomicU64>,
+    /// Set (to 1) by the parent when workers should exit after their current
+    /// range. Read by workers each time they wake.
+    pub(crate) shutdown: Line<AtomicU32>,
+    /// Work tokens: posted by submitters, consumed by workers.
+    pub(crate) sem: Semaphore,
+    /// Bit `s` set: slot `s` may have unclaimed ranges. Set by the parent on
+    /// publish; cleared by a worker that finds the slot's claims exhausted,
+    /// and by the parent when it frees the slot.
+    pub(crate) pending: Line<[AtomicU64; PENDING_WORDS]>,
+}
+
+/// What one worker is doing. Only that worker writes it while it lives; the
+/// supervisor clears it after reaping the worker.
+#[repr(C, align(128))]
+pub(crate) struct WorkerRecord {
+    /// The slot the worker is in, or `NO_SLOT`. Written *before* the worker
+    /// looks at the slot's state, so the parent can tell when a slot is
+    /// drained.
+    pub(crate) slot: AtomicU32,
+    /// `PHASE_IDLE` or `PHASE_RUNNING`.
+    pub(crate) phase: AtomicU32,
+    /// The range being run, valid while `phase == PHASE_RUNNING`.
+    pub(crate) start: AtomicU64,
+    pub(crate) end: AtomicU64,
+}
+
+/// The job descriptor: written by the parent while the slot is empty and no
+/// worker is in it, published by the `Release` store of `state`.
+#[repr(C, align(128))]
+pub(crate) struct Desc {
+    /// `SLOT_EMPTY`, `SLOT_RUNNING` or `SLOT_DONE`; also the futex word that
+    /// blocking callers sleep on.
+    pub(crate) state: AtomicU32,
+    /// Non-zero while a parent thread may sleep on `state`; the worker that
+    /// completes the job then wakes it.
+    pub(crate) waiters: AtomicU32,
+    /// `NOTIFY_*` bits: how to announce completion.
+    pub(crate) notify: AtomicU32,
+    /// Non-zero once the job has failed: workers skip the ranges they still
+    /// claim (counting them as done without running them).
+    pub(crate) abort: AtomicU32,
+    /// The address of the monomorphised trampoline (a `job::RunFn`).
+    pub(crate) run: AtomicUsize,
+    pub(crate) in_off: AtomicU64,
+    pub(crate) out_off: AtomicU64,
+    pub(crate) ctx_off: AtomicU64,
+    pub(crate) len: AtomicU64,
+    pub(crate) chunk: AtomicU64,
+}
+
+/// The first error of a job, written by the worker that hit it.
+#[repr(C, align(128))]
+pub(crate) struct ErrorRecord {
+    /// `ERR_NONE`, `ERR_WRITING`, `ERR_READY`. A worker claims the record
+    /// with a compare-exchange from `ERR_NONE`; the first error wins.
+    pub(crate) state: AtomicU32,
+    pub(crate) kind: AtomicU32,
+    pub(crate) msg_len: AtomicU32,
+    pub(crate) loc_len: AtomicU32,
+    pub(crate) start: AtomicU64,
+    pub(crate) end: AtomicU64,
+    pub(crate) msg: [AtomicU8; MSG_CAP],
+    pub(crate) loc: [AtomicU8; LOC_CAP],
+}
+
+/// Per-slot scratch bytes, only ever accessed through raw pointers.
+#[repr(C, align(128))]
+pub(crate) struct Inline(UnsafeCell<[u8; INLINE_CAP]>);
+
+// SAFETY: `Inline` is never read or written through a reference: the parent
+// and the workers reach it only through raw pointers computed from region
+// offsets, under the slot protocol's ownership rules.
+unsafe impl Sync for Inline {}
+
+/// One entry of the job ring.
+#[repr(C)]
+pub(crate) struct Slot {
+    pub(crate) desc: Desc,
+    /// The next unclaimed element index; workers `fetch_add` the chunk size.
+    pub(crate) claim: Line<AtomicU64>,
+    /// Elements finished (run, or skipped after an abort).
+    pub(crate) done: Line<AtomicU64>,
+    pub(crate) err: ErrorRecord,
+    pub(crate) inline: Inline,
+}
+
+/// Where each part of a region lies. Computed once by the parent and copied
+/// into each worker at fork; never read back from shared memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub(crate) workers: usize,
+    pub(crate) ring: usize,
+    pub(crate) records_off: usize,
+    pub(crate) slots_off: usize,
+    pub(crate) arena_off: usize,
+    /// The total size of the region.
+    pub(crate) len: usize,
+}
+
+const fn round_up(x: usize, to: usize) -> usize {
+    x.div_ceil(to) * to
+}
+
+impl Layout {
+    /// The layout for `workers` workers, a ring of `ring` slots and an arena
+    /// of at least `arena_bytes` bytes.
+    pub(crate) fn new(workers: usize, ring: usize, arena_bytes: usize) -> Result<Self, Error> {
+        if workers == 0 {
+            return Err(Error::invalid("a pool needs at least one worker"));
+        }
+        if !(1..=MAX_RING).contains(&ring) {
+            return Err(Error::invalid(format!(
+                "the ring must hold between 1 and {MAX_RING} slots, not {ring}"
+            )));
+        }
+        let records_off = round_up(size_of::<Control>(), LINE);
+        let slots_off = round_up(records_off + workers * size_of::<WorkerRecord>(), LINE);
+        let arena_off = round_up(slots_off + ring * size_of::<Slot>(), ARENA_ALIGN);
+        let len = arena_bytes
+            .max(LINE)
+            .checked_next_multiple_of(LINE)
+            .and_then(|arena| arena_off.checked_add(arena))
+            .filter(|&l| l <= isize::MAX as usize)
+            .ok_or_else(|| Error::invalid("the arena size overflows the address space"))?;
+        Ok(Layout {
+            workers,
+            ring,
+            records_off,
+            slots_off,
+            arena_off,
+            len,
+        })
+    }
+
+    /// The offset of slot `s`'s inline area within the region.
+    pub(crate) fn inline_off(&self, s: usize) -> u64 {
+        (self.slots_off + s * size_of::<Slot>() + offset_of!(Slot, inline)) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::align_of;
+
+    #[test]
+    fn hot_words_have_their_own_lines() {
+        assert_eq!(size_of::<WorkerRecord>(), LINE);
+        assert_eq!(size_of::<Desc>(), LINE);
+        assert_eq!(offset_of!(Slot, claim) % LINE, 0);
+        assert_eq!(offset_of!(Slot, done) - offset_of!(Slot, claim), LINE);
+        assert_eq!(size_of::<Slot>() % LINE, 0);
+        assert_eq!(align_of::<Slot>(), LINE);
+        assert_eq!(size_of::<Semaphore>(), LINE);
+    }
+
+    #[test]
+    fn layout_is_ordered_and_aligned() {
+        let l = Layout::new(4, 256, 1 << 20).unwrap();
+        assert!(l.records_off >= size_of::<Control>());
+        assert!(l.slots_off >= l.records_off + 4 * LINE);
+        assert_eq!(l.arena_off % ARENA_ALIGN, 0);
+        assert!(l.arena_off >= l.slots_off + 256 * size_of::<Slot>());
+        assert_eq!(l.len, l.arena_off + (1 << 20));
+        assert_eq!(l.inline_off(1) - l.inline_off(0), size_of::<Slot>() as u64);
+        assert!(Layout::new(0, 8, 0).is_err());
+        assert!(Layout::new(1, MAX_RING + 1, 0).is_err());
+        assert!(Layout::new(1, 8, usize::MAX).is_err());
+    }
+}

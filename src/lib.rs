@@ -1,0 +1,66 @@
+//! # shmpool
+//!
+//! Python's `multiprocessing.Pool` for Rust (`apply`, `apply_async`, `map`,
+//! `map_async`, callbacks, `close`, `join`, `terminate`) without its costs:
+//! no pickling and no pipes. Inputs and outputs are plain-old-data
+//! ([`bytemuck::Pod`]) in a shared-memory arena; tasks run in forked worker
+//! processes that claim index ranges with atomic counters and sleep on a
+//! process-shared semaphore.
+//!
+//! Why processes? Isolation. A segfault in foreign code, an `abort`, a
+//! runaway loop or a leak in a task kills one worker, not your program: the
+//! job fails with a typed [`Error`], the worker is replaced, and the pool
+//! carries on.
+//!
+//! ```
+//! use shmpool::Pool;
+//!
+//! let pool = Pool::new(4)?;
+//! let inputs: Vec<i64> = (0..100).collect();
+//! let squares = pool.map(&inputs, |x| x * x)?;
+//! pool.close();
+//! pool.join()?;
+//! assert_eq!(squares[..4], [0, 1, 4, 9]);
+//!
+//! // Zero copies: allocate inputs in shared memory, get outputs there.
+//! let pool = Pool::new(2)?;
+//! let xs = pool.to_shm(&[1.0f64, 4.0, 9.0])?;
+//! let roots = pool.map(&xs, f64::sqrt)?;
+//! assert_eq!(roots, vec![1.0, 2.0, 3.0]);
+//! assert_eq!(pool.stats().bytes_staged, 0);
+//! # Ok::<(), shmpool::Error>(())
+//! ```
+//!
+//! Tasks must be fn items or closures that capture nothing; pass state with
+//! [`Pool::map_with`]. Linux only. The design (shared-memory layout, job-slot
+//! protocol, sleep and wake-up, crash handling) is described in `design.md`.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("shmpool uses memfd, eventfd, futexes and pidfds: it supports Linux only");
+
+mod arena;
+mod error;
+mod inner;
+mod job;
+mod layout;
+mod os;
+mod pool;
+mod region;
+mod result;
+mod ring;
+mod shmvec;
+mod states;
+mod stats;
+mod supervisor;
+mod sync;
+mod worker;
+
+pub use bytemuck;
+pub use error::Error;
+pub use pool::{Builder, Pool};
+pub use result::AsyncResult;
+pub use shmvec::ShmVec;
+pub use stats::Stats;

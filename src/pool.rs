@@ -1,0 +1,806 @@
+//! `Pool` and its `Builder`: the public face.
+
+use std::io::Write;
+use std::mem::{align_of, size_of};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::thread::{self, JoinHandle};
+
+use bytemuck::Pod;
+
+use crate::error::Error;
+use crate::inner::{CLOSED, Inner, OPEN, STOP_GRACEFUL, STOP_KILL, STOP_NONE, TERMINATED, lock};
+use crate::job::{RunFn, assert_no_captures, run_map, run_map_with};
+use crate::layout::{Layout, MAX_RING};
+use crate::os;
+use crate::region::{Alloc, Region};
+use crate::result::{AsyncResult, Cell, result_loop};
+use crate::ring::{Deliver, InlineData, Job, Loc, Out, RawOut, Spec, Waiter};
+use crate::shmvec::ShmVec;
+use crate::stats::Stats;
+use crate::supervisor;
+use crate::worker::{in_worker, install_panic_hook};
+
+/// Spin rounds a worker polls for work before it sleeps.
+const DEFAULT_SPIN: u32 = 2000;
+/// The largest pool.
+const MAX_WORKERS: usize = 1024;
+/// Default scheduling: about this many ranges per worker, claimed dynamically.
+const CHUNKS_PER_WORKER: usize = 4;
+/// Ranges whose output is at least this large end on page boundaries.
+const PAGE_CHUNK_FROM: usize = 64 << 10;
+/// The largest alignment an arena block can guarantee (the region is page
+/// aligned).
+const MAX_ALIGN: usize = 4096;
+
+/// A pool of forked worker processes that map and apply functions over
+/// plain-old-data in shared memory.
+///
+/// Python's `multiprocessing.Pool`, without pickling or pipes: inputs and
+/// outputs are [`bytemuck::Pod`] values in a shared arena, and each task runs
+/// in a process of its own, so a crash, an `abort` or a runaway allocation in
+/// it cannot take the caller down.
+///
+/// Tasks are fn items or closures that capture nothing (they must already be
+/// in the binary when the workers are forked); state reaches them through a
+/// `Pod` context ([`map_with`](Self::map_with)). Capturing closures are a
+/// compile error:
+///
+/// ```compile_fail
+/// let pool = shmpool::Pool::new(2).unwrap();
+/// let k = 3.0;
+/// // error: shmpool: a task must be a fn item or a closure that captures nothing ...
+/// let _ = pool.map(&[1.0f64, 2.0], move |x| x * k);
+/// ```
+///
+/// A `Pool` is `Send + Sync`: many threads may call it at once. Dropping it
+/// terminates and reaps the workers; [`ShmVec`]s it produced stay valid.
+///
+/// # Example
+/// ```
+/// use shmpool::Pool;
+///
+/// let pool = Pool::new(4)?;
+/// let inputs: Vec<i64> = (0..100).collect();
+/// let outputs = pool.map(&inputs, |x| x * x)?;
+/// pool.close();
+/// pool.join()?;
+/// assert_eq!(outputs[99], 9801);
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+pub struct Pool {
+    inner: Arc<Inner>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Configures a [`Pool`]; from [`Pool::builder`].
+///
+/// ```
+/// let pool = shmpool::Pool::builder().workers(2).arena_size(64 << 20).build()?;
+/// assert_eq!(pool.workers(), 2);
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+#[must_use = "a Builder does nothing until build() is called"]
+pub struct Builder {
+    workers: Option<usize>,
+    arena_size: Option<usize>,
+    ring_size: Option<usize>,
+    spin: u32,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            workers: None,
+            arena_size: None,
+            ring_size: None,
+            spin: DEFAULT_SPIN,
+        }
+    }
+}
+
+impl Builder {
+    /// The number of worker processes (default: the available parallelism).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// The size of the shared arena in bytes (default: half the physical
+    /// memory). It is address space only until allocated: pages are reserved
+    /// when a block is allocated, and kept for reuse when it is freed.
+    pub fn arena_size(mut self, bytes: usize) -> Self {
+        self.arena_size = Some(bytes);
+        self
+    }
+
+    /// How many jobs can be in flight at once (default: 256, or 4 per worker
+    /// if that is more; at most 1024). Submitting to a full ring waits for a
+    /// free slot.
+    pub fn ring_size(mut self, slots: usize) -> Self {
+        self.ring_size = Some(slots);
+        self
+    }
+
+    /// How many rounds an idle worker polls for new work before it sleeps
+    /// (default: 2000, roughly 50-100 µs). 0 makes workers sleep at once.
+    pub fn spin(mut self, rounds: u32) -> Self {
+        self.spin = rounds;
+        self
+    }
+
+    /// Creates the shared region and forks the workers.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for zero workers (or more than 1024), a bad ring size,
+    /// or when called inside a pool worker; `Io` when the region, the threads
+    /// or the processes cannot be created.
+    pub fn build(self) -> Result<Pool, Error> {
+        if in_worker() {
+            return Err(Error::invalid(
+                "a pool cannot be created inside a pool worker",
+            ));
+        }
+        let workers = match self.workers {
+            Some(n) => n,
+            None => thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        if workers > MAX_WORKERS {
+            return Err(Error::invalid(format!(
+                "{workers} workers requested, at most {MAX_WORKERS} are supported"
+            )));
+        }
+        let ring = self.ring_size.unwrap_or((4 * workers).clamp(256, MAX_RING));
+        let arena = self.arena_size.unwrap_or_else(default_arena_size);
+        let layout = Layout::new(workers, ring, arena)?;
+        let region = Region::create(layout)?;
+        install_panic_hook();
+        // Workers inherit the stdout buffer; flushing now keeps a task that
+        // prints from printing the parent's pending output again.
+        let _ = std::io::stdout().flush();
+        let inner = Arc::new(Inner::new(region, self.spin)?);
+        let supervisor = supervisor::start(inner.clone())?;
+        let results = thread::Builder::new()
+            .name("shmpool-results".into())
+            .spawn({
+                let inner = inner.clone();
+                move || result_loop(inner)
+            });
+        match results {
+            Ok(results) => Ok(Pool {
+                inner,
+                threads: vec![supervisor, results],
+            }),
+            Err(e) => {
+                let pool = Pool {
+                    inner,
+                    threads: vec![supervisor],
+                };
+                drop(pool);
+                Err(Error::Io(e))
+            }
+        }
+    }
+}
+
+/// Half the physical memory, at least 64 MiB.
+fn default_arena_size() -> usize {
+    let half = os::physical_memory() / 2;
+    (half.clamp(64 << 20, 1 << 40)) as usize
+}
+
+/// The default range size: about `CHUNKS_PER_WORKER` ranges per worker;
+/// large ranges end on page boundaries of the output.
+fn default_chunk(len: usize, workers: usize, out_size: usize) -> usize {
+    let per = len.div_ceil(workers * CHUNKS_PER_WORKER).max(1);
+    if out_size == 0 || per.saturating_mul(out_size) < PAGE_CHUNK_FROM {
+        return per;
+    }
+    per.next_multiple_of((MAX_ALIGN / out_size).max(1))
+}
+
+fn check_align<T>() -> Result<(), Error> {
+    if align_of::<T>() > MAX_ALIGN {
+        return Err(Error::invalid(format!(
+            "types aligned to more than {MAX_ALIGN} bytes cannot live in shared memory"
+        )));
+    }
+    Ok(())
+}
+
+fn byte_len<T>(len: usize) -> Result<usize, Error> {
+    len.checked_mul(size_of::<T>()).ok_or_else(|| {
+        Error::invalid(format!(
+            "{len} elements of {} bytes overflow",
+            size_of::<T>()
+        ))
+    })
+}
+
+/// Gives a `map` outcome its type.
+fn into_vec<U: Pod>(raw: RawOut, len: usize) -> ShmVec<U> {
+    match raw {
+        // SAFETY: the block was allocated for `len` values of `U` with `U`'s
+        // alignment, every range has run, and the job released it.
+        RawOut::Block(block) => unsafe { ShmVec::from_alloc(block, len) },
+        RawOut::Bytes(_) | RawOut::Empty => ShmVec::new(),
+    }
+}
+
+/// Gives an `apply` outcome its type.
+fn into_value<U: Pod>(raw: RawOut, _len: usize) -> U {
+    match raw {
+        RawOut::Bytes(bytes) => bytemuck::pod_read_unaligned(&bytes[..size_of::<U>()]),
+        RawOut::Empty => U::zeroed(),
+        // SAFETY: the block holds one `U`, aligned, written by the worker.
+        RawOut::Block(block) => unsafe { block.ptr().cast::<U>().read() },
+    }
+}
+
+/// A submitted job.
+struct Submitted {
+    slot: usize,
+    seq: u64,
+    /// The job reads the caller's memory in place.
+    borrows: bool,
+}
+
+impl Pool {
+    /// A pool of `workers` processes with default settings.
+    ///
+    /// # Errors
+    /// As [`Builder::build`]; `InvalidArgument` for 0 workers.
+    ///
+    /// ```
+    /// assert!(shmpool::Pool::new(0).is_err());
+    /// let pool = shmpool::Pool::new(2)?;
+    /// assert_eq!(pool.worker_pids().len(), 2);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn new(workers: usize) -> Result<Pool, Error> {
+        Pool::builder().workers(workers).build()
+    }
+
+    /// A [`Builder`] with default settings.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The number of worker processes.
+    pub fn workers(&self) -> usize {
+        self.inner.workers
+    }
+
+    /// The process ids of the current workers (replacements included; empty
+    /// once the pool is joined or terminated).
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(3)?;
+    /// assert_eq!(pool.worker_pids().len(), 3);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn worker_pids(&self) -> Vec<u32> {
+        lock(&self.inner.procs)
+            .pids
+            .iter()
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    /// A counters snapshot.
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.stats;
+        let (arena_capacity, arena_in_use) = self.inner.region.arena_usage();
+        // ORDERING: Relaxed: statistics.
+        Stats {
+            jobs_submitted: c.jobs_submitted.load(Relaxed),
+            jobs_completed: c.jobs_completed.load(Relaxed),
+            jobs_failed: c.jobs_failed.load(Relaxed),
+            bytes_staged: c.bytes_staged.load(Relaxed),
+            worker_restarts: c.worker_restarts.load(Relaxed),
+            arena_capacity,
+            arena_in_use,
+        }
+    }
+
+    /// A zeroed vector of `len` values in shared memory.
+    ///
+    /// # Errors
+    /// `OutOfSharedMemory` when the arena has no room; `InvalidArgument` when
+    /// the size overflows or `T` is aligned to more than a page, or from
+    /// inside a task.
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let v = pool.alloc_zeroed::<u32>(1000)?;
+    /// assert!(v.iter().all(|&x| x == 0));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn alloc_zeroed<T: Pod>(&self, len: usize) -> Result<ShmVec<T>, Error> {
+        let (block, dirty) = self.alloc::<T>(len)?;
+        // SAFETY: the first `dirty` bytes of the block are ours to write; the
+        // rest is freshly reserved, hence already zero.
+        unsafe { block.ptr().write_bytes(0, dirty) };
+        // SAFETY: the block holds `len` zeroed `T`s (zero is a valid Pod).
+        Ok(unsafe { ShmVec::from_alloc(block, len) })
+    }
+
+    /// Copies `data` into a new vector in shared memory.
+    ///
+    /// # Errors
+    /// As [`alloc_zeroed`](Self::alloc_zeroed).
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let v = pool.to_shm(&[1u8, 2, 3])?;
+    /// assert_eq!(v, vec![1, 2, 3]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn to_shm<T: Pod>(&self, data: &[T]) -> Result<ShmVec<T>, Error> {
+        let (block, _) = self.alloc::<T>(data.len())?;
+        // SAFETY: the block has room for `data.len()` values and is ours.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr().cast::<u8>(),
+                block.ptr(),
+                size_of_val(data),
+            )
+        };
+        // SAFETY: the block now holds `data.len()` initialised `T`s.
+        Ok(unsafe { ShmVec::from_alloc(block, data.len()) })
+    }
+
+    fn alloc<T: Pod>(&self, len: usize) -> Result<(Alloc, usize), Error> {
+        if in_worker() {
+            return Err(Error::WouldDeadlock {
+                reason: "a task allocated from the pool that runs it",
+            });
+        }
+        check_align::<T>()?;
+        self.inner
+            .region
+            .alloc(byte_len::<T>(len)?, align_of::<T>())
+    }
+
+    /// `f` applied to every element, in parallel across the workers; the
+    /// results in a new [`ShmVec`], in input order. Blocks until done.
+    ///
+    /// If `input` lies in this pool's shared memory (a [`ShmVec`] or a slice
+    /// of one) workers read it in place; otherwise it is copied in once
+    /// (counted in [`Stats::bytes_staged`]).
+    ///
+    /// # Errors
+    /// `TaskPanicked` if `f` panicked, `WorkerDied` if a worker died while
+    /// running it (in both cases the rest of the job is skipped, and the pool
+    /// stays usable); `OutOfSharedMemory`; `Closed`; `WouldDeadlock` from
+    /// inside a task.
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let xs = vec![1.0f64, 4.0, 9.0];
+    /// assert_eq!(pool.map(&xs, f64::sqrt)?, vec![1.0, 2.0, 3.0]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn map<T, U, F>(&self, input: &[T], f: F) -> Result<ShmVec<U>, Error>
+    where
+        T: Pod,
+        U: Pod,
+        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+    {
+        assert_no_captures::<F>();
+        let _ = f;
+        self.inner.check_open()?;
+        if input.is_empty() {
+            return Ok(ShmVec::new());
+        }
+        let run: RunFn = run_map::<T, U, F>;
+        let sub = self.submit_map::<T, U>(input, run, None, InlineData::new(), Waiter::Sync)?;
+        Ok(into_vec(
+            self.inner.wait_sync(sub.slot, sub.seq)?,
+            input.len(),
+        ))
+    }
+
+    /// Like [`map`](Self::map), with a context value that every call of `f`
+    /// receives by reference: the way to pass state to a task.
+    ///
+    /// # Errors
+    /// As [`map`](Self::map).
+    ///
+    /// ```
+    /// #[derive(Clone, Copy, bytemuck::Zeroable, bytemuck::Pod)]
+    /// #[repr(C)]
+    /// struct Affine { a: f64, b: f64 }
+    ///
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let ys = pool.map_with(Affine { a: 2.0, b: 1.0 }, &[0.0, 1.0, 2.0], |c, x: f64| c.a * x + c.b)?;
+    /// assert_eq!(ys, vec![1.0, 3.0, 5.0]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn map_with<C, T, U, F>(&self, ctx: C, input: &[T], f: F) -> Result<ShmVec<U>, Error>
+    where
+        C: Pod,
+        T: Pod,
+        U: Pod,
+        F: Fn(&C, T) -> U + Copy + Send + Sync + 'static,
+    {
+        assert_no_captures::<F>();
+        let _ = f;
+        self.inner.check_open()?;
+        if input.is_empty() {
+            return Ok(ShmVec::new());
+        }
+        let mut inline = InlineData::new();
+        let ctx = self.place_value(&ctx, &mut inline)?;
+        let run: RunFn = run_map_with::<C, T, U, F>;
+        let sub = self.submit_map::<T, U>(input, run, Some(ctx), inline, Waiter::Sync)?;
+        Ok(into_vec(
+            self.inner.wait_sync(sub.slot, sub.seq)?,
+            input.len(),
+        ))
+    }
+
+    /// Starts a [`map`](Self::map) and returns at once with an
+    /// [`AsyncResult`]. A `ShmVec` input is read in place and stays borrowed
+    /// until the result completes.
+    ///
+    /// # Errors
+    /// `OutOfSharedMemory`, `Closed`, `WouldDeadlock` from inside a task. Task
+    /// errors arrive through the `AsyncResult`.
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let xs = pool.to_shm(&[1u32, 2, 3])?;
+    /// let pending = pool.map_async(&xs, |x| x + 1)?;
+    /// let ys = futures::executor::block_on(pending)?;
+    /// assert_eq!(ys, vec![2, 3, 4]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn map_async<'a, T, U, F>(
+        &self,
+        input: &'a [T],
+        f: F,
+    ) -> Result<AsyncResult<'a, ShmVec<U>>, Error>
+    where
+        T: Pod,
+        U: Pod + Send,
+        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+    {
+        assert_no_captures::<F>();
+        let _ = f;
+        self.inner.check_open()?;
+        let cell = Arc::new(Cell::new(into_vec::<U>, input.len()));
+        if input.is_empty() {
+            cell.deliver(Ok(RawOut::Empty));
+            return Ok(AsyncResult::new(cell, self.inner.clone(), 0, 0, false));
+        }
+        let run: RunFn = run_map::<T, U, F>;
+        let waiter = Waiter::Async(cell.clone());
+        let sub = self.submit_map::<T, U>(input, run, None, InlineData::new(), waiter)?;
+        Ok(AsyncResult::new(
+            cell,
+            self.inner.clone(),
+            sub.slot,
+            sub.seq,
+            sub.borrows,
+        ))
+    }
+
+    /// `f(arg)`, run in one worker. Blocks until done.
+    ///
+    /// # Errors
+    /// As [`map`](Self::map).
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(1)?;
+    /// assert_eq!(pool.apply(7u64, |x| x.pow(3))?, 343);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn apply<T, U, F>(&self, arg: T, f: F) -> Result<U, Error>
+    where
+        T: Pod,
+        U: Pod,
+        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+    {
+        assert_no_captures::<F>();
+        let _ = f;
+        self.inner.check_open()?;
+        let sub = self.submit_apply::<T, U>(&arg, run_map::<T, U, F>, Waiter::Sync)?;
+        Ok(into_value(self.inner.wait_sync(sub.slot, sub.seq)?, 1))
+    }
+
+    /// Starts `f(arg)` in one worker and returns at once with an
+    /// [`AsyncResult`].
+    ///
+    /// # Errors
+    /// As [`map_async`](Self::map_async).
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let pending: Vec<_> = (0..10u32).map(|i| pool.apply_async(i, |x| x * 2)).collect::<Result<_, _>>()?;
+    /// let doubled: Vec<u32> = pending.into_iter().map(|r| r.get()).collect::<Result<_, _>>()?;
+    /// assert_eq!(doubled[9], 18);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn apply_async<T, U, F>(&self, arg: T, f: F) -> Result<AsyncResult<'static, U>, Error>
+    where
+        T: Pod,
+        U: Pod + Send,
+        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+    {
+        assert_no_captures::<F>();
+        let _ = f;
+        self.inner.check_open()?;
+        let cell = Arc::new(Cell::new(into_value::<U>, 1));
+        let sub =
+            self.submit_apply::<T, U>(&arg, run_map::<T, U, F>, Waiter::Async(cell.clone()))?;
+        Ok(AsyncResult::new(
+            cell,
+            self.inner.clone(),
+            sub.slot,
+            sub.seq,
+            false,
+        ))
+    }
+
+    /// Places a by-value argument: in the slot if it fits, else in the arena.
+    fn place_value<V: Pod>(
+        &self,
+        v: &V,
+        inline: &mut InlineData,
+    ) -> Result<(Loc, Option<Alloc>), Error> {
+        if let Some(rel) = inline.put(v) {
+            return Ok((Loc::Inline(rel), None));
+        }
+        let (block, _) = self.alloc::<V>(1)?;
+        // SAFETY: the block holds one `V`, aligned, and is ours.
+        unsafe { block.ptr().cast::<V>().write(*v) };
+        Ok((Loc::Arena(block.off()), Some(block)))
+    }
+
+    /// Finds `input` in the arena, or copies it there.
+    fn place_input<T: Pod>(&self, input: &[T]) -> Result<(Loc, Option<Alloc>, bool), Error> {
+        let bytes = size_of_val(input);
+        let region = &self.inner.region;
+        if bytes == 0 {
+            return Ok((Loc::Arena(region.layout().arena_off as u64), None, false));
+        }
+        if let Some(off) = region.arena_offset(input.as_ptr().cast(), bytes) {
+            return Ok((Loc::Arena(off), None, true));
+        }
+        let (block, _) = self.alloc::<T>(input.len())?;
+        // SAFETY: the block has room for `bytes` bytes and is ours.
+        unsafe { std::ptr::copy_nonoverlapping(input.as_ptr().cast::<u8>(), block.ptr(), bytes) };
+        // ORDERING: Relaxed: a statistic.
+        self.inner
+            .stats
+            .bytes_staged
+            .fetch_add(bytes as u64, Relaxed);
+        Ok((Loc::Arena(block.off()), Some(block), false))
+    }
+
+    fn submit_map<T: Pod, U: Pod>(
+        &self,
+        input: &[T],
+        run: RunFn,
+        ctx: Option<(Loc, Option<Alloc>)>,
+        inline: InlineData,
+        waiter: Waiter,
+    ) -> Result<Submitted, Error> {
+        let len = input.len();
+        let (in_loc, staged, borrows) = self.place_input(input)?;
+        let (out, _) = self.alloc::<U>(len)?;
+        let (ctx_loc, ctx_block) = ctx.unwrap_or((Loc::Arena(0), None));
+        let chunk = default_chunk(len, self.inner.workers, size_of::<U>());
+        let spec = Spec {
+            run: run as usize,
+            input: in_loc,
+            output: Loc::Arena(out.off()),
+            ctx: ctx_loc,
+            len: len as u64,
+            chunk: chunk as u64,
+            inline,
+        };
+        let job = Job {
+            seq: 0,
+            len: len as u64,
+            out: Out::Block(out),
+            _holds: [staged, ctx_block],
+            failure: None,
+            waiter,
+        };
+        let tokens = len.div_ceil(chunk).min(self.inner.workers) as u32;
+        let (slot, seq) = self.inner.submit(&spec, job, tokens)?;
+        Ok(Submitted { slot, seq, borrows })
+    }
+
+    fn submit_apply<T: Pod, U: Pod>(
+        &self,
+        arg: &T,
+        run: RunFn,
+        waiter: Waiter,
+    ) -> Result<Submitted, Error> {
+        check_align::<T>()?;
+        check_align::<U>()?;
+        let mut inline = InlineData::new();
+        let (input, staged) = self.place_value(arg, &mut inline)?;
+        let (output, out) = match inline.reserve(size_of::<U>(), align_of::<U>()) {
+            Some(rel) => (
+                Loc::Inline(rel),
+                Out::Inline {
+                    rel,
+                    size: size_of::<U>(),
+                },
+            ),
+            None => {
+                let (block, _) = self.alloc::<U>(1)?;
+                (Loc::Arena(block.off()), Out::Block(block))
+            }
+        };
+        let spec = Spec {
+            run: run as usize,
+            input,
+            output,
+            ctx: Loc::Arena(0),
+            len: 1,
+            chunk: 1,
+            inline,
+        };
+        let job = Job {
+            seq: 0,
+            len: 1,
+            out,
+            _holds: [staged, None],
+            failure: None,
+            waiter,
+        };
+        let (slot, seq) = self.inner.submit(&spec, job, 1)?;
+        Ok(Submitted {
+            slot,
+            seq,
+            borrows: false,
+        })
+    }
+
+    /// Stops accepting work. Jobs already submitted still run; later
+    /// submissions fail with `Error::Closed`.
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(1)?;
+    /// pool.close();
+    /// assert!(matches!(pool.apply(1u8, |x| x), Err(shmpool::Error::Closed)));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn close(&self) {
+        self.inner.advance_life(CLOSED);
+    }
+
+    /// After [`close`](Self::close) (or [`terminate`](Self::terminate)):
+    /// waits until every submitted job is complete and its callbacks have run,
+    /// then lets the workers exit and reaps them.
+    ///
+    /// # Errors
+    /// `InvalidArgument` if the pool is still open; `WouldDeadlock` from a
+    /// completion callback or a task.
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let r = pool.apply_async(1u8, |x| x + 1)?;
+    /// pool.close();
+    /// pool.join()?;
+    /// assert!(r.ready());
+    /// assert!(pool.worker_pids().is_empty());
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn join(&self) -> Result<(), Error> {
+        if in_worker() || self.inner.on_result_thread() {
+            return Err(Error::WouldDeadlock {
+                reason: "join() waits for the callbacks of the thread or process that called it",
+            });
+        }
+        if self.inner.life() == OPEN {
+            return Err(Error::invalid(
+                "join() called before close() or terminate()",
+            ));
+        }
+        self.inner.wait_idle();
+        // ORDERING: SeqCst: read by the supervisor after we poke it.
+        let _ = self
+            .inner
+            .stop
+            .compare_exchange(STOP_NONE, STOP_GRACEFUL, SeqCst, SeqCst);
+        self.inner.poke_supervisor();
+        self.inner.wait_workers_gone();
+        Ok(())
+    }
+
+    /// Kills every worker now (`SIGKILL`) and reaps them. Outstanding jobs
+    /// complete with `Error::Terminated`; later submissions fail with
+    /// `Error::Closed`.
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let pids = pool.worker_pids();
+    /// pool.terminate();
+    /// assert!(pool.worker_pids().is_empty());
+    /// # let _ = pids;
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn terminate(&self) {
+        if in_worker() {
+            return;
+        }
+        self.inner.advance_life(TERMINATED);
+        // ORDERING: SeqCst: read by the supervisor after we poke it.
+        self.inner.stop.store(STOP_KILL, SeqCst);
+        {
+            // Under the lock the supervisor takes before reaping, so none of
+            // these pids can have been recycled.
+            let procs = lock(&self.inner.procs);
+            for &pid in procs.pids.iter().flatten() {
+                os::kill_now(pid);
+            }
+        }
+        self.inner.poke_supervisor();
+        self.inner.wait_workers_gone();
+        self.inner.poke_result_thread();
+    }
+}
+
+impl Drop for Pool {
+    /// Terminates and reaps the workers and stops the pool's threads.
+    /// Outstanding jobs complete with `Error::Terminated`.
+    fn drop(&mut self) {
+        self.terminate();
+        let me = thread::current().id();
+        for handle in self.threads.drain(..) {
+            // A callback may drop the last handle on the result thread itself;
+            // that thread exits once it returns.
+            if handle.thread().id() != me {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.inner.life() {
+            OPEN => "open",
+            CLOSED => "closed",
+            _ => "terminated",
+        };
+        f.debug_struct("Pool")
+            .field("workers", &self.inner.workers)
+            .field("state", &state)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_balance_and_align() {
+        assert_eq!(default_chunk(16, 2, 8), 2);
+        assert_eq!(default_chunk(1, 4, 8), 1);
+        assert_eq!(default_chunk(100, 4, 4), 7);
+        let big = default_chunk(16 << 20, 2, 8);
+        assert_eq!(big % 512, 0, "large ranges end on page boundaries");
+        assert!(big >= (16 << 20) / 8);
+        assert_eq!(default_chunk(10, 1, 0), 3);
+    }
+
+    #[test]
+    fn pool_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Pool>();
+        check::<ShmVec<f64>>();
+        fn send<T: Send>() {}
+        send::<AsyncResult<'static, ShmVec<f64>>>();
+        send::<AsyncResult<'static, u32>>();
+    }
+}

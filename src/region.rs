@@ -1,0 +1,351 @@
+//! The shared region: one memfd, mapped `MAP_SHARED`, holding the control
+//! block, the worker records, the job ring and the data arena.
+//!
+//! The region is created before any worker is forked, so every worker
+//! inherits the mapping at the same address. It is reference-counted: the
+//! pool, every `ShmVec` and every outstanding job hold an `Arc<Region>`, so
+//! the mapping outlives the pool for as long as data in it is reachable.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicUsize};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use memmap2::MmapMut;
+
+use crate::arena::FreeList;
+use crate::error::Error;
+use crate::layout::{Control, LINE, Layout, MAGIC, Slot, WorkerRecord};
+use crate::os;
+use crate::states::NO_SLOT;
+
+/// Blocks this large start on a page boundary.
+const PAGE_ALIGN_FROM: usize = 64 << 10;
+const PAGE: usize = 4096;
+
+/// The arena's allocator state.
+struct Heap {
+    list: FreeList,
+    /// Every byte of the arena below this offset is backed by reserved pages.
+    reserved_to: u64,
+}
+
+pub(crate) struct Region {
+    /// Owns the mapping; unmapped when the region is dropped.
+    _map: MmapMut,
+    /// The start of the mapping, taken once from `_map`.
+    base: *mut u8,
+    layout: Layout,
+    fd: OwnedFd,
+    heap: Mutex<Heap>,
+    registry_index: Option<usize>,
+}
+
+// SAFETY: `base` points into the mapping owned by `_map`, which lives exactly
+// as long as the `Region`. Shared words are atomics; arena blocks are handed
+// out one owner at a time through `Alloc`; the heap is behind a mutex.
+unsafe impl Send for Region {}
+// SAFETY: as above; `&Region` gives no unsynchronised access to anything.
+unsafe impl Sync for Region {}
+
+/// An arena block. Freed when dropped.
+pub(crate) struct Alloc {
+    region: Arc<Region>,
+    off: u64,
+    size: u64,
+}
+
+impl Region {
+    /// Creates the memfd, reserves the pages of the header, maps it and
+    /// initialises the control block and worker records.
+    pub(crate) fn create(layout: Layout) -> Result<Arc<Region>, Error> {
+        let fd = os::memfd(layout.len as u64)?;
+        os::reserve(&fd, 0, layout.arena_off as u64)
+            .map_err(|e| oom_or_io(e, layout.arena_off, 0))?;
+        // SAFETY: the memfd is ours alone: no other process or file handle can
+        // truncate it under the mapping, which is what map_mut requires.
+        let mut map = unsafe { MmapMut::map_mut(&fd)? };
+        debug_assert_eq!(map.len(), layout.len);
+        let base = map.as_mut_ptr();
+        let region = Region {
+            _map: map,
+            base,
+            layout,
+            fd,
+            heap: Mutex::new(Heap {
+                list: FreeList::new(layout.arena_off as u64, layout.len as u64),
+                reserved_to: layout.arena_off as u64,
+            }),
+            registry_index: registry::register(base as usize, layout.len),
+        };
+        for w in 0..layout.workers {
+            // ORDERING: Relaxed: no worker exists yet; fork publishes it.
+            region.record(w).slot.store(NO_SLOT, Relaxed);
+        }
+        // ORDERING: as above.
+        region.control().magic.0.store(MAGIC, Relaxed);
+        Ok(Arc::new(region))
+    }
+
+    pub(crate) fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub(crate) fn base(&self) -> *mut u8 {
+        self.base
+    }
+
+    /// A pointer to byte `off` of the region. `off <= layout.len` is the
+    /// caller's to check before dereferencing.
+    pub(crate) fn ptr(&self, off: u64) -> *mut u8 {
+        self.base.wrapping_add(off as usize)
+    }
+
+    pub(crate) fn control(&self) -> &Control {
+        // SAFETY: the control block sits at offset 0, is properly aligned (the
+        // mapping is page aligned), lives as long as `self`, and consists of
+        // atomics, which any process may access concurrently.
+        unsafe { &*(self.base as *const Control) }
+    }
+
+    /// Slot `s`; panics if `s` is not a slot of this ring.
+    pub(crate) fn slot(&self, s: usize) -> &Slot {
+        assert!(s < self.layout.ring, "slot index out of range");
+        // SAFETY: in bounds by the assert and the layout; aligned because
+        // `slots_off` and `size_of::<Slot>()` are multiples of its alignment;
+        // the fields are atomics or the raw-pointer-only `Inline`.
+        unsafe {
+            &*(self.ptr((self.layout.slots_off + s * size_of::<Slot>()) as u64) as *const Slot)
+        }
+    }
+
+    /// Worker `w`'s record; panics if there is no such worker.
+    pub(crate) fn record(&self, w: usize) -> &WorkerRecord {
+        assert!(w < self.layout.workers, "worker index out of range");
+        // SAFETY: as for `slot`.
+        unsafe {
+            &*(self.ptr((self.layout.records_off + w * size_of::<WorkerRecord>()) as u64)
+                as *const WorkerRecord)
+        }
+    }
+
+    /// The region offset of `bytes` bytes at `p`, if they lie wholly in the
+    /// arena.
+    pub(crate) fn arena_offset(&self, p: *const u8, bytes: usize) -> Option<u64> {
+        let start = self.base as usize + self.layout.arena_off;
+        let end = self.base as usize + self.layout.len;
+        let p = p as usize;
+        (p >= start && p.checked_add(bytes)? <= end).then(|| (p - self.base as usize) as u64)
+    }
+
+    fn heap(&self) -> MutexGuard<'_, Heap> {
+        // The heap's invariants hold between statements, so a panic elsewhere
+        // while it was held leaves it usable.
+        self.heap.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Allocates `bytes` bytes aligned to `align` (a power of two). Returns
+    /// the block and how many of its leading bytes may hold old data (the
+    /// rest is freshly reserved, hence zero).
+    ///
+    /// # Errors
+    /// `OutOfSharedMemory` when no free block fits or the kernel cannot
+    /// supply the pages.
+    pub(crate) fn alloc(
+        self: &Arc<Self>,
+        bytes: usize,
+        align: usize,
+    ) -> Result<(Alloc, usize), Error> {
+        if bytes == 0 {
+            let off = self.layout.arena_off as u64;
+            return Ok((
+                Alloc {
+                    region: self.clone(),
+                    off,
+                    size: 0,
+                },
+                0,
+            ));
+        }
+        let mut align = align.max(LINE);
+        if bytes >= PAGE_ALIGN_FROM {
+            align = align.max(PAGE);
+        }
+        let size = bytes
+            .checked_next_multiple_of(LINE)
+            .ok_or(Error::OutOfSharedMemory {
+                requested: bytes,
+                available: 0,
+            })? as u64;
+        let mut heap = self.heap();
+        let Some(off) = heap.list.alloc(size, align as u64) else {
+            return Err(Error::OutOfSharedMemory {
+                requested: bytes,
+                available: heap.list.largest() as usize,
+            });
+        };
+        let end = off + size;
+        let reserved = heap.reserved_to;
+        if end > reserved {
+            if let Err(e) = os::reserve(&self.fd, reserved, end - reserved) {
+                heap.list.free(off, size);
+                return Err(oom_or_io(e, bytes, heap.list.largest() as usize));
+            }
+            heap.reserved_to = end;
+        }
+        let dirty = reserved.saturating_sub(off).min(size) as usize;
+        Ok((
+            Alloc {
+                region: self.clone(),
+                off,
+                size,
+            },
+            dirty,
+        ))
+    }
+
+    fn free(&self, off: u64, size: u64) {
+        self.heap().list.free(off, size);
+    }
+
+    /// `(capacity, in use)` of the arena in bytes.
+    pub(crate) fn arena_usage(&self) -> (u64, u64) {
+        let cap = (self.layout.len - self.layout.arena_off) as u64;
+        (cap, self.heap().list.in_use())
+    }
+}
+
+fn oom_or_io(e: io::Error, requested: usize, available: usize) -> Error {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC | libc::ENOMEM | libc::EFBIG) => Error::OutOfSharedMemory {
+            requested,
+            available,
+        },
+        _ => Error::Io(e),
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        if let Some(i) = self.registry_index {
+            registry::unregister(i);
+        }
+    }
+}
+
+impl Alloc {
+    pub(crate) fn off(&self) -> u64 {
+        self.off
+    }
+
+    pub(crate) fn ptr(&self) -> *mut u8 {
+        self.region.ptr(self.off)
+    }
+}
+
+impl Drop for Alloc {
+    fn drop(&mut self) {
+        if self.size > 0 {
+            self.region.free(self.off, self.size);
+        }
+    }
+}
+
+/// Live regions of this process, so that a freshly forked worker can unmap
+/// the regions of *other* pools it inherited: otherwise their memory would
+/// stay allocated until this pool's workers exit.
+///
+/// A fixed array of atomics, because the child reads it after `fork`, where
+/// taking a lock another thread held at the time would deadlock. Regions past
+/// the first `LEN` are simply not unmapped in workers.
+pub(crate) mod registry {
+    use super::*;
+
+    const LEN: usize = 64;
+
+    struct Entry {
+        base: AtomicUsize,
+        len: AtomicUsize,
+        /// 0 free, 1 taken.
+        taken: AtomicU32,
+    }
+
+    static ENTRIES: [Entry; LEN] = [const {
+        Entry {
+            base: AtomicUsize::new(0),
+            len: AtomicUsize::new(0),
+            taken: AtomicU32::new(0),
+        }
+    }; LEN];
+
+    pub(crate) fn register(base: usize, len: usize) -> Option<usize> {
+        ENTRIES.iter().position(|e| {
+            // ORDERING: SeqCst on the claim; the fields are then written and
+            // read under the same total order by `unmap_others`.
+            let won = e.taken.compare_exchange(0, 1, SeqCst, Relaxed).is_ok();
+            if won {
+                // ORDERING: SeqCst, see above.
+                e.len.store(len, SeqCst);
+                // ORDERING: SeqCst, see above.
+                e.base.store(base, SeqCst);
+            }
+            won
+        })
+    }
+
+    pub(crate) fn unregister(i: usize) {
+        let e = &ENTRIES[i];
+        // ORDERING: SeqCst, as in `register`.
+        e.base.store(0, SeqCst);
+        // ORDERING: SeqCst: releases the entry after it is cleared.
+        e.taken.store(0, SeqCst);
+    }
+
+    /// In a freshly forked worker: unmaps every registered region but `own`.
+    pub(crate) fn unmap_others(own: usize) {
+        for e in &ENTRIES {
+            // ORDERING: SeqCst, as in `register`. The child is single-threaded;
+            // these values are the snapshot taken by fork.
+            let (base, len) = (e.base.load(SeqCst), e.len.load(SeqCst));
+            if base != 0 && base != own && len != 0 {
+                // SAFETY: the worker never touches other pools' regions: it
+                // runs only its own pool's jobs, whose offsets are validated
+                // against its own region.
+                unsafe { os::munmap(base, len) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alloc_reserves_reuses_and_reports() {
+        let layout = Layout::new(1, 4, 1 << 20).unwrap();
+        let r = Region::create(layout).unwrap();
+        let (a, dirty) = r.alloc(1000, 8).unwrap();
+        assert_eq!(dirty, 0, "a first block is freshly reserved");
+        assert_eq!(a.off() % LINE as u64, 0);
+        // SAFETY: the block is ours and 1000 bytes long.
+        unsafe { a.ptr().write_bytes(7, 1000) };
+        let off = a.off();
+        drop(a);
+        let (b, dirty) = r.alloc(100, 8).unwrap();
+        assert_eq!(b.off(), off, "first fit reuses the freed block");
+        assert_eq!(dirty, 128, "reused bytes may hold old data");
+        let err = r.alloc(2 << 20, 8).err().unwrap();
+        assert!(matches!(err, Error::OutOfSharedMemory { requested, .. } if requested == 2 << 20));
+        let (cap, used) = r.arena_usage();
+        assert_eq!((cap, used), (1 << 20, 128));
+        assert!(r.arena_offset(b.ptr(), 100).is_some());
+        assert!(
+            r.arena_offset(r.base(), 1).is_none(),
+            "the header is not arena"
+        );
+        let (z, _) = r.alloc(0, 8).unwrap();
+        assert_eq!(z.size, 0);
+    }
+}

@@ -1,0 +1,482 @@
+//! The asynchronous side: `AsyncResult`, the cell it waits on, and the
+//! pool's result thread, which delivers outcomes, runs callbacks and wakes
+//! wakers.
+//!
+//! Workers announce a finished asynchronous job by writing the pool's
+//! eventfd. The result thread reads it, harvests the finished slots (see
+//! `ring.rs`), gives each outcome its type, runs the job's callbacks, and only
+//! then marks the cell done, notifies blocked threads and wakes the task that
+//! polled it. Nothing here depends on a particular async runtime.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::inner::{Inner, OPEN, lock};
+use crate::os;
+use crate::ring::{Deliver, RawOut};
+
+type Callback<R> = Box<dyn FnOnce(&Result<R, Error>) + Send>;
+
+enum State<R> {
+    Pending {
+        callbacks: Vec<Callback<R>>,
+        waker: Option<Waker>,
+    },
+    Done(Result<R, Error>),
+    /// Complete, but the outcome is lent to a callback registered after
+    /// completion; callbacks registered meanwhile wait in `late`. Waiters
+    /// treat it as not yet available.
+    Lent {
+        ok: bool,
+        late: Vec<Callback<R>>,
+    },
+    /// The outcome was handed out; `ok` remembers whether it succeeded.
+    Taken {
+        ok: bool,
+    },
+}
+
+/// Where an asynchronous job's outcome lands.
+pub(crate) struct Cell<R> {
+    state: Mutex<State<R>>,
+    done: Condvar,
+    /// Gives a raw outcome its type.
+    convert: fn(RawOut, usize) -> R,
+    len: usize,
+}
+
+impl<R> Cell<R> {
+    pub(crate) fn new(convert: fn(RawOut, usize) -> R, len: usize) -> Self {
+        Cell {
+            state: Mutex::new(State::Pending {
+                callbacks: Vec::new(),
+                waker: None,
+            }),
+            done: Condvar::new(),
+            convert,
+            len,
+        }
+    }
+}
+
+impl<R: Send + 'static> Deliver for Cell<R> {
+    fn deliver(&self, outcome: Result<RawOut, Error>) {
+        let outcome = outcome.map(|raw| (self.convert)(raw, self.len));
+        // Callbacks run outside the lock (they may call `ready()`), before the
+        // outcome becomes visible; ones registered meanwhile run next round.
+        loop {
+            let callbacks = {
+                let mut state = lock(&self.state);
+                match &mut *state {
+                    State::Pending { callbacks, .. } if !callbacks.is_empty() => {
+                        std::mem::take(callbacks)
+                    }
+                    State::Pending { waker, .. } => {
+                        let waker = waker.take();
+                        *state = State::Done(outcome);
+                        drop(state);
+                        self.done.notify_all();
+                        if let Some(w) = waker {
+                            w.wake();
+                        }
+                        return;
+                    }
+                    State::Done(_) | State::Lent { .. } | State::Taken { .. } => return,
+                }
+            };
+            for cb in callbacks {
+                // A panicking callback must not take the result thread down;
+                // the panic hook has already reported it.
+                let _ = catch_unwind(AssertUnwindSafe(|| cb(&outcome)));
+            }
+        }
+    }
+}
+
+/// The pending result of [`Pool::apply_async`] or [`Pool::map_async`].
+///
+/// Wait for it with [`get`](Self::get), [`wait`](Self::wait) or
+/// [`wait_timeout`](Self::wait_timeout), poll it with
+/// [`ready`](Self::ready), register a callback with
+/// [`on_complete`](Self::on_complete), or `.await` it under any executor.
+///
+/// The lifetime `'a` is that of a borrowed input: an `AsyncResult` from
+/// `map_async` over a `ShmVec` reads it in place and keeps it borrowed. If
+/// such a result is dropped before the job finishes, the drop waits until no
+/// worker reads the input any more (the job still completes and its
+/// callbacks still run). Results whose input was copied, and `apply_async`
+/// results, never wait on drop.
+///
+/// [`Pool::apply_async`]: crate::Pool::apply_async
+/// [`Pool::map_async`]: crate::Pool::map_async
+///
+/// # Example
+/// ```
+/// let pool = shmpool::Pool::new(2)?;
+/// let r = pool.apply_async(6u32, |x| x * 7)?;
+/// r.on_complete(|out| assert_eq!(*out.as_ref().unwrap(), 42));
+/// assert_eq!(r.get()?, 42);
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+#[must_use = "an AsyncResult does nothing unless waited on; dropping it detaches the job"]
+pub struct AsyncResult<'a, R> {
+    cell: Arc<Cell<R>>,
+    inner: Arc<Inner>,
+    slot: usize,
+    seq: u64,
+    /// The job reads memory the caller still owns.
+    borrows: bool,
+    _input: PhantomData<&'a [u8]>,
+}
+
+impl<R> std::fmt::Debug for AsyncResult<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field(
+                "ready",
+                &!matches!(&*lock(&self.cell.state), State::Pending { .. }),
+            )
+            .field("borrows_input", &self.borrows)
+            .finish()
+    }
+}
+
+impl<'a, R: Send + 'static> AsyncResult<'a, R> {
+    pub(crate) fn new(
+        cell: Arc<Cell<R>>,
+        inner: Arc<Inner>,
+        slot: usize,
+        seq: u64,
+        borrows: bool,
+    ) -> Self {
+        AsyncResult {
+            cell,
+            inner,
+            slot,
+            seq,
+            borrows,
+            _input: PhantomData,
+        }
+    }
+
+    /// Blocks until the job is complete and returns its result.
+    ///
+    /// # Errors
+    /// The job's error (`TaskPanicked`, `WorkerDied`, `Terminated`, ...), or
+    /// `WouldDeadlock` when called from a completion callback on a job that is
+    /// not yet complete (only the result thread, which runs callbacks, could
+    /// complete it).
+    ///
+    /// # Example
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let squares = pool.map_async(&[1u64, 2, 3], |x| x * x)?;
+    /// assert_eq!(&squares.get()?[..], &[1, 4, 9]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn get(mut self) -> Result<R, Error> {
+        if !self.block(None) {
+            return Err(Error::WouldDeadlock {
+                reason: "get() on an unfinished job from inside a completion callback",
+            });
+        }
+        self.take()
+    }
+
+    /// Blocks until the job is complete, or until `timeout` passes; then
+    /// returns the result, or `Error::Timeout` leaving the job running. After
+    /// it has returned the result once, it returns `InvalidArgument`.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get), plus `Timeout`.
+    ///
+    /// # Example
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let mut r = pool.apply_async(2u8, |x| x + 1)?;
+    /// assert_eq!(r.get_timeout(Duration::from_secs(10))?, 3);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn get_timeout(&mut self, timeout: Duration) -> Result<R, Error> {
+        if self.block(Some(timeout)) {
+            if matches!(
+                &*lock(&self.cell.state),
+                State::Pending { .. } | State::Lent { .. }
+            ) {
+                return Err(Error::Timeout {
+                    after: timeout,
+                    range: None,
+                });
+            }
+            return self.take();
+        }
+        Err(Error::WouldDeadlock {
+            reason: "get_timeout() on an unfinished job from inside a completion callback",
+        })
+    }
+
+    /// Blocks until the job is complete. Called from a completion callback on
+    /// a job that is not complete, returns at once (waiting there would
+    /// deadlock).
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let r = pool.apply_async(1i32, |x| -x)?;
+    /// r.wait();
+    /// assert!(r.ready());
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn wait(&self) {
+        self.block(None);
+    }
+
+    /// Blocks until the job is complete or `timeout` passes; returns whether
+    /// it is complete. A timeout does not cancel the job.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let r = pool.apply_async(1i32, |x| -x)?;
+    /// assert!(r.wait_timeout(Duration::from_secs(10)));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.block(Some(timeout));
+        self.ready()
+    }
+
+    /// Whether the job is complete (its result is available without waiting).
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let r = pool.apply_async(1i32, |x| -x)?;
+    /// r.wait();
+    /// assert!(r.ready());
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn ready(&self) -> bool {
+        !matches!(&*lock(&self.cell.state), State::Pending { .. })
+    }
+
+    /// `None` while the job runs; then whether it succeeded.
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let r = pool.apply_async(0u32, |x| 10 / x)?; // panics in the worker
+    /// r.wait();
+    /// assert_eq!(r.successful(), Some(false));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn successful(&self) -> Option<bool> {
+        match &*lock(&self.cell.state) {
+            State::Pending { .. } => None,
+            State::Done(r) => Some(r.is_ok()),
+            State::Lent { ok, .. } | State::Taken { ok } => Some(*ok),
+        }
+    }
+
+    /// Runs `callback` with the job's outcome exactly once: in the pool's
+    /// result thread when the job completes, or at once, in this thread, if it
+    /// already has. Callbacks run before blocked `get`/`wait` calls return,
+    /// and `get` still returns the result afterwards. Keep callbacks short:
+    /// they hold up the delivery of other results. A panicking callback is
+    /// caught and ignored.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let seen = Arc::new(AtomicU32::new(0));
+    /// let r = pool.apply_async(20u32, |x| x + 1)?;
+    /// let s = seen.clone();
+    /// r.on_complete(move |out| s.store(*out.as_ref().unwrap(), Ordering::SeqCst));
+    /// assert_eq!(r.get()?, 21);
+    /// assert_eq!(seen.load(Ordering::SeqCst), 21);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn on_complete(&self, callback: impl FnOnce(&Result<R, Error>) + Send + 'static) {
+        let mut state = lock(&self.cell.state);
+        let outcome = match &mut *state {
+            State::Pending { callbacks, .. } => return callbacks.push(Box::new(callback)),
+            State::Lent { late, .. } => return late.push(Box::new(callback)),
+            State::Taken { ok } => {
+                // Only reachable through a manually polled future that
+                // already returned the outcome.
+                let reason = if *ok {
+                    "the result was already taken"
+                } else {
+                    "the error was already taken"
+                };
+                drop(state);
+                let _ = catch_unwind(AssertUnwindSafe(|| callback(&Err(Error::invalid(reason)))));
+                return;
+            }
+            State::Done(outcome) => {
+                let ok = outcome.is_ok();
+                match std::mem::replace(
+                    &mut *state,
+                    State::Lent {
+                        ok,
+                        late: Vec::new(),
+                    },
+                ) {
+                    State::Done(outcome) => outcome,
+                    _ => unreachable!("matched Done above"),
+                }
+            }
+        };
+        drop(state);
+        // Run outside the lock (the callback may use this result), then run
+        // any callback registered meanwhile, then give the outcome back.
+        let mut next: Vec<Callback<R>> = vec![Box::new(callback)];
+        loop {
+            for cb in next {
+                let _ = catch_unwind(AssertUnwindSafe(|| cb(&outcome)));
+            }
+            let mut state = lock(&self.cell.state);
+            match &mut *state {
+                State::Lent { late, .. } if !late.is_empty() => next = std::mem::take(late),
+                _ => {
+                    *state = State::Done(outcome);
+                    drop(state);
+                    self.cell.done.notify_all();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits for completion (forever, or up to `timeout`). Returns `false`
+    /// only when waiting would deadlock.
+    fn block(&self, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut state = lock(&self.cell.state);
+        while matches!(&*state, State::Pending { .. } | State::Lent { .. }) {
+            if self.inner.on_result_thread() && matches!(&*state, State::Pending { .. }) {
+                return false;
+            }
+            let wait = match deadline {
+                None => Duration::from_secs(1),
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => break,
+                },
+            };
+            state = self
+                .cell
+                .done
+                .wait_timeout(state, wait)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+
+    fn take(&mut self) -> Result<R, Error> {
+        let mut state = lock(&self.cell.state);
+        match std::mem::replace(&mut *state, State::Taken { ok: false }) {
+            State::Done(outcome) => {
+                *state = State::Taken {
+                    ok: outcome.is_ok(),
+                };
+                outcome
+            }
+            State::Taken { ok } => {
+                *state = State::Taken { ok };
+                Err(Error::invalid("the result was already taken"))
+            }
+            unfinished @ (State::Pending { .. } | State::Lent { .. }) => {
+                *state = unfinished;
+                Err(Error::invalid("the job is not complete"))
+            }
+        }
+    }
+}
+
+impl<R: Send + 'static> Future for AsyncResult<'_, R> {
+    type Output = Result<R, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        {
+            let mut state = lock(&this.cell.state);
+            match &mut *state {
+                State::Pending { waker, .. } => {
+                    match waker {
+                        Some(w) if w.will_wake(cx.waker()) => {}
+                        _ => *waker = Some(cx.waker().clone()),
+                    }
+                    return Poll::Pending;
+                }
+                State::Lent { .. } => {
+                    // A late callback is reading the outcome; it is brief.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                State::Done(_) | State::Taken { .. } => {}
+            }
+        }
+        Poll::Ready(this.take())
+    }
+}
+
+impl<R> Drop for AsyncResult<'_, R> {
+    fn drop(&mut self) {
+        if self.borrows && matches!(&*lock(&self.cell.state), State::Pending { .. }) {
+            // The job reads memory the caller gets back when this borrow ends.
+            self.inner.settle(self.slot, self.seq);
+        }
+    }
+}
+
+/// The result thread: delivers asynchronous outcomes until the pool is shut
+/// down and nothing is left to deliver.
+pub(crate) fn result_loop(inner: Arc<Inner>) {
+    let _ = inner.result_thread.set(std::thread::current().id());
+    let mut quiet_rounds = 0u32;
+    loop {
+        let (batch, busy, exit) = {
+            let mut ring = inner.ring();
+            inner.collect_async(&mut ring);
+            let batch = std::mem::take(&mut ring.ready);
+            let busy = ring.async_slots().next().is_some();
+            if busy && quiet_rounds > 0 {
+                // Woken by the tick, not by a worker: make sure no job waits
+                // for a wake-up that was lost.
+                inner.kick_async(&ring);
+            }
+            let exit = inner.life() != OPEN && inner.workers_gone() && !busy && batch.is_empty();
+            (batch, busy, exit)
+        };
+        let delivered = batch.len();
+        for (cell, outcome) in batch {
+            cell.deliver(outcome);
+        }
+        if delivered > 0 {
+            inner.delivered(delivered);
+        }
+        if exit {
+            return;
+        }
+        let timeout = if busy { 100 } else { 1000 };
+        let mut fds = [libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&inner.done_fd),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let woken = matches!(os::poll(&mut fds, timeout), Ok(n) if n > 0);
+        if woken {
+            os::eventfd_drain(&inner.done_fd);
+            quiet_rounds = 0;
+        } else {
+            quiet_rounds += 1;
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! The parent's side of the job ring: which slot holds which job, publishing
+//! a job, and harvesting its outcome.
+//!
+//! The shared slot is only the medium. What a job *is* (its length, its
+//! output block, who waits for it) lives here, in the parent's memory, behind
+//! the pool's ring lock; nothing read back from shared memory is trusted
+//! beyond comparing it with these values. The protocol is in `design.md`
+//! ("The slot protocol", "Draining").
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+
+use crate::error::Error;
+use crate::layout::{INLINE_CAP, LINE, LOC_CAP, MSG_CAP, Slot};
+use crate::os;
+use crate::region::{Alloc, Region};
+use crate::states::*;
+
+/// Receives the outcome of an asynchronous job; implemented by the typed
+/// result cell behind an `AsyncResult`.
+pub(crate) trait Deliver: Send + Sync {
+    fn deliver(&self, outcome: Result<RawOut, Error>);
+}
+
+/// A finished job's result, before it is given its type.
+// Moved once per job; boxing the inline bytes would cost an allocation per
+// `apply`.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum RawOut {
+    /// The result of an empty `map_async`: nothing was submitted.
+    Empty,
+    /// An arena block: a `map` output, or a large `apply` result.
+    Block(Alloc),
+    /// A small `apply` result, copied out of the slot's inline area.
+    Bytes([u8; INLINE_CAP]),
+}
+
+/// Where a job's result will be.
+pub(crate) enum Out {
+    Block(Alloc),
+    /// At this offset within the slot's inline area.
+    Inline {
+        rel: u64,
+        size: usize,
+    },
+}
+
+/// Who is waiting for a job.
+pub(crate) enum Waiter {
+    /// A thread blocked in `map`/`apply`, which harvests the slot itself.
+    Sync,
+    /// An `AsyncResult`; the outcome goes to the pool's result thread.
+    Async(Arc<dyn Deliver>),
+}
+
+/// A job as the parent knows it.
+pub(crate) struct Job {
+    pub(crate) seq: u64,
+    pub(crate) len: u64,
+    pub(crate) out: Out,
+    /// Blocks the job owns until it finishes: a staged input, a context.
+    pub(crate) _holds: [Option<Alloc>; 2],
+    /// Set by the parent when the job failed outside the workers' view (a
+    /// worker died, the pool was terminated).
+    pub(crate) failure: Option<Error>,
+    pub(crate) waiter: Waiter,
+}
+
+/// Small values (an `apply` argument and result, a `map_with` context) that
+/// travel in the slot itself.
+pub(crate) struct InlineData {
+    pub(crate) bytes: [u8; INLINE_CAP],
+    pub(crate) used: usize,
+}
+
+impl InlineData {
+    pub(crate) fn new() -> Self {
+        InlineData {
+            bytes: [0; INLINE_CAP],
+            used: 0,
+        }
+    }
+
+    /// Room for `size` bytes aligned to `align`; the offset within the inline
+    /// area, or `None` if it does not fit.
+    pub(crate) fn reserve(&mut self, size: usize, align: usize) -> Option<u64> {
+        if align > LINE {
+            return None;
+        }
+        let at = self.used.next_multiple_of(align);
+        let end = at.checked_add(size).filter(|&e| e <= INLINE_CAP)?;
+        self.used = end;
+        Some(at as u64)
+    }
+
+    /// Copies `v` in; its offset, or `None` if it does not fit.
+    pub(crate) fn put<V: bytemuck::Pod>(&mut self, v: &V) -> Option<u64> {
+        let at = self.reserve(size_of::<V>(), align_of::<V>())?;
+        let at_usize = at as usize;
+        self.bytes[at_usize..at_usize + size_of::<V>()].copy_from_slice(bytemuck::bytes_of(v));
+        Some(at)
+    }
+}
+
+/// Where a job's input, output or context lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Loc {
+    /// At this region offset (an arena block).
+    Arena(u64),
+    /// At this offset within the slot's inline area.
+    Inline(u64),
+}
+
+impl Loc {
+    fn resolve(self, inline_off: u64) -> u64 {
+        match self {
+            Loc::Arena(off) => off,
+            Loc::Inline(rel) => inline_off + rel,
+        }
+    }
+}
+
+/// What workers need to run a job.
+pub(crate) struct Spec {
+    /// The trampoline's address.
+    pub(crate) run: usize,
+    pub(crate) input: Loc,
+    pub(crate) output: Loc,
+    pub(crate) ctx: Loc,
+    pub(crate) len: u64,
+    pub(crate) chunk: u64,
+    /// Copied into the slot's inline area on publish.
+    pub(crate) inline: InlineData,
+}
+
+enum Phase {
+    Free,
+    Busy(Job),
+    /// Harvested, but a worker may still be in the slot (only claiming
+    /// nothing and leaving); not reusable until none is.
+    Draining,
+}
+
+/// The parent-side state of the ring. Guarded by the pool's ring lock.
+pub(crate) struct Ring {
+    phases: Box<[Phase]>,
+    cursor: usize,
+    next_seq: u64,
+    /// Jobs submitted and not yet handed to their waiter.
+    pub(crate) in_flight: usize,
+    /// Asynchronous outcomes harvested by threads other than the result
+    /// thread, waiting for it to deliver them.
+    pub(crate) ready: Vec<(Arc<dyn Deliver>, Result<RawOut, Error>)>,
+}
+
+/// A harvested job: its waiter and its outcome.
+pub(crate) struct Harvest {
+    pub(crate) waiter: Waiter,
+    pub(crate) outcome: Result<RawOut, Error>,
+}
+
+impl fmt::Debug for Ring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ring")
+            .field("slots", &self.phases.len())
+            .field("in_flight", &self.in_flight)
+            .finish()
+    }
+}
+
+/// Whether no live worker is in slot `s`. Dead workers' records are cleared
+/// by the supervisor after it has dealt with their job.
+pub(crate) fn drained(region: &Region, s: usize) -> bool {
+    (0..region.layout().workers).all(|w| {
+        // ORDERING: SeqCst: the parent's half of the Dekker pair with a
+        // worker's record store (see `worker::run_slot`); the caller stored
+        // `state` or `abort` with SeqCst before calling this.
+        region.record(w).slot.load(SeqCst) != s as u32
+    })
+}
+
+fn set_pending(region: &Region, s: usize) {
+    // ORDERING: Release: pairs with the worker's Acquire load of the bitmap;
+    // the descriptor was already released by the store of `state`.
+    region.control().pending.0[s / 64].fetch_or(1u64 << (s % 64), Release);
+}
+
+fn clear_pending(region: &Region, s: usize) {
+    // ORDERING: Relaxed: a stale bit only costs a worker a wasted look.
+    region.control().pending.0[s / 64].fetch_and(!(1u64 << (s % 64)), Relaxed);
+}
+
+impl Ring {
+    pub(crate) fn new(slots: usize) -> Self {
+        Ring {
+            phases: (0..slots).map(|_| Phase::Free).collect(),
+            cursor: 0,
+            next_seq: 1,
+            in_flight: 0,
+            ready: Vec::new(),
+        }
+    }
+
+    /// A slot that can take a job now, if any. Turns drained slots free.
+    pub(crate) fn take_free(&mut self, region: &Region) -> Option<usize> {
+        let n = self.phases.len();
+        (0..n)
+            .map(|i| (self.cursor + i) % n)
+            .find(|&s| match self.phases[s] {
+                Phase::Free => true,
+                Phase::Draining => drained(region, s),
+                Phase::Busy(_) => false,
+            })
+    }
+
+    /// Publishes `job` in slot `s` (from `take_free`) and returns its sequence
+    /// number. The caller then posts work tokens.
+    pub(crate) fn publish(
+        &mut self,
+        region: &Region,
+        s: usize,
+        spec: &Spec,
+        mut job: Job,
+        notify: u32,
+    ) -> u64 {
+        let slot = region.slot(s);
+        let d = &slot.desc;
+        let sync = matches!(job.waiter, Waiter::Sync);
+        let inline_off = region.layout().inline_off(s);
+        let inline = &spec.inline;
+        // SAFETY: the inline area of slot `s` is `INLINE_CAP` bytes inside the
+        // mapping, and no worker is in the slot; `used <= INLINE_CAP`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                inline.bytes.as_ptr(),
+                region.ptr(inline_off),
+                inline.used,
+            )
+        };
+        // ORDERING: Relaxed: no worker is in the slot (it is free or drained),
+        // and these stores are published by the Release store of `state`.
+        slot.claim.0.store(0, Relaxed);
+        slot.done.0.store(0, Relaxed);
+        slot.err.state.store(ERR_NONE, Relaxed);
+        d.abort.store(0, Relaxed);
+        d.waiters.store(sync as u32, Relaxed);
+        d.notify.store(notify, Relaxed);
+        d.run.store(spec.run, Relaxed);
+        d.in_off.store(spec.input.resolve(inline_off), Relaxed);
+        d.out_off.store(spec.output.resolve(inline_off), Relaxed);
+        d.ctx_off.store(spec.ctx.resolve(inline_off), Relaxed);
+        d.len.store(spec.len, Relaxed);
+        d.chunk.store(spec.chunk, Relaxed);
+        // ORDERING: Release: publishes the descriptor above, and the input
+        // data written before, to workers that load `state` with Acquire.
+        d.state.store(SLOT_RUNNING, Release);
+        set_pending(region, s);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        job.seq = seq;
+        self.phases[s] = Phase::Busy(job);
+        self.cursor = (s + 1) % self.phases.len();
+        self.in_flight += 1;
+        seq
+    }
+
+    /// Whether slot `s` holds job `seq`.
+    pub(crate) fn holds(&self, s: usize, seq: u64) -> bool {
+        matches!(&self.phases[s], Phase::Busy(j) if j.seq == seq)
+    }
+
+    /// The slots of unfinished asynchronous jobs.
+    pub(crate) fn async_slots(&self) -> impl Iterator<Item = usize> + '_ {
+        self.phases
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| {
+                matches!(
+                    p,
+                    Phase::Busy(Job {
+                        waiter: Waiter::Async(_),
+                        ..
+                    })
+                )
+            })
+            .map(|(s, _)| s)
+    }
+
+    /// The slots of all unfinished jobs.
+    pub(crate) fn busy_slots(&self) -> impl Iterator<Item = usize> + '_ {
+        self.phases
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| matches!(p, Phase::Busy(_)))
+            .map(|(s, _)| s)
+    }
+
+    /// Marks the job in slot `s` failed with `error` (unless it already
+    /// failed or finished) and tells its workers to skip what is left.
+    /// Returns whether the slot holds an unfinished job.
+    /// `error` receives the job's length, to validate a range against it.
+    pub(crate) fn fail(
+        &mut self,
+        region: &Region,
+        s: usize,
+        error: impl FnOnce(u64) -> Error,
+    ) -> bool {
+        let Phase::Busy(job) = &mut self.phases[s] else {
+            return false;
+        };
+        let slot = region.slot(s);
+        // ORDERING: Acquire: see `try_harvest`.
+        if slot.desc.state.load(Acquire) == SLOT_DONE {
+            return false;
+        }
+        if job.failure.is_none() {
+            job.failure = Some(error(job.len));
+        }
+        // ORDERING: SeqCst: stored before any drain check scans the records
+        // (the Dekker pair with `worker::run_slot`).
+        slot.desc.abort.store(1, SeqCst);
+        os::futex_wake(&slot.desc.state, u32::MAX);
+        true
+    }
+
+    /// Re-announces an unfinished job whose ranges are not all claimed, in
+    /// case its wake-up was lost (a worker died holding the token, or a
+    /// worker cleared the bit by scribbling). Returns whether it did.
+    pub(crate) fn kick(&self, region: &Region, s: usize) -> bool {
+        let Phase::Busy(job) = &self.phases[s] else {
+            return false;
+        };
+        let slot = region.slot(s);
+        // ORDERING: Relaxed: a heuristic; a spurious kick costs one wake-up.
+        let stuck =
+            slot.desc.state.load(Relaxed) == SLOT_RUNNING && slot.claim.0.load(Relaxed) < job.len;
+        if stuck {
+            set_pending(region, s);
+        }
+        stuck
+    }
+
+    /// If the job `seq` in slot `s` (any job, for `None`) has finished, takes
+    /// it out of the ring and returns its waiter and outcome; the slot is
+    /// freed, or left draining until the last worker leaves it.
+    pub(crate) fn try_harvest(
+        &mut self,
+        region: &Region,
+        s: usize,
+        seq: Option<u64>,
+    ) -> Option<Harvest> {
+        let Phase::Busy(job) = &mut self.phases[s] else {
+            return None;
+        };
+        if seq.is_some_and(|q| q != job.seq) {
+            return None;
+        }
+        let slot = region.slot(s);
+        // ORDERING: Acquire: pairs with the completing worker's SeqCst
+        // exchange to DONE, after which every range's output is visible.
+        let mut state = slot.desc.state.load(Acquire);
+        if state != SLOT_DONE {
+            // Not done: finished only if failed, or stalled in an impossible
+            // state, *and* no worker is left in the slot.
+            // ORDERING: SeqCst: read before the drain check, like `abort`.
+            let exhausted = slot.claim.0.load(SeqCst) >= job.len;
+            let stalled = job.failure.is_some() || state != SLOT_RUNNING || exhausted;
+            if !stalled || !drained(region, s) {
+                return None;
+            }
+            // The last worker may have completed the job between our first
+            // look and the drain check.
+            // ORDERING: Acquire, as above.
+            state = slot.desc.state.load(Acquire);
+        }
+        let verdict = if state == SLOT_DONE {
+            // ORDERING: Acquire: the value is validated against the length.
+            let done = slot.done.0.load(Acquire);
+            if done != job.len {
+                Err(Error::Corrupted {
+                    detail: "a finished job's done counter does not match its length",
+                })
+            } else {
+                match task_error(slot, job.len).or_else(|| job.failure.take()) {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                }
+            }
+        } else {
+            let detail = if state == SLOT_RUNNING {
+                "every range was claimed and no worker is running, but the job is not done"
+            } else {
+                "the slot state is not a valid value"
+            };
+            Err(task_error(slot, job.len)
+                .or_else(|| job.failure.take())
+                .unwrap_or(Error::Corrupted { detail }))
+        };
+        let Phase::Busy(job) = std::mem::replace(&mut self.phases[s], Phase::Draining) else {
+            unreachable!("checked above");
+        };
+        // ORDERING: SeqCst: from here no worker can enter the slot unseen: one
+        // that announced itself after our scan reads EMPTY and leaves.
+        slot.desc.state.store(SLOT_EMPTY, SeqCst);
+        clear_pending(region, s);
+        if drained(region, s) {
+            self.phases[s] = Phase::Free;
+        }
+        let outcome = verdict.map(|()| match job.out {
+            Out::Block(block) => RawOut::Block(block),
+            Out::Inline { rel, size } => {
+                let mut bytes = [0u8; INLINE_CAP];
+                let size = size.min(INLINE_CAP - (rel as usize).min(INLINE_CAP));
+                let off = region.layout().inline_off(s) + rel;
+                // SAFETY: `off..off + size` is this slot's inline area (the
+                // parent chose it), inside the mapping; every range is done,
+                // so no worker writes it any more. Bytes are copied, not typed.
+                unsafe { std::ptr::copy_nonoverlapping(region.ptr(off), bytes.as_mut_ptr(), size) };
+                RawOut::Bytes(bytes)
+            }
+        });
+        // `job._holds` (staged input, context) are freed here: no worker reads
+        // them any more.
+        Some(Harvest {
+            waiter: job.waiter,
+            outcome,
+        })
+    }
+}
+
+/// The error a worker recorded in the slot, if any, validated.
+fn task_error(slot: &Slot, len: u64) -> Option<Error> {
+    let err = &slot.err;
+    // ORDERING: Acquire: pairs with the worker's Release store of ERR_READY.
+    match err.state.load(Acquire) {
+        ERR_NONE | ERR_WRITING => return None,
+        ERR_READY => {}
+        _ => {
+            return Some(Error::Corrupted {
+                detail: "the error record state is not a valid value",
+            });
+        }
+    }
+    // ORDERING: Relaxed: ordered after the Acquire load above.
+    let (start, end) = (err.start.load(Relaxed), err.end.load(Relaxed));
+    let range = if start <= end && end <= len {
+        start as usize..end as usize
+    } else {
+        0..0
+    };
+    let read = |cells: &[std::sync::atomic::AtomicU8], n: u32, cap: usize| {
+        let bytes: Vec<u8> = cells
+            .iter()
+            .take((n as usize).min(cap))
+            .map(|c| c.load(Relaxed))
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    match err.kind.load(Relaxed) {
+        KIND_PANIC => {
+            let location = read(&err.loc, err.loc_len.load(Relaxed), LOC_CAP);
+            Some(Error::TaskPanicked {
+                message: read(&err.msg, err.msg_len.load(Relaxed), MSG_CAP),
+                range,
+                location: (!location.is_empty()).then_some(location),
+            })
+        }
+        KIND_CORRUPT => Some(Error::Corrupted {
+            detail: "a worker found the job descriptor out of bounds",
+        }),
+        _ => Some(Error::Corrupted {
+            detail: "the error record kind is not a valid value",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_data_packs_and_refuses() {
+        let mut d = InlineData::new();
+        assert_eq!(d.put(&7u8), Some(0));
+        assert_eq!(d.put(&1.5f64), Some(8));
+        assert_eq!(&d.bytes[8..16], &1.5f64.to_ne_bytes());
+        assert_eq!(d.reserve(INLINE_CAP, 1), None);
+        assert_eq!(d.reserve(INLINE_CAP - 16, 8), Some(16));
+        assert_eq!(d.reserve(1, 1), None);
+        assert_eq!(InlineData::new().reserve(1, 2 * LINE), None, "over-aligned");
+    }
+
+    #[test]
+    fn locations_resolve_against_the_slot() {
+        assert_eq!(Loc::Arena(4096).resolve(100), 4096);
+        assert_eq!(Loc::Inline(8).resolve(100), 108);
+    }
+}

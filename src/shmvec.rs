@@ -1,0 +1,183 @@
+//! `ShmVec<T>`: an owned, fixed-length vector of plain-old-data in a pool's
+//! shared arena.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+use std::slice;
+
+use bytemuck::Pod;
+
+use crate::region::Alloc;
+
+/// An owned vector of `T` in a pool's shared memory.
+///
+/// Workers read a `ShmVec` input in place (no copy) and write `map` outputs
+/// straight into a new `ShmVec`. It dereferences to `[T]`, goes back to the
+/// arena when dropped, and stays valid after its pool is dropped: the shared
+/// mapping lives until the last `ShmVec` in it is gone.
+///
+/// Its length is fixed; make one with [`Pool::alloc_zeroed`],
+/// [`Pool::to_shm`] or any `map`.
+///
+/// [`Pool::alloc_zeroed`]: crate::Pool::alloc_zeroed
+/// [`Pool::to_shm`]: crate::Pool::to_shm
+///
+/// # Example
+/// ```
+/// let pool = shmpool::Pool::new(2)?;
+/// let mut xs = pool.alloc_zeroed::<f64>(4)?;
+/// xs.copy_from_slice(&[1.0, 4.0, 9.0, 16.0]);
+/// let roots = pool.map(&xs, f64::sqrt)?; // reads `xs` in place
+/// assert_eq!(&roots[..], &[1.0, 2.0, 3.0, 4.0]);
+/// assert_eq!(pool.stats().bytes_staged, 0);
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+pub struct ShmVec<T: Pod> {
+    ptr: NonNull<T>,
+    len: usize,
+    /// The arena block, owned only to be freed on drop; `None` for vectors
+    /// that own no memory (empty, or zero-sized `T`).
+    _block: Option<Alloc>,
+    _owns: PhantomData<T>,
+}
+
+// SAFETY: a ShmVec owns its block exclusively (no other ShmVec or job refers
+// to it once it is handed out), like a Box<[T]>; `Alloc` is Send + Sync.
+unsafe impl<T: Pod + Send> Send for ShmVec<T> {}
+// SAFETY: `&ShmVec<T>` only gives `&[T]`.
+unsafe impl<T: Pod + Sync> Sync for ShmVec<T> {}
+
+impl<T: Pod> ShmVec<T> {
+    /// An empty vector that owns no shared memory.
+    ///
+    /// ```
+    /// let v = shmpool::ShmVec::<u32>::new();
+    /// assert!(v.is_empty());
+    /// ```
+    pub const fn new() -> Self {
+        ShmVec {
+            ptr: NonNull::dangling(),
+            len: 0,
+            _block: None,
+            _owns: PhantomData,
+        }
+    }
+
+    /// Takes ownership of an arena block holding `len` values of `T`.
+    ///
+    /// # Safety
+    /// - `alloc` is at least `len * size_of::<T>()` bytes, aligned for `T`;
+    /// - no worker reads or writes it any more, and nothing else refers to it.
+    pub(crate) unsafe fn from_alloc(alloc: Alloc, len: usize) -> Self {
+        if len == 0 || size_of::<T>() == 0 {
+            return ShmVec {
+                len,
+                ..ShmVec::new()
+            };
+        }
+        let ptr = NonNull::new(alloc.ptr().cast::<T>()).expect("arena blocks are not null");
+        ShmVec {
+            ptr,
+            len,
+            _block: Some(alloc),
+            _owns: PhantomData,
+        }
+    }
+
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the vector has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The elements as a slice.
+    pub fn as_slice(&self) -> &[T] {
+        // SAFETY: `ptr` is aligned and valid for `len` initialised values
+        // (shared memory always holds initialised bytes, and every bit
+        // pattern is a valid `T: Pod`); this vector owns them.
+        unsafe { slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The elements as a mutable slice.
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: as in `as_slice`, and `&mut self` makes the access unique.
+        unsafe { slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: Pod> Default for ShmVec<T> {
+    fn default() -> Self {
+        ShmVec::new()
+    }
+}
+
+impl<T: Pod> Deref for ShmVec<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.as_slice()
+    }
+}
+
+impl<T: Pod> DerefMut for ShmVec<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        self.as_mut_slice()
+    }
+}
+
+impl<T: Pod> AsRef<[T]> for ShmVec<T> {
+    fn as_ref(&self) -> &[T] {
+        self
+    }
+}
+
+impl<T: Pod> AsMut<[T]> for ShmVec<T> {
+    fn as_mut(&mut self) -> &mut [T] {
+        self
+    }
+}
+
+impl<T: Pod + fmt::Debug> fmt::Debug for ShmVec<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_slice(), f)
+    }
+}
+
+impl<T: Pod + PartialEq> PartialEq for ShmVec<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl<T: Pod + PartialEq> PartialEq<[T]> for ShmVec<T> {
+    fn eq(&self, other: &[T]) -> bool {
+        self.as_slice() == other
+    }
+}
+
+impl<T: Pod + PartialEq> PartialEq<Vec<T>> for ShmVec<T> {
+    fn eq(&self, other: &Vec<T>) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl<'a, T: Pod> IntoIterator for &'a ShmVec<T> {
+    type Item = &'a T;
+    type IntoIter = slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.as_slice().iter()
+    }
+}
+
+impl<'a, T: Pod> IntoIterator for &'a mut ShmVec<T> {
+    type Item = &'a mut T;
+    type IntoIter = slice::IterMut<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.as_mut_slice().iter_mut()
+    }
+}

@@ -1,0 +1,41 @@
+//! The documented values of every state word that lives in shared memory.
+//!
+//! Workers and the parent agree on these numbers and nothing else; the
+//! protocols that move between them are written out in `design.md`
+//! ("The slot protocol" and "Worker records").
+
+/// `Slot::state`: the slot holds no job. Workers that find this value leave
+/// the slot without touching it.
+pub(crate) const SLOT_EMPTY: u32 = 0;
+/// `Slot::state`: a job is published; its descriptor is valid and workers may
+/// claim ranges.
+pub(crate) const SLOT_RUNNING: u32 = 1;
+/// `Slot::state`: every element has been accounted for (`done == len`); the
+/// last worker moved the slot here with a compare-exchange from `RUNNING`.
+pub(crate) const SLOT_DONE: u32 = 2;
+
+/// `Slot::notify` bit: write the completion eventfd when the job finishes
+/// (asynchronous jobs, whose results the pool's result thread delivers).
+pub(crate) const NOTIFY_EVENT: u32 = 1;
+
+/// `WorkerRecord::slot` when the worker is in no slot.
+pub(crate) const NO_SLOT: u32 = u32::MAX;
+
+/// `WorkerRecord::phase`: the worker is not running user code.
+pub(crate) const PHASE_IDLE: u32 = 0;
+/// `WorkerRecord::phase`: the worker is running the range `start..end` of the
+/// slot named in its record.
+pub(crate) const PHASE_RUNNING: u32 = 1;
+
+/// `ErrorRecord::state`: no error recorded.
+pub(crate) const ERR_NONE: u32 = 0;
+/// `ErrorRecord::state`: a worker won the right to write the record and is
+/// writing it. Readers treat this as "an error, details unavailable".
+pub(crate) const ERR_WRITING: u32 = 1;
+/// `ErrorRecord::state`: the record is complete.
+pub(crate) const ERR_READY: u32 = 2;
+
+/// `ErrorRecord::kind`: user code panicked.
+pub(crate) const KIND_PANIC: u32 = 1;
+/// `ErrorRecord::kind`: a worker found the job descriptor out of bounds.
+pub(crate) const KIND_CORRUPT: u32 = 2;

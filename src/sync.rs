@@ -1,0 +1,154 @@
+//! The process-shared semaphore that hands work tokens to workers.
+//!
+//! It is two words on one cache line of the shared region, and a shared
+//! futex (no `FUTEX_PRIVATE_FLAG`) on the count. Nothing in it has an owner,
+//! so a worker killed at any instruction cannot wedge it: the worst it leaves
+//! behind is a stale `sleepers` count, which only makes later posts issue a
+//! wake-up system call that finds nobody.
+//!
+//! ## Memory ordering
+//! `post` adds tokens and then reads `sleepers`; a sleeper increments
+//! `sleepers` and then reads the count. Both sides use `SeqCst`, so at least
+//! one of them sees the other (the Dekker pattern): either the poster sees a
+//! sleeper and wakes it, or the sleeper sees the tokens and does not sleep.
+//! `FUTEX_WAIT` re-checks the count atomically in the kernel, which closes the
+//! window between the sleeper's check and its sleep.
+
+use std::hint::spin_loop;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+use std::time::{Duration, Instant};
+
+use crate::os::{futex_wait, futex_wake};
+
+/// A counting semaphore in shared memory.
+#[repr(C, align(128))]
+pub(crate) struct Semaphore {
+    count: AtomicU32,
+    sleepers: AtomicU32,
+}
+
+impl Semaphore {
+    /// Adds `n` tokens and wakes up to `n` sleeping workers.
+    pub(crate) fn post(&self, n: u32) {
+        if n == 0 {
+            return;
+        }
+        // ORDERING: SeqCst, paired with the SeqCst increment of `sleepers` in
+        // `wait` (see the module docs). It also releases everything the
+        // poster wrote before, such as a published job.
+        self.count.fetch_add(n, SeqCst);
+        // ORDERING: SeqCst, the second half of the Dekker pair.
+        if self.sleepers.load(SeqCst) != 0 {
+            futex_wake(&self.count, n);
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub(crate) fn try_acquire(&self) -> bool {
+        // ORDERING: Relaxed: only a hint for the loop below.
+        let mut c = self.count.load(Relaxed);
+        while c != 0 {
+            // ORDERING: Acquire on success synchronises with the `post` that
+            // added the token, so the job published before it is visible.
+            match self.count.compare_exchange_weak(c, c - 1, Acquire, Relaxed) {
+                Ok(_) => return true,
+                Err(now) => c = now,
+            }
+        }
+        false
+    }
+
+    /// Takes one token: spins `spin` rounds, then sleeps until a token comes
+    /// or `timeout` passes. Returns whether a token was taken.
+    pub(crate) fn wait(&self, spin: u32, timeout: Duration) -> bool {
+        for _ in 0..spin {
+            // ORDERING: Relaxed: a read-only poll that keeps the line shared
+            // while spinning; `try_acquire` does the synchronising exchange.
+            if self.count.load(Relaxed) != 0 && self.try_acquire() {
+                return true;
+            }
+            spin_loop();
+        }
+        // ORDERING: SeqCst, the sleeper's half of the Dekker pair with `post`.
+        self.sleepers.fetch_add(1, SeqCst);
+        let deadline = Instant::now() + timeout;
+        let got = loop {
+            // ORDERING: SeqCst load after the SeqCst increment above.
+            if self.count.load(SeqCst) != 0 && self.try_acquire() {
+                break true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break false;
+            }
+            futex_wait(&self.count, 0, Some(deadline - now));
+        };
+        // ORDERING: Relaxed would do (it only suppresses wake-ups), SeqCst
+        // keeps the counter's story simple.
+        self.sleepers.fetch_sub(1, SeqCst);
+        got
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::thread;
+
+    fn sem() -> Semaphore {
+        Semaphore {
+            count: AtomicU32::new(0),
+            sleepers: AtomicU32::new(0),
+        }
+    }
+
+    #[test]
+    fn tokens_are_counted() {
+        let s = sem();
+        assert!(!s.try_acquire());
+        s.post(2);
+        assert!(s.try_acquire());
+        assert!(s.wait(0, Duration::ZERO));
+        assert!(!s.wait(10, Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn a_sleeper_is_woken_by_post() {
+        let s = Arc::new(sem());
+        let t = {
+            let s = s.clone();
+            thread::spawn(move || s.wait(0, Duration::from_secs(10)))
+        };
+        while s.sleepers.load(SeqCst) == 0 {
+            thread::yield_now();
+        }
+        let start = Instant::now();
+        s.post(1);
+        assert!(t.join().unwrap());
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn every_token_is_taken_exactly_once() {
+        let s = Arc::new(sem());
+        let takers: Vec<_> = (0..4)
+            .map(|_| {
+                let s = s.clone();
+                thread::spawn(move || {
+                    let mut n = 0;
+                    while s.wait(50, Duration::from_millis(200)) {
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        for _ in 0..1000 {
+            s.post(1);
+        }
+        let total: u32 = takers.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(total, 1000);
+    }
+}
