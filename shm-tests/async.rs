@@ -1,1 +1,283 @@
-// placeholder
+//! `apply_async`, `map_async` and `AsyncResult`: waiting, callbacks, the
+//! `Future` under several executors, many results in flight, and calls back
+//! into the pool from a callback.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::deadline;
+use shmpool::{Error, Pool};
+
+/// A task that takes about `ms` milliseconds.
+fn sleepy(ms: u64) -> u64 {
+    thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn get_wait_ready_successful() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        let r = pool.apply_async(300u64, sleepy).unwrap();
+        assert!(!r.ready());
+        assert_eq!(r.successful(), None);
+        assert!(
+            !r.wait_timeout(Duration::from_millis(10)),
+            "a short wait times out"
+        );
+        assert!(
+            r.wait_timeout(Duration::from_secs(10)),
+            "and the job still completes"
+        );
+        assert!(r.ready());
+        assert_eq!(r.successful(), Some(true));
+        assert_eq!(r.get().unwrap(), 300);
+
+        let failing = pool.apply_async(0u32, |x| 1 / x).unwrap();
+        failing.wait();
+        assert_eq!(failing.successful(), Some(false));
+        assert!(matches!(failing.get(), Err(Error::TaskPanicked { .. })));
+
+        let mut slow = pool.apply_async(200u64, sleepy).unwrap();
+        let err = slow.get_timeout(Duration::from_millis(5)).unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        assert_eq!(slow.get_timeout(Duration::from_secs(10)).unwrap(), 200);
+        assert!(matches!(
+            slow.get_timeout(Duration::ZERO),
+            Err(Error::InvalidArgument { .. })
+        ));
+    })
+}
+
+#[test]
+fn map_async_borrows_shared_input_and_copies_the_rest() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        let xs = pool.to_shm(&(0..10_000u32).collect::<Vec<_>>()).unwrap();
+        let pending = pool.map_async(&xs, |x| u64::from(x) * 2).unwrap();
+        let out = pending.get().unwrap();
+        assert!(out.iter().enumerate().all(|(i, &y)| y == 2 * i as u64));
+        assert_eq!(pool.stats().bytes_staged, 0);
+
+        let v: Vec<u32> = (0..1000).collect();
+        let out = pool.map_async(&v, |x| x + 1).unwrap().get().unwrap();
+        assert_eq!(out[999], 1000);
+        assert_eq!(pool.stats().bytes_staged, 4000);
+
+        let empty: &[u32] = &[];
+        let r = pool.map_async(empty, |x| x).unwrap();
+        assert!(r.ready());
+        assert!(r.get().unwrap().is_empty());
+    })
+}
+
+#[test]
+fn dropping_a_borrowing_result_waits_for_the_workers() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        let mut xs = pool.to_shm(&[150u64; 4]).unwrap();
+        let done = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        {
+            let r = pool.map_async(&xs, sleepy).unwrap();
+            let d = done.clone();
+            r.on_complete(move |out| {
+                assert!(out.is_ok());
+                d.fetch_add(1, SeqCst);
+            });
+            // Dropped unfinished: the drop must not return while workers
+            // still read `xs`.
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "the drop waited for the job"
+        );
+        xs.fill(0); // safe again: no worker reads `xs`
+        assert!(
+            common::wait_until(Duration::from_secs(5), || done.load(SeqCst) == 1),
+            "callback still ran"
+        );
+    })
+}
+
+#[test]
+fn callbacks_run_exactly_once_in_the_result_thread() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let mut results = Vec::new();
+        for i in 0..200u64 {
+            let r = pool.apply_async(i, |x| x * x).unwrap();
+            let (c, t) = (calls.clone(), threads.clone());
+            r.on_complete(move |out| {
+                assert_eq!(*out.as_ref().unwrap(), i * i);
+                c.fetch_add(1, SeqCst);
+                t.lock()
+                    .unwrap()
+                    .push(thread::current().name().map(str::to_owned));
+            });
+            results.push((i, r));
+        }
+        for (i, r) in results {
+            assert_eq!(
+                r.get().unwrap(),
+                i * i,
+                "get() still returns the result after the callback"
+            );
+        }
+        assert_eq!(calls.load(SeqCst), 200);
+        // Callbacks registered before completion ran in the result thread, or
+        // (if the job beat the registration) at once in this thread.
+        let me = thread::current().name().map(str::to_owned);
+        for t in threads.lock().unwrap().iter() {
+            assert!(t.as_deref() == Some("shmpool-results") || *t == me, "{t:?}");
+        }
+
+        // Registered after completion: runs at once, here, exactly once.
+        let r = pool.apply_async(3u64, |x| x + 1).unwrap();
+        r.wait();
+        let here = Arc::new(Mutex::new(None));
+        let h = here.clone();
+        r.on_complete(move |out| {
+            *h.lock().unwrap() = Some((*out.as_ref().unwrap(), thread::current().id()))
+        });
+        assert_eq!(*here.lock().unwrap(), Some((4, thread::current().id())));
+        assert_eq!(r.get().unwrap(), 4);
+        thread::sleep(Duration::from_millis(50));
+        assert_eq!(calls.load(SeqCst), 200, "no callback ran twice");
+    })
+}
+
+#[test]
+fn callbacks_see_errors_and_their_panics_are_contained() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        let saw = Arc::new(Mutex::new(None));
+        let r = pool.apply_async(0u8, |x| 10 / x).unwrap();
+        r.on_complete(|_| panic!("a callback that panics"));
+        let s = saw.clone();
+        r.on_complete(move |out| *s.lock().unwrap() = Some(out.is_err()));
+        assert!(matches!(r.get(), Err(Error::TaskPanicked { .. })));
+        assert_eq!(*saw.lock().unwrap(), Some(true));
+        // The result thread survived the panicking callback.
+        assert_eq!(pool.apply_async(2u8, |x| x * 2).unwrap().get().unwrap(), 4);
+    })
+}
+
+#[test]
+fn ten_thousand_in_flight() {
+    deadline(120, || {
+        let pool = Pool::new(2).unwrap();
+        let pending: Vec<_> = (0..10_000u64)
+            .map(|i| pool.apply_async(i, |x| x ^ 0xabcd).unwrap())
+            .collect();
+        for (i, r) in pending.into_iter().enumerate() {
+            assert_eq!(r.get().unwrap(), i as u64 ^ 0xabcd);
+        }
+        let s = pool.stats();
+        assert_eq!((s.jobs_completed, s.jobs_failed), (10_000, 0));
+    })
+}
+
+#[test]
+fn futures_under_tokio_smol_and_futures_executor() {
+    deadline(60, || {
+        let pool = Arc::new(Pool::new(2).unwrap());
+
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let sum = rt.block_on({
+            let pool = pool.clone();
+            async move {
+                let tasks: Vec<_> = (0..50u64)
+                    .map(|i| {
+                        let r = pool.apply_async(i, |x| x * 2).unwrap();
+                        tokio::spawn(r)
+                    })
+                    .collect();
+                let mut sum = 0;
+                for t in tasks {
+                    sum += t.await.unwrap().unwrap();
+                }
+                let xs: Vec<u64> = (0..1000).collect();
+                let ys = pool.map_async(&xs, |x| x + 1).unwrap().await.unwrap();
+                sum + ys.iter().sum::<u64>()
+            }
+        });
+        assert_eq!(sum, 2450 + 500_500);
+
+        let current = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let v = current.block_on(async {
+            let r = pool.apply_async(150u64, sleepy).unwrap();
+            tokio::time::timeout(Duration::from_secs(10), r)
+                .await
+                .unwrap()
+                .unwrap()
+        });
+        assert_eq!(v, 150);
+
+        let v = smol::block_on(pool.apply_async(5u32, |x| x * 5).unwrap()).unwrap();
+        assert_eq!(v, 25);
+        let v = futures::executor::block_on(async {
+            let a = pool.apply_async(20u64, sleepy).unwrap();
+            let b = pool.apply_async(30u64, sleepy).unwrap();
+            let (a, b) = futures::join!(a, b);
+            a.unwrap() + b.unwrap()
+        });
+        assert_eq!(v, 50);
+    })
+}
+
+#[test]
+fn blocking_on_an_unfinished_job_inside_a_callback_is_an_error() {
+    deadline(60, || {
+        let pool = Arc::new(Pool::new(2).unwrap());
+        let verdict = Arc::new(Mutex::new(None));
+        let slow = Arc::new(Mutex::new(Some(pool.apply_async(500u64, sleepy).unwrap())));
+        let first = pool.apply_async(1u64, |x| x).unwrap();
+        let (v, s) = (verdict.clone(), slow.clone());
+        first.on_complete(move |_| {
+            let r = s.lock().unwrap().take().unwrap();
+            *v.lock().unwrap() = Some(r.get());
+        });
+        first.get().unwrap();
+        let got = verdict.lock().unwrap().take().expect("the callback ran");
+        assert!(matches!(got, Err(Error::WouldDeadlock { .. })), "{got:?}");
+    })
+}
+
+#[test]
+fn callbacks_may_submit_more_work_even_when_the_ring_is_full() {
+    deadline(60, || {
+        let pool = Arc::new(Pool::builder().workers(2).ring_size(2).build().unwrap());
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let mut first = Vec::new();
+        for i in 0..20u64 {
+            let r = pool.apply_async(i, |x| x + 100).unwrap();
+            let (p, out) = (pool.clone(), results.clone());
+            r.on_complete(move |v| {
+                let v = *v.as_ref().unwrap();
+                // A blocking call from the result thread, with the ring full.
+                let w = p.apply(v, |x| x * 2).unwrap();
+                out.lock().unwrap().push(w);
+            });
+            first.push(r);
+        }
+        for r in first {
+            r.get().unwrap();
+        }
+        let mut got = results.lock().unwrap().clone();
+        got.sort_unstable();
+        assert_eq!(got, (0..20u64).map(|i| (i + 100) * 2).collect::<Vec<_>>());
+    })
+}

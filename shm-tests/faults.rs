@@ -1,1 +1,204 @@
-// placeholder
+//! Faults inside tasks: panics, and workers that die (killed from outside,
+//! or by their own task). Each must fail only its job, with a typed error,
+//! quickly; the worker is replaced and the pool's next map is correct.
+
+mod common;
+
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{deadline, wait_until};
+use shmpool::{Error, Pool};
+
+/// The pool still maps correctly.
+fn assert_healthy(pool: &Pool) {
+    let xs: Vec<u64> = (0..10_000).collect();
+    let ys = pool.map(&xs, |x| x * 3).unwrap();
+    assert!(ys.iter().enumerate().all(|(i, &y)| y == 3 * i as u64));
+    assert_eq!(pool.worker_pids().len(), pool.workers());
+}
+
+/// A task of about one millisecond.
+fn slow_identity(x: u64) -> u64 {
+    thread::sleep(Duration::from_millis(1));
+    x
+}
+
+#[test]
+fn panic_in_a_map_names_its_range() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        let xs: Vec<u32> = (0..100_000).collect();
+        let err = pool
+            .map(&xs, |x| {
+                assert!(x != 77_777, "bad element {x}");
+                x
+            })
+            .unwrap_err();
+        match err {
+            Error::TaskPanicked { message, range, .. } => {
+                assert_eq!(message, "bad element 77777");
+                assert!(range.contains(&77_777), "{range:?}");
+            }
+            other => panic!("expected TaskPanicked, got {other:?}"),
+        }
+        assert_eq!(pool.stats().worker_restarts, 0);
+        assert_healthy(&pool);
+    })
+}
+
+#[test]
+fn worker_killed_mid_map_fails_the_job_and_is_replaced() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        let before = pool.worker_pids();
+        let xs: Vec<u64> = (0..2_000).collect();
+        let pending = pool.map_async(&xs, slow_identity).unwrap();
+        thread::sleep(Duration::from_millis(100));
+        let victim = before[0];
+        // SAFETY: kill(2) on a pid we own; no memory is involved.
+        assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
+        let t = Instant::now();
+        let err = pending.get().unwrap_err();
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the error came promptly"
+        );
+        match &err {
+            Error::WorkerDied {
+                pid, signal, range, ..
+            } => {
+                assert_eq!(*pid, victim);
+                assert_eq!(*signal, Some(libc::SIGKILL));
+                let r = range.clone().expect("the worker had recorded its range");
+                assert!(r.end <= 2_000 && r.start < r.end, "{r:?}");
+            }
+            other => panic!("expected WorkerDied, got {other:?}"),
+        }
+        assert!(err.to_string().contains("SIGKILL"), "{err}");
+        assert!(wait_until(Duration::from_secs(5), || pool
+            .stats()
+            .worker_restarts
+            == 1));
+        let after = pool.worker_pids();
+        assert!(
+            !after.contains(&victim),
+            "the dead worker was replaced: {after:?}"
+        );
+        assert!(after.contains(&before[1]), "the other worker lives on");
+        common::assert_reaped(&[victim]);
+        assert_healthy(&pool);
+    })
+}
+
+#[test]
+fn tasks_that_kill_their_worker() {
+    deadline(120, || {
+        let pool = Pool::new(2).unwrap();
+        // (how element 5 ends its worker, expected signal, expected exit code)
+        let cases = [
+            ("raise(SIGKILL)", Some(libc::SIGKILL), None),
+            ("abort()", Some(libc::SIGABRT), None),
+            ("null write", Some(libc::SIGSEGV), None),
+            ("exit(3)", None, Some(3)),
+        ];
+        let xs: Vec<u32> = (0..64).collect();
+        for (case, (what, signal, code)) in cases.into_iter().enumerate() {
+            let result = pool.map_with(case as u32, &xs, |case, x| dispatch(*case, x));
+            match result.unwrap_err() {
+                Error::WorkerDied {
+                    signal: s,
+                    exit_code: c,
+                    ..
+                } => {
+                    assert_eq!((s, c), (signal, code), "{what}");
+                }
+                other => panic!("{what}: expected WorkerDied, got {other:?}"),
+            }
+            let restarts = case as u64 + 1;
+            assert!(wait_until(Duration::from_secs(5), || pool
+                .stats()
+                .worker_restarts
+                == restarts));
+            assert_healthy(&pool);
+        }
+    })
+}
+
+/// Element 5 ends its worker the way `case` says; the rest pass through.
+fn dispatch(case: u32, x: u32) -> u32 {
+    if x != 5 {
+        return x;
+    }
+    match case {
+        // SAFETY: raising a signal in the worker process is the point.
+        0 => unsafe {
+            libc::raise(libc::SIGKILL);
+            x
+        },
+        1 => std::process::abort(),
+        // SAFETY: a write through a null pointer is the point.
+        2 => unsafe {
+            std::ptr::null_mut::<u32>().write_volatile(x);
+            x
+        },
+        _ => std::process::exit(3),
+    }
+}
+
+#[test]
+fn an_idle_worker_killed_is_replaced() {
+    deadline(60, || {
+        let pool = Pool::new(3).unwrap();
+        let victim = pool.worker_pids()[1];
+        // SAFETY: kill(2) on a pid we own.
+        unsafe { libc::kill(victim as i32, libc::SIGTERM) };
+        assert!(wait_until(Duration::from_secs(5), || !pool
+            .worker_pids()
+            .contains(&victim)
+            && pool.worker_pids().len() == 3));
+        assert_eq!(pool.stats().worker_restarts, 1);
+        assert_eq!(pool.stats().jobs_failed, 0, "no job was running");
+        assert_healthy(&pool);
+    })
+}
+
+static GLOBAL: OnceLock<Pool> = OnceLock::new();
+
+#[test]
+fn a_task_using_a_pool_gets_an_error_not_a_deadlock() {
+    deadline(60, || {
+        // The static is set before `pool` forks its workers, so their copy
+        // of it holds a pool; the check is per process, so it covers a task
+        // reaching for its own pool too.
+        GLOBAL.get_or_init(|| Pool::new(1).unwrap());
+        let pool = Pool::new(2).unwrap();
+        let codes = pool
+            .map(&[1u32, 2, 3], |x| {
+                let Some(global) = GLOBAL.get() else { return 4 };
+                let a = matches!(global.apply(x, |y| y + 1), Err(Error::WouldDeadlock { .. }));
+                let b = matches!(
+                    global.map(&[x], |y| y + 1),
+                    Err(Error::WouldDeadlock { .. })
+                );
+                let c = matches!(
+                    global.alloc_zeroed::<u8>(8),
+                    Err(Error::WouldDeadlock { .. })
+                );
+                let d = matches!(global.join(), Err(Error::WouldDeadlock { .. }));
+                if a && b && c && d { 1u32 } else { 2 }
+            })
+            .unwrap();
+        assert_eq!(codes, vec![1, 1, 1]);
+        let nested = pool
+            .map(&[0u8], |_| match Pool::new(1) {
+                Err(Error::InvalidArgument { .. }) => 1u8,
+                _ => 0,
+            })
+            .unwrap();
+        assert_eq!(nested, vec![1], "no pool inside a worker");
+        assert_healthy(&pool);
+        assert_healthy(GLOBAL.get().unwrap());
+    })
+}

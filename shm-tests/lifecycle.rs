@@ -1,1 +1,186 @@
-// placeholder
+//! `close`, `join`, `terminate` and `Drop`: what each waits for, what later
+//! calls get, and that none leaves a process, a zombie, a descriptor or a
+//! mapping behind.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{assert_reaped, deadline, in_isolation, isolated};
+use shmpool::{Error, Pool};
+
+fn sleepy(ms: u64) -> u64 {
+    thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn close_refuses_new_work_and_join_waits_for_the_old() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        let pids = pool.worker_pids();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let pending: Vec<_> = (0..6u64)
+            .map(|i| {
+                let r = pool.apply_async(100 + i, sleepy).unwrap();
+                let ran = ran.clone();
+                r.on_complete(move |_| {
+                    ran.fetch_add(1, SeqCst);
+                });
+                r
+            })
+            .collect();
+        assert!(
+            matches!(pool.join(), Err(Error::InvalidArgument { .. })),
+            "join before close"
+        );
+        pool.close();
+        assert!(matches!(pool.map(&[1u8], |x| x), Err(Error::Closed)));
+        assert!(matches!(pool.apply(1u8, |x| x), Err(Error::Closed)));
+        assert!(matches!(pool.apply_async(1u8, |x| x), Err(Error::Closed)));
+        assert!(matches!(pool.map_async(&[1u8], |x| x), Err(Error::Closed)));
+        pool.join().unwrap();
+        assert_eq!(ran.load(SeqCst), 6, "join waits for every callback");
+        for (i, r) in pending.into_iter().enumerate() {
+            assert!(r.ready());
+            assert_eq!(r.get().unwrap(), 100 + i as u64);
+        }
+        assert!(pool.worker_pids().is_empty());
+        assert_reaped(&pids);
+        pool.join().unwrap();
+        drop(pool);
+        assert_reaped(&pids);
+    })
+}
+
+#[test]
+fn terminate_kills_now_and_fails_outstanding_jobs() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        let pids = pool.worker_pids();
+        let xs: Vec<u64> = vec![2_000; 4];
+        let long = pool.map_async(&xs, sleepy).unwrap();
+        let also = pool.apply_async(5_000u64, sleepy).unwrap();
+        thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        pool.terminate();
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "terminate took {:?}",
+            t.elapsed()
+        );
+        assert!(matches!(long.get(), Err(Error::Terminated)));
+        assert!(matches!(also.get(), Err(Error::Terminated)));
+        assert!(pool.worker_pids().is_empty());
+        assert_reaped(&pids);
+        assert!(matches!(pool.apply(1u8, |x| x), Err(Error::Closed)));
+        pool.join().unwrap();
+        pool.terminate();
+    })
+}
+
+#[test]
+fn dropping_the_pool_terminates_and_keeps_results_valid() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        let pids = pool.worker_pids();
+        let done = pool.map(&[1.5f64, 2.5], |x| x * 2.0).unwrap();
+        let pending = pool.apply_async(3_000u64, sleepy).unwrap();
+        let t = Instant::now();
+        drop(pool);
+        assert!(t.elapsed() < Duration::from_secs(1));
+        assert!(matches!(pending.get(), Err(Error::Terminated)));
+        assert_eq!(done, vec![3.0, 5.0]);
+        assert_reaped(&pids);
+    })
+}
+
+#[test]
+fn a_blocked_caller_is_released_by_terminate() {
+    deadline(60, || {
+        let pool = Arc::new(Pool::new(1).unwrap());
+        let caller = {
+            let pool = pool.clone();
+            thread::spawn(move || pool.apply(10_000u64, sleepy))
+        };
+        thread::sleep(Duration::from_millis(100));
+        pool.terminate();
+        let result = caller.join().unwrap();
+        assert!(matches!(result, Err(Error::Terminated)), "{result:?}");
+    })
+}
+
+#[test]
+fn nothing_is_left_behind() {
+    isolated("nothing_is_left_behind_body", 60);
+}
+
+#[test]
+#[ignore = "run in a process of its own by nothing_is_left_behind"]
+fn nothing_is_left_behind_body() {
+    if !in_isolation() {
+        return;
+    }
+    let fds = common::open_fds();
+    let threads = || {
+        std::fs::read_dir("/proc/self/task")
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let baseline_threads = threads();
+    let shm_files = std::fs::read_dir("/dev/shm")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    for round in 0..3 {
+        let pool = Pool::new(2).unwrap();
+        let pids = pool.worker_pids();
+        let kept = pool.map(&[1u32, 2, 3], |x| x + 1).unwrap();
+        let r = pool.apply_async(1u32, |x| x).unwrap();
+        match round {
+            0 => drop(pool),
+            1 => {
+                pool.terminate();
+                drop(pool);
+            }
+            _ => {
+                pool.close();
+                pool.join().unwrap();
+                drop(pool);
+            }
+        }
+        r.wait();
+        drop(r);
+        assert_eq!(kept, vec![2, 3, 4]);
+        assert_reaped(&pids);
+        assert_eq!(
+            common::shmpool_mappings(),
+            1,
+            "the region stays mapped while a ShmVec lives"
+        );
+        drop(kept);
+        assert_eq!(
+            common::shmpool_mappings(),
+            0,
+            "round {round}: the region is unmapped"
+        );
+        assert_eq!(
+            common::open_fds(),
+            fds,
+            "round {round}: no descriptor leaked"
+        );
+        assert_eq!(
+            threads(),
+            baseline_threads,
+            "round {round}: the pool's threads have exited"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir("/dev/shm")
+            .map(|d| d.count())
+            .unwrap_or(0),
+        shm_files
+    );
+}

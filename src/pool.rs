@@ -46,7 +46,7 @@ const MAX_ALIGN: usize = 4096;
 /// `Pod` context ([`map_with`](Self::map_with)). Capturing closures are a
 /// compile error:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0080
 /// let pool = shmpool::Pool::new(2).unwrap();
 /// let k = 3.0;
 /// // error: shmpool: a task must be a fn item or a closure that captures nothing ...

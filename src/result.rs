@@ -465,6 +465,11 @@ pub(crate) fn result_loop(inner: Arc<Inner>) {
         if exit {
             return;
         }
+        if delivered > 0 {
+            // Delivering may have made the exit condition true, or callbacks
+            // may have submitted more: look again before sleeping.
+            continue;
+        }
         let timeout = if busy { 100 } else { 1000 };
         let mut fds = [libc::pollfd {
             fd: std::os::fd::AsRawFd::as_raw_fd(&inner.done_fd),

@@ -108,6 +108,12 @@ impl Supervisor {
             if fds[0].revents != 0 {
                 os::eventfd_drain(&self.inner.ctl_fd);
             }
+            // ORDERING: SeqCst: `terminate` stores STOP_KILL before it kills
+            // the workers, so deaths it caused are never taken for crashes
+            // (their jobs fail with `Terminated`, in `finish`).
+            if self.inner.stop.load(SeqCst) == STOP_KILL {
+                return;
+            }
             for (i, &w) in watched.iter().enumerate() {
                 if fds[i + 1].revents != 0 {
                     self.on_death(w);

@@ -1,0 +1,166 @@
+//! Helpers shared by the shared-memory test binaries.
+//!
+//! - `deadline`: every test body runs under one, so a bug fails the test
+//!   instead of hanging the suite.
+//! - `isolated`: re-runs this test binary for a single (ignored) test in a
+//!   process of its own, for tests that count processes or descriptors, or
+//!   that must be killed.
+//! - `/proc` readers to tell whether a process is gone, a zombie, or whose
+//!   child it is.
+#![allow(dead_code)]
+
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Runs `body` on its own thread and fails the test if it has not finished
+/// within `secs` seconds.
+pub fn deadline<T: Send + 'static>(secs: u64, body: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let name = thread::current().name().unwrap_or("test").to_owned();
+    thread::Builder::new()
+        .name(format!("{name}-body"))
+        .spawn(move || {
+            let _ = tx.send(catch_unwind(AssertUnwindSafe(body)));
+        })
+        .expect("spawn test body");
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(panic)) => resume_unwind(panic),
+        Err(_) => panic!("{name}: missed its deadline of {secs} s (hung?)"),
+    }
+}
+
+/// Polls `cond` every 5 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `(state, ppid)` of a process from `/proc/<pid>/stat`, or `None` if there
+/// is no such process.
+pub fn proc_stat(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Whether `pid` is a live (running or sleeping, not zombie) process whose
+/// parent is this process.
+pub fn is_live_child(pid: u32) -> bool {
+    matches!(proc_stat(pid), Some((s, ppid)) if ppid == std::process::id() && s != 'Z' && s != 'X')
+}
+
+/// Whether `pid` is a zombie child of this process (exited, never reaped).
+pub fn is_zombie_child(pid: u32) -> bool {
+    matches!(proc_stat(pid), Some(('Z', ppid)) if ppid == std::process::id())
+}
+
+/// Whether `pid` no longer runs: gone, or a zombie of anyone.
+pub fn is_dead(pid: u32) -> bool {
+    matches!(proc_stat(pid), None | Some(('Z' | 'X', _)))
+}
+
+/// Asserts that none of `pids` is still a child of this process, live or
+/// zombie.
+pub fn assert_reaped(pids: &[u32]) {
+    for &pid in pids {
+        assert!(
+            !is_live_child(pid) && !is_zombie_child(pid),
+            "worker {pid} is still a child of the test process: {:?}",
+            proc_stat(pid)
+        );
+    }
+}
+
+/// Set in the environment of a test run by `isolated`.
+pub const ISOLATED: &str = "SHMPOOL_ISOLATED_TEST";
+
+/// Runs the `#[ignore]`d test `name` of this binary in a fresh process and
+/// fails unless it passes within `secs` seconds. Returns its stdout.
+pub fn isolated(name: &str, secs: u64) -> String {
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut child = Command::new(exe)
+        .args([
+            "--exact",
+            name,
+            "--ignored",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env(ISOLATED, "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("re-run the test binary");
+    let end = Instant::now() + Duration::from_secs(secs);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the isolated test") {
+            break Some(status);
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let output = child.wait_with_output().expect("collect output");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    match status {
+        Some(s) if s.success() => stdout,
+        Some(s) => panic!("isolated test {name} failed ({s}):\n{stdout}\n{stderr}"),
+        None => panic!("isolated test {name} missed its deadline of {secs} s:\n{stdout}\n{stderr}"),
+    }
+}
+
+/// Whether this process is an `isolated` run (the ignored bodies check it so
+/// that `cargo test -- --ignored` run by hand does not run them twice).
+pub fn in_isolation() -> bool {
+    std::env::var_os(ISOLATED).is_some()
+}
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Shared-memory mappings made by shmpool in this process.
+pub fn shmpool_mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .map(|m| m.lines().filter(|l| l.contains("memfd:shmpool")).count())
+        .unwrap_or(0)
+}
+
+/// A tiny deterministic PRNG (xorshift64*), so tests need no dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
