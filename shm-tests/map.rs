@@ -234,7 +234,7 @@ fn out_of_shared_memory_is_an_error_and_loses_nothing() {
             "{err}"
         );
         // A map whose output does not fit fails the same way, before running.
-        let err = pool.map(&keep, |x| u64::from(x)).unwrap_err();
+        let err = pool.map(&keep, u64::from).unwrap_err();
         assert!(matches!(err, Error::OutOfSharedMemory { .. }), "{err}");
         // Nothing already stored is lost, and smaller work still runs.
         assert!(keep.iter().all(|&x| x == 3));
