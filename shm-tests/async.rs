@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::deadline;
 use shmpool::{Error, Pool};
@@ -54,19 +54,50 @@ fn get_wait_ready_successful() {
 }
 
 #[test]
-fn map_async_borrows_shared_input_and_copies_the_rest() {
+fn map_async_copies_borrowed_inputs_and_reads_moved_ones_in_place() {
     deadline(60, || {
         let pool = Pool::new(2).unwrap();
         let xs = pool.to_shm(&(0..10_000u32).collect::<Vec<_>>()).unwrap();
-        let pending = pool.map_async(&xs, |x| u64::from(x) * 2).unwrap();
-        let out = pending.get().unwrap();
-        assert!(out.iter().enumerate().all(|(i, &y)| y == 2 * i as u64));
-        assert_eq!(pool.stats().bytes_staged, 0);
+        let expect = |out: &[u64]| out.iter().enumerate().all(|(i, &y)| y == 2 * i as u64);
+
+        let borrowed = pool
+            .map_async(&xs, |x| u64::from(x) * 2)
+            .unwrap()
+            .get()
+            .unwrap();
+        assert!(expect(&borrowed));
+        assert_eq!(
+            pool.stats().bytes_staged,
+            40_000,
+            "a borrowed ShmVec is copied once"
+        );
+
+        let arena_before = pool.stats().arena_in_use;
+        let moved = pool
+            .map_async(xs, |x| u64::from(x) * 2)
+            .unwrap()
+            .get()
+            .unwrap();
+        assert!(expect(&moved));
+        assert_eq!(
+            pool.stats().bytes_staged,
+            40_000,
+            "a moved ShmVec is read in place"
+        );
+        assert_eq!(
+            pool.stats().arena_in_use,
+            arena_before - 40_064 + 80_000,
+            "the moved input was freed with the job; only the new output remains"
+        );
 
         let v: Vec<u32> = (0..1000).collect();
         let out = pool.map_async(&v, |x| x + 1).unwrap().get().unwrap();
         assert_eq!(out[999], 1000);
-        assert_eq!(pool.stats().bytes_staged, 4000);
+        let arr = [1u8, 2, 3];
+        assert_eq!(
+            pool.map_async(&arr, |x| x * 2).unwrap().get().unwrap(),
+            vec![2, 4, 6]
+        );
 
         let empty: &[u32] = &[];
         let r = pool.map_async(empty, |x| x).unwrap();
@@ -76,31 +107,47 @@ fn map_async_borrows_shared_input_and_copies_the_rest() {
 }
 
 #[test]
-fn dropping_a_borrowing_result_waits_for_the_workers() {
+fn the_caller_may_change_or_forget_while_the_job_runs() {
     deadline(60, || {
         let pool = Pool::new(2).unwrap();
-        let mut xs = pool.to_shm(&[150u64; 4]).unwrap();
-        let done = Arc::new(AtomicUsize::new(0));
-        let started = Instant::now();
-        {
-            let r = pool.map_async(&xs, sleepy).unwrap();
-            let d = done.clone();
-            r.on_complete(move |out| {
-                assert!(out.is_ok());
-                d.fetch_add(1, SeqCst);
-            });
-            // Dropped unfinished: the drop must not return while workers
-            // still read `xs`.
-        }
-        assert!(
-            started.elapsed() >= Duration::from_millis(250),
-            "the drop waited for the job"
-        );
-        xs.fill(0); // safe again: no worker reads `xs`
-        assert!(
-            common::wait_until(Duration::from_secs(5), || done.load(SeqCst) == 1),
-            "callback still ran"
-        );
+        let mut xs = pool.to_shm(&[40u64; 8]).unwrap();
+        let seen = Arc::new(Mutex::new(None));
+        let r = pool.map_async(&xs, sleepy).unwrap();
+        let s = seen.clone();
+        r.on_complete(move |out| *s.lock().unwrap() = Some(out.as_ref().unwrap().to_vec()));
+        // The job owns a copy, so forgetting the result and then changing or
+        // freeing the input is harmless: no worker reads it.
+        std::mem::forget(r);
+        xs.fill(0);
+        drop(xs);
+        let reuse = pool.alloc_zeroed::<u64>(8).unwrap();
+        assert!(common::wait_until(Duration::from_secs(10), || seen
+            .lock()
+            .unwrap()
+            .is_some()));
+        assert_eq!(seen.lock().unwrap().as_deref(), Some(&[40u64; 8][..]));
+        drop(reuse);
+    })
+}
+
+#[test]
+fn a_late_callback_waiting_on_its_own_result_does_not_deadlock() {
+    deadline(30, || {
+        let pool = Pool::new(1).unwrap();
+        let r = Arc::new(pool.apply_async(1u8, |x| x + 1).unwrap());
+        r.wait();
+        let (me, flag) = (r.clone(), Arc::new(AtomicUsize::new(0)));
+        let f = flag.clone();
+        r.on_complete(move |out| {
+            assert_eq!(*out.as_ref().unwrap(), 2);
+            // The outcome is lent to this very callback: waiting must return.
+            assert!(!me.wait_timeout(Duration::from_secs(5)) || me.ready());
+            me.wait();
+            f.fetch_add(1, SeqCst);
+        });
+        assert_eq!(flag.load(SeqCst), 1);
+        assert!(r.ready());
+        assert_eq!(Arc::try_unwrap(r).unwrap().get().unwrap(), 2);
     })
 }
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::os::{self, Wake};
 use crate::region::Region;
-use crate::ring::{Harvest, Job, RawOut, Ring, Spec, Waiter};
-use crate::states::{NOTIFY_EVENT, SLOT_RUNNING};
+use crate::ring::{Job, RawOut, Ring, Spec, Waiter};
+use crate::states::NOTIFY_EVENT;
 use crate::worker::in_worker;
 
 /// How long a blocked caller sleeps before it re-checks its job on its own
@@ -176,61 +176,34 @@ impl Inner {
         Ok((s, seq))
     }
 
-    /// Blocks until the job `seq` in slot `s` finishes and returns its outcome.
+    /// Blocks until the job `seq` in slot `s` finishes and returns its
+    /// outcome: harvests it if it is finished, else sleeps on the slot's state
+    /// word, looking again at least every `WAIT_TICK`.
     pub(crate) fn wait_sync(&self, s: usize, seq: u64) -> Result<RawOut, Error> {
-        self.block_on_slot(s, seq, |ring, h| {
-            ring.in_flight -= 1;
-            h.outcome
-        })
-        .unwrap_or(Err(Error::Corrupted {
-            detail: "a blocking job left the ring without its caller",
-        }))
-    }
-
-    /// Blocks until the asynchronous job `seq` in slot `s` has been harvested
-    /// (by anyone), so that nothing reads a borrowed input any more. The
-    /// outcome still goes to the result thread.
-    pub(crate) fn settle(&self, s: usize, seq: u64) {
-        let queued = self.block_on_slot(s, seq, |ring, h| {
-            if let Waiter::Async(cell) = h.waiter {
-                ring.ready.push((cell, h.outcome));
-            }
-        });
-        if queued.is_some() {
-            self.poke_result_thread();
-        }
-    }
-
-    /// The one blocking wait on a slot: harvest if finished, else sleep on the
-    /// slot's state word, re-checking every `WAIT_TICK`. Returns `None` if the
-    /// job had already been harvested by someone else.
-    fn block_on_slot<R>(
-        &self,
-        s: usize,
-        seq: u64,
-        take: impl FnOnce(&mut Ring, Harvest) -> R,
-    ) -> Option<R> {
         let desc = &self.region.slot(s).desc;
         loop {
             {
                 let mut ring = self.ring();
                 if !ring.holds(s, seq) {
-                    return None;
+                    return Err(Error::Corrupted {
+                        detail: "a blocking job left the ring without its caller",
+                    });
                 }
                 if let Some(h) = ring.try_harvest(&self.region, s, Some(seq)) {
-                    self.count(&h.outcome);
-                    let r = take(&mut ring, h);
+                    ring.in_flight -= 1;
                     drop(ring);
                     self.ring_cv.notify_all();
-                    return Some(r);
+                    self.count(&h.outcome);
+                    return h.outcome;
                 }
             }
             // ORDERING: SeqCst: pairs with the completing worker's SeqCst
             // exchange of `state` followed by its load of `waiters`.
             desc.waiters.store(1, SeqCst);
-            // ORDERING: SeqCst, as above.
-            if desc.state.load(SeqCst) == SLOT_RUNNING
-                && os::futex_wait(&desc.state, SLOT_RUNNING, Some(WAIT_TICK)) == Wake::TimedOut
+            // ORDERING: SeqCst, as above. Whatever the word holds (a worker
+            // may have scribbled on it), sleep until it changes or the tick.
+            let seen = desc.state.load(SeqCst);
+            if os::futex_wait(&desc.state, seen, Some(WAIT_TICK)) == Wake::TimedOut
                 && self.ring().kick(&self.region, s)
             {
                 self.region.control().sem.post(1);

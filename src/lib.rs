@@ -44,6 +44,7 @@ compile_error!("shmpool uses memfd, eventfd, futexes and pidfds: it supports Lin
 mod arena;
 mod error;
 mod inner;
+mod input;
 mod job;
 mod layout;
 mod os;
@@ -60,6 +61,7 @@ mod worker;
 
 pub use bytemuck;
 pub use error::Error;
+pub use input::AsyncInput;
 pub use pool::{Builder, Pool};
 pub use result::AsyncResult;
 pub use shmvec::ShmVec;

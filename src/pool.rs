@@ -10,6 +10,8 @@ use bytemuck::Pod;
 
 use crate::error::Error;
 use crate::inner::{CLOSED, Inner, OPEN, STOP_GRACEFUL, STOP_KILL, STOP_NONE, TERMINATED, lock};
+use crate::input::AsyncInput;
+use crate::input::sealed::Source;
 use crate::job::{RunFn, assert_no_captures, run_map, run_map_with};
 use crate::layout::{Layout, MAX_RING};
 use crate::os;
@@ -238,14 +240,6 @@ fn into_value<U: Pod>(raw: RawOut, _len: usize) -> U {
     }
 }
 
-/// A submitted job.
-struct Submitted {
-    slot: usize,
-    seq: u64,
-    /// The job reads the caller's memory in place.
-    borrows: bool,
-}
-
 impl Pool {
     /// A pool of `workers` processes with default settings.
     ///
@@ -396,11 +390,11 @@ impl Pool {
             return Ok(ShmVec::new());
         }
         let run: RunFn = run_map::<T, U, F>;
-        let sub = self.submit_map::<T, U>(input, run, None, InlineData::new(), Waiter::Sync)?;
-        Ok(into_vec(
-            self.inner.wait_sync(sub.slot, sub.seq)?,
-            input.len(),
-        ))
+        let placed = self.place_input(input)?;
+        let waiter = Waiter::Sync;
+        let (slot, seq) =
+            self.submit_map::<U>(input.len(), placed, run, None, InlineData::new(), waiter)?;
+        Ok(into_vec(self.inner.wait_sync(slot, seq)?, input.len()))
     }
 
     /// Like [`map`](Self::map), with a context value that every call of `f`
@@ -435,16 +429,20 @@ impl Pool {
         let mut inline = InlineData::new();
         let ctx = self.place_value(&ctx, &mut inline)?;
         let run: RunFn = run_map_with::<C, T, U, F>;
-        let sub = self.submit_map::<T, U>(input, run, Some(ctx), inline, Waiter::Sync)?;
-        Ok(into_vec(
-            self.inner.wait_sync(sub.slot, sub.seq)?,
-            input.len(),
-        ))
+        let placed = self.place_input(input)?;
+        let (slot, seq) =
+            self.submit_map::<U>(input.len(), placed, run, Some(ctx), inline, Waiter::Sync)?;
+        Ok(into_vec(self.inner.wait_sync(slot, seq)?, input.len()))
     }
 
     /// Starts a [`map`](Self::map) and returns at once with an
-    /// [`AsyncResult`]. A `ShmVec` input is read in place and stays borrowed
-    /// until the result completes.
+    /// [`AsyncResult`].
+    ///
+    /// The job owns its input, so the caller may do anything with its own
+    /// data meanwhile, and the result is `'static` (it can be spawned on an
+    /// executor). A borrowed input (`&[T]`, `&Vec<T>`, `&ShmVec<T>`) is
+    /// copied into shared memory once; a [`ShmVec`] moved in is read in place.
+    /// See [`AsyncInput`](crate::AsyncInput).
     ///
     /// # Errors
     /// `OutOfSharedMemory`, `Closed`, `WouldDeadlock` from inside a task. Task
@@ -453,39 +451,39 @@ impl Pool {
     /// ```
     /// let pool = shmpool::Pool::new(2)?;
     /// let xs = pool.to_shm(&[1u32, 2, 3])?;
-    /// let pending = pool.map_async(&xs, |x| x + 1)?;
+    /// let pending = pool.map_async(xs, |x| x + 1)?; // moved in: no copy
     /// let ys = futures::executor::block_on(pending)?;
     /// assert_eq!(ys, vec![2, 3, 4]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map_async<'a, T, U, F>(
-        &self,
-        input: &'a [T],
-        f: F,
-    ) -> Result<AsyncResult<'a, ShmVec<U>>, Error>
+    pub fn map_async<'a, I, U, F>(&self, input: I, f: F) -> Result<AsyncResult<ShmVec<U>>, Error>
     where
-        T: Pod,
+        I: AsyncInput<'a>,
         U: Pod + Send,
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Fn(I::Elem) -> U + Copy + Send + Sync + 'static,
     {
         assert_no_captures::<F>();
         let _ = f;
         self.inner.check_open()?;
-        let cell = Arc::new(Cell::new(into_vec::<U>, input.len()));
-        if input.is_empty() {
+        let (len, placed) = match input.source() {
+            Source::Copy(slice) => (slice.len(), self.stage(slice)?),
+            Source::Own(owned) => {
+                let len = owned.len();
+                match owned.into_block() {
+                    Some(block) => (len, (Loc::Arena(block.off()), Some(block))),
+                    None => (len, (self.nowhere(), None)),
+                }
+            }
+        };
+        let cell = Arc::new(Cell::new(into_vec::<U>, len));
+        if len == 0 {
             cell.deliver(Ok(RawOut::Empty));
-            return Ok(AsyncResult::new(cell, self.inner.clone(), 0, 0, false));
+        } else {
+            let run: RunFn = run_map::<I::Elem, U, F>;
+            let waiter = Waiter::Async(cell.clone());
+            self.submit_map::<U>(len, placed, run, None, InlineData::new(), waiter)?;
         }
-        let run: RunFn = run_map::<T, U, F>;
-        let waiter = Waiter::Async(cell.clone());
-        let sub = self.submit_map::<T, U>(input, run, None, InlineData::new(), waiter)?;
-        Ok(AsyncResult::new(
-            cell,
-            self.inner.clone(),
-            sub.slot,
-            sub.seq,
-            sub.borrows,
-        ))
+        Ok(AsyncResult::new(cell, self.inner.clone()))
     }
 
     /// `f(arg)`, run in one worker. Blocks until done.
@@ -507,8 +505,8 @@ impl Pool {
         assert_no_captures::<F>();
         let _ = f;
         self.inner.check_open()?;
-        let sub = self.submit_apply::<T, U>(&arg, run_map::<T, U, F>, Waiter::Sync)?;
-        Ok(into_value(self.inner.wait_sync(sub.slot, sub.seq)?, 1))
+        let (slot, seq) = self.submit_apply::<T, U>(&arg, run_map::<T, U, F>, Waiter::Sync)?;
+        Ok(into_value(self.inner.wait_sync(slot, seq)?, 1))
     }
 
     /// Starts `f(arg)` in one worker and returns at once with an
@@ -524,7 +522,7 @@ impl Pool {
     /// assert_eq!(doubled[9], 18);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn apply_async<T, U, F>(&self, arg: T, f: F) -> Result<AsyncResult<'static, U>, Error>
+    pub fn apply_async<T, U, F>(&self, arg: T, f: F) -> Result<AsyncResult<U>, Error>
     where
         T: Pod,
         U: Pod + Send,
@@ -534,15 +532,8 @@ impl Pool {
         let _ = f;
         self.inner.check_open()?;
         let cell = Arc::new(Cell::new(into_value::<U>, 1));
-        let sub =
-            self.submit_apply::<T, U>(&arg, run_map::<T, U, F>, Waiter::Async(cell.clone()))?;
-        Ok(AsyncResult::new(
-            cell,
-            self.inner.clone(),
-            sub.slot,
-            sub.seq,
-            false,
-        ))
+        self.submit_apply::<T, U>(&arg, run_map::<T, U, F>, Waiter::Async(cell.clone()))?;
+        Ok(AsyncResult::new(cell, self.inner.clone()))
     }
 
     /// Places a by-value argument: in the slot if it fits, else in the arena.
@@ -560,15 +551,29 @@ impl Pool {
         Ok((Loc::Arena(block.off()), Some(block)))
     }
 
-    /// Finds `input` in the arena, or copies it there.
-    fn place_input<T: Pod>(&self, input: &[T]) -> Result<(Loc, Option<Alloc>, bool), Error> {
-        let bytes = size_of_val(input);
-        let region = &self.inner.region;
-        if bytes == 0 {
-            return Ok((Loc::Arena(region.layout().arena_off as u64), None, false));
+    /// An offset for inputs that occupy no bytes.
+    fn nowhere(&self) -> Loc {
+        Loc::Arena(self.inner.region.layout().arena_off as u64)
+    }
+
+    /// For a blocking call: finds `input` in the arena (read in place, as the
+    /// call borrows it until the job is harvested), or copies it there.
+    fn place_input<T: Pod>(&self, input: &[T]) -> Result<(Loc, Option<Alloc>), Error> {
+        match self
+            .inner
+            .region
+            .arena_offset(input.as_ptr().cast(), size_of_val(input))
+        {
+            Some(off) if !input.is_empty() => Ok((Loc::Arena(off), None)),
+            _ => self.stage(input),
         }
-        if let Some(off) = region.arena_offset(input.as_ptr().cast(), bytes) {
-            return Ok((Loc::Arena(off), None, true));
+    }
+
+    /// Copies `input` into a block the job will own.
+    fn stage<T: Pod>(&self, input: &[T]) -> Result<(Loc, Option<Alloc>), Error> {
+        let bytes = size_of_val(input);
+        if bytes == 0 {
+            return Ok((self.nowhere(), None));
         }
         let (block, _) = self.alloc::<T>(input.len())?;
         // SAFETY: the block has room for `bytes` bytes and is ours.
@@ -578,19 +583,19 @@ impl Pool {
             .stats
             .bytes_staged
             .fetch_add(bytes as u64, Relaxed);
-        Ok((Loc::Arena(block.off()), Some(block), false))
+        Ok((Loc::Arena(block.off()), Some(block)))
     }
 
-    fn submit_map<T: Pod, U: Pod>(
+    /// Submits a map over `len` elements whose input is already placed.
+    fn submit_map<U: Pod>(
         &self,
-        input: &[T],
+        len: usize,
+        (in_loc, staged): (Loc, Option<Alloc>),
         run: RunFn,
         ctx: Option<(Loc, Option<Alloc>)>,
         inline: InlineData,
         waiter: Waiter,
-    ) -> Result<Submitted, Error> {
-        let len = input.len();
-        let (in_loc, staged, borrows) = self.place_input(input)?;
+    ) -> Result<(usize, u64), Error> {
         let (out, _) = self.alloc::<U>(len)?;
         let (ctx_loc, ctx_block) = ctx.unwrap_or((Loc::Arena(0), None));
         let chunk = default_chunk(len, self.inner.workers, size_of::<U>());
@@ -612,8 +617,7 @@ impl Pool {
             waiter,
         };
         let tokens = len.div_ceil(chunk).min(self.inner.workers) as u32;
-        let (slot, seq) = self.inner.submit(&spec, job, tokens)?;
-        Ok(Submitted { slot, seq, borrows })
+        self.inner.submit(&spec, job, tokens)
     }
 
     fn submit_apply<T: Pod, U: Pod>(
@@ -621,7 +625,7 @@ impl Pool {
         arg: &T,
         run: RunFn,
         waiter: Waiter,
-    ) -> Result<Submitted, Error> {
+    ) -> Result<(usize, u64), Error> {
         check_align::<T>()?;
         check_align::<U>()?;
         let mut inline = InlineData::new();
@@ -656,12 +660,7 @@ impl Pool {
             failure: None,
             waiter,
         };
-        let (slot, seq) = self.inner.submit(&spec, job, 1)?;
-        Ok(Submitted {
-            slot,
-            seq,
-            borrows: false,
-        })
+        self.inner.submit(&spec, job, 1)
     }
 
     /// Stops accepting work. Jobs already submitted still run; later
@@ -753,6 +752,12 @@ impl Drop for Pool {
     /// Terminates and reaps the workers and stops the pool's threads.
     /// Outstanding jobs complete with `Error::Terminated`.
     fn drop(&mut self) {
+        if in_worker() {
+            // A task's copy of a pool: its threads and workers exist only in
+            // the parent.
+            std::mem::forget(std::mem::take(&mut self.threads));
+            return;
+        }
         self.terminate();
         let me = thread::current().id();
         for handle in self.threads.drain(..) {
@@ -800,7 +805,7 @@ mod tests {
         check::<Pool>();
         check::<ShmVec<f64>>();
         fn send<T: Send>() {}
-        send::<AsyncResult<'static, ShmVec<f64>>>();
-        send::<AsyncResult<'static, u32>>();
+        send::<AsyncResult<ShmVec<f64>>>();
+        send::<AsyncResult<u32>>();
     }
 }

@@ -9,11 +9,11 @@
 //! polled it. Nothing here depends on a particular async runtime.
 
 use std::future::Future;
-use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
+use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
@@ -35,6 +35,9 @@ enum State<R> {
     Lent {
         ok: bool,
         late: Vec<Callback<R>>,
+        /// The thread running the late callbacks: it must not wait for
+        /// itself.
+        lender: ThreadId,
     },
     /// The outcome was handed out; `ok` remembers whether it succeeded.
     Taken {
@@ -105,13 +108,9 @@ impl<R: Send + 'static> Deliver for Cell<R> {
 /// [`wait_timeout`](Self::wait_timeout), poll it with
 /// [`ready`](Self::ready), register a callback with
 /// [`on_complete`](Self::on_complete), or `.await` it under any executor.
-///
-/// The lifetime `'a` is that of a borrowed input: an `AsyncResult` from
-/// `map_async` over a `ShmVec` reads it in place and keeps it borrowed. If
-/// such a result is dropped before the job finishes, the drop waits until no
-/// worker reads the input any more (the job still completes and its
-/// callbacks still run). Results whose input was copied, and `apply_async`
-/// results, never wait on drop.
+/// It owns everything the job needs, so it is `'static` and `Send`: it can be
+/// spawned, stored or dropped freely. Dropping it does not stop the job; its
+/// callbacks still run.
 ///
 /// [`Pool::apply_async`]: crate::Pool::apply_async
 /// [`Pool::map_async`]: crate::Pool::map_async
@@ -125,44 +124,23 @@ impl<R: Send + 'static> Deliver for Cell<R> {
 /// # Ok::<(), shmpool::Error>(())
 /// ```
 #[must_use = "an AsyncResult does nothing unless waited on; dropping it detaches the job"]
-pub struct AsyncResult<'a, R> {
+pub struct AsyncResult<R> {
     cell: Arc<Cell<R>>,
     inner: Arc<Inner>,
-    slot: usize,
-    seq: u64,
-    /// The job reads memory the caller still owns.
-    borrows: bool,
-    _input: PhantomData<&'a [u8]>,
 }
 
-impl<R> std::fmt::Debug for AsyncResult<'_, R> {
+impl<R> std::fmt::Debug for AsyncResult<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ready = !matches!(&*lock(&self.cell.state), State::Pending { .. });
         f.debug_struct("AsyncResult")
-            .field(
-                "ready",
-                &!matches!(&*lock(&self.cell.state), State::Pending { .. }),
-            )
-            .field("borrows_input", &self.borrows)
+            .field("ready", &ready)
             .finish()
     }
 }
 
-impl<'a, R: Send + 'static> AsyncResult<'a, R> {
-    pub(crate) fn new(
-        cell: Arc<Cell<R>>,
-        inner: Arc<Inner>,
-        slot: usize,
-        seq: u64,
-        borrows: bool,
-    ) -> Self {
-        AsyncResult {
-            cell,
-            inner,
-            slot,
-            seq,
-            borrows,
-            _input: PhantomData,
-        }
+impl<R: Send + 'static> AsyncResult<R> {
+    pub(crate) fn new(cell: Arc<Cell<R>>, inner: Arc<Inner>) -> Self {
+        AsyncResult { cell, inner }
     }
 
     /// Blocks until the job is complete and returns its result.
@@ -171,7 +149,7 @@ impl<'a, R: Send + 'static> AsyncResult<'a, R> {
     /// The job's error (`TaskPanicked`, `WorkerDied`, `Terminated`, ...), or
     /// `WouldDeadlock` when called from a completion callback on a job that is
     /// not yet complete (only the result thread, which runs callbacks, could
-    /// complete it).
+    /// complete it), or from a late callback of this same result.
     ///
     /// # Example
     /// ```
@@ -320,13 +298,12 @@ impl<'a, R: Send + 'static> AsyncResult<'a, R> {
             }
             State::Done(outcome) => {
                 let ok = outcome.is_ok();
-                match std::mem::replace(
-                    &mut *state,
-                    State::Lent {
-                        ok,
-                        late: Vec::new(),
-                    },
-                ) {
+                let lent = State::Lent {
+                    ok,
+                    late: Vec::new(),
+                    lender: thread::current().id(),
+                };
+                match std::mem::replace(&mut *state, lent) {
                     State::Done(outcome) => outcome,
                     _ => unreachable!("matched Done above"),
                 }
@@ -358,9 +335,13 @@ impl<'a, R: Send + 'static> AsyncResult<'a, R> {
     fn block(&self, timeout: Option<Duration>) -> bool {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut state = lock(&self.cell.state);
-        while matches!(&*state, State::Pending { .. } | State::Lent { .. }) {
-            if self.inner.on_result_thread() && matches!(&*state, State::Pending { .. }) {
-                return false;
+        let me = thread::current().id();
+        loop {
+            match &*state {
+                State::Pending { .. } if self.inner.on_result_thread() => return false,
+                State::Lent { lender, .. } if *lender == me => return false,
+                State::Pending { .. } | State::Lent { .. } => {}
+                State::Done(_) | State::Taken { .. } => break,
             }
             let wait = match deadline {
                 None => Duration::from_secs(1),
@@ -400,7 +381,7 @@ impl<'a, R: Send + 'static> AsyncResult<'a, R> {
     }
 }
 
-impl<R: Send + 'static> Future for AsyncResult<'_, R> {
+impl<R: Send + 'static> Future for AsyncResult<R> {
     type Output = Result<R, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -424,15 +405,6 @@ impl<R: Send + 'static> Future for AsyncResult<'_, R> {
             }
         }
         Poll::Ready(this.take())
-    }
-}
-
-impl<R> Drop for AsyncResult<'_, R> {
-    fn drop(&mut self) {
-        if self.borrows && matches!(&*lock(&self.cell.state), State::Pending { .. }) {
-            // The job reads memory the caller gets back when this borrow ends.
-            self.inner.settle(self.slot, self.seq);
-        }
     }
 }
 

@@ -39,7 +39,7 @@ pub struct ShmVec<T: Pod> {
     len: usize,
     /// The arena block, owned only to be freed on drop; `None` for vectors
     /// that own no memory (empty, or zero-sized `T`).
-    _block: Option<Alloc>,
+    block: Option<Alloc>,
     _owns: PhantomData<T>,
 }
 
@@ -60,7 +60,7 @@ impl<T: Pod> ShmVec<T> {
         ShmVec {
             ptr: NonNull::dangling(),
             len: 0,
-            _block: None,
+            block: None,
             _owns: PhantomData,
         }
     }
@@ -81,9 +81,14 @@ impl<T: Pod> ShmVec<T> {
         ShmVec {
             ptr,
             len,
-            _block: Some(alloc),
+            block: Some(alloc),
             _owns: PhantomData,
         }
+    }
+
+    /// Gives up the arena block (to a job that will free it).
+    pub(crate) fn into_block(self) -> Option<crate::region::Alloc> {
+        self.block
     }
 
     /// The number of elements.

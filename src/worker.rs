@@ -162,12 +162,13 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize) -> bool {
             complete(ctx, slot, notify);
         }
     }
-    // ORDERING: Relaxed: only chooses whether to send a wake-up.
-    let aborted = slot.desc.abort.load(Relaxed) != 0;
-    // ORDERING: Release: the parent's drain check (SeqCst load) then sees all
-    // our writes to the slot and the data.
-    rec.slot.store(NO_SLOT, Release);
-    if aborted {
+    // ORDERING: SeqCst (so also Release: the parent's drain check then sees
+    // all our writes). Clearing the record *before* reading `abort` pairs
+    // with the parent storing `abort` before it scans the records: either we
+    // see the abort and wake the waiters, or the parent's scan sees us gone.
+    rec.slot.store(NO_SLOT, SeqCst);
+    // ORDERING: SeqCst, the second half of that pair.
+    if slot.desc.abort.load(SeqCst) != 0 {
         // A failed job is finished once no worker is left in it: tell the
         // waiters to look again.
         os::futex_wake(&slot.desc.state, u32::MAX);

@@ -1,0 +1,78 @@
+//! What `map_async` accepts, and why borrowed inputs are copied.
+//!
+//! An asynchronous job outlives the call that started it. If it read a
+//! borrowed input in place, the only thing keeping the caller from changing
+//! that input under the workers would be the result's destructor, and
+//! `mem::forget` is safe. So an asynchronous job owns its input: a borrowed
+//! slice is copied once into a block the job owns, and a [`ShmVec`] moved in
+//! is read in place. (The blocking `map` borrows for the whole call and never
+//! copies a `ShmVec`.)
+
+use bytemuck::Pod;
+
+use crate::shmvec::ShmVec;
+
+pub(crate) mod sealed {
+    use super::*;
+
+    pub trait Sealed {}
+
+    /// How an input reaches the job.
+    pub enum Source<'a, T: Pod> {
+        /// Copied into the arena when the job is submitted.
+        Copy(&'a [T]),
+        /// Owned by the job, read in place, freed when the job finishes.
+        Own(ShmVec<T>),
+    }
+}
+
+/// An input for [`Pool::map_async`](crate::Pool::map_async): a slice, `Vec`,
+/// array or `&ShmVec`, copied into shared memory once; or a [`ShmVec`] moved
+/// in, read in place with no copy.
+///
+/// ```
+/// let pool = shmpool::Pool::new(2)?;
+/// let v: Vec<u32> = (0..1000).collect();
+/// let a = pool.map_async(&v, |x| x + 1)?;          // copied: `v` stays yours
+/// let shm = pool.to_shm(&v)?;
+/// let b = pool.map_async(shm, |x| x + 1)?;         // moved in: no copy
+/// assert_eq!(a.get()?, b.get()?);
+/// assert_eq!(pool.stats().bytes_staged, 4000);
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+pub trait AsyncInput<'a>: sealed::Sealed {
+    /// The element type.
+    type Elem: Pod;
+    #[doc(hidden)]
+    fn source(self) -> sealed::Source<'a, Self::Elem>;
+}
+
+macro_rules! copied {
+    ($($ty:ty),*) => {$(
+        impl<'a, T: Pod> sealed::Sealed for $ty {}
+        impl<'a, T: Pod> AsyncInput<'a> for $ty {
+            type Elem = T;
+            fn source(self) -> sealed::Source<'a, T> {
+                sealed::Source::Copy(self)
+            }
+        }
+    )*};
+}
+
+copied!(&'a [T], &'a Vec<T>, &'a ShmVec<T>);
+
+impl<T: Pod, const N: usize> sealed::Sealed for &[T; N] {}
+impl<'a, T: Pod, const N: usize> AsyncInput<'a> for &'a [T; N] {
+    type Elem = T;
+    fn source(self) -> sealed::Source<'a, T> {
+        sealed::Source::Copy(self)
+    }
+}
+
+impl<T: Pod> sealed::Sealed for ShmVec<T> {}
+impl<T: Pod> AsyncInput<'static> for ShmVec<T> {
+    type Elem = T;
+    fn source(self) -> sealed::Source<'static, T> {
+        sealed::Source::Own(self)
+    }
+}
