@@ -155,6 +155,20 @@ impl Supervisor {
         }
     }
 
+    /// Replaces worker `w`; counted once the new worker is running and
+    /// listed, so `Stats::worker_restarts` never runs ahead of `worker_pids`.
+    fn respawn(&mut self, w: usize) {
+        match self.spawn(w) {
+            Ok(()) => {
+                self.respawn_error = None;
+                // ORDERING: Relaxed: a statistic; `spawn` published the pid
+                // under the procs lock before this.
+                self.inner.stats.worker_restarts.fetch_add(1, Relaxed);
+            }
+            Err(e) => self.respawn_error = Some(e),
+        }
+    }
+
     /// Worker `w`'s pidfd is readable: it has exited. Reap it, fail the job
     /// it was in, clear its record, replace it.
     fn on_death(&mut self, w: usize) {
@@ -203,11 +217,7 @@ impl Supervisor {
         rec.phase.store(PHASE_IDLE, Relaxed);
         // ORDERING: SeqCst: see `run`.
         if self.inner.stop.load(SeqCst) == STOP_NONE {
-            // ORDERING: Relaxed: a statistic.
-            self.inner.stats.worker_restarts.fetch_add(1, Relaxed);
-            if let Err(e) = self.spawn(w) {
-                self.respawn_error = Some(e);
-            }
+            self.respawn(w);
         }
         // The dead worker may have taken tokens with it: let the others look.
         region.control().sem.post(self.live.len() as u32);
@@ -222,10 +232,7 @@ impl Supervisor {
         }
         for w in 0..self.live.len() {
             if self.live[w].is_none() {
-                match self.spawn(w) {
-                    Ok(()) => self.respawn_error = None,
-                    Err(e) => self.respawn_error = Some(e),
-                }
+                self.respawn(w);
             }
         }
         if self.live.iter().all(Option::is_none) {
