@@ -22,7 +22,9 @@ fn sleepy(ms: u64) -> u64 {
 fn get_wait_ready_successful() {
     deadline(60, || {
         let pool = Pool::new(2).unwrap();
-        let r = pool.apply_async(300u64, sleepy).unwrap();
+        // A job of a second: long enough that "not yet" holds even on a
+        // loaded machine.
+        let r = pool.apply_async(1_000u64, sleepy).unwrap();
         assert!(!r.ready());
         assert_eq!(r.successful(), None);
         assert!(
@@ -35,17 +37,17 @@ fn get_wait_ready_successful() {
         );
         assert!(r.ready());
         assert_eq!(r.successful(), Some(true));
-        assert_eq!(r.get().unwrap(), 300);
+        assert_eq!(r.get().unwrap(), 1_000);
 
         let failing = pool.apply_async(0u32, |x| 1 / x).unwrap();
         failing.wait();
         assert_eq!(failing.successful(), Some(false));
         assert!(matches!(failing.get(), Err(Error::TaskPanicked { .. })));
 
-        let mut slow = pool.apply_async(200u64, sleepy).unwrap();
+        let mut slow = pool.apply_async(1_000u64, sleepy).unwrap();
         let err = slow.get_timeout(Duration::from_millis(5)).unwrap_err();
         assert!(matches!(err, Error::Timeout { .. }), "{err}");
-        assert_eq!(slow.get_timeout(Duration::from_secs(10)).unwrap(), 200);
+        assert_eq!(slow.get_timeout(Duration::from_secs(10)).unwrap(), 1_000);
         assert!(matches!(
             slow.get_timeout(Duration::ZERO),
             Err(Error::InvalidArgument { .. })
@@ -290,15 +292,25 @@ fn blocking_on_an_unfinished_job_inside_a_callback_is_an_error() {
     deadline(60, || {
         let pool = Arc::new(Pool::new(2).unwrap());
         let verdict = Arc::new(Mutex::new(None));
-        let slow = Arc::new(Mutex::new(Some(pool.apply_async(500u64, sleepy).unwrap())));
-        let first = pool.apply_async(1u64, |x| x).unwrap();
+        let slow = Arc::new(Mutex::new(Some(
+            pool.apply_async(5_000u64, sleepy).unwrap(),
+        )));
+        // Long enough that the callback is registered before it finishes, so
+        // it runs in the result thread.
+        let first = pool.apply_async(200u64, sleepy).unwrap();
         let (v, s) = (verdict.clone(), slow.clone());
         first.on_complete(move |_| {
             let r = s.lock().unwrap().take().unwrap();
-            *v.lock().unwrap() = Some(r.get());
+            let thread = thread::current().name().map(str::to_owned);
+            *v.lock().unwrap() = Some((thread, r.get()));
         });
         first.get().unwrap();
-        let got = verdict.lock().unwrap().take().expect("the callback ran");
+        let (thread, got) = verdict.lock().unwrap().take().expect("the callback ran");
+        assert_eq!(
+            thread.as_deref(),
+            Some("shmpool-results"),
+            "premise: a result-thread callback"
+        );
         assert!(matches!(got, Err(Error::WouldDeadlock { .. })), "{got:?}");
     })
 }
