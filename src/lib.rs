@@ -66,3 +66,8 @@ pub use pool::{Builder, Pool};
 pub use result::AsyncResult;
 pub use shmvec::ShmVec;
 pub use stats::Stats;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
