@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::os::{self, Wake};
 use crate::region::Region;
 use crate::ring::{Job, RawOut, Ring, Spec, Waiter};
-use crate::states::NOTIFY_EVENT;
+use crate::states::{NOTIFY_EVENT, SLOT_DONE};
 use crate::worker::in_worker;
 
 /// How long a blocked caller sleeps before it re-checks its job on its own
@@ -200,9 +200,14 @@ impl Inner {
             // ORDERING: SeqCst: pairs with the completing worker's SeqCst
             // exchange of `state` followed by its load of `waiters`.
             desc.waiters.store(1, SeqCst);
-            // ORDERING: SeqCst, as above. Whatever the word holds (a worker
-            // may have scribbled on it), sleep until it changes or the tick.
+            // ORDERING: SeqCst, as above.
             let seen = desc.state.load(SeqCst);
+            if seen == SLOT_DONE {
+                // Finished since we looked (its wake-up may be gone): harvest.
+                continue;
+            }
+            // RUNNING: sleep until the completing worker wakes us. Anything
+            // else is a scribbled word: sleep a tick rather than spin.
             if os::futex_wait(&desc.state, seen, Some(WAIT_TICK)) == Wake::TimedOut
                 && self.ring().kick(&self.region, s)
             {
