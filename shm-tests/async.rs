@@ -9,14 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use common::deadline;
+use common::{deadline, sleepy};
 use shmpool::{Error, Pool};
-
-/// A task that takes about `ms` milliseconds.
-fn sleepy(ms: u64) -> u64 {
-    thread::sleep(Duration::from_millis(ms));
-    ms
-}
 
 #[test]
 fn get_wait_ready_successful() {

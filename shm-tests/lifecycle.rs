@@ -9,13 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{assert_reaped, deadline, in_isolation, isolated};
+use common::{assert_reaped, deadline, in_isolation, isolated, sleepy};
 use shmpool::{Error, Pool};
-
-fn sleepy(ms: u64) -> u64 {
-    thread::sleep(Duration::from_millis(ms));
-    ms
-}
 
 #[test]
 fn close_refuses_new_work_and_join_waits_for_the_old() {

@@ -219,9 +219,11 @@ impl Inner {
     /// Harvests every finished asynchronous job into `ring.ready`. Returns
     /// whether it found any.
     pub(crate) fn collect_async(&self, ring: &mut Ring) -> bool {
-        let finished: Vec<usize> = ring.async_slots().collect();
         let mut any = false;
-        for s in finished {
+        for s in 0..ring.len() {
+            if !ring.is_async(s) {
+                continue;
+            }
             if let Some(h) = ring.try_harvest(&self.region, s, None) {
                 self.count(&h.outcome);
                 if let Waiter::Async(cell) = h.waiter {
@@ -233,11 +235,15 @@ impl Inner {
         any
     }
 
+    /// Whether any asynchronous job is unfinished.
+    pub(crate) fn any_async(&self, ring: &Ring) -> bool {
+        (0..ring.len()).any(|s| ring.is_async(s))
+    }
+
     /// Re-announces unfinished asynchronous jobs whose wake-up may be lost.
     pub(crate) fn kick_async(&self, ring: &Ring) {
-        let kicked = ring
-            .async_slots()
-            .filter(|&s| ring.kick(&self.region, s))
+        let kicked = (0..ring.len())
+            .filter(|&s| ring.is_async(s) && ring.kick(&self.region, s))
             .count();
         self.region.control().sem.post(kicked as u32);
     }

@@ -88,7 +88,8 @@ impl JobArgs {
 /// the job, so `F` is inhabited; `F: Copy`, so making another is the same as
 /// copying that one.
 unsafe fn conjure<F: Copy>() -> F {
-    const { assert!(size_of::<F>() == 0) };
+    // The same check as the public entry points: one error for the user.
+    assert_no_captures::<F>();
     // SAFETY: reading a zero-sized type from a dangling, aligned pointer reads
     // no memory; the caller guarantees `F` is inhabited and copyable.
     unsafe { NonNull::<F>::dangling().as_ptr().read() }

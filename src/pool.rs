@@ -383,9 +383,7 @@ impl Pool {
         U: Pod,
         F: Fn(T) -> U + Copy + Send + Sync + 'static,
     {
-        assert_no_captures::<F>();
-        let _ = f;
-        self.inner.check_open()?;
+        self.prologue(f)?;
         if input.is_empty() {
             return Ok(ShmVec::new());
         }
@@ -420,9 +418,7 @@ impl Pool {
         U: Pod,
         F: Fn(&C, T) -> U + Copy + Send + Sync + 'static,
     {
-        assert_no_captures::<F>();
-        let _ = f;
-        self.inner.check_open()?;
+        self.prologue(f)?;
         if input.is_empty() {
             return Ok(ShmVec::new());
         }
@@ -462,9 +458,7 @@ impl Pool {
         U: Pod + Send,
         F: Fn(I::Elem) -> U + Copy + Send + Sync + 'static,
     {
-        assert_no_captures::<F>();
-        let _ = f;
-        self.inner.check_open()?;
+        self.prologue(f)?;
         let (len, placed) = match input.source() {
             Source::Copy(slice) => (slice.len(), self.stage(slice)?),
             Source::Own(owned) => {
@@ -502,9 +496,7 @@ impl Pool {
         U: Pod,
         F: Fn(T) -> U + Copy + Send + Sync + 'static,
     {
-        assert_no_captures::<F>();
-        let _ = f;
-        self.inner.check_open()?;
+        self.prologue(f)?;
         let (slot, seq) = self.submit_apply::<T, U>(&arg, run_map::<T, U, F>, Waiter::Sync)?;
         Ok(into_value(self.inner.wait_sync(slot, seq)?, 1))
     }
@@ -528,12 +520,19 @@ impl Pool {
         U: Pod + Send,
         F: Fn(T) -> U + Copy + Send + Sync + 'static,
     {
-        assert_no_captures::<F>();
-        let _ = f;
-        self.inner.check_open()?;
+        self.prologue(f)?;
         let cell = Arc::new(Cell::new(into_value::<U>, 1));
         self.submit_apply::<T, U>(&arg, run_map::<T, U, F>, Waiter::Async(cell.clone()))?;
         Ok(AsyncResult::new(cell, self.inner.clone()))
+    }
+
+    /// What every task-taking call checks first: that `f` captures nothing
+    /// (at compile time), and that the pool accepts work from here.
+    fn prologue<F>(&self, f: F) -> Result<(), Error> {
+        assert_no_captures::<F>();
+        // `f` is zero-sized: the worker conjures its own copy.
+        let _ = f;
+        self.inner.check_open()
     }
 
     /// Places a by-value argument: in the slot if it fits, else in the arena.
@@ -597,7 +596,7 @@ impl Pool {
         waiter: Waiter,
     ) -> Result<(usize, u64), Error> {
         let (out, _) = self.alloc::<U>(len)?;
-        let (ctx_loc, ctx_block) = ctx.unwrap_or((Loc::Arena(0), None));
+        let (ctx_loc, ctx_block) = ctx.unwrap_or((self.nowhere(), None));
         let chunk = default_chunk(len, self.inner.workers, size_of::<U>());
         let spec = Spec {
             run: run as usize,
@@ -647,7 +646,7 @@ impl Pool {
             run: run as usize,
             input,
             output,
-            ctx: Loc::Arena(0),
+            ctx: self.nowhere(),
             len: 1,
             chunk: 1,
             inline,

@@ -418,7 +418,7 @@ pub(crate) fn result_loop(inner: Arc<Inner>) {
             let mut ring = inner.ring();
             inner.collect_async(&mut ring);
             let batch = std::mem::take(&mut ring.ready);
-            let busy = ring.async_slots().next().is_some();
+            let busy = inner.any_async(&ring);
             if busy && quiet_rounds > 0 {
                 // Woken by the tick, not by a worker: make sure no job waits
                 // for a wake-up that was lost.

@@ -270,21 +270,20 @@ impl Ring {
         matches!(&self.phases[s], Phase::Busy(j) if j.seq == seq)
     }
 
-    /// The slots of unfinished asynchronous jobs.
-    pub(crate) fn async_slots(&self) -> impl Iterator<Item = usize> + '_ {
-        self.phases
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| {
-                matches!(
-                    p,
-                    Phase::Busy(Job {
-                        waiter: Waiter::Async(_),
-                        ..
-                    })
-                )
+    /// The number of slots.
+    pub(crate) fn len(&self) -> usize {
+        self.phases.len()
+    }
+
+    /// Whether slot `s` holds an unfinished asynchronous job.
+    pub(crate) fn is_async(&self, s: usize) -> bool {
+        matches!(
+            &self.phases[s],
+            Phase::Busy(Job {
+                waiter: Waiter::Async(_),
+                ..
             })
-            .map(|(s, _)| s)
+        )
     }
 
     /// The slots of all unfinished jobs.

@@ -150,7 +150,7 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize) -> bool {
         // parent; see the record store above.
         if slot.desc.abort.load(SeqCst) == 0 {
             ran = true;
-            run_range(ctx, slot, &args, run, start, end);
+            run_range(slot, &args, run, start, end);
         }
         // ORDERING: Release: see above.
         rec.phase.store(PHASE_IDLE, Release);
@@ -181,7 +181,7 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize) -> bool {
 
 /// Runs one claimed range, recording a panic or a bad descriptor in the
 /// slot's error record.
-fn run_range(ctx: &WorkerCtx<'_>, slot: &Slot, args: &JobArgs, run: usize, start: u64, end: u64) {
+fn run_range(slot: &Slot, args: &JobArgs, run: usize, start: u64, end: u64) {
     if run == 0 {
         record_error(
             slot,
@@ -220,7 +220,6 @@ fn run_range(ctx: &WorkerCtx<'_>, slot: &Slot, args: &JobArgs, run: usize, start
             std::mem::forget(payload);
         }
     }
-    let _ = ctx;
 }
 
 /// Marks the slot done and announces it. Called by the worker whose `done`

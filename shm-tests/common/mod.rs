@@ -33,6 +33,12 @@ pub fn deadline<T: Send + 'static>(secs: u64, body: impl FnOnce() -> T + Send + 
     }
 }
 
+/// A task that takes about `ms` milliseconds and returns `ms`.
+pub fn sleepy(ms: u64) -> u64 {
+    thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
 /// Polls `cond` every 5 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
