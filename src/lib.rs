@@ -42,6 +42,7 @@
 compile_error!("shmpool uses memfd, eventfd, futexes and pidfds: it supports Linux only");
 
 mod arena;
+mod builder;
 mod error;
 mod inner;
 mod input;
@@ -59,10 +60,11 @@ mod supervisor;
 mod sync;
 mod worker;
 
+pub use builder::Builder;
 pub use bytemuck;
 pub use error::Error;
 pub use input::AsyncInput;
-pub use pool::{Builder, Pool};
+pub use pool::Pool;
 pub use result::AsyncResult;
 pub use shmvec::ShmVec;
 pub use stats::Stats;
