@@ -11,6 +11,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::sync::mpsc;
@@ -57,7 +58,10 @@ pub(crate) fn start(inner: Arc<Inner>) -> Result<thread::JoinHandle<()>, Error> 
             let ok = started.is_ok();
             let _ = tx.send(started);
             if ok {
-                sup.run();
+                // Whatever happens in the loop (even a bug that panics), the
+                // workers are killed and reaped and `gone` is set, so that
+                // `terminate`, `join` and `Drop`, which wait for it, return.
+                let _ = catch_unwind(AssertUnwindSafe(|| sup.run()));
             }
             sup.kill_all();
             sup.finish();
