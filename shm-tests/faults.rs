@@ -11,12 +11,17 @@ use std::time::{Duration, Instant};
 use common::{deadline, wait_until};
 use shmpool::{Error, Pool};
 
-/// The pool still maps correctly.
+/// The pool still maps correctly, and every worker has been replaced.
 fn assert_healthy(pool: &Pool) {
     let xs: Vec<u64> = (0..10_000).collect();
     let ys = pool.map(&xs, |x| x * 3).unwrap();
     assert!(ys.iter().enumerate().all(|(i, &y)| y == 3 * i as u64));
-    assert_eq!(pool.worker_pids().len(), pool.workers());
+    assert!(
+        wait_until(Duration::from_secs(5), || pool.worker_pids().len()
+            == pool.workers()),
+        "workers: {:?}",
+        pool.worker_pids()
+    );
 }
 
 /// A task of about one millisecond.
@@ -49,9 +54,9 @@ fn panic_in_a_map_names_its_range() {
 }
 
 #[test]
-fn worker_killed_mid_map_fails_the_job_and_is_replaced() {
+fn worker_killed_mid_map_fails_the_job_without_retries() {
     deadline(60, || {
-        let pool = Pool::new(2).unwrap();
+        let pool = Pool::builder().workers(2).max_retries(0).build().unwrap();
         let before = pool.worker_pids();
         let xs: Vec<u64> = (0..2_000).collect();
         let pending = pool.map_async(&xs, slow_identity).unwrap();
@@ -93,6 +98,27 @@ fn worker_killed_mid_map_fails_the_job_and_is_replaced() {
 }
 
 #[test]
+fn a_killed_worker_s_range_is_retried_and_the_job_succeeds() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap(); // max_retries defaults to 1
+        let xs: Vec<u64> = (0..2_000).collect();
+        let pending = pool.map_async(&xs, slow_identity).unwrap();
+        thread::sleep(Duration::from_millis(100));
+        let victim = pool.worker_pids()[0];
+        // SAFETY: kill(2) on a pid we own.
+        assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
+        let ys = pending.get().expect("the lost range ran again");
+        assert_eq!(ys, xs);
+        assert!(wait_until(Duration::from_secs(5), || pool
+            .stats()
+            .worker_restarts
+            == 1));
+        assert!(!pool.worker_pids().contains(&victim));
+        assert_healthy(&pool);
+    })
+}
+
+#[test]
 fn tasks_that_kill_their_worker() {
     deadline(120, || {
         let pool = Pool::new(2).unwrap();
@@ -110,13 +136,16 @@ fn tasks_that_kill_their_worker() {
                 Error::WorkerDied {
                     signal: s,
                     exit_code: c,
+                    range,
                     ..
                 } => {
                     assert_eq!((s, c), (signal, code), "{what}");
+                    assert!(range.expect("recorded").contains(&5), "{what}");
                 }
                 other => panic!("{what}: expected WorkerDied, got {other:?}"),
             }
-            let restarts = case as u64 + 1;
+            // The range was tried twice (max_retries = 1): two deaths each.
+            let restarts = 2 * (case as u64 + 1);
             assert!(wait_until(Duration::from_secs(5), || pool
                 .stats()
                 .worker_restarts

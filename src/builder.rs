@@ -1,19 +1,21 @@
 //! `Builder`: configuring a pool, creating its region and starting its
 //! threads and workers.
 
-use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use crate::error::Error;
-use crate::inner::Inner;
+use crate::inner::{Config, Inner};
 use crate::layout::{Layout, MAX_RING};
 use crate::os;
 use crate::pool::Pool;
 use crate::region::Region;
 use crate::result::result_loop;
 use crate::supervisor;
-use crate::worker::{in_worker, install_panic_hook};
+use crate::template::Template;
+use crate::worker::{WorkerConfig, in_worker, install_panic_hook};
 
 /// Spin rounds a worker polls for work before it sleeps.
 const DEFAULT_SPIN: u32 = 2000;
@@ -34,6 +36,12 @@ pub struct Builder {
     arena_size: Option<usize>,
     ring_size: Option<usize>,
     spin: u32,
+    task_timeout: Option<Duration>,
+    max_retries: u32,
+    initializer: Option<fn()>,
+    max_tasks_per_worker: usize,
+    worker_memory_limit: Option<usize>,
+    chunk_size: Option<usize>,
 }
 
 impl Default for Builder {
@@ -43,6 +51,12 @@ impl Default for Builder {
             arena_size: None,
             ring_size: None,
             spin: DEFAULT_SPIN,
+            task_timeout: None,
+            max_retries: 1,
+            initializer: None,
+            max_tasks_per_worker: 0,
+            worker_memory_limit: None,
+            chunk_size: None,
         }
     }
 }
@@ -77,12 +91,96 @@ impl Builder {
         self
     }
 
-    /// Creates the shared region and forks the workers.
+    /// The longest one claimed range of a job may run (default: no limit).
+    /// A worker that runs past it is killed (`SIGKILL`) and replaced, and its
+    /// job fails with [`Error::Timeout`] naming the range. A range is
+    /// [`chunk_size`](Self::chunk_size) elements of a map, or one `apply`.
+    /// The deadline is checked every `timeout / 8` (at least every 50 ms).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = shmpool::Pool::builder()
+    ///     .workers(1)
+    ///     .task_timeout(Duration::from_millis(200))
+    ///     .build()?;
+    /// let stuck = pool.apply(0u8, |x| {
+    ///     while x == 0 {
+    ///         std::hint::spin_loop(); // runs forever
+    ///     }
+    ///     x
+    /// });
+    /// assert!(matches!(stuck, Err(shmpool::Error::Timeout { .. })));
+    /// assert_eq!(pool.apply(2u8, |x| x * 2)?, 4); // a fresh worker
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// How many times a range whose worker died is run again, on a fresh
+    /// worker, before its job fails with [`Error::WorkerDied`] (default: 1).
+    /// Ranges that ran past the task timeout are not retried.
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.max_retries = retries;
+        self
+    }
+
+    /// A function each worker runs once, after it is forked and before its
+    /// first task (replacements included); never in the parent. If it
+    /// panics, the pool is unusable: every job fails with
+    /// [`Error::InitializerFailed`].
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// static READY: AtomicU32 = AtomicU32::new(0);
+    /// fn init() {
+    ///     READY.store(7, Ordering::Relaxed);
+    /// }
+    /// let pool = shmpool::Pool::builder().workers(2).initializer(init).build()?;
+    /// assert_eq!(pool.apply(0u32, |_| READY.load(Ordering::Relaxed))?, 7);
+    /// assert_eq!(READY.load(Ordering::Relaxed), 0, "not in the parent");
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn initializer(mut self, init: fn()) -> Self {
+        self.initializer = Some(init);
+        self
+    }
+
+    /// Replaces each worker with a fresh process after it has run `n` ranges
+    /// (Python's `maxtasksperchild`; default 0: never). Useful against tasks
+    /// that leak. Recycled workers are reaped and counted in
+    /// [`Stats::workers_recycled`](crate::Stats::workers_recycled).
+    pub fn max_tasks_per_worker(mut self, n: usize) -> Self {
+        self.max_tasks_per_worker = n;
+        self
+    }
+
+    /// Caps the memory each worker may map beyond what it inherits at start
+    /// (the shared region, the parent's image), with `RLIMIT_AS`. A task that
+    /// allocates past it kills only its own worker; the job fails with
+    /// [`Error::MemoryLimit`] (after [`max_retries`](Self::max_retries) more
+    /// tries on fresh workers), and the pool carries on.
+    pub fn worker_memory_limit(mut self, bytes: usize) -> Self {
+        self.worker_memory_limit = Some(bytes);
+        self
+    }
+
+    /// Elements per claimed range in `map` jobs (default: automatic, about
+    /// four ranges per worker). 0 is refused by [`build`](Self::build).
+    pub fn chunk_size(mut self, elements: usize) -> Self {
+        self.chunk_size = Some(elements);
+        self
+    }
+
+    /// Creates the shared region, forks the template process and starts the
+    /// workers.
     ///
     /// # Errors
-    /// `InvalidArgument` for zero workers (or more than 1024), a bad ring size,
-    /// or when called inside a pool worker; `Io` when the region, the threads
-    /// or the processes cannot be created.
+    /// `InvalidArgument` for zero workers (or more than 1024), a bad ring
+    /// size, a chunk size of 0, or when called inside a pool worker; `Io`
+    /// when the region, the threads or the processes cannot be created (for
+    /// example past the process limit, `EAGAIN`).
     pub fn build(self) -> Result<Pool, Error> {
         if in_worker() {
             return Err(Error::invalid(
@@ -98,16 +196,36 @@ impl Builder {
                 "{workers} workers requested, at most {MAX_WORKERS} are supported"
             )));
         }
+        if self.chunk_size == Some(0) {
+            return Err(Error::invalid("the chunk size must be at least 1"));
+        }
+        if self.task_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::invalid("the task timeout must be longer than zero"));
+        }
         let ring = self.ring_size.unwrap_or((4 * workers).clamp(256, MAX_RING));
         let arena = self.arena_size.unwrap_or_else(default_arena_size);
         let layout = Layout::new(workers, ring, arena)?;
         let region = Region::create(layout)?;
         install_panic_hook();
-        // Workers inherit the stdout buffer; flushing now keeps a task that
-        // prints from printing the parent's pending output again.
-        let _ = std::io::stdout().flush();
-        let inner = Arc::new(Inner::new(region, self.spin)?);
-        let supervisor = supervisor::start(inner.clone())?;
+        let worker = WorkerConfig {
+            spin: self.spin,
+            initializer: self.initializer,
+            max_tasks: self.max_tasks_per_worker as u64,
+            memory_limit: self.worker_memory_limit,
+            timed: self.task_timeout.is_some(),
+        };
+        let config = Config {
+            worker,
+            task_timeout: self.task_timeout,
+            max_retries: self.max_retries,
+            memory_limit: self.worker_memory_limit,
+            chunk_size: self.chunk_size,
+        };
+        let inner = Arc::new(Inner::new(region, config)?);
+        // The one fork of this (possibly multi-threaded) process: every worker
+        // is forked later by the single-threaded template.
+        let template = Template::fork(&inner.region, inner.done_fd.as_raw_fd(), worker, true)?;
+        let supervisor = supervisor::start(inner.clone(), template)?;
         let results = thread::Builder::new()
             .name("shmpool-results".into())
             .spawn({

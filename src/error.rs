@@ -56,7 +56,23 @@ pub enum Error {
         /// The index range it was running, when the worker had recorded one.
         range: Option<Range<usize>>,
     },
-    /// A deadline passed.
+    /// A worker process exceeded its memory limit
+    /// ([`Builder::worker_memory_limit`](crate::Builder::worker_memory_limit)):
+    /// an allocation failed and the worker aborted. The pool replaced it.
+    #[non_exhaustive]
+    MemoryLimit {
+        /// The process id of the worker that died.
+        pid: u32,
+        /// The limit, in bytes beyond what the worker mapped at start.
+        limit: usize,
+        /// The index range it was running, when the worker had recorded one.
+        range: Option<Range<usize>>,
+    },
+    /// A deadline passed: a task ran longer than the pool's
+    /// [`task_timeout`](crate::Builder::task_timeout) (its worker was killed
+    /// and replaced; `range` names the range), or a caller's own wait ended
+    /// ([`AsyncResult::get_timeout`](crate::AsyncResult::get_timeout); the
+    /// job goes on).
     #[non_exhaustive]
     Timeout {
         /// How long was waited.
@@ -64,8 +80,16 @@ pub enum Error {
         /// The index range concerned, when there is one.
         range: Option<Range<usize>>,
     },
-    /// The job was cancelled.
+    /// The job was cancelled ([`AsyncResult::cancel`](crate::AsyncResult::cancel),
+    /// or its `AsyncResult` was dropped unfinished).
     Cancelled,
+    /// The pool's initializer panicked in a worker. The pool runs no tasks
+    /// from then on: every job fails with this error.
+    #[non_exhaustive]
+    InitializerFailed {
+        /// The panic message (and location).
+        message: String,
+    },
     /// The shared-memory arena has no free block large enough.
     #[non_exhaustive]
     OutOfSharedMemory {
@@ -146,6 +170,19 @@ impl fmt::Display for Error {
                     Some(r) => write!(f, " while running elements {}..{}", r.start, r.end),
                     None => f.write_str(" while taking part in the job"),
                 }
+            }
+            Error::MemoryLimit { pid, limit, range } => {
+                write!(
+                    f,
+                    "worker process {pid} exceeded its memory limit of {limit} bytes"
+                )?;
+                if let Some(r) = range {
+                    write!(f, " while running elements {}..{}", r.start, r.end)?;
+                }
+                Ok(())
+            }
+            Error::InitializerFailed { message } => {
+                write!(f, "the pool's initializer panicked: {message}")
             }
             Error::Timeout { after, range } => {
                 write!(f, "timed out after {after:?}")?;

@@ -15,7 +15,7 @@ use crate::os::{self, Wake};
 use crate::region::Region;
 use crate::ring::{Job, RawOut, Ring, Spec, Waiter};
 use crate::states::{NOTIFY_EVENT, SLOT_DONE};
-use crate::worker::in_worker;
+use crate::worker::{WorkerConfig, in_worker};
 
 /// How long a blocked caller sleeps before it re-checks its job on its own
 /// (a lost wake-up, a stalled job). Wake-ups normally come much sooner.
@@ -43,12 +43,26 @@ pub(crate) struct Counters {
     pub(crate) jobs_failed: AtomicU64,
     pub(crate) bytes_staged: AtomicU64,
     pub(crate) worker_restarts: AtomicU64,
+    pub(crate) workers_recycled: AtomicU64,
+    pub(crate) jobs_cancelled: AtomicU64,
+}
+
+/// The pool's fixed settings (from the `Builder`).
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) worker: WorkerConfig,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) max_retries: u32,
+    pub(crate) memory_limit: Option<usize>,
+    /// Elements per claimed range of a map; `None` for automatic.
+    pub(crate) chunk_size: Option<usize>,
 }
 
 /// The worker processes, as the supervisor last recorded them.
 pub(crate) struct Procs {
-    /// The pid of worker `w`, if it is alive.
-    pub(crate) pids: Vec<Option<u32>>,
+    /// The pid and pidfd of worker `w`, while it is alive. Signals go through
+    /// the pidfd, so they can never reach a process that recycled the pid.
+    pub(crate) workers: Vec<Option<(u32, OwnedFd)>>,
     /// Set when the supervisor has reaped every worker and exited.
     pub(crate) gone: bool,
 }
@@ -56,7 +70,12 @@ pub(crate) struct Procs {
 pub(crate) struct Inner {
     pub(crate) region: Arc<Region>,
     pub(crate) workers: usize,
-    pub(crate) spin: u32,
+    pub(crate) config: Config,
+    /// The process that built the pool; a forked copy of the pool in another
+    /// process refuses to work.
+    pub(crate) owner: u32,
+    /// Set when a worker's initializer failed: the panic message.
+    pub(crate) broken: OnceLock<String>,
     ring: Mutex<Ring>,
     /// Notified when a slot is freed or a job delivered.
     ring_cv: Condvar,
@@ -80,11 +99,13 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Inner {
-    pub(crate) fn new(region: Arc<Region>, spin: u32) -> Result<Self, Error> {
+    pub(crate) fn new(region: Arc<Region>, config: Config) -> Result<Self, Error> {
         let layout = *region.layout();
         Ok(Inner {
             workers: layout.workers,
-            spin,
+            config,
+            owner: os::getpid(),
+            broken: OnceLock::new(),
             ring: Mutex::new(Ring::new(layout.ring)),
             ring_cv: Condvar::new(),
             life: AtomicU8::new(OPEN),
@@ -93,7 +114,7 @@ impl Inner {
             done_fd: os::new_eventfd()?,
             ctl_fd: os::new_eventfd()?,
             procs: Mutex::new(Procs {
-                pids: vec![None; layout.workers],
+                workers: (0..layout.workers).map(|_| None).collect(),
                 gone: false,
             }),
             procs_cv: Condvar::new(),
@@ -124,10 +145,47 @@ impl Inner {
                 reason: "a task used the pool that runs it; tasks run in worker processes",
             });
         }
+        if !self.in_owner() {
+            return Err(Error::invalid(
+                "a pool was used in a forked copy of the process that built it; build a new pool there",
+            ));
+        }
+        if self.broken.get().is_some() {
+            return Err(self.broken_error());
+        }
         if self.life() != OPEN {
             return Err(Error::Closed);
         }
         Ok(())
+    }
+
+    /// Whether this is the process that built the pool (not a worker, not a
+    /// process forked from it by the user).
+    pub(crate) fn in_owner(&self) -> bool {
+        !in_worker() && os::getpid() == self.owner
+    }
+
+    /// The error of a pool whose initializer failed.
+    pub(crate) fn broken_error(&self) -> Error {
+        Error::InitializerFailed {
+            message: self.broken.get().cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Cancels the asynchronous job `seq` in slot `s` if it is unfinished,
+    /// answering its cell with `Cancelled` at once.
+    pub(crate) fn cancel(&self, s: usize, seq: u64) {
+        let cell = self.ring().cancel(&self.region, s, seq);
+        if let Some(cell) = cell {
+            // ORDERING: Relaxed: statistics.
+            self.stats.jobs_cancelled.fetch_add(1, Relaxed);
+            self.stats.jobs_failed.fetch_add(1, Relaxed);
+            self.ring_cv.notify_all();
+            cell.deliver(Err(Error::Cancelled));
+            // Workers skip its remaining ranges; the result thread frees it
+            // once the last one leaves.
+            self.poke_result_thread();
+        }
     }
 
     pub(crate) fn on_result_thread(&self) -> bool {
@@ -146,7 +204,7 @@ impl Inner {
     /// posts `tokens` work tokens. Returns its slot and sequence number.
     pub(crate) fn submit(&self, spec: &Spec, job: Job, tokens: u32) -> Result<(usize, u64), Error> {
         let notify = match job.waiter {
-            Waiter::Async(_) => NOTIFY_EVENT,
+            Waiter::Async(_) | Waiter::Detached => NOTIFY_EVENT,
             Waiter::Sync => 0,
         };
         let mut ring = self.ring();
@@ -208,10 +266,9 @@ impl Inner {
             }
             // RUNNING: sleep until the completing worker wakes us. Anything
             // else is a scribbled word: sleep a tick rather than spin.
-            if os::futex_wait(&desc.state, seen, Some(WAIT_TICK)) == Wake::TimedOut
-                && self.ring().kick(&self.region, s)
-            {
-                self.region.control().sem.post(1);
+            if os::futex_wait(&desc.state, seen, Some(WAIT_TICK)) == Wake::TimedOut {
+                let tokens = self.ring().kick(&self.region, s);
+                self.region.control().sem.post(tokens);
             }
         }
     }
@@ -225,8 +282,9 @@ impl Inner {
                 continue;
             }
             if let Some(h) = ring.try_harvest(&self.region, s, None) {
-                self.count(&h.outcome);
+                // A cancelled job was answered and counted when cancelled.
                 if let Waiter::Async(cell) = h.waiter {
+                    self.count(&h.outcome);
                     ring.ready.push((cell, h.outcome));
                     any = true;
                 }
@@ -242,10 +300,11 @@ impl Inner {
 
     /// Re-announces unfinished asynchronous jobs whose wake-up may be lost.
     pub(crate) fn kick_async(&self, ring: &Ring) {
-        let kicked = (0..ring.len())
-            .filter(|&s| ring.is_async(s) && ring.kick(&self.region, s))
-            .count();
-        self.region.control().sem.post(kicked as u32);
+        let tokens: u32 = (0..ring.len())
+            .filter(|&s| ring.is_async(s))
+            .map(|s| ring.kick(&self.region, s))
+            .fold(0, u32::saturating_add);
+        self.region.control().sem.post(tokens);
     }
 
     /// `n` asynchronous jobs were delivered.

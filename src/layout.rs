@@ -36,6 +36,9 @@ pub(crate) const INLINE_CAP: usize = 256;
 pub(crate) const PENDING_WORDS: usize = 16;
 /// The largest ring.
 pub(crate) const MAX_RING: usize = PENDING_WORDS * 64;
+/// Retry entries per slot: how many lost ranges of one job can wait for
+/// another attempt at once.
+pub(crate) const REDO_CAP: usize = 8;
 /// A value every live region starts with, to recognise our own mapping.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"shmpool1");
 
@@ -54,9 +57,12 @@ pub(crate) struct Control {
     /// Work tokens: posted by submitters, consumed by workers.
     pub(crate) sem: Semaphore,
     /// Bit `s` set: slot `s` may have unclaimed ranges. Set by the parent on
-    /// publish; cleared by a worker that finds the slot's claims exhausted,
-    /// and by the parent when it frees the slot.
+    /// publish and when it queues a retry; cleared by a worker that finds the
+    /// slot's claims exhausted, and by the parent when it frees the slot.
     pub(crate) pending: Line<[AtomicU64; PENDING_WORDS]>,
+    /// The panic of the first worker whose initializer failed (its `start`
+    /// and `end` are unused).
+    pub(crate) init_err: ErrorRecord,
 }
 
 /// What one worker is doing. Only that worker writes it while it lives; the
@@ -69,9 +75,18 @@ pub(crate) struct WorkerRecord {
     pub(crate) slot: AtomicU32,
     /// `PHASE_IDLE` or `PHASE_RUNNING`.
     pub(crate) phase: AtomicU32,
+    /// The index of the retry entry (`Slot::redo`) the worker claimed, or
+    /// `NO_REDO`.
+    pub(crate) redo: AtomicU32,
+    /// Set by the worker's `SIGABRT` handler when the abort followed a failed
+    /// allocation (its memory limit was reached).
+    pub(crate) oom: AtomicU32,
     /// The range being run, valid while `phase == PHASE_RUNNING`.
     pub(crate) start: AtomicU64,
     pub(crate) end: AtomicU64,
+    /// `CLOCK_MONOTONIC` nanoseconds when the range started (only written
+    /// when the pool has a task timeout).
+    pub(crate) started_ns: AtomicU64,
 }
 
 /// The job descriptor: written by the parent while the slot is empty and no
@@ -113,6 +128,16 @@ pub(crate) struct ErrorRecord {
     pub(crate) loc: [AtomicU8; LOC_CAP],
 }
 
+/// A range of a job to run again because the worker running it died.
+#[repr(C)]
+pub(crate) struct RedoEntry {
+    /// `REDO_EMPTY`, `REDO_READY` (queued by the supervisor) or
+    /// `REDO_CLAIMED` (a worker took it with a compare-exchange).
+    pub(crate) state: AtomicU32,
+    pub(crate) start: AtomicU64,
+    pub(crate) end: AtomicU64,
+}
+
 /// Per-slot scratch bytes, only ever accessed through raw pointers.
 #[repr(C, align(128))]
 pub(crate) struct Inline(UnsafeCell<[u8; INLINE_CAP]>);
@@ -131,6 +156,8 @@ pub(crate) struct Slot {
     /// Elements finished (run, or skipped after an abort).
     pub(crate) done: Line<AtomicU64>,
     pub(crate) err: ErrorRecord,
+    /// Ranges queued for another attempt (`Builder::max_retries`).
+    pub(crate) redo: Line<[RedoEntry; REDO_CAP]>,
     pub(crate) inline: Inline,
 }
 

@@ -58,6 +58,7 @@ mod states;
 mod stats;
 mod supervisor;
 mod sync;
+mod template;
 mod worker;
 
 pub use builder::Builder;

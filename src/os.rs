@@ -16,7 +16,6 @@ use nix::fcntl::{FallocateFlags, fallocate};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, ftruncate};
 
 /// Creates the anonymous shared-memory file that backs a pool's region.
@@ -177,36 +176,6 @@ pub(crate) struct ExitStatus {
     pub(crate) code: Option<i32>,
 }
 
-/// Reaps child `pid`. With `block == false`, returns `None` if it is still
-/// running. A child that someone else already reaped (`ECHILD`) reports an
-/// unknown status.
-pub(crate) fn reap(pid: u32, block: bool) -> Option<ExitStatus> {
-    let flags = if block {
-        None
-    } else {
-        Some(WaitPidFlag::WNOHANG)
-    };
-    loop {
-        return match waitpid(Pid::from_raw(pid as libc::pid_t), flags) {
-            Ok(WaitStatus::Exited(_, code)) => Some(ExitStatus {
-                signal: None,
-                code: Some(code),
-            }),
-            Ok(WaitStatus::Signaled(_, sig, _)) => Some(ExitStatus {
-                signal: Some(sig as i32),
-                code: None,
-            }),
-            Ok(WaitStatus::StillAlive) => None,
-            Ok(_) => continue,
-            Err(Errno::EINTR) => continue,
-            Err(_) => Some(ExitStatus {
-                signal: None,
-                code: None,
-            }),
-        };
-    }
-}
-
 /// Total physical memory in bytes (0 if unknown).
 pub(crate) fn physical_memory() -> u64 {
     // SAFETY: sysconf has no preconditions.
@@ -268,18 +237,277 @@ pub(crate) fn worker_process_setup(parent: u32) -> bool {
     true
 }
 
-/// Closes every inherited descriptor above stderr except `keep`, so that a
-/// worker holds no pipe ends, sockets or other pools' files of its parent.
-pub(crate) fn close_fds_except(keep: RawFd) {
+/// Closes every inherited descriptor above stderr except those in `keep`,
+/// so that a worker holds no pipe ends, sockets or other pools' files of its
+/// parent. Allocation-free: a freshly forked child calls it.
+pub(crate) fn close_fds_except(keep: &[RawFd]) {
     let close_range = |lo: u32, hi: u32| {
         if lo <= hi {
             // SAFETY: close_range only closes descriptors of this process.
             unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0u32) };
         }
     };
-    let keep = keep.max(0) as u32;
-    if keep >= 3 {
-        close_range(3, keep - 1);
+    let mut lo = 3u32;
+    loop {
+        // The smallest kept descriptor at or above `lo`.
+        let next = keep
+            .iter()
+            .filter_map(|&k| u32::try_from(k).ok())
+            .filter(|&k| k >= lo)
+            .min();
+        match next {
+            Some(k) => {
+                if k > lo {
+                    close_range(lo, k - 1);
+                }
+                lo = k + 1;
+            }
+            None => {
+                close_range(lo, u32::MAX);
+                return;
+            }
+        }
     }
-    close_range(keep.max(2) + 1, u32::MAX);
+}
+
+/// Sends `SIGKILL` to the process behind `pidfd`. Unlike `kill`, it can never
+/// reach a stranger that recycled the pid. Errors (already gone) are ignored.
+pub(crate) fn pidfd_kill(pidfd: &OwnedFd) {
+    // SAFETY: pidfd_send_signal takes a descriptor, a signal number, a null
+    // siginfo and flags; a stale descriptor only yields ESRCH.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+}
+
+/// Whether the process behind `pidfd` has exited (it may be a zombie).
+pub(crate) fn pidfd_exited(pidfd: &OwnedFd, timeout_ms: i32) -> bool {
+    let mut fds = [libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    matches!(poll(&mut fds, timeout_ms), Ok(n) if n > 0)
+}
+
+/// A connected pair of close-on-exec `SOCK_SEQPACKET` Unix sockets: each
+/// `send` arrives as one message, and a closed end reads as end of file.
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: socketpair writes two descriptors into a live array of two.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just created both descriptors; we own them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A message between the supervisor and the template: fixed size, plain
+/// integers.
+pub(crate) type Message = [u64; 3];
+
+/// Sends one message on a seqpacket socket, with a descriptor attached if
+/// `fd` is given (`SCM_RIGHTS`).
+pub(crate) fn send_message(sock: RawFd, msg: &Message, fd: Option<RawFd>) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: msg.as_ptr() as *mut libc::c_void,
+        iov_len: size_of::<Message>(),
+    };
+    // Room for one cmsghdr carrying one descriptor, suitably aligned.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is a plain C struct; zero is a valid empty value.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    if let Some(fd) = fd {
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        let space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+        debug_assert!(space <= size_of_val(&control));
+        hdr.msg_control = control.as_mut_ptr().cast();
+        hdr.msg_controllen = space as _;
+        // SAFETY: the control buffer is large enough for one header with one
+        // descriptor (checked above), so CMSG_FIRSTHDR is non-null and the
+        // header and data it points at lie inside `control`.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&hdr);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
+            libc::CMSG_DATA(c).cast::<RawFd>().write_unaligned(fd);
+        }
+    }
+    loop {
+        // SAFETY: `hdr` points at a live iovec and control buffer.
+        let r = unsafe { libc::sendmsg(sock, &hdr, libc::MSG_NOSIGNAL) };
+        if r >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Receives one message and the descriptor attached to it, if any. `Ok(None)`
+/// means the other end is closed; with `dont_wait`, an empty queue is
+/// `WouldBlock`.
+pub(crate) fn recv_message(
+    sock: RawFd,
+    dont_wait: bool,
+) -> io::Result<Option<(Message, Option<OwnedFd>)>> {
+    let mut msg: Message = [0; 3];
+    let mut iov = libc::iovec {
+        iov_base: msg.as_mut_ptr().cast(),
+        iov_len: size_of::<Message>(),
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is a plain C struct; zero is a valid empty value.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = control.as_mut_ptr().cast();
+    hdr.msg_controllen = size_of_val(&control) as _;
+    let n = loop {
+        let flags = libc::MSG_CMSG_CLOEXEC | if dont_wait { libc::MSG_DONTWAIT } else { 0 };
+        // SAFETY: `hdr` points at a live iovec and control buffer.
+        let r = unsafe { libc::recvmsg(sock, &mut hdr, flags) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let mut fd = None;
+    // SAFETY: the kernel filled `control` and set `msg_controllen`; the CMSG
+    // macros walk only within it. Each SCM_RIGHTS descriptor is new and ours.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&hdr);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let raw = libc::CMSG_DATA(c).cast::<RawFd>().read_unaligned();
+                fd = Some(OwnedFd::from_raw_fd(raw));
+            }
+            c = libc::CMSG_NXTHDR(&hdr, c);
+        }
+    }
+    if n == 0 {
+        return Ok(None);
+    }
+    if n != size_of::<Message>() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a short message from the template process",
+        ));
+    }
+    Ok(Some((msg, fd)))
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the same clock in every process.
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into a live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Decodes a raw `waitpid` status.
+pub(crate) fn decode_status(raw: i32) -> ExitStatus {
+    if libc::WIFSIGNALED(raw) {
+        ExitStatus {
+            signal: Some(libc::WTERMSIG(raw)),
+            code: None,
+        }
+    } else if libc::WIFEXITED(raw) {
+        ExitStatus {
+            signal: None,
+            code: Some(libc::WEXITSTATUS(raw)),
+        }
+    } else {
+        ExitStatus {
+            signal: None,
+            code: None,
+        }
+    }
+}
+
+/// Blocks until child `pid` ends and returns its raw status (`None` if it is
+/// not our child any more).
+pub(crate) fn wait_raw(pid: u32) -> Option<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes into a live int.
+        let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+        if r == pid as libc::pid_t {
+            return Some(status);
+        }
+        if r == -1 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        return None;
+    }
+}
+
+/// Caps this process's address space at what it maps now plus `extra` bytes
+/// (`RLIMIT_AS`). Returns the cap, or `None` if it could not be set.
+pub(crate) fn limit_address_space(extra: usize) -> Option<u64> {
+    let now = mapped_bytes()?;
+    let cap = now.saturating_add(extra as u64);
+    let lim = libc::rlimit {
+        rlim_cur: cap,
+        rlim_max: cap,
+    };
+    // SAFETY: setrlimit reads a live rlimit.
+    (unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) } == 0).then_some(cap)
+}
+
+/// The size of this process's address space, from `/proc/self/statm`, read
+/// with raw system calls (no allocation: a freshly forked worker calls it).
+fn mapped_bytes() -> Option<u64> {
+    // SAFETY: open with a NUL-terminated path; the result is checked.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/statm".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let mut buf = [0u8; 128];
+    // SAFETY: reads at most `buf.len()` bytes into `buf`; the fd is ours.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: closes the descriptor opened above.
+    unsafe { libc::close(fd) };
+    if n <= 0 {
+        return None;
+    }
+    let pages = buf[..n as usize]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .try_fold(0u64, |acc, &b| {
+            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        })?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    pages.checked_mul(page)
 }

@@ -154,10 +154,10 @@ impl Pool {
     /// ```
     pub fn worker_pids(&self) -> Vec<u32> {
         lock(&self.inner.procs)
-            .pids
+            .workers
             .iter()
             .flatten()
-            .copied()
+            .map(|(pid, _)| *pid)
             .collect()
     }
 
@@ -171,7 +171,9 @@ impl Pool {
             jobs_completed: c.jobs_completed.load(Relaxed),
             jobs_failed: c.jobs_failed.load(Relaxed),
             bytes_staged: c.bytes_staged.load(Relaxed),
+            jobs_cancelled: c.jobs_cancelled.load(Relaxed),
             worker_restarts: c.worker_restarts.load(Relaxed),
+            workers_recycled: c.workers_recycled.load(Relaxed),
             arena_capacity,
             arena_in_use,
         }
@@ -229,6 +231,11 @@ impl Pool {
             return Err(Error::WouldDeadlock {
                 reason: "a task allocated from the pool that runs it",
             });
+        }
+        if !self.inner.in_owner() {
+            return Err(Error::invalid(
+                "a pool was used in a forked copy of the process that built it",
+            ));
         }
         check_align::<T>()?;
         self.inner
@@ -348,14 +355,15 @@ impl Pool {
             }
         };
         let cell = Arc::new(Cell::new(into_vec::<U>, len));
-        if len == 0 {
+        let ticket = if len == 0 {
             cell.deliver(Ok(RawOut::Empty));
+            None
         } else {
             let run: RunFn = run_map::<I::Elem, U, F>;
             let waiter = Waiter::Async(cell.clone());
-            self.submit_map::<U>(len, placed, run, None, InlineData::new(), waiter)?;
-        }
-        Ok(AsyncResult::new(cell, self.inner.clone()))
+            Some(self.submit_map::<U>(len, placed, run, None, InlineData::new(), waiter)?)
+        };
+        Ok(AsyncResult::new(cell, self.inner.clone(), ticket))
     }
 
     /// `f(arg)`, run in one worker. Blocks until done.
@@ -400,8 +408,9 @@ impl Pool {
     {
         self.prologue(f)?;
         let cell = Arc::new(Cell::new(into_value::<U>, 1));
-        self.submit_apply::<T, U>(&arg, run_map::<T, U, F>, Waiter::Async(cell.clone()))?;
-        Ok(AsyncResult::new(cell, self.inner.clone()))
+        let ticket =
+            self.submit_apply::<T, U>(&arg, run_map::<T, U, F>, Waiter::Async(cell.clone()))?;
+        Ok(AsyncResult::new(cell, self.inner.clone(), Some(ticket)))
     }
 
     /// What every task-taking call checks first: that `f` captures nothing
@@ -475,7 +484,10 @@ impl Pool {
     ) -> Result<(usize, u64), Error> {
         let (out, _) = self.alloc::<U>(len)?;
         let (ctx_loc, ctx_block) = ctx.unwrap_or((self.nowhere(), None));
-        let chunk = default_chunk(len, self.inner.workers, size_of::<U>());
+        let chunk = match self.inner.config.chunk_size {
+            Some(c) => c.min(len),
+            None => default_chunk(len, self.inner.workers, size_of::<U>()),
+        };
         let spec = Spec {
             run: run as usize,
             input: in_loc,
@@ -485,14 +497,7 @@ impl Pool {
             chunk: chunk as u64,
             inline,
         };
-        let job = Job {
-            seq: 0,
-            len: len as u64,
-            out: Out::Block(out),
-            _holds: [staged, ctx_block],
-            failure: None,
-            waiter,
-        };
+        let job = Job::new(len as u64, Out::Block(out), [staged, ctx_block], waiter);
         let tokens = len.div_ceil(chunk).min(self.inner.workers) as u32;
         self.inner.submit(&spec, job, tokens)
     }
@@ -529,14 +534,7 @@ impl Pool {
             chunk: 1,
             inline,
         };
-        let job = Job {
-            seq: 0,
-            len: 1,
-            out,
-            _holds: [staged, None],
-            failure: None,
-            waiter,
-        };
+        let job = Job::new(1, out, [staged, None], waiter);
         self.inner.submit(&spec, job, 1)
     }
 
@@ -571,7 +569,7 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn join(&self) -> Result<(), Error> {
-        if in_worker() || self.inner.on_result_thread() {
+        if !self.inner.in_owner() || self.inner.on_result_thread() {
             return Err(Error::WouldDeadlock {
                 reason: "join() waits for the callbacks of the thread or process that called it",
             });
@@ -605,18 +603,17 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn terminate(&self) {
-        if in_worker() {
+        if !self.inner.in_owner() {
             return;
         }
         self.inner.advance_life(TERMINATED);
         // ORDERING: SeqCst: read by the supervisor after we poke it.
         self.inner.stop.store(STOP_KILL, SeqCst);
         {
-            // Under the lock the supervisor takes before reaping, so none of
-            // these pids can have been recycled.
+            // Through pidfds: never a process that recycled a worker's pid.
             let procs = lock(&self.inner.procs);
-            for &pid in procs.pids.iter().flatten() {
-                os::kill_now(pid);
+            for (_, pidfd) in procs.workers.iter().flatten() {
+                os::pidfd_kill(pidfd);
             }
         }
         self.inner.poke_supervisor();
@@ -629,9 +626,9 @@ impl Drop for Pool {
     /// Terminates and reaps the workers and stops the pool's threads.
     /// Outstanding jobs complete with `Error::Terminated`.
     fn drop(&mut self) {
-        if in_worker() {
-            // A task's copy of a pool: its threads and workers exist only in
-            // the parent.
+        if !self.inner.in_owner() {
+            // A task's copy of a pool, or one in a process forked from the
+            // owner: its threads and workers belong to the owner.
             std::mem::forget(std::mem::take(&mut self.threads));
             return;
         }

@@ -109,8 +109,13 @@ impl<R: Send + 'static> Deliver for Cell<R> {
 /// [`ready`](Self::ready), register a callback with
 /// [`on_complete`](Self::on_complete), or `.await` it under any executor.
 /// It owns everything the job needs, so it is `'static` and `Send`: it can be
-/// spawned, stored or dropped freely. Dropping it does not stop the job; its
-/// callbacks still run.
+/// spawned or stored freely.
+///
+/// **Dropping an unfinished `AsyncResult` cancels its job** (see
+/// [`cancel`](Self::cancel)), as dropping a future does in async Rust; its
+/// callbacks then see `Err(Error::Cancelled)`. To let a job run on unwatched
+/// (Python's fire-and-forget `apply_async` with a callback), call
+/// [`detach`](Self::detach).
 ///
 /// [`Pool::apply_async`]: crate::Pool::apply_async
 /// [`Pool::map_async`]: crate::Pool::map_async
@@ -123,10 +128,13 @@ impl<R: Send + 'static> Deliver for Cell<R> {
 /// assert_eq!(r.get()?, 42);
 /// # Ok::<(), shmpool::Error>(())
 /// ```
-#[must_use = "an AsyncResult does nothing unless waited on; dropping it detaches the job"]
+#[must_use = "dropping an unfinished AsyncResult cancels its job; call detach() to let it run"]
 pub struct AsyncResult<R> {
     cell: Arc<Cell<R>>,
     inner: Arc<Inner>,
+    /// The job's slot and sequence number, while dropping the result should
+    /// cancel it.
+    ticket: Option<(usize, u64)>,
 }
 
 impl<R> std::fmt::Debug for AsyncResult<R> {
@@ -139,8 +147,55 @@ impl<R> std::fmt::Debug for AsyncResult<R> {
 }
 
 impl<R: Send + 'static> AsyncResult<R> {
-    pub(crate) fn new(cell: Arc<Cell<R>>, inner: Arc<Inner>) -> Self {
-        AsyncResult { cell, inner }
+    pub(crate) fn new(cell: Arc<Cell<R>>, inner: Arc<Inner>, ticket: Option<(usize, u64)>) -> Self {
+        AsyncResult {
+            cell,
+            inner,
+            ticket,
+        }
+    }
+
+    /// Cancels the job, unless it is already complete: it completes at once
+    /// with `Err(Error::Cancelled)` (callbacks run now, in this thread, and
+    /// waiters wake). Workers claim none of its remaining ranges. A range
+    /// that is already running is left to finish, its output discarded: no
+    /// worker is killed (a kill costs a fork and the worker's warm state, and
+    /// would cut a task off mid-write; [`Builder::task_timeout`] is the tool
+    /// for runaway ranges). The job's shared memory is reused only once no
+    /// worker is in it.
+    ///
+    /// [`Builder::task_timeout`]: crate::Builder::task_timeout
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let xs = vec![10u64; 10_000];
+    /// let slow = pool.map_async(&xs, |ms| { std::thread::sleep(Duration::from_millis(ms)); ms })?;
+    /// slow.cancel();
+    /// assert!(matches!(slow.get(), Err(shmpool::Error::Cancelled)));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn cancel(&self) {
+        if let Some((s, seq)) = self.ticket {
+            self.inner.cancel(s, seq);
+        }
+    }
+
+    /// Lets the job run to completion unwatched: dropping this result no
+    /// longer cancels it, and its callbacks run when it completes.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let (tx, rx) = mpsc::channel();
+    /// let r = pool.apply_async(20u32, |x| x + 1)?;
+    /// r.on_complete(move |out| tx.send(*out.as_ref().unwrap()).unwrap());
+    /// r.detach();
+    /// assert_eq!(rx.recv().unwrap(), 21);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn detach(mut self) {
+        self.ticket = None;
     }
 
     /// Blocks until the job is complete and returns its result.
@@ -362,6 +417,10 @@ impl<R: Send + 'static> AsyncResult<R> {
 
     fn take(&mut self) -> Result<R, Error> {
         let mut state = lock(&self.cell.state);
+        if !matches!(&*state, State::Pending { .. } | State::Lent { .. }) {
+            // Complete: nothing left to cancel on drop.
+            self.ticket = None;
+        }
         match std::mem::replace(&mut *state, State::Taken { ok: false }) {
             State::Done(outcome) => {
                 *state = State::Taken {
@@ -376,6 +435,17 @@ impl<R: Send + 'static> AsyncResult<R> {
             unfinished @ (State::Pending { .. } | State::Lent { .. }) => {
                 *state = unfinished;
                 Err(Error::invalid("the job is not complete"))
+            }
+        }
+    }
+}
+
+impl<R> Drop for AsyncResult<R> {
+    /// Cancels the job if it is unfinished and not detached.
+    fn drop(&mut self) {
+        if let Some((s, seq)) = self.ticket {
+            if self.inner.in_owner() {
+                self.inner.cancel(s, seq);
             }
         }
     }

@@ -52,6 +52,19 @@ pub(crate) enum Waiter {
     Sync,
     /// An `AsyncResult`; the outcome goes to the pool's result thread.
     Async(Arc<dyn Deliver>),
+    /// A cancelled asynchronous job, already answered with `Cancelled`. The
+    /// result thread harvests it (freeing its memory) once no worker is in
+    /// it.
+    Detached,
+}
+
+/// What a worker's death means for its job (decided by the supervisor).
+pub(crate) enum Retry {
+    /// Run this range again, unless it has already been tried `max` extra
+    /// times; then fail with the error.
+    Range(std::ops::Range<usize>, u32, Error),
+    /// Fail the job.
+    Fail(Error),
 }
 
 /// A job as the parent knows it.
@@ -65,6 +78,50 @@ pub(crate) struct Job {
     /// worker died, the pool was terminated).
     pub(crate) failure: Option<Error>,
     pub(crate) waiter: Waiter,
+    /// Retries so far, by range start.
+    pub(crate) attempts: Vec<(u64, u32)>,
+    /// The descriptor as published, to detect a worker overwriting it.
+    pub(crate) published: [u64; 7],
+}
+
+impl Job {
+    pub(crate) fn new(len: u64, out: Out, holds: [Option<Alloc>; 2], waiter: Waiter) -> Self {
+        Job {
+            seq: 0,
+            len,
+            out,
+            _holds: holds,
+            failure: None,
+            waiter,
+            attempts: Vec::new(),
+            published: [0; 7],
+        }
+    }
+}
+
+/// The descriptor words a job is published with, in a fixed order.
+fn descriptor(slot: &Slot) -> [u64; 7] {
+    let d = &slot.desc;
+    // ORDERING: Relaxed: compared by the parent, which wrote them; a worker
+    // that changed them is what the comparison looks for.
+    [
+        d.run.load(Relaxed) as u64,
+        d.in_off.load(Relaxed),
+        d.out_off.load(Relaxed),
+        d.ctx_off.load(Relaxed),
+        d.len.load(Relaxed),
+        d.chunk.load(Relaxed),
+        u64::from(d.notify.load(Relaxed)),
+    ]
+}
+
+/// Whether a retry of slot `slot` is queued and not yet claimed.
+fn redo_ready(slot: &Slot) -> bool {
+    // ORDERING: SeqCst: read before a drain check, like `claim`.
+    slot.redo
+        .0
+        .iter()
+        .any(|e| e.state.load(SeqCst) == REDO_READY)
 }
 
 /// Small values (an `apply` argument and result, a `map_with` context) that
@@ -134,6 +191,9 @@ pub(crate) struct Spec {
     pub(crate) inline: InlineData,
 }
 
+// One per slot, allocated once with the ring; boxing `Job` would cost an
+// allocation per job.
+#[allow(clippy::large_enum_variant)]
 enum Phase {
     Free,
     Busy(Job),
@@ -242,6 +302,9 @@ impl Ring {
         // and these stores are published by the Release store of `state`.
         slot.claim.0.store(0, Relaxed);
         slot.done.0.store(0, Relaxed);
+        for e in &slot.redo.0 {
+            e.state.store(REDO_EMPTY, Relaxed);
+        }
         slot.err.state.store(ERR_NONE, Relaxed);
         d.abort.store(0, Relaxed);
         d.waiters.store(sync as u32, Relaxed);
@@ -259,6 +322,7 @@ impl Ring {
         let seq = self.next_seq;
         self.next_seq += 1;
         job.seq = seq;
+        job.published = descriptor(slot);
         self.phases[s] = Phase::Busy(job);
         self.cursor = (s + 1) % self.phases.len();
         self.in_flight += 1;
@@ -275,15 +339,146 @@ impl Ring {
         self.phases.len()
     }
 
-    /// Whether slot `s` holds an unfinished asynchronous job.
+    /// Whether slot `s` holds an unfinished asynchronous job (or a
+    /// cancelled one still to be harvested).
     pub(crate) fn is_async(&self, s: usize) -> bool {
         matches!(
             &self.phases[s],
             Phase::Busy(Job {
-                waiter: Waiter::Async(_),
+                waiter: Waiter::Async(_) | Waiter::Detached,
                 ..
             })
         )
+    }
+
+    /// Cancels the asynchronous job `seq` in slot `s` if it is unfinished:
+    /// its failure becomes `Cancelled`, workers claim no more of its ranges,
+    /// and its cell is returned, to be answered at once. The slot stays busy
+    /// (its memory in use) until no worker is in it.
+    pub(crate) fn cancel(
+        &mut self,
+        region: &Region,
+        s: usize,
+        seq: u64,
+    ) -> Option<Arc<dyn Deliver>> {
+        if !self.holds(s, seq) || !self.is_async(s) {
+            return None;
+        }
+        // ORDERING: Acquire: see `try_harvest`; a finished job is delivered
+        // as it is.
+        if region.slot(s).desc.state.load(Acquire) == SLOT_DONE {
+            return None;
+        }
+        let Phase::Busy(job) = &mut self.phases[s] else {
+            return None;
+        };
+        let Waiter::Async(cell) = std::mem::replace(&mut job.waiter, Waiter::Detached) else {
+            return None;
+        };
+        job.failure = Some(Error::Cancelled);
+        let slot = region.slot(s);
+        // ORDERING: SeqCst: as in `fail`.
+        slot.desc.abort.store(1, SeqCst);
+        self.in_flight -= 1;
+        Some(cell)
+    }
+
+    /// A worker died in slot `s`. `decide` gets the job's length and says
+    /// whether to queue the lost range again or to fail the job. Returns
+    /// whether a retry was queued (the caller then posts tokens).
+    pub(crate) fn lost(
+        &mut self,
+        region: &Region,
+        s: usize,
+        decide: impl FnOnce(u64) -> Retry,
+    ) -> bool {
+        let slot = region.slot(s);
+        let Phase::Busy(job) = &mut self.phases[s] else {
+            return false;
+        };
+        // ORDERING: Acquire: see `try_harvest`.
+        if slot.desc.state.load(Acquire) == SLOT_DONE || job.failure.is_some() {
+            return false;
+        }
+        let error = match decide(job.len) {
+            Retry::Fail(e) => e,
+            Retry::Range(range, max, e) => {
+                let start = range.start as u64;
+                let tries = match job.attempts.iter_mut().find(|(at, _)| *at == start) {
+                    Some((_, n)) => {
+                        *n += 1;
+                        *n
+                    }
+                    None => {
+                        job.attempts.push((start, 1));
+                        1
+                    }
+                };
+                // ORDERING: Acquire: an EMPTY entry was released by the
+                // worker that ran it, or reset by us.
+                let free = slot
+                    .redo
+                    .0
+                    .iter()
+                    .find(|e| e.state.load(Acquire) == REDO_EMPTY);
+                match free {
+                    Some(entry) if tries <= max => {
+                        // ORDERING: Relaxed: published by the SeqCst store of
+                        // READY, which the claiming worker acquires.
+                        entry.start.store(start, Relaxed);
+                        entry.end.store(range.end as u64, Relaxed);
+                        // ORDERING: SeqCst: before the pending bit (the
+                        // Dekker pair with a worker clearing it), and before
+                        // the drain checks that now see a retry waiting.
+                        entry.state.store(REDO_READY, SeqCst);
+                        // ORDERING: SeqCst: see above.
+                        region.control().pending.0[s / 64].fetch_or(1u64 << (s % 64), SeqCst);
+                        return true;
+                    }
+                    _ => e,
+                }
+            }
+        };
+        self.fail(region, s, |_| error);
+        false
+    }
+
+    /// Frees retry entry `i` of slot `s`, claimed by a worker that died.
+    pub(crate) fn release_redo(&mut self, region: &Region, s: usize, i: usize) {
+        if let Some(entry) = region.slot(s).redo.0.get(i) {
+            // ORDERING: Relaxed: only the parent reads it next, under the
+            // ring lock, or a worker after a SeqCst READY store.
+            let _ = entry
+                .state
+                .compare_exchange(REDO_CLAIMED, REDO_EMPTY, Relaxed, Relaxed);
+        }
+    }
+
+    /// Puts back what the parent owns in shared memory, in case a worker
+    /// scribbled over it: slots without a job are EMPTY with no pending bit,
+    /// and (while the pool runs) the shutdown flag is clear.
+    pub(crate) fn repair(&mut self, region: &Region, running: bool) {
+        let control = region.control();
+        // ORDERING: Relaxed: a repair; workers re-read it on every wake-up.
+        if running && control.shutdown.0.load(Relaxed) != 0 {
+            control.shutdown.0.store(0, SeqCst);
+        }
+        for s in 0..self.phases.len() {
+            if matches!(self.phases[s], Phase::Busy(_)) {
+                continue;
+            }
+            let desc = &region.slot(s).desc;
+            // ORDERING: Relaxed: see above. A worker entering the slot reads
+            // EMPTY (SeqCst) and leaves.
+            if desc.state.load(Relaxed) != SLOT_EMPTY {
+                desc.state.store(SLOT_EMPTY, SeqCst);
+            }
+            // ORDERING: Relaxed: see above.
+            let word = &control.pending.0[s / 64];
+            if word.load(Relaxed) & (1u64 << (s % 64)) != 0 {
+                clear_pending(region, s);
+            }
+        }
     }
 
     /// The slots of all unfinished jobs.
@@ -323,21 +518,29 @@ impl Ring {
         true
     }
 
-    /// Re-announces an unfinished job whose ranges are not all claimed, in
-    /// case its wake-up was lost (a worker died holding the token, or a
-    /// worker cleared the bit by scribbling). Returns whether it did.
-    pub(crate) fn kick(&self, region: &Region, s: usize) -> bool {
+    /// Re-announces an unfinished job that may have lost its wake-up (a
+    /// worker died holding the token, or a worker scribbled over the bit or
+    /// over an idle worker's record). Returns how many tokens to post: one if
+    /// ranges or retries wait, every worker's worth if the job failed but a
+    /// record still names the slot (each woken worker rewrites its record).
+    pub(crate) fn kick(&self, region: &Region, s: usize) -> u32 {
         let Phase::Busy(job) = &self.phases[s] else {
-            return false;
+            return 0;
         };
         let slot = region.slot(s);
         // ORDERING: Relaxed: a heuristic; a spurious kick costs one wake-up.
-        let stuck =
-            slot.desc.state.load(Relaxed) == SLOT_RUNNING && slot.claim.0.load(Relaxed) < job.len;
-        if stuck {
+        let running = slot.desc.state.load(Relaxed) == SLOT_RUNNING;
+        let waiting = slot.claim.0.load(Relaxed) < job.len || redo_ready(slot);
+        if running && waiting {
             set_pending(region, s);
+            return 1;
         }
-        stuck
+        // ORDERING: Relaxed: as above.
+        let failed = job.failure.is_some() || slot.desc.abort.load(Relaxed) != 0;
+        if failed && !drained(region, s) {
+            return region.layout().workers as u32;
+        }
+        0
     }
 
     /// If the job `seq` in slot `s` (any job, for `None`) has finished, takes
@@ -363,7 +566,7 @@ impl Ring {
             // Not done: finished only if failed, or stalled in an impossible
             // state, *and* no worker is left in the slot.
             // ORDERING: SeqCst: read before the drain check, like `abort`.
-            let exhausted = slot.claim.0.load(SeqCst) >= job.len;
+            let exhausted = slot.claim.0.load(SeqCst) >= job.len && !redo_ready(slot);
             let stalled = job.failure.is_some() || state != SLOT_RUNNING || exhausted;
             if !stalled || !drained(region, s) {
                 return None;
@@ -376,9 +579,19 @@ impl Ring {
         let verdict = if state == SLOT_DONE {
             // ORDERING: Acquire: the value is validated against the length.
             let done = slot.done.0.load(Acquire);
+            // ORDERING: Relaxed: ordered after the Acquire of `state`.
+            let aborted = slot.desc.abort.load(Relaxed) != 0;
             if done != job.len {
                 Err(Error::Corrupted {
                     detail: "a finished job's done counter does not match its length",
+                })
+            } else if descriptor(slot) != job.published {
+                Err(Error::Corrupted {
+                    detail: "a worker overwrote the job descriptor",
+                })
+            } else if aborted && job.failure.is_none() && task_error(slot, job.len).is_none() {
+                Err(Error::Corrupted {
+                    detail: "the job was aborted with no error recorded",
                 })
             } else {
                 match task_error(slot, job.len).or_else(|| job.failure.take()) {
@@ -387,7 +600,9 @@ impl Ring {
                 }
             }
         } else {
-            let detail = if state == SLOT_RUNNING {
+            let detail = if descriptor(slot) != job.published {
+                "a worker overwrote the job descriptor"
+            } else if state == SLOT_RUNNING {
                 "every range was claimed and no worker is running, but the job is not done"
             } else {
                 "the slot state is not a valid value"

@@ -27,6 +27,24 @@ pub(crate) const PHASE_IDLE: u32 = 0;
 /// slot named in its record.
 pub(crate) const PHASE_RUNNING: u32 = 1;
 
+/// `WorkerRecord::redo` when the worker holds no retry entry.
+pub(crate) const NO_REDO: u32 = u32::MAX;
+
+/// `RedoEntry::state`: unused.
+pub(crate) const REDO_EMPTY: u32 = 0;
+/// `RedoEntry::state`: queued by the supervisor; any worker may claim it.
+pub(crate) const REDO_READY: u32 = 1;
+/// `RedoEntry::state`: a worker (named by its record's `redo`) is running it.
+pub(crate) const REDO_CLAIMED: u32 = 2;
+
+/// A worker's exit code after `max_tasks_per_worker` ranges: recycled, not
+/// crashed.
+pub(crate) const EXIT_RECYCLED: i32 = 100;
+/// A worker's exit code when its own code failed (a bug): never a task.
+pub(crate) const EXIT_BUG: i32 = 101;
+/// A worker's exit code when the pool's initializer panicked.
+pub(crate) const EXIT_INIT_FAILED: i32 = 102;
+
 /// `ErrorRecord::state`: no error recorded.
 pub(crate) const ERR_NONE: u32 = 0;
 /// `ErrorRecord::state`: a worker won the right to write the record and is

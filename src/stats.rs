@@ -29,8 +29,13 @@ pub struct Stats {
     /// (`to_shm`, which copies on request, and by-value `apply` arguments and
     /// `map_with` contexts are not counted.)
     pub bytes_staged: u64,
-    /// Workers replaced after they died.
+    /// Jobs that failed with `Error::Cancelled` (counted in `jobs_failed`
+    /// too).
+    pub jobs_cancelled: u64,
+    /// Workers replaced after they died (crashed, killed, timed out).
     pub worker_restarts: u64,
+    /// Workers replaced after running `max_tasks_per_worker` ranges.
+    pub workers_recycled: u64,
     /// The size of the shared arena in bytes.
     pub arena_capacity: u64,
     /// Arena bytes currently allocated (live `ShmVec`s, jobs in flight).

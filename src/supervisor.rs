@@ -1,13 +1,11 @@
-//! Supervision: forking workers, noticing their deaths, failing the job a
-//! dead worker was in, and replacing it.
+//! Supervision: asking the template for workers, handling their deaths
+//! (retrying the lost range, or failing its job), enforcing the task timeout,
+//! and replacing workers.
 //!
-//! The supervisor is a thread of the parent that never runs user code. It
-//! forks every worker itself, because `PR_SET_PDEATHSIG` fires when the
-//! *thread* that forked a child exits: forking from the caller of `Pool::new`
-//! would kill the workers as soon as that thread ended. It watches one pidfd
-//! per worker with `poll`, so a death is seen at once and a pid is never
-//! confused with a recycled one. The order of a death's handling is in
-//! `design.md` ("Crash handling").
+//! The supervisor is a thread of the parent that never runs user code. The
+//! template process (`template.rs`) forks and reaps the workers and reports
+//! each death with its exit status; the supervisor owns every decision. The
+//! order of a death's handling is in `design.md` ("Supervision").
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -18,43 +16,66 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::unistd::{ForkResult, fork};
-
 use crate::error::Error;
 use crate::inner::{Inner, STOP_GRACEFUL, STOP_KILL, STOP_NONE, lock};
+use crate::layout::{LOC_CAP, MSG_CAP, REDO_CAP};
 use crate::os;
-use crate::states::{NO_SLOT, PHASE_IDLE, PHASE_RUNNING};
-use crate::worker::{WorkerCtx, worker_main};
+use crate::ring::Retry;
+use crate::states::*;
+use crate::template::{Report, Template};
 
 /// How long workers get to exit after a graceful shutdown request before
 /// they are killed.
 const GRACE: Duration = Duration::from_secs(5);
-/// How often to retry forking a worker that could not be replaced.
+/// How often to retry starting a worker that could not be started.
 const RESPAWN_RETRY: Duration = Duration::from_millis(100);
+/// How long a spawn request may go unanswered before the template is taken
+/// for wedged and replaced.
+const SPAWN_PATIENCE: Duration = Duration::from_secs(10);
+/// How long to wait for killed processes to exit before giving up on them.
+const KILL_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Worker `w` as the supervisor knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Worker {
+    Missing,
+    Requested(Instant),
+    Live(u32),
+}
 
 struct Supervisor {
     inner: Arc<Inner>,
-    /// Worker `w`'s pid and pidfd, while it lives.
-    live: Vec<Option<(u32, OwnedFd)>>,
-    /// The error of the last failed respawn, while some worker is missing.
+    template: Option<Template>,
+    workers: Vec<Worker>,
+    /// Worker `w` was killed for running past the task timeout.
+    timed_out: Vec<bool>,
+    /// The next start of worker `w` replaces a crashed one.
+    replacing: Vec<bool>,
+    /// The error of the last failed start, while some worker is missing.
     respawn_error: Option<io::Error>,
 }
 
-/// Starts the supervisor thread, which forks the workers. Returns once every
-/// worker is running, or with the error that prevented it (after killing the
-/// workers it had already made).
-pub(crate) fn start(inner: Arc<Inner>) -> Result<thread::JoinHandle<()>, Error> {
+/// Starts the supervisor thread with the pool's template and waits until
+/// every worker runs. On error, the workers already started and the template
+/// are killed and reaped.
+pub(crate) fn start(
+    inner: Arc<Inner>,
+    template: Template,
+) -> Result<thread::JoinHandle<()>, Error> {
     let (tx, rx) = mpsc::channel();
     let handle = thread::Builder::new()
         .name("shmpool-supervisor".into())
         .spawn(move || {
-            let workers = inner.workers;
+            let n = inner.workers;
             let mut sup = Supervisor {
                 inner,
-                live: (0..workers).map(|_| None).collect(),
+                template: Some(template),
+                workers: vec![Worker::Missing; n],
+                timed_out: vec![false; n],
+                replacing: vec![false; n],
                 respawn_error: None,
             };
-            let started = (0..workers).try_for_each(|w| sup.spawn(w));
+            let started = sup.start_all();
             let ok = started.is_ok();
             let _ = tx.send(started);
             if ok {
@@ -70,7 +91,7 @@ pub(crate) fn start(inner: Arc<Inner>) -> Result<thread::JoinHandle<()>, Error> 
         Ok(Ok(())) => Ok(handle),
         Ok(Err(e)) => {
             let _ = handle.join();
-            Err(Error::Io(e))
+            Err(e)
         }
         Err(_) => {
             let _ = handle.join();
@@ -82,164 +103,343 @@ pub(crate) fn start(inner: Arc<Inner>) -> Result<thread::JoinHandle<()>, Error> 
 }
 
 impl Supervisor {
+    fn stop(&self) -> u8 {
+        // ORDERING: SeqCst: pairs with the stores in `Pool::terminate` and
+        // `Pool::join`, made before they poke us.
+        self.inner.stop.load(SeqCst)
+    }
+
+    /// Requests every worker and waits for all of them.
+    fn start_all(&mut self) -> Result<(), Error> {
+        for w in 0..self.workers.len() {
+            self.request(w);
+        }
+        let deadline = Instant::now() + SPAWN_PATIENCE;
+        while self.workers.iter().any(|w| !matches!(w, Worker::Live(_))) {
+            if let Some(e) = self.respawn_error.take() {
+                return Err(Error::Io(e));
+            }
+            let Some(template) = &self.template else {
+                return Err(Error::Io(io::Error::other(
+                    "the template process died while starting the workers",
+                )));
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the template process did not start the workers",
+                )));
+            }
+            let mut fds = [pollfd(&template.sock), pollfd(&template.pidfd)];
+            let _ = os::poll(&mut fds, left.as_millis().max(1) as i32);
+            self.read_reports();
+            if fds[1].revents != 0 {
+                self.template_died();
+            }
+        }
+        Ok(())
+    }
+
     fn run(&mut self) {
         loop {
-            // ORDERING: SeqCst: pairs with the stores in `Pool::terminate` and
-            // `Pool::join`, made before they poke us.
-            match self.inner.stop.load(SeqCst) {
+            match self.stop() {
                 STOP_KILL => return,
                 STOP_GRACEFUL => return self.graceful(),
                 _ => {}
             }
             let mut fds = vec![pollfd(&self.inner.ctl_fd)];
-            let watched: Vec<usize> = (0..self.live.len())
-                .filter(|&w| self.live[w].is_some())
-                .collect();
-            fds.extend(
-                watched
-                    .iter()
-                    .map(|&w| pollfd(&self.live[w].as_ref().expect("filtered").1)),
-            );
-            let missing = watched.len() < self.live.len();
-            let timeout = if missing {
-                RESPAWN_RETRY.as_millis() as i32
+            if let Some(t) = &self.template {
+                fds.push(pollfd(&t.sock));
+                fds.push(pollfd(&t.pidfd));
+            }
+            let missing = self.template.is_none()
+                || self.workers.iter().any(|w| !matches!(w, Worker::Live(_)));
+            let mut timeout = if missing {
+                RESPAWN_RETRY
             } else {
-                1000
+                Duration::from_secs(1)
             };
-            if os::poll(&mut fds, timeout).is_err() {
+            if let Some(t) = self.inner.config.task_timeout {
+                timeout =
+                    timeout.min((t / 8).clamp(Duration::from_millis(1), Duration::from_millis(50)));
+            }
+            if os::poll(&mut fds, timeout.as_millis().max(1) as i32).is_err() {
                 thread::sleep(RESPAWN_RETRY);
             }
             if fds[0].revents != 0 {
                 os::eventfd_drain(&self.inner.ctl_fd);
             }
-            // ORDERING: SeqCst: `terminate` stores STOP_KILL before it kills
-            // the workers, so deaths it caused are never taken for crashes
-            // (their jobs fail with `Terminated`, in `finish`).
-            if self.inner.stop.load(SeqCst) == STOP_KILL {
+            // `terminate` stores STOP_KILL before it kills the workers, so
+            // deaths it caused are never taken for crashes (their jobs fail
+            // with `Terminated`, in `finish`).
+            if self.stop() == STOP_KILL {
                 return;
             }
-            for (i, &w) in watched.iter().enumerate() {
-                if fds[i + 1].revents != 0 {
-                    self.on_death(w);
-                }
+            self.read_reports();
+            if fds.len() == 3 && fds[2].revents != 0 {
+                self.template_died();
             }
+            self.enforce_timeouts();
+            self.inner
+                .ring()
+                .repair(&self.inner.region, self.stop() == STOP_NONE);
             self.respawn_missing();
         }
     }
 
-    /// Forks worker `w`.
-    fn spawn(&mut self, w: usize) -> io::Result<()> {
-        let inner = &self.inner;
-        let ctx = WorkerCtx {
-            region: &inner.region,
-            index: w,
-            event_fd: inner.done_fd.as_raw_fd(),
-            parent: os::getpid(),
-            spin: inner.spin,
-        };
-        // SAFETY: the child runs only `worker_main`, which never returns,
-        // touches no lock that another parent thread could hold at the moment
-        // of the fork, and ends with `_exit` (design.md, "Fork safety").
-        match unsafe { fork() }.map_err(io::Error::from)? {
-            ForkResult::Child => worker_main(ctx),
-            ForkResult::Parent { child } => {
-                let pid = child.as_raw() as u32;
-                let fd = match os::pidfd_open(pid) {
-                    Ok(fd) => fd,
-                    Err(e) => {
-                        os::kill_now(pid);
-                        os::reap(pid, true);
-                        return Err(e);
-                    }
-                };
-                self.live[w] = Some((pid, fd));
-                lock(&inner.procs).pids[w] = Some(pid);
-                Ok(())
+    /// Handles every report waiting on the template's socket.
+    fn read_reports(&mut self) {
+        loop {
+            let Some(template) = &self.template else {
+                return;
+            };
+            match template.receive() {
+                Ok(Some(report)) => self.on_report(report),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // End of file, or garbage: the template is gone or broken.
+                Ok(None) | Err(_) => return self.template_died(),
             }
         }
     }
 
-    /// Replaces worker `w`; counted once the new worker is running and
-    /// listed, so `Stats::worker_restarts` never runs ahead of `worker_pids`.
-    fn respawn(&mut self, w: usize) {
-        match self.spawn(w) {
-            Ok(()) => {
+    fn on_report(&mut self, report: Report) {
+        match report {
+            Report::Spawned { index, pid, pidfd } => {
+                if !matches!(self.workers.get(index), Some(Worker::Requested(_))) {
+                    // Not asked for (cannot happen): do not keep it.
+                    os::pidfd_kill(&pidfd);
+                    return;
+                }
+                self.workers[index] = Worker::Live(pid);
+                lock(&self.inner.procs).workers[index] = Some((pid, pidfd));
                 self.respawn_error = None;
-                // ORDERING: Relaxed: a statistic; `spawn` published the pid
-                // under the procs lock before this.
-                self.inner.stats.worker_restarts.fetch_add(1, Relaxed);
+                if std::mem::take(&mut self.replacing[index]) {
+                    // ORDERING: Relaxed: a statistic; the pid was published
+                    // under the procs lock before this.
+                    self.inner.stats.worker_restarts.fetch_add(1, Relaxed);
+                }
             }
+            Report::SpawnFailed { index, error } => {
+                if let Some(w @ Worker::Requested(_)) = self.workers.get_mut(index) {
+                    *w = Worker::Missing;
+                }
+                self.respawn_error = Some(error);
+            }
+            Report::Died { index, pid, status } => {
+                if self.workers.get(index) == Some(&Worker::Live(pid)) {
+                    self.on_death(index, pid, status);
+                }
+            }
+        }
+    }
+
+    /// Asks the template for worker `w`.
+    fn request(&mut self, w: usize) {
+        let Some(template) = &self.template else {
+            return;
+        };
+        match template.request(w) {
+            Ok(()) => self.workers[w] = Worker::Requested(Instant::now()),
             Err(e) => self.respawn_error = Some(e),
         }
     }
 
-    /// Worker `w`'s pidfd is readable: it has exited. Reap it, fail the job
-    /// it was in, clear its record, replace it.
-    fn on_death(&mut self, w: usize) {
-        let Some((pid, _fd)) = self.live[w].take() else {
-            return;
-        };
-        // Forget the pid before reaping it: until it is reaped it cannot be
-        // recycled, so `terminate` (which kills what `procs` lists, under its
-        // lock) never signals a stranger.
-        lock(&self.inner.procs).pids[w] = None;
-        let status = os::reap(pid, true).unwrap_or(os::ExitStatus {
-            signal: None,
-            code: None,
-        });
-        let region = self.inner.region.clone();
-        let region = &*region;
+    /// Worker `w` (process `pid`) has exited and been reaped. Decide what its
+    /// death means for the job it was in (retry the range, or fail the job),
+    /// clear its record, and replace it.
+    fn on_death(&mut self, w: usize, pid: u32, status: os::ExitStatus) {
+        self.workers[w] = Worker::Missing;
+        lock(&self.inner.procs).workers[w] = None;
+        let timed_out = std::mem::take(&mut self.timed_out[w]);
+        let inner = self.inner.clone();
+        let region = &*inner.region;
         let rec = region.record(w);
-        // ORDERING: Acquire: the process is reaped, so all its stores are
+        // ORDERING: Acquire: the process is gone, so all its stores are
         // visible; Acquire states the intent.
         let slot = rec.slot.load(Acquire);
         let (start, end) = (rec.start.load(Relaxed), rec.end.load(Relaxed));
         let running = rec.phase.load(Relaxed) == PHASE_RUNNING;
-        let ring_len = region.layout().ring;
-        if (slot as usize) < ring_len {
+        let redo = rec.redo.load(Relaxed) as usize;
+        let oom = rec.oom.swap(0, Relaxed) != 0;
+        if (slot as usize) < region.layout().ring {
             let s = slot as usize;
-            let mut ring = self.inner.ring();
-            ring.fail(region, s, |len| Error::WorkerDied {
-                pid,
-                signal: status.signal,
-                exit_code: status.code,
-                range: (running && start < end && end <= len)
-                    .then_some(start as usize..end as usize),
+            let mut ring = inner.ring();
+            if redo < REDO_CAP {
+                ring.release_redo(region, s, redo);
+            }
+            let config = &inner.config;
+            ring.lost(region, s, |len| {
+                let range =
+                    (running && start < end && end <= len).then_some(start as usize..end as usize);
+                if timed_out {
+                    return Retry::Fail(Error::Timeout {
+                        after: config.task_timeout.unwrap_or_default(),
+                        range,
+                    });
+                }
+                let error = match config.memory_limit {
+                    Some(limit) if oom => Error::MemoryLimit {
+                        pid,
+                        limit,
+                        range: range.clone(),
+                    },
+                    _ => Error::WorkerDied {
+                        pid,
+                        signal: status.signal,
+                        exit_code: status.code,
+                        range: range.clone(),
+                    },
+                };
+                match range {
+                    Some(r) => Retry::Range(r, config.max_retries, error),
+                    None => Retry::Fail(error),
+                }
             });
-            // Cleared under the ring lock and after `fail`: a drain check
-            // that no longer sees this worker also sees the failure.
+            // Cleared under the ring lock and after the job's fate is
+            // recorded: a drain check that no longer sees this worker also
+            // sees the failure or the queued retry.
             // ORDERING: SeqCst: read by the drain check.
             rec.slot.store(NO_SLOT, SeqCst);
             drop(ring);
             os::futex_wake(&region.slot(s).desc.state, u32::MAX);
-            self.inner.poke_result_thread();
+            inner.poke_result_thread();
         } else {
             // ORDERING: SeqCst, as above (a scribbled value is also cleared).
             rec.slot.store(NO_SLOT, SeqCst);
         }
-        // ORDERING: Relaxed: only this thread and the next worker use it.
+        // ORDERING: Relaxed: only this thread and the next worker use them.
         rec.phase.store(PHASE_IDLE, Relaxed);
-        // ORDERING: SeqCst: see `run`.
-        if self.inner.stop.load(SeqCst) == STOP_NONE {
-            self.respawn(w);
+        rec.redo.store(NO_REDO, Relaxed);
+        match status.code {
+            Some(EXIT_INIT_FAILED) => return self.initializer_failed(),
+            // ORDERING: Relaxed: a statistic.
+            Some(EXIT_RECYCLED) => _ = inner.stats.workers_recycled.fetch_add(1, Relaxed),
+            _ => self.replacing[w] = true,
         }
-        // The dead worker may have taken tokens with it: let the others look.
-        region.control().sem.post(self.live.len() as u32);
+        if self.stop() == STOP_NONE {
+            self.request(w);
+        }
+        // The dead worker may have taken tokens with it, and a retry may wait:
+        // let the others look.
+        region.control().sem.post(self.workers.len() as u32);
     }
 
-    /// Retries forking workers that could not be replaced. If none is alive
-    /// and forking still fails, unfinished jobs can never run: fail them.
-    fn respawn_missing(&mut self) {
-        // ORDERING: SeqCst: see `run`.
-        if self.inner.stop.load(SeqCst) != STOP_NONE {
-            return;
+    /// A worker's initializer panicked: the pool cannot run tasks as
+    /// configured. Mark it broken, fail every unfinished job, start no more
+    /// workers.
+    fn initializer_failed(&mut self) {
+        let err = &self.inner.region.control().init_err;
+        // ORDERING: Acquire: pairs with the worker's Release of READY.
+        let message = if err.state.load(Acquire) == ERR_READY {
+            let n = (err.msg_len.load(Relaxed) as usize).min(MSG_CAP);
+            let bytes: Vec<u8> = err.msg[..n].iter().map(|b| b.load(Relaxed)).collect();
+            let l = (err.loc_len.load(Relaxed) as usize).min(LOC_CAP);
+            let loc: Vec<u8> = err.loc[..l].iter().map(|b| b.load(Relaxed)).collect();
+            let mut m = String::from_utf8_lossy(&bytes).into_owned();
+            if !loc.is_empty() {
+                m.push_str(&format!(" (at {})", String::from_utf8_lossy(&loc)));
+            }
+            m
+        } else {
+            "the initializer failed".to_owned()
+        };
+        let _ = self.inner.broken.set(message);
+        let mut ring = self.inner.ring();
+        let busy: Vec<usize> = ring.busy_slots().collect();
+        for s in busy {
+            ring.fail(&self.inner.region, s, |_| self.inner.broken_error());
         }
-        for w in 0..self.live.len() {
-            if self.live[w].is_none() {
-                self.respawn(w);
+        drop(ring);
+        self.inner.poke_result_thread();
+    }
+
+    /// The template exited (or its socket broke). Its workers die with it:
+    /// wait for each, handle it as a death, and fork a new template.
+    fn template_died(&mut self) {
+        let Some(template) = self.template.take() else {
+            return;
+        };
+        template.kill_and_reap();
+        for w in 0..self.workers.len() {
+            match self.workers[w] {
+                Worker::Live(pid) => {
+                    if let Some((_, pidfd)) = &lock(&self.inner.procs).workers[w] {
+                        os::pidfd_kill(pidfd);
+                        os::pidfd_exited(pidfd, KILL_PATIENCE.as_millis() as i32);
+                    }
+                    let unknown = os::ExitStatus {
+                        signal: None,
+                        code: None,
+                    };
+                    self.on_death(w, pid, unknown);
+                }
+                Worker::Requested(_) => self.workers[w] = Worker::Missing,
+                Worker::Missing => {}
             }
         }
-        if self.live.iter().all(Option::is_none) {
+    }
+
+    /// Kills workers that have run one range for longer than the task
+    /// timeout; their deaths fail their jobs with `Timeout`.
+    fn enforce_timeouts(&mut self) {
+        let Some(limit) = self.inner.config.task_timeout else {
+            return;
+        };
+        let now = os::monotonic_ns();
+        let limit_ns = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
+        let procs = lock(&self.inner.procs);
+        for w in 0..self.workers.len() {
+            let Some((_, pidfd)) = &procs.workers[w] else {
+                continue;
+            };
+            let rec = self.inner.region.record(w);
+            // ORDERING: Acquire: pairs with the worker's Release store of the
+            // phase, after it stored `started_ns`.
+            if self.timed_out[w] || rec.phase.load(Acquire) != PHASE_RUNNING {
+                continue;
+            }
+            // ORDERING: Relaxed: ordered by the Acquire above. A value from
+            // the future (scribbled) never expires.
+            let started = rec.started_ns.load(Relaxed);
+            if started <= now && now - started > limit_ns {
+                os::pidfd_kill(pidfd);
+                self.timed_out[w] = true;
+            }
+        }
+    }
+
+    /// Starts missing workers (and a template, if there is none). If no
+    /// worker is alive and none can be started, unfinished jobs can never
+    /// run: fail them.
+    fn respawn_missing(&mut self) {
+        if self.stop() != STOP_NONE || self.inner.broken.get().is_some() {
+            return;
+        }
+        if self.template.is_none() {
+            let inner = &self.inner;
+            match Template::fork(
+                &inner.region,
+                inner.done_fd.as_raw_fd(),
+                inner.config.worker,
+                false,
+            ) {
+                Ok(t) => self.template = Some(t),
+                Err(e) => self.respawn_error = Some(e),
+            }
+        }
+        for w in 0..self.workers.len() {
+            match self.workers[w] {
+                Worker::Missing => self.request(w),
+                Worker::Requested(at) if at.elapsed() > SPAWN_PATIENCE => {
+                    // The template does not answer: replace it.
+                    return self.template_died();
+                }
+                _ => {}
+            }
+        }
+        let none_alive = !self.workers.iter().any(|w| matches!(w, Worker::Live(_)));
+        if none_alive && (self.template.is_none() || self.respawn_error.is_some()) {
             if let Some(e) = &self.respawn_error {
                 let mut ring = self.inner.ring();
                 let busy: Vec<usize> = ring.busy_slots().collect();
@@ -258,54 +458,58 @@ impl Supervisor {
     }
 
     /// Asks every worker to exit once it is idle, waits up to `GRACE`, then
-    /// kills the rest.
+    /// leaves the rest to `kill_all`.
     fn graceful(&mut self) {
         let control = self.inner.region.control();
         // ORDERING: SeqCst: pairs with the workers' SeqCst load after waking;
         // the post below wakes them.
         control.shutdown.0.store(1, SeqCst);
-        control.sem.post(2 * self.live.len() as u32);
+        control.sem.post(2 * self.workers.len() as u32);
         let deadline = Instant::now() + GRACE;
-        while self.live.iter().any(Option::is_some) {
-            let now = Instant::now();
-            if now >= deadline {
+        while self.workers.iter().any(|w| matches!(w, Worker::Live(_))) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(template) = &self.template else {
+                return;
+            };
+            if left.is_zero() {
                 return;
             }
-            let watched: Vec<usize> = (0..self.live.len())
-                .filter(|&w| self.live[w].is_some())
-                .collect();
-            let mut fds: Vec<libc::pollfd> = watched
-                .iter()
-                .map(|&w| pollfd(&self.live[w].as_ref().expect("filtered").1))
-                .collect();
-            fds.push(pollfd(&self.inner.ctl_fd));
-            let _ = os::poll(&mut fds, (deadline - now).as_millis().max(1) as i32);
-            // ORDERING: SeqCst: see `run`; `terminate` upgrades a graceful stop.
-            if self.inner.stop.load(SeqCst) == STOP_KILL {
+            let mut fds = [
+                pollfd(&template.sock),
+                pollfd(&template.pidfd),
+                pollfd(&self.inner.ctl_fd),
+            ];
+            let _ = os::poll(&mut fds, left.as_millis().max(1) as i32);
+            // `terminate` upgrades a graceful stop.
+            if self.stop() == STOP_KILL {
                 return;
             }
             os::eventfd_drain(&self.inner.ctl_fd);
-            for (i, &w) in watched.iter().enumerate() {
-                if fds[i].revents != 0 {
-                    if let Some((pid, _)) = self.live[w].take() {
-                        lock(&self.inner.procs).pids[w] = None;
-                        os::reap(pid, true);
-                    }
-                }
+            self.read_reports();
+            if fds[1].revents != 0 {
+                self.template_died();
             }
         }
     }
 
-    /// Kills and reaps every worker still alive.
+    /// Kills every worker still alive, waits for each to exit, and dismisses
+    /// the template (which reaps them).
     fn kill_all(&mut self) {
-        for (pid, _) in self.live.iter().flatten() {
-            os::kill_now(*pid);
+        let workers: Vec<(u32, OwnedFd)> = {
+            let mut procs = lock(&self.inner.procs);
+            procs.workers.iter_mut().filter_map(Option::take).collect()
+        };
+        for (_, pidfd) in &workers {
+            os::pidfd_kill(pidfd);
         }
-        for w in 0..self.live.len() {
-            if let Some((pid, _)) = self.live[w].take() {
-                lock(&self.inner.procs).pids[w] = None;
-                os::reap(pid, true);
-            }
+        let deadline = Instant::now() + KILL_PATIENCE;
+        for (_, pidfd) in &workers {
+            let left = deadline.saturating_duration_since(Instant::now());
+            os::pidfd_exited(pidfd, left.as_millis() as i32);
+        }
+        self.workers.iter_mut().for_each(|w| *w = Worker::Missing);
+        if let Some(template) = self.template.take() {
+            template.dismiss(Duration::from_secs(1));
         }
     }
 
@@ -321,13 +525,13 @@ impl Supervisor {
             for s in busy {
                 ring.fail(region, s, |_| Error::Terminated);
             }
-            for w in 0..self.live.len() {
+            for w in 0..self.workers.len() {
                 // ORDERING: SeqCst: read by the drain check.
                 region.record(w).slot.store(NO_SLOT, SeqCst);
             }
         }
         let mut procs = lock(&self.inner.procs);
-        procs.pids.iter_mut().for_each(|p| *p = None);
+        procs.workers.iter_mut().for_each(|p| *p = None);
         procs.gone = true;
         drop(procs);
         self.inner.procs_cv.notify_all();

@@ -11,13 +11,13 @@
 use std::any::Any;
 use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32};
 use std::sync::{Mutex, Once, PoisonError};
 use std::time::Duration;
 
 use crate::job::{BadDescriptor, JobArgs, RunFn};
-use crate::layout::{LOC_CAP, MSG_CAP, Slot};
+use crate::layout::{ErrorRecord, LOC_CAP, MSG_CAP, Slot};
 use crate::os;
 use crate::region::{Region, registry};
 use crate::states::*;
@@ -29,6 +29,12 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// True in worker processes only.
 static IN_WORKER: AtomicBool = AtomicBool::new(false);
 
+/// Marks this process as a worker (or the template): pool calls in it fail.
+pub(crate) fn set_in_worker() {
+    // ORDERING: Relaxed: see `in_worker`.
+    IN_WORKER.store(true, Relaxed);
+}
+
 /// Whether this process is a pool worker.
 pub(crate) fn in_worker() -> bool {
     // ORDERING: Relaxed: set once, before any task runs, in a process whose
@@ -36,39 +42,91 @@ pub(crate) fn in_worker() -> bool {
     IN_WORKER.load(Relaxed)
 }
 
+/// The pool's settings that shape a worker's life (from the `Builder`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WorkerConfig {
+    pub(crate) spin: u32,
+    /// Runs once in each worker before its first task.
+    pub(crate) initializer: Option<fn()>,
+    /// Ranges a worker runs before it exits to be replaced; 0 for no limit.
+    pub(crate) max_tasks: u64,
+    /// Extra address space a worker may map (`RLIMIT_AS`).
+    pub(crate) memory_limit: Option<usize>,
+    /// Whether ranges are timed (the pool has a task timeout).
+    pub(crate) timed: bool,
+}
+
 /// Everything a worker needs, copied into the child by `fork`.
 pub(crate) struct WorkerCtx<'a> {
     pub(crate) region: &'a Region,
     pub(crate) index: usize,
     pub(crate) event_fd: RawFd,
+    /// The process that forked this worker (the template).
     pub(crate) parent: u32,
-    pub(crate) spin: u32,
+    pub(crate) config: WorkerConfig,
+}
+
+/// The running job of one slot visit, as the worker read it once on entry.
+struct JobView<'a> {
+    slot: &'a Slot,
+    args: JobArgs,
+    run: usize,
+    len: u64,
+    notify: u32,
 }
 
 /// The entry point of a freshly forked worker. Never returns.
 pub(crate) fn worker_main(ctx: WorkerCtx<'_>) -> ! {
     // Our own code does not panic; if it ever did, the worker must still end
     // here, with `_exit`, rather than unwind into the parent's stack frames.
-    let code = catch_unwind(AssertUnwindSafe(|| serve(&ctx))).unwrap_or(101);
+    let code = catch_unwind(AssertUnwindSafe(|| serve(&ctx))).unwrap_or(EXIT_BUG);
     os::exit_now(code)
 }
 
 fn serve(ctx: &WorkerCtx<'_>) -> i32 {
-    // ORDERING: Relaxed: see `in_worker`.
-    IN_WORKER.store(true, Relaxed);
+    set_in_worker();
     if !os::worker_process_setup(ctx.parent) {
         return 0;
     }
-    os::close_fds_except(ctx.event_fd);
+    os::close_fds_except(&[ctx.event_fd]);
     registry::unmap_others(ctx.region.base() as usize);
     let control = ctx.region.control();
+    let rec = ctx.region.record(ctx.index);
+    if let Some(limit) = ctx.config.memory_limit {
+        install_abort_handler(&rec.oom);
+        os::limit_address_space(limit);
+    }
+    if let Some(init) = ctx.config.initializer {
+        if let Err(payload) = catch_unwind(init) {
+            let message = payload_message(&*payload);
+            let location = take_panic_location();
+            write_error(
+                &control.init_err,
+                KIND_PANIC,
+                0,
+                0,
+                &message,
+                location.as_deref(),
+            );
+            std::mem::forget(payload);
+            return EXIT_INIT_FAILED;
+        }
+    }
+    let mut budget = match ctx.config.max_tasks {
+        0 => u64::MAX,
+        n => n,
+    };
     loop {
-        let woken = control.sem.wait(ctx.spin, IDLE_CHECK);
+        let woken = control.sem.wait(ctx.config.spin, IDLE_CHECK);
         // ORDERING: SeqCst: pairs with the parent's store before it posts the
         // shutdown tokens.
         if control.shutdown.0.load(SeqCst) != 0 {
             return 0;
         }
+        // We are in no slot: say so again, in case another worker scribbled
+        // over our record (a drain check would otherwise wait for us).
+        // ORDERING: SeqCst, like every store of `slot` (see `run_slot`).
+        rec.slot.store(NO_SLOT, SeqCst);
         if !woken {
             // SAFETY: getppid has no preconditions.
             if unsafe { libc::getppid() } as u32 != ctx.parent {
@@ -76,13 +134,52 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
             }
             continue;
         }
-        while pass(ctx) {}
+        while pass(ctx, &mut budget) {}
+        if budget == 0 {
+            return EXIT_RECYCLED;
+        }
+    }
+}
+
+/// The record flag the `SIGABRT` handler sets; null until installed.
+static OOM_FLAG: AtomicPtr<AtomicU32> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Notes, in the worker's record, that an abort followed a failed allocation:
+/// Rust aborts when an allocation fails, and with `RLIMIT_AS` reached, `errno`
+/// still holds the `ENOMEM` of the failed `mmap`/`brk`. Returning lets
+/// `abort` go on to kill the process.
+extern "C" fn on_abort(_signal: libc::c_int) {
+    // SAFETY: __errno_location returns this thread's errno; reading it is
+    // async-signal-safe.
+    let errno = unsafe { *libc::__errno_location() };
+    if errno == libc::ENOMEM {
+        // ORDERING: Relaxed: set once before the handler can run.
+        let flag = OOM_FLAG.load(Relaxed);
+        if !flag.is_null() {
+            // SAFETY: the pointer is this worker's record in the region,
+            // mapped for the life of the process. Atomic stores are
+            // async-signal-safe.
+            unsafe { (*flag).store(1, SeqCst) };
+        }
+    }
+}
+
+fn install_abort_handler(flag: &AtomicU32) {
+    // ORDERING: Relaxed: the handler runs in this thread.
+    OOM_FLAG.store(std::ptr::from_ref(flag).cast_mut(), Relaxed);
+    // SAFETY: sigaction with a zeroed struct, an empty mask and a plain
+    // handler (no SA_SIGINFO) only changes this process's disposition.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = on_abort as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut act.sa_mask);
+        libc::sigaction(libc::SIGABRT, &act, std::ptr::null_mut());
     }
 }
 
 /// Visits every slot whose pending bit is set, once. Returns whether it ran
 /// any range (then another pass may find more).
-fn pass(ctx: &WorkerCtx<'_>) -> bool {
+fn pass(ctx: &WorkerCtx<'_>, budget: &mut u64) -> bool {
     let ring = ctx.region.layout().ring;
     let pending = &ctx.region.control().pending.0;
     let mut did = false;
@@ -93,17 +190,21 @@ fn pass(ctx: &WorkerCtx<'_>) -> bool {
         while bits != 0 {
             let s = w * 64 + bits.trailing_zeros() as usize;
             bits &= bits - 1;
+            if *budget == 0 {
+                return did;
+            }
             if s < ring {
-                did |= run_slot(ctx, s);
+                did |= run_slot(ctx, s, budget);
             }
         }
     }
     did
 }
 
-/// Enters slot `s`, runs ranges until its claims are exhausted, and leaves.
-/// Returns whether any range was run.
-fn run_slot(ctx: &WorkerCtx<'_>, s: usize) -> bool {
+/// Enters slot `s`, runs ranges until its claims and queued retries are
+/// exhausted (or the worker's task budget is), and leaves. Returns whether
+/// any range was run.
+fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
     let region = ctx.region;
     let rec = region.record(ctx.index);
     let slot = region.slot(s);
@@ -123,43 +224,87 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize) -> bool {
     let d = &slot.desc;
     let (run, notify) = (d.run.load(Relaxed), d.notify.load(Relaxed));
     let (len, chunk) = (d.len.load(Relaxed), d.chunk.load(Relaxed).max(1));
-    let args = JobArgs {
-        base: region.base(),
-        region_len: region.layout().len as u64,
-        in_off: d.in_off.load(Relaxed),
-        out_off: d.out_off.load(Relaxed),
-        ctx_off: d.ctx_off.load(Relaxed),
+    let job = JobView {
+        slot,
+        args: JobArgs {
+            base: region.base(),
+            region_len: region.layout().len as u64,
+            in_off: d.in_off.load(Relaxed),
+            out_off: d.out_off.load(Relaxed),
+            ctx_off: d.ctx_off.load(Relaxed),
+            len,
+        },
+        run,
         len,
+        notify,
     };
     let mut ran = false;
-    loop {
-        // ORDERING: AcqRel: the claim counter only hands out disjoint ranges;
-        // the atomicity of the RMW is what matters.
-        let start = slot.claim.0.fetch_add(chunk, AcqRel);
-        if start >= len {
-            clear_pending(region, s);
+    'visit: loop {
+        // Retries first: they are the oldest work of the job.
+        for (i, entry) in slot.redo.0.iter().enumerate() {
+            if *budget == 0 {
+                break 'visit;
+            }
+            // ORDERING: AcqRel: acquires the range the supervisor stored
+            // before its Release (SeqCst) store of READY; the exchange makes
+            // the entry ours alone.
+            if entry.state.load(Acquire) != REDO_READY
+                || entry
+                    .state
+                    .compare_exchange(REDO_READY, REDO_CLAIMED, AcqRel, Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            // ORDERING: Relaxed: only the supervisor reads it, after reaping.
+            rec.redo.store(i as u32, Relaxed);
+            // ORDERING: Relaxed: ordered by the exchange above.
+            let (start, end) = (entry.start.load(Relaxed), entry.end.load(Relaxed));
+            if start < end && end <= len {
+                ran |= run_claimed(ctx, &job, start, end);
+            } else {
+                record_error(
+                    slot,
+                    KIND_CORRUPT,
+                    0,
+                    0,
+                    "a queued retry is out of bounds",
+                    None,
+                );
+            }
+            *budget -= 1;
+            // ORDERING: Release: the entry may be reused once we are done.
+            entry.state.store(REDO_EMPTY, Release);
+            // ORDERING: Relaxed: see above.
+            rec.redo.store(NO_REDO, Relaxed);
+        }
+        loop {
+            if *budget == 0 {
+                break 'visit;
+            }
+            // ORDERING: AcqRel: the claim counter only hands out disjoint
+            // ranges; the atomicity of the RMW is what matters.
+            let start = slot.claim.0.fetch_add(chunk, AcqRel);
+            if start >= len {
+                break;
+            }
+            let end = start.saturating_add(chunk).min(len);
+            ran |= run_claimed(ctx, &job, start, end);
+            *budget -= 1;
+        }
+        // ORDERING: SeqCst: the worker's half of a Dekker pair with the
+        // supervisor, which stores a READY entry and then sets the bit: either
+        // its bit survives our clear (and a token brings someone back), or
+        // our load below sees its entry.
+        region.control().pending.0[s / 64].fetch_and(!(1u64 << (s % 64)), SeqCst);
+        // ORDERING: SeqCst: see above.
+        if !slot
+            .redo
+            .0
+            .iter()
+            .any(|e| e.state.load(SeqCst) == REDO_READY)
+        {
             break;
-        }
-        let end = start.saturating_add(chunk).min(len);
-        // ORDERING: Relaxed stores, then a Release store of the phase: the
-        // supervisor reads them only after reaping this process.
-        rec.start.store(start, Relaxed);
-        rec.end.store(end, Relaxed);
-        rec.phase.store(PHASE_RUNNING, Release);
-        // ORDERING: SeqCst: pairs with the SeqCst store of `abort` by the
-        // parent; see the record store above.
-        if slot.desc.abort.load(SeqCst) == 0 {
-            ran = true;
-            run_range(slot, &args, run, start, end);
-        }
-        // ORDERING: Release: see above.
-        rec.phase.store(PHASE_IDLE, Release);
-        let n = end - start;
-        // ORDERING: AcqRel: Release publishes this range's output; Acquire on
-        // the increment that completes the job makes every range's output
-        // visible to the worker that then marks the slot done.
-        if slot.done.0.fetch_add(n, AcqRel).wrapping_add(n) == len {
-            complete(ctx, slot, notify);
         }
     }
     // ORDERING: SeqCst (so also Release: the parent's drain check then sees
@@ -175,6 +320,39 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize) -> bool {
         if notify & NOTIFY_EVENT != 0 {
             os::eventfd_signal(ctx.event_fd);
         }
+    }
+    ran
+}
+
+/// Runs the range `start..end` of `job`, which this worker claimed, and
+/// accounts for it. Returns whether user code ran (not skipped after an
+/// abort).
+fn run_claimed(ctx: &WorkerCtx<'_>, job: &JobView<'_>, start: u64, end: u64) -> bool {
+    let rec = ctx.region.record(ctx.index);
+    let slot = job.slot;
+    // ORDERING: Relaxed stores, then a Release store of the phase: the
+    // supervisor reads them after reaping this process, or (for a timeout)
+    // after an Acquire load of the phase.
+    rec.start.store(start, Relaxed);
+    rec.end.store(end, Relaxed);
+    if ctx.config.timed {
+        rec.started_ns.store(os::monotonic_ns(), Relaxed);
+    }
+    rec.phase.store(PHASE_RUNNING, Release);
+    // ORDERING: SeqCst: pairs with the SeqCst store of `abort` by the parent;
+    // see the record store in `run_slot`.
+    let ran = slot.desc.abort.load(SeqCst) == 0;
+    if ran {
+        run_range(slot, &job.args, job.run, start, end);
+    }
+    // ORDERING: Release: see above.
+    rec.phase.store(PHASE_IDLE, Release);
+    let n = end - start;
+    // ORDERING: AcqRel: Release publishes this range's output; Acquire on the
+    // increment that completes the job makes every range's output visible to
+    // the worker that then marks the slot done.
+    if slot.done.0.fetch_add(n, AcqRel).wrapping_add(n) == job.len {
+        complete(ctx, slot, job.notify);
     }
     ran
 }
@@ -246,11 +424,6 @@ fn complete(ctx: &WorkerCtx<'_>, slot: &Slot, notify: u32) {
     }
 }
 
-fn clear_pending(region: &Region, s: usize) {
-    // ORDERING: Release: nothing depends on it but the next pass's Acquire.
-    region.control().pending.0[s / 64].fetch_and(!(1u64 << (s % 64)), Release);
-}
-
 /// Writes the job's first error; later errors are dropped. Sets `abort`, so
 /// the job's remaining ranges are skipped.
 fn record_error(
@@ -261,7 +434,21 @@ fn record_error(
     message: &str,
     location: Option<&str>,
 ) {
-    let err = &slot.err;
+    write_error(&slot.err, kind, start, end, message, location);
+    // ORDERING: SeqCst: other workers' SeqCst loads of `abort` see it from
+    // now on; they skip their remaining ranges.
+    slot.desc.abort.store(1, SeqCst);
+}
+
+/// Fills an error record unless another error got there first.
+fn write_error(
+    err: &ErrorRecord,
+    kind: u32,
+    start: u64,
+    end: u64,
+    message: &str,
+    location: Option<&str>,
+) {
     // ORDERING: AcqRel: claims the record; the first error wins.
     if err
         .state
@@ -285,9 +472,6 @@ fn record_error(
         // ORDERING: Release: publishes the fields to the parent's Acquire.
         err.state.store(ERR_READY, Release);
     }
-    // ORDERING: SeqCst: other workers' SeqCst loads of `abort` see it from
-    // now on; they skip their remaining ranges.
-    slot.desc.abort.store(1, SeqCst);
 }
 
 /// The longest prefix of `s` of at most `cap` bytes that ends on a character

@@ -1,0 +1,311 @@
+//! The template: a single-threaded process, forked once when the pool is
+//! built, that forks every worker on request and reaps it.
+//!
+//! Forking a multi-threaded process copies every lock in whatever state
+//! another thread left it, and a child that then takes one (stdout's, the
+//! environment's, a user's `static Mutex`) blocks forever. A pool's parent is
+//! multi-threaded (the supervisor and result threads at least). So the parent
+//! forks exactly once, at `Pool::new`, holding the stdout and stderr locks
+//! itself across that fork (the way `pthread_atfork` handlers do), and every
+//! worker, first or replacement, is forked later by the template, which has
+//! one thread and never runs user code. (Python 3.14's `forkserver` default
+//! exists for the same reason.)
+//!
+//! The protocol, over a `SOCK_SEQPACKET` socket pair, is three-word messages:
+//!
+//! - supervisor → template: `[SPAWN, index, 0]`;
+//! - template → supervisor: `[SPAWNED, index, pid]` with the worker's pidfd
+//!   attached (`SCM_RIGHTS`), `[SPAWN_FAILED, index, errno]`, and
+//!   `[DIED, index, pid | raw_status << 32]` once it has reaped a worker.
+//!
+//! The template watches the socket: when the parent process dies, its end
+//! closes, and the template kills its workers and exits at once. Workers die
+//! with the template (`PR_SET_PDEATHSIG`, bound to the template's only
+//! thread), so nothing outlives the parent.
+
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use nix::unistd::{ForkResult, fork};
+
+use crate::os;
+use crate::region::{Region, registry};
+use crate::worker::{WorkerConfig, WorkerCtx, set_in_worker, worker_main};
+
+pub(crate) const SPAWN: u64 = 1;
+pub(crate) const SPAWNED: u64 = 2;
+pub(crate) const SPAWN_FAILED: u64 = 3;
+pub(crate) const DIED: u64 = 4;
+
+/// How often the template checks that its parent is alive, in case the
+/// socket's hang-up is missed (belt and braces).
+const PARENT_CHECK: Duration = Duration::from_millis(250);
+
+/// The parent's handle on its template process.
+#[derive(Debug)]
+pub(crate) struct Template {
+    pub(crate) pid: u32,
+    pub(crate) pidfd: OwnedFd,
+    pub(crate) sock: OwnedFd,
+}
+
+/// What the template reports.
+#[derive(Debug)]
+pub(crate) enum Report {
+    Spawned {
+        index: usize,
+        pid: u32,
+        pidfd: OwnedFd,
+    },
+    SpawnFailed {
+        index: usize,
+        error: io::Error,
+    },
+    Died {
+        index: usize,
+        pid: u32,
+        status: os::ExitStatus,
+    },
+}
+
+impl Template {
+    /// Forks the template. With `hold_stdio`, the stdout and stderr locks are
+    /// held across the fork, so the template (and every worker) starts with
+    /// them unlocked; the caller must not be waited on by a thread that holds
+    /// them.
+    pub(crate) fn fork(
+        region: &Region,
+        event_fd: RawFd,
+        config: WorkerConfig,
+        hold_stdio: bool,
+    ) -> io::Result<Template> {
+        let (ours, theirs) = os::seqpacket_pair()?;
+        let parent = os::getpid();
+        let stdio = hold_stdio.then(|| {
+            let out = io::stdout().lock();
+            let err = io::stderr().lock();
+            (out, err)
+        });
+        // Workers inherit the stdout buffer; flushing now keeps a task that
+        // prints from printing the parent's pending output again.
+        let _ = io::stdout().flush();
+        // SAFETY: the child runs only `serve`, which never returns and ends
+        // with `_exit`. It takes no lock another thread could hold except
+        // stdout's and stderr's, which this thread holds across the fork and
+        // the child releases first (design.md, "Fork safety").
+        let forked = unsafe { fork() };
+        match forked.map_err(io::Error::from)? {
+            ForkResult::Child => {
+                drop(stdio);
+                let sock = theirs.as_raw_fd();
+                std::mem::forget(ours);
+                std::mem::forget(theirs);
+                serve(region, event_fd, sock, parent, config)
+            }
+            ForkResult::Parent { child } => {
+                drop(stdio);
+                drop(theirs);
+                let pid = child.as_raw() as u32;
+                match os::pidfd_open(pid) {
+                    Ok(pidfd) => Ok(Template {
+                        pid,
+                        pidfd,
+                        sock: ours,
+                    }),
+                    Err(e) => {
+                        os::kill_now(pid);
+                        os::wait_raw(pid);
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks for worker `index`; the answer arrives as a `Report`.
+    pub(crate) fn request(&self, index: usize) -> io::Result<()> {
+        os::send_message(self.sock.as_raw_fd(), &[SPAWN, index as u64, 0], None)
+    }
+
+    /// Reads one report without blocking. `Ok(None)`: the template is gone;
+    /// `WouldBlock`: no report is waiting. A malformed message is an error.
+    pub(crate) fn receive(&self) -> io::Result<Option<Report>> {
+        let Some(([op, index, arg], fd)) = os::recv_message(self.sock.as_raw_fd(), true)? else {
+            return Ok(None);
+        };
+        let index = usize::try_from(index).unwrap_or(usize::MAX);
+        let bad = || io::Error::new(io::ErrorKind::InvalidData, "a malformed template report");
+        Ok(Some(match op {
+            SPAWNED => Report::Spawned {
+                index,
+                pid: u32::try_from(arg).map_err(|_| bad())?,
+                pidfd: fd.ok_or_else(bad)?,
+            },
+            SPAWN_FAILED => Report::SpawnFailed {
+                index,
+                error: io::Error::from_raw_os_error(arg as i32),
+            },
+            DIED => Report::Died {
+                index,
+                pid: arg as u32,
+                status: os::decode_status((arg >> 32) as i32),
+            },
+            _ => return Err(bad()),
+        }))
+    }
+
+    /// Kills the template (its workers die with it) and reaps it.
+    pub(crate) fn kill_and_reap(self) {
+        os::pidfd_kill(&self.pidfd);
+        os::wait_raw(self.pid);
+    }
+
+    /// Closes the socket (the template then kills its workers and exits),
+    /// waits up to `grace` for it, kills it if need be, and reaps it.
+    pub(crate) fn dismiss(self, grace: Duration) {
+        let Template { pid, pidfd, sock } = self;
+        drop(sock);
+        if !os::pidfd_exited(&pidfd, grace.as_millis().max(1) as i32) {
+            os::pidfd_kill(&pidfd);
+        }
+        os::wait_raw(pid);
+    }
+}
+
+/// A worker as the template knows it.
+struct Child {
+    index: usize,
+    pid: u32,
+    pidfd: OwnedFd,
+}
+
+/// The template's life: fork workers on request, report their deaths, and
+/// end (killing them) when the parent goes away.
+fn serve(region: &Region, event_fd: RawFd, sock: RawFd, parent: u32, config: WorkerConfig) -> ! {
+    set_in_worker();
+    // SAFETY: signal/sigprocmask only change this single-threaded process's
+    // dispositions. The terminal's Ctrl-C is for the parent to handle.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+    os::close_fds_except(&[event_fd, sock]);
+    registry::unmap_others(region.base() as usize);
+    let me = os::getpid();
+    let mut children: Vec<Child> = Vec::new();
+    loop {
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } as u32 != parent {
+            break;
+        }
+        let mut fds = vec![libc::pollfd {
+            fd: sock,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        fds.extend(children.iter().map(|c| libc::pollfd {
+            fd: c.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        if os::poll(&mut fds, PARENT_CHECK.as_millis() as i32).is_err() {
+            break;
+        }
+        // Reap first, so that a death is reported before a replacement.
+        let mut i = 0;
+        let mut gone = false;
+        while i < children.len() {
+            if fds[i + 1].revents == 0 {
+                i += 1;
+                continue;
+            }
+            fds.remove(i + 1);
+            let c = children.remove(i);
+            let raw = os::wait_raw(c.pid).unwrap_or(0);
+            let arg = u64::from(c.pid) | (u64::from(raw as u32) << 32);
+            gone |= os::send_message(sock, &[DIED, c.index as u64, arg], None).is_err();
+        }
+        if gone || fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+            break;
+        }
+        if fds[0].revents & libc::POLLIN == 0 {
+            continue;
+        }
+        match os::recv_message(sock, false) {
+            Ok(Some(([SPAWN, index, _], _))) => {
+                let index = index as usize;
+                let reply = match spawn(region, event_fd, sock, me, config, index) {
+                    Ok(child) => {
+                        let sent = os::send_message(
+                            sock,
+                            &[SPAWNED, index as u64, u64::from(child.pid)],
+                            Some(child.pidfd.as_raw_fd()),
+                        );
+                        children.push(child);
+                        sent
+                    }
+                    Err(e) => {
+                        let errno = e.raw_os_error().unwrap_or(libc::EIO) as u64;
+                        os::send_message(sock, &[SPAWN_FAILED, index as u64, errno], None)
+                    }
+                };
+                if reply.is_err() {
+                    break;
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    // The parent is gone (or hung up): take the workers along.
+    for c in &children {
+        os::pidfd_kill(&c.pidfd);
+    }
+    for c in &children {
+        os::wait_raw(c.pid);
+    }
+    os::exit_now(0)
+}
+
+/// Forks worker `index` from the template.
+fn spawn(
+    region: &Region,
+    event_fd: RawFd,
+    sock: RawFd,
+    me: u32,
+    config: WorkerConfig,
+    index: usize,
+) -> io::Result<Child> {
+    if index >= region.layout().workers {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: the template is single-threaded, so the child inherits no lock
+    // held by another thread; it runs only `worker_main`, which never returns.
+    match unsafe { fork() }.map_err(io::Error::from)? {
+        ForkResult::Child => {
+            // SAFETY: the worker has no use for the template's socket.
+            unsafe { libc::close(sock) };
+            worker_main(WorkerCtx {
+                region,
+                index,
+                event_fd,
+                parent: me,
+                config,
+            })
+        }
+        ForkResult::Parent { child } => {
+            let pid = child.as_raw() as u32;
+            match os::pidfd_open(pid) {
+                Ok(pidfd) => Ok(Child { index, pid, pidfd }),
+                Err(e) => {
+                    os::kill_now(pid);
+                    os::wait_raw(pid);
+                    Err(e)
+                }
+            }
+        }
+    }
+}
