@@ -481,8 +481,9 @@ pub(crate) fn limit_address_space(extra: usize) -> Option<u64> {
 }
 
 /// The size of this process's address space, from `/proc/self/statm`, read
-/// with raw system calls (no allocation: a freshly forked worker calls it).
-fn mapped_bytes() -> Option<u64> {
+/// with raw system calls: no allocation, async-signal-safe (a freshly forked
+/// worker and its `SIGABRT` handler call it).
+pub(crate) fn mapped_bytes() -> Option<u64> {
     // SAFETY: open with a NUL-terminated path; the result is checked.
     let fd = unsafe {
         libc::open(

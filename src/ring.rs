@@ -521,8 +521,8 @@ impl Ring {
     /// Re-announces an unfinished job that may have lost its wake-up (a
     /// worker died holding the token, or a worker scribbled over the bit or
     /// over an idle worker's record). Returns how many tokens to post: one if
-    /// ranges or retries wait, every worker's worth if the job failed but a
-    /// record still names the slot (each woken worker rewrites its record).
+    /// ranges or retries wait, else every worker's worth if a record still
+    /// names the slot (each woken worker rewrites its own record).
     pub(crate) fn kick(&self, region: &Region, s: usize) -> u32 {
         let Phase::Busy(job) = &self.phases[s] else {
             return 0;
@@ -535,9 +535,9 @@ impl Ring {
             set_pending(region, s);
             return 1;
         }
-        // ORDERING: Relaxed: as above.
-        let failed = job.failure.is_some() || slot.desc.abort.load(Relaxed) != 0;
-        if failed && !drained(region, s) {
+        // A job that cannot make progress by itself finishes once drained:
+        // make sure no sleeping worker's (scribbled) record holds it up.
+        if !drained(region, s) {
             return region.layout().workers as u32;
         }
         0

@@ -12,7 +12,7 @@ use std::any::Any;
 use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64};
 use std::sync::{Mutex, Once, PoisonError};
 use std::time::Duration;
 
@@ -94,7 +94,12 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
     let rec = ctx.region.record(ctx.index);
     if let Some(limit) = ctx.config.memory_limit {
         install_abort_handler(&rec.oom);
-        os::limit_address_space(limit);
+        if let Some(cap) = os::limit_address_space(limit) {
+            // ORDERING: Relaxed: read by the handler in this thread.
+            AS_CAP.store(cap, Relaxed);
+            // ORDERING: Relaxed: as above.
+            AS_SLACK.store(limit as u64 / 8, Relaxed);
+        }
     }
     if let Some(init) = ctx.config.initializer {
         if let Err(payload) = catch_unwind(init) {
@@ -143,16 +148,25 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
 
 /// The record flag the `SIGABRT` handler sets; null until installed.
 static OOM_FLAG: AtomicPtr<AtomicU32> = AtomicPtr::new(std::ptr::null_mut());
+/// The worker's address-space cap, in bytes (0: none).
+static AS_CAP: AtomicU64 = AtomicU64::new(0);
+/// An eighth of the memory limit: how close to the cap counts as "reached".
+static AS_SLACK: AtomicU64 = AtomicU64::new(0);
 
-/// Notes, in the worker's record, that an abort followed a failed allocation:
-/// Rust aborts when an allocation fails, and with `RLIMIT_AS` reached, `errno`
-/// still holds the `ENOMEM` of the failed `mmap`/`brk`. Returning lets
-/// `abort` go on to kill the process.
+/// Notes, in the worker's record, that an abort followed a failed allocation.
+/// Rust aborts when an allocation fails. Two signs tell such an abort apart:
+/// `errno` still holds the `ENOMEM` of the failed `mmap`/`brk` (unless a
+/// backtrace was printed in between), or the address space is within an
+/// eighth of the limit of the cap (a leak that crept up to it). Returning lets `abort` go
+/// on to kill the process.
 extern "C" fn on_abort(_signal: libc::c_int) {
     // SAFETY: __errno_location returns this thread's errno; reading it is
     // async-signal-safe.
     let errno = unsafe { *libc::__errno_location() };
-    if errno == libc::ENOMEM {
+    // ORDERING: Relaxed: set before the handler was installed.
+    let (cap, slack) = (AS_CAP.load(Relaxed), AS_SLACK.load(Relaxed));
+    let near_cap = || os::mapped_bytes().is_some_and(|now| now.saturating_add(slack) >= cap);
+    if errno == libc::ENOMEM || (cap != 0 && near_cap()) {
         // ORDERING: Relaxed: set once before the handler can run.
         let flag = OOM_FLAG.load(Relaxed);
         if !flag.is_null() {

@@ -1,0 +1,442 @@
+//! The pool's limits and life-cycle controls: task timeouts, memory limits,
+//! cancellation, initializers, worker recycling, prompt termination, and a
+//! worker that corrupts the control block. Each fault fails only its own job,
+//! with a typed error, and the pool's next map is correct.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{deadline, is_dead, wait_until};
+use shmpool::{Error, Pool};
+
+/// The pool still maps correctly, and every worker has been replaced.
+fn assert_healthy(pool: &Pool) {
+    let xs: Vec<u64> = (0..10_000).collect();
+    let ys = pool.map(&xs, |x| x * 3).unwrap();
+    assert!(ys.iter().enumerate().all(|(i, &y)| y == 3 * i as u64));
+    assert!(
+        wait_until(Duration::from_secs(5), || pool.worker_pids().len()
+            == pool.workers()),
+        "workers: {:?}",
+        pool.worker_pids()
+    );
+}
+
+/// Spins forever on element `bad`; passes the others through.
+fn spin_on(bad: &u64, x: u64) -> u64 {
+    if x == *bad {
+        loop {
+            std::hint::spin_loop();
+        }
+    }
+    x
+}
+
+#[test]
+fn a_task_past_its_timeout_is_killed_and_its_job_fails() {
+    deadline(60, || {
+        let limit = Duration::from_millis(100);
+        let pool = Pool::builder()
+            .workers(2)
+            .task_timeout(limit)
+            .build()
+            .unwrap();
+        let xs: Vec<u64> = (0..1000).collect();
+        let before = pool.worker_pids();
+        let t = Instant::now();
+        let err = pool.map_with(777u64, &xs, spin_on).unwrap_err();
+        let took = t.elapsed();
+        match &err {
+            Error::Timeout { after, range, .. } => {
+                assert_eq!(*after, limit);
+                assert!(range.clone().expect("a range").contains(&777), "{err}");
+            }
+            other => panic!("expected Timeout, got {other:?}"),
+        }
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        assert!(err.to_string().contains("timed out after 100ms"), "{err}");
+        // Not retried: exactly one worker was killed and replaced.
+        assert!(wait_until(Duration::from_secs(5), || pool
+            .stats()
+            .worker_restarts
+            == 1));
+        let after = pool.worker_pids();
+        assert_eq!(before.iter().filter(|p| !after.contains(p)).count(), 1);
+        // A blocking apply times out the same way.
+        let err = pool.apply(5u64, |x| spin_on(&5, x)).unwrap_err();
+        assert!(
+            matches!(err, Error::Timeout { range: Some(_), .. }),
+            "{err:?}"
+        );
+        assert_healthy(&pool);
+        // A job of many short ranges (50 elements of 0-1 ms) is not affected
+        // by the timeout, however long the whole job takes.
+        let xs: Vec<u64> = (0..400).collect();
+        let ys = pool.map(&xs, |x| common::sleepy(x % 2)).unwrap();
+        assert_eq!(ys.len(), 400);
+    })
+}
+
+/// Allocates and touches `mib` MiB, and keeps it.
+fn hog(mib: &u64, x: u64) -> u64 {
+    if x == 3 {
+        let v = vec![1u8; (*mib as usize) << 20];
+        std::hint::black_box(&v);
+        std::mem::forget(v);
+    }
+    x
+}
+
+#[test]
+fn an_allocation_past_the_memory_limit_kills_only_its_worker() {
+    deadline(60, || {
+        let limit = 64 << 20;
+        let pool = Pool::builder()
+            .workers(2)
+            .worker_memory_limit(limit)
+            .build()
+            .unwrap();
+        // Within the limit: fine.
+        let xs: Vec<u64> = (0..16).collect();
+        assert_eq!(pool.map_with(8u64, &xs, hog).unwrap(), xs);
+        // Past it: the worker aborts, is replaced, the range is retried once
+        // and aborts again.
+        let err = pool.map_with(1024u64, &xs, hog).unwrap_err();
+        match &err {
+            Error::MemoryLimit {
+                limit: l, range, ..
+            } => {
+                assert_eq!(*l, limit);
+                assert!(range.clone().expect("a range").contains(&3));
+                assert!(err.to_string().contains("memory limit"), "{err}");
+            }
+            // Printing a backtrace (RUST_BACKTRACE) before the abort can hide
+            // that a single allocation far past the limit failed (design.md,
+            // "Memory limits"): then it is a plain SIGABRT.
+            Error::WorkerDied {
+                signal: Some(libc::SIGABRT),
+                range: Some(r),
+                ..
+            } if backtraces_on() => assert!(r.contains(&3)),
+            other => panic!("expected MemoryLimit, got {other:?}"),
+        }
+        assert_healthy(&pool);
+        // A leak that creeps up to the limit is recognised (without retries,
+        // the first worker to reach it fails the job). 4 MiB a call: reused
+        // heap the worker inherited does not count against the limit
+        // (design.md, "Memory limits"), so leak well past it.
+        let strict = Pool::builder()
+            .workers(2)
+            .worker_memory_limit(limit)
+            .max_retries(0)
+            .build()
+            .unwrap();
+        let err = strict.map_with(4u64, &[3u64; 200], hog).unwrap_err();
+        assert!(matches!(err, Error::MemoryLimit { .. }), "{err:?}");
+        assert_healthy(&strict);
+        assert_healthy(&pool);
+    })
+}
+
+fn backtraces_on() -> bool {
+    std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0")
+}
+
+/// Leaks `mib` MiB per call.
+fn leak(mib: &u64, x: u64) -> u64 {
+    let v = vec![7u8; (*mib as usize) << 20];
+    std::mem::forget(v);
+    x
+}
+
+#[test]
+fn a_leaking_task_is_contained_by_the_limit_and_the_retry() {
+    deadline(60, || {
+        let pool = Pool::builder()
+            .workers(2)
+            .worker_memory_limit(48 << 20)
+            .chunk_size(1)
+            .build()
+            .unwrap();
+        // Each call leaks 8 MiB: a worker dies every few calls, and each lost
+        // range runs again on a fresh worker.
+        for round in 0..10u64 {
+            let xs: Vec<u64> = (round * 4..round * 4 + 4).collect();
+            assert_eq!(pool.map_with(8u64, &xs, leak).unwrap(), xs);
+        }
+        assert!(pool.stats().worker_restarts >= 2, "{:?}", pool.stats());
+        assert_healthy(&pool);
+    })
+}
+
+/// Bumps the counter at address `addr` in shared memory (the mapping is at
+/// the same address in every worker), then works for 2 ms.
+fn bump(addr: u64) -> u64 {
+    // SAFETY: `addr` is the address of a live `u64` in the pool's shared
+    // region, mapped at the same address in the workers; it is only accessed
+    // atomically.
+    let counter = unsafe { &*(addr as *const AtomicU64) };
+    counter.fetch_add(1, Ordering::SeqCst);
+    thread::sleep(Duration::from_millis(2));
+    addr
+}
+
+/// A shared counter for `bump`, and a way to read it.
+fn counter(pool: &Pool) -> (shmpool::ShmVec<u64>, u64) {
+    let c = pool.alloc_zeroed::<u64>(1).unwrap();
+    let addr = c.as_ptr() as u64;
+    (c, addr)
+}
+
+fn read(addr: u64) -> u64 {
+    // SAFETY: as in `bump`; the ShmVec is alive in the caller.
+    unsafe { &*(addr as *const AtomicU64) }.load(Ordering::SeqCst)
+}
+
+#[test]
+fn cancel_answers_at_once_and_no_new_range_is_claimed() {
+    deadline(60, || {
+        let pool = Pool::builder().workers(2).chunk_size(1).build().unwrap();
+        let (_c, addr) = counter(&pool);
+        let in_use = pool.stats().arena_in_use;
+        // 10,000 ranges of 2 ms each, cancelled after 50 ms.
+        let xs = vec![addr; 10_000];
+        let slow = pool.map_async(&xs, bump).unwrap();
+        thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        slow.cancel();
+        let took = t.elapsed();
+        assert!(slow.ready(), "answered at once");
+        assert!(took < Duration::from_millis(100), "cancel took {took:?}");
+        assert!(matches!(slow.get(), Err(Error::Cancelled)));
+        // The ranges already running finish; then nothing more runs.
+        thread::sleep(Duration::from_millis(50));
+        let c1 = read(addr);
+        thread::sleep(Duration::from_millis(200));
+        assert_eq!(read(addr), c1, "no range was claimed after the cancel");
+        assert!(c1 < 1000, "{c1} ranges ran");
+        // Its memory is freed once no worker is in it.
+        assert!(wait_until(Duration::from_secs(5), || pool
+            .stats()
+            .arena_in_use
+            == in_use));
+        let s = pool.stats();
+        assert_eq!((s.jobs_cancelled, s.worker_restarts), (1, 0));
+        assert_healthy(&pool);
+    })
+}
+
+#[test]
+fn dropping_an_unfinished_result_cancels_and_detach_does_not() {
+    deadline(60, || {
+        let pool = Pool::builder().workers(2).chunk_size(1).build().unwrap();
+        let (_c, addr) = counter(&pool);
+        let xs = vec![addr; 5_000];
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dropped = pool.map_async(&xs, bump).unwrap();
+        dropped.on_complete(move |out| tx.send(matches!(out, Err(Error::Cancelled))).unwrap());
+        thread::sleep(Duration::from_millis(20));
+        drop(dropped);
+        assert!(
+            rx.recv_timeout(Duration::from_millis(100)).unwrap(),
+            "callback saw Cancelled"
+        );
+        thread::sleep(Duration::from_millis(50));
+        let c1 = read(addr);
+        thread::sleep(Duration::from_millis(100));
+        assert_eq!(read(addr), c1);
+        // Detached: runs to the end, and its callback sees the result.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ys = vec![addr; 200];
+        let kept = pool.map_async(&ys, bump).unwrap();
+        kept.on_complete(move |out| tx.send(out.as_ref().map(|v| v.len()).ok()).unwrap());
+        kept.detach();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), Some(200));
+        assert_eq!(read(addr), c1 + 200);
+        assert_eq!(pool.stats().jobs_cancelled, 1);
+        // A finished result dropped unread is not counted as cancelled.
+        let done = pool.apply_async(1u8, |x| x).unwrap();
+        done.wait();
+        drop(done);
+        assert_eq!(pool.stats().jobs_cancelled, 1);
+        assert_healthy(&pool);
+    })
+}
+
+#[test]
+fn a_caller_s_own_timeout_does_not_cancel_the_job() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        let xs = vec![20u64; 20];
+        let mut r = pool.map_async(&xs, common::sleepy).unwrap();
+        assert!(!r.wait_timeout(Duration::from_millis(10)));
+        assert!(matches!(
+            r.get_timeout(Duration::from_millis(1)),
+            Err(Error::Timeout { range: None, .. })
+        ));
+        assert_eq!(r.get().unwrap(), xs, "the job ran to the end");
+        assert_eq!(pool.stats().jobs_cancelled, 0);
+    })
+}
+
+/// Set by the initializer, in each worker; never in the parent.
+static INIT_RUNS: AtomicU32 = AtomicU32::new(0);
+
+fn init() {
+    INIT_RUNS.fetch_add(1, Ordering::SeqCst);
+}
+
+fn init_runs(_: u32) -> u32 {
+    thread::sleep(Duration::from_millis(1));
+    INIT_RUNS.load(Ordering::SeqCst)
+}
+
+#[test]
+fn the_initializer_runs_once_in_every_worker_and_never_in_the_parent() {
+    deadline(60, || {
+        let pool = Pool::builder()
+            .workers(2)
+            .initializer(init)
+            .chunk_size(1)
+            .build()
+            .unwrap();
+        let xs = vec![0u32; 200];
+        assert!(pool.map(&xs, init_runs).unwrap().iter().all(|&n| n == 1));
+        assert_eq!(INIT_RUNS.load(Ordering::SeqCst), 0, "not in the parent");
+        // Replacements run it too.
+        for pid in pool.worker_pids() {
+            // SAFETY: kill(2) on a worker of ours.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        assert!(wait_until(Duration::from_secs(5), || pool
+            .stats()
+            .worker_restarts
+            == 2));
+        assert!(pool.map(&xs, init_runs).unwrap().iter().all(|&n| n == 1));
+        assert_eq!(INIT_RUNS.load(Ordering::SeqCst), 0);
+    })
+}
+
+fn bad_init() {
+    panic!("no licence file");
+}
+
+#[test]
+fn a_panicking_initializer_fails_every_job_with_its_message() {
+    deadline(60, || {
+        let pool = Pool::builder()
+            .workers(2)
+            .initializer(bad_init)
+            .build()
+            .unwrap();
+        let err = pool.apply(1u8, |x| x).unwrap_err();
+        match &err {
+            Error::InitializerFailed { message, .. } => {
+                assert!(message.contains("no licence file"), "{message}")
+            }
+            other => panic!("expected InitializerFailed, got {other:?}"),
+        }
+        assert!(matches!(
+            pool.map(&[1u8], |x| x),
+            Err(Error::InitializerFailed { .. })
+        ));
+        pool.close();
+        pool.join().unwrap();
+    })
+}
+
+#[test]
+fn workers_are_recycled_after_max_tasks_and_reaped() {
+    deadline(60, || {
+        let pool = Pool::builder()
+            .workers(2)
+            .max_tasks_per_worker(3)
+            .build()
+            .unwrap();
+        let first = pool.worker_pids();
+        let mut seen = first.clone();
+        for i in 0..30u32 {
+            assert_eq!(pool.apply(i, |x| x + 1).unwrap(), i + 1);
+            seen.extend(pool.worker_pids());
+        }
+        seen.sort_unstable();
+        seen.dedup();
+        let s = pool.stats();
+        assert!(s.workers_recycled >= 8, "{s:?}");
+        assert_eq!(s.worker_restarts, 0, "recycling is not a crash");
+        assert!(seen.len() >= 8, "{seen:?}");
+        assert!(wait_until(Duration::from_secs(5), || first
+            .iter()
+            .all(|&p| is_dead(p))));
+        assert_healthy(&pool);
+    })
+}
+
+#[test]
+fn terminate_kills_busy_workers_within_100_ms() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        let pids = pool.worker_pids();
+        let xs = vec![10_000u64; 8];
+        let busy = pool.map_async(&xs, common::sleepy).unwrap();
+        thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        pool.terminate();
+        let took = t.elapsed();
+        assert!(pids.iter().all(|&p| is_dead(p)));
+        assert!(took < Duration::from_millis(100), "terminate took {took:?}");
+        assert!(matches!(busy.get(), Err(Error::Terminated)));
+    })
+}
+
+/// Writes `words` pseudo-random words at random places of the region's
+/// control part (its first 64 KiB: control block, worker records, slots),
+/// from inside a task.
+fn scribble(seed: &u64, x: u64) -> u64 {
+    if x != 100 {
+        return x;
+    }
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let Some(line) = maps.lines().find(|l| l.contains("memfd:shmpool")) else {
+        return x;
+    };
+    let base = usize::from_str_radix(line.split('-').next().unwrap(), 16).unwrap();
+    let mut s = *seed | 1;
+    for _ in 0..64 {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        let off = (s as usize % (64 << 10)) & !7;
+        // SAFETY: unsafe test code that corrupts the control block on
+        // purpose: `base + off` lies in the first 64 KiB of the shared
+        // mapping, which is mapped and 8-byte aligned; other processes access
+        // it only atomically.
+        unsafe { (*((base + off) as *const AtomicU64)).store(s, Ordering::Relaxed) };
+    }
+    x
+}
+
+#[test]
+fn a_worker_that_corrupts_the_control_block_fails_at_most_its_job() {
+    deadline(120, || {
+        let pool = Pool::builder()
+            .workers(2)
+            .ring_size(8)
+            .task_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let xs: Vec<u64> = (0..1000).collect();
+        let mut errors = 0;
+        for seed in 1..=20u64 {
+            match pool.map_with(seed * 0x9e37_79b9, &xs, scribble) {
+                Ok(ys) => assert_eq!(ys, xs, "seed {seed}: a success is correct"),
+                Err(_) => errors += 1,
+            }
+            assert_healthy(&pool);
+        }
+        println!("{errors} of 20 corrupted jobs failed; every next map was correct");
+    })
+}
