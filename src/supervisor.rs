@@ -109,13 +109,20 @@ impl Supervisor {
         self.inner.stop.load(SeqCst)
     }
 
-    /// Requests every worker and waits for all of them.
+    /// Requests every worker and waits until each has been started once (one
+    /// that already died, say in a failing initializer, is handled as any
+    /// death).
     fn start_all(&mut self) -> Result<(), Error> {
         for w in 0..self.workers.len() {
             self.request(w);
         }
         let deadline = Instant::now() + SPAWN_PATIENCE;
-        while self.workers.iter().any(|w| !matches!(w, Worker::Live(_))) {
+        while self
+            .workers
+            .iter()
+            .any(|w| matches!(w, Worker::Requested(_)))
+            && self.inner.broken.get().is_none()
+        {
             if let Some(e) = self.respawn_error.take() {
                 return Err(Error::Io(e));
             }

@@ -42,12 +42,24 @@ pub(crate) const DIED: u64 = 4;
 /// socket's hang-up is missed (belt and braces).
 const PARENT_CHECK: Duration = Duration::from_millis(250);
 
-/// The parent's handle on its template process.
+/// The parent's handle on its template process. Dropping it kills and reaps
+/// the template (and so its workers), unless `dismiss` already did.
 #[derive(Debug)]
 pub(crate) struct Template {
     pub(crate) pid: u32,
     pub(crate) pidfd: OwnedFd,
     pub(crate) sock: OwnedFd,
+    /// Set once the template has been reaped: its pid may be anyone's now.
+    reaped: bool,
+}
+
+impl Drop for Template {
+    fn drop(&mut self) {
+        if !self.reaped {
+            os::pidfd_kill(&self.pidfd);
+            os::wait_raw(self.pid);
+        }
+    }
 }
 
 /// What the template reports.
@@ -112,6 +124,7 @@ impl Template {
                         pid,
                         pidfd,
                         sock: ours,
+                        reaped: false,
                     }),
                     Err(e) => {
                         os::kill_now(pid);
@@ -157,19 +170,21 @@ impl Template {
 
     /// Kills the template (its workers die with it) and reaps it.
     pub(crate) fn kill_and_reap(self) {
-        os::pidfd_kill(&self.pidfd);
-        os::wait_raw(self.pid);
+        drop(self);
     }
 
     /// Closes the socket (the template then kills its workers and exits),
     /// waits up to `grace` for it, kills it if need be, and reaps it.
-    pub(crate) fn dismiss(self, grace: Duration) {
-        let Template { pid, pidfd, sock } = self;
-        drop(sock);
-        if !os::pidfd_exited(&pidfd, grace.as_millis().max(1) as i32) {
-            os::pidfd_kill(&pidfd);
+    pub(crate) fn dismiss(mut self, grace: Duration) {
+        // A closed end reads as end of file in the template.
+        // SAFETY: shutdown only affects the socket; the descriptor stays
+        // valid until `self` drops.
+        unsafe { libc::shutdown(self.sock.as_raw_fd(), libc::SHUT_RDWR) };
+        if !os::pidfd_exited(&self.pidfd, grace.as_millis().max(1) as i32) {
+            os::pidfd_kill(&self.pidfd);
         }
-        os::wait_raw(pid);
+        os::wait_raw(self.pid);
+        self.reaped = true;
     }
 }
 
