@@ -761,3 +761,34 @@ fn types_aligned_past_a_page_are_invalid_arguments() {
         assert_maps(&pool);
     })
 }
+
+/// 64 MiB: more than any thread's stack.
+type Huge = [[u64; 4096]; 2048];
+
+#[test]
+fn a_pod_too_big_for_the_worker_stack_kills_only_its_worker() {
+    deadline(60, || {
+        let pool = Pool::new(1).unwrap();
+        let xs = pool.alloc_zeroed::<Huge>(1).unwrap();
+        // The task copies its 64 MiB argument onto the worker's stack.
+        let err = pool
+            .map(&xs, |b: Huge| std::hint::black_box(b)[0][0] + 1)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::WorkerDied {
+                    signal: Some(libc::SIGSEGV | libc::SIGABRT),
+                    range: Some(_),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            pool.apply(1u8, |x| x + 1).unwrap(),
+            2,
+            "the pool carries on"
+        );
+    })
+}

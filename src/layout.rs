@@ -75,12 +75,12 @@ pub(crate) struct WorkerRecord {
     pub(crate) slot: AtomicU32,
     /// `PHASE_IDLE` or `PHASE_RUNNING`.
     pub(crate) phase: AtomicU32,
-    /// The index of the retry entry (`Slot::redo`) the worker claimed, or
-    /// `NO_REDO`.
-    pub(crate) redo: AtomicU32,
     /// Set by the worker's `SIGABRT` handler when the abort followed a failed
     /// allocation (its memory limit was reached).
     pub(crate) oom: AtomicU32,
+    /// Set by the worker once its setup and initializer are done; a death
+    /// before that is a failed start, not a crash in a task.
+    pub(crate) ready: AtomicU32,
     /// The range being run, valid while `phase == PHASE_RUNNING`.
     pub(crate) start: AtomicU64,
     pub(crate) end: AtomicU64,
@@ -132,7 +132,7 @@ pub(crate) struct ErrorRecord {
 #[repr(C)]
 pub(crate) struct RedoEntry {
     /// `REDO_EMPTY`, `REDO_READY` (queued by the supervisor) or
-    /// `REDO_CLAIMED` (a worker took it with a compare-exchange).
+    /// `REDO_CLAIMED + w` (worker `w` took it with a compare-exchange).
     pub(crate) state: AtomicU32,
     pub(crate) start: AtomicU64,
     pub(crate) end: AtomicU64,

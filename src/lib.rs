@@ -8,9 +8,13 @@
 //! process-shared semaphore.
 //!
 //! Why processes? Isolation. A segfault in foreign code, an `abort`, a
-//! runaway loop or a leak in a task kills one worker, not your program: the
-//! job fails with a typed [`Error`], the worker is replaced, and the pool
-//! carries on.
+//! runaway loop or a leak in a task kills one worker, not your program. The
+//! lost range runs again on a fresh worker ([`Builder::max_retries`]); if it
+//! kills that one too, the job fails with a typed [`Error`] naming the
+//! signal and the range. Runaway tasks are stopped by
+//! [`Builder::task_timeout`], leaks by [`Builder::worker_memory_limit`], and
+//! an unwanted job by [`AsyncResult::cancel`]. Only the dead worker is
+//! replaced, and the pool carries on.
 //!
 //! ```
 //! use shmpool::Pool;
@@ -33,7 +37,8 @@
 //!
 //! Tasks must be fn items or closures that capture nothing; pass state with
 //! [`Pool::map_with`]. Linux only. The design (shared-memory layout, job-slot
-//! protocol, sleep and wake-up, crash handling) is described in `design.md`.
+//! protocol, sleep and wake-up, supervision, the template process, misuse)
+//! is described in `design.md`.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]

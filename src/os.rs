@@ -321,8 +321,14 @@ pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 pub(crate) type Message = [u64; 3];
 
 /// Sends one message on a seqpacket socket, with a descriptor attached if
-/// `fd` is given (`SCM_RIGHTS`).
-pub(crate) fn send_message(sock: RawFd, msg: &Message, fd: Option<RawFd>) -> io::Result<()> {
+/// `fd` is given (`SCM_RIGHTS`). With `dont_wait`, a full socket buffer is
+/// `WouldBlock` instead of a wait.
+pub(crate) fn send_message(
+    sock: RawFd,
+    msg: &Message,
+    fd: Option<RawFd>,
+    dont_wait: bool,
+) -> io::Result<()> {
     let mut iov = libc::iovec {
         iov_base: msg.as_ptr() as *mut libc::c_void,
         iov_len: size_of::<Message>(),
@@ -351,8 +357,9 @@ pub(crate) fn send_message(sock: RawFd, msg: &Message, fd: Option<RawFd>) -> io:
         }
     }
     loop {
+        let flags = libc::MSG_NOSIGNAL | if dont_wait { libc::MSG_DONTWAIT } else { 0 };
         // SAFETY: `hdr` points at a live iovec and control buffer.
-        let r = unsafe { libc::sendmsg(sock, &hdr, libc::MSG_NOSIGNAL) };
+        let r = unsafe { libc::sendmsg(sock, &hdr, flags) };
         if r >= 0 {
             return Ok(());
         }
@@ -428,6 +435,24 @@ pub(crate) fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes into a live timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Reaps the process behind `pidfd` if it has exited and is (now) our child:
+/// a worker orphaned by its template is re-parented to us when we are a
+/// subreaper or PID 1. Anything else (`ECHILD`) is ignored.
+pub(crate) fn reap_pidfd(pidfd: &OwnedFd) {
+    // SAFETY: siginfo_t is a plain C struct; zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid with P_PIDFD takes a descriptor and writes into a live
+    // siginfo_t; WNOHANG never blocks.
+    unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        )
+    };
 }
 
 /// Decodes a raw `waitpid` status.

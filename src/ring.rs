@@ -443,14 +443,16 @@ impl Ring {
         false
     }
 
-    /// Frees retry entry `i` of slot `s`, claimed by a worker that died.
-    pub(crate) fn release_redo(&mut self, region: &Region, s: usize, i: usize) {
-        if let Some(entry) = region.slot(s).redo.0.get(i) {
+    /// Frees the retry entries of slot `s` that worker `w`, now dead, had
+    /// claimed (its range is then queued again, or the job fails).
+    pub(crate) fn release_redo(&mut self, region: &Region, s: usize, w: usize) {
+        let theirs = REDO_CLAIMED + w as u32;
+        for entry in &region.slot(s).redo.0 {
             // ORDERING: Relaxed: only the parent reads it next, under the
             // ring lock, or a worker after a SeqCst READY store.
             let _ = entry
                 .state
-                .compare_exchange(REDO_CLAIMED, REDO_EMPTY, Relaxed, Relaxed);
+                .compare_exchange(theirs, REDO_EMPTY, Relaxed, Relaxed);
         }
     }
 

@@ -27,14 +27,13 @@ pub(crate) const PHASE_IDLE: u32 = 0;
 /// slot named in its record.
 pub(crate) const PHASE_RUNNING: u32 = 1;
 
-/// `WorkerRecord::redo` when the worker holds no retry entry.
-pub(crate) const NO_REDO: u32 = u32::MAX;
-
 /// `RedoEntry::state`: unused.
 pub(crate) const REDO_EMPTY: u32 = 0;
 /// `RedoEntry::state`: queued by the supervisor; any worker may claim it.
 pub(crate) const REDO_READY: u32 = 1;
-/// `RedoEntry::state`: a worker (named by its record's `redo`) is running it.
+/// `RedoEntry::state`: `REDO_CLAIMED + w`: worker `w` claimed it (with a
+/// compare-exchange from READY, so claim and owner are one atomic step) and is
+/// running it.
 pub(crate) const REDO_CLAIMED: u32 = 2;
 
 /// A worker's exit code after `max_tasks_per_worker` ranges: recycled, not

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::inner::{Inner, STOP_GRACEFUL, STOP_KILL, STOP_NONE, lock};
-use crate::layout::{LOC_CAP, MSG_CAP, REDO_CAP};
+use crate::layout::{LOC_CAP, MSG_CAP};
 use crate::os;
 use crate::ring::Retry;
 use crate::states::*;
@@ -32,8 +32,13 @@ const RESPAWN_RETRY: Duration = Duration::from_millis(100);
 /// How long a spawn request may go unanswered before the template is taken
 /// for wedged and replaced.
 const SPAWN_PATIENCE: Duration = Duration::from_secs(10);
+/// At most this many spawn requests are unanswered at once.
+const MAX_REQUESTS: usize = 32;
 /// How long to wait for killed processes to exit before giving up on them.
 const KILL_PATIENCE: Duration = Duration::from_secs(5);
+/// How often the supervisor puts back the shared words the parent owns (and
+/// after every death).
+const REPAIR_EVERY: Duration = Duration::from_millis(250);
 
 /// Worker `w` as the supervisor knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,12 +52,17 @@ struct Supervisor {
     inner: Arc<Inner>,
     template: Option<Template>,
     workers: Vec<Worker>,
-    /// Worker `w` was killed for running past the task timeout.
-    timed_out: Vec<bool>,
+    /// Worker `w` was killed for running past the task timeout: the slot,
+    /// range start and start time it was killed in.
+    timed_out: Vec<Option<(u32, u64, u64)>>,
     /// The next start of worker `w` replaces a crashed one.
     replacing: Vec<bool>,
+    /// Worker `w` has been started at least once.
+    started: Vec<bool>,
     /// The error of the last failed start, while some worker is missing.
     respawn_error: Option<io::Error>,
+    /// When `Ring::repair` last ran.
+    repaired: Instant,
 }
 
 /// Starts the supervisor thread with the pool's template and waits until
@@ -71,9 +81,11 @@ pub(crate) fn start(
                 inner,
                 template: Some(template),
                 workers: vec![Worker::Missing; n],
-                timed_out: vec![false; n],
+                timed_out: vec![None; n],
                 replacing: vec![false; n],
+                started: vec![false; n],
                 respawn_error: None,
+                repaired: Instant::now(),
             };
             let started = sup.start_all();
             let ok = started.is_ok();
@@ -139,10 +151,15 @@ impl Supervisor {
                 )));
             }
             let mut fds = [pollfd(&template.sock), pollfd(&template.pidfd)];
-            let _ = os::poll(&mut fds, left.as_millis().max(1) as i32);
+            let _ = os::poll(&mut fds, left.as_millis().clamp(1, 100) as i32);
             self.read_reports();
             if fds[1].revents != 0 {
                 self.template_died();
+            }
+            for w in 0..self.workers.len() {
+                if self.workers[w] == Worker::Missing && !self.started[w] {
+                    self.request(w);
+                }
             }
         }
         Ok(())
@@ -188,11 +205,18 @@ impl Supervisor {
                 self.template_died();
             }
             self.enforce_timeouts();
-            self.inner
-                .ring()
-                .repair(&self.inner.region, self.stop() == STOP_NONE);
+            if self.repaired.elapsed() >= REPAIR_EVERY {
+                self.repair();
+            }
             self.respawn_missing();
         }
+    }
+
+    /// Puts back the shared words the parent owns (see `Ring::repair`).
+    fn repair(&mut self) {
+        let running = self.stop() == STOP_NONE;
+        self.inner.ring().repair(&self.inner.region, running);
+        self.repaired = Instant::now();
     }
 
     /// Handles every report waiting on the template's socket.
@@ -219,6 +243,7 @@ impl Supervisor {
                     return;
                 }
                 self.workers[index] = Worker::Live(pid);
+                self.started[index] = true;
                 lock(&self.inner.procs).workers[index] = Some((pid, pidfd));
                 self.respawn_error = None;
                 if std::mem::take(&mut self.replacing[index]) {
@@ -241,13 +266,26 @@ impl Supervisor {
         }
     }
 
-    /// Asks the template for worker `w`.
+    /// Asks the template for worker `w`, unless `MAX_REQUESTS` requests are
+    /// already unanswered (the socket's buffers are bounded; a supervisor
+    /// blocked on a full socket while the template is blocked sending it
+    /// reports would deadlock).
     fn request(&mut self, w: usize) {
+        let waiting = self
+            .workers
+            .iter()
+            .filter(|x| matches!(x, Worker::Requested(_)))
+            .count();
+        if waiting >= MAX_REQUESTS {
+            return;
+        }
         let Some(template) = &self.template else {
             return;
         };
         match template.request(w) {
             Ok(()) => self.workers[w] = Worker::Requested(Instant::now()),
+            // The socket is full of requests: ask again next round.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => self.respawn_error = Some(e),
         }
     }
@@ -258,7 +296,46 @@ impl Supervisor {
     fn on_death(&mut self, w: usize, pid: u32, status: os::ExitStatus) {
         self.workers[w] = Worker::Missing;
         lock(&self.inner.procs).workers[w] = None;
-        let timed_out = std::mem::take(&mut self.timed_out[w]);
+        if self.stop() == STOP_KILL {
+            // `terminate` killed it: `finish` fails its job with `Terminated`
+            // and then clears the record.
+            return;
+        }
+        let rec = self.inner.region.record(w);
+        // ORDERING: Relaxed: the process is gone; its stores are visible.
+        let ready = rec.ready.load(Relaxed) != 0;
+        let idle = rec.slot.load(Relaxed) == NO_SLOT;
+        self.settle(w, pid, status);
+        if !ready && self.inner.config.worker.initializer.is_some() {
+            // It died before its initializer finished: a panic (exit code
+            // 102), or a crash, an exit or a limit inside the initializer.
+            return self.initializer_failed(status);
+        }
+        match status.code {
+            // ORDERING: Relaxed: a statistic.
+            Some(EXIT_RECYCLED) if ready && idle => {
+                _ = self.inner.stats.workers_recycled.fetch_add(1, Relaxed)
+            }
+            _ => self.replacing[w] = true,
+        }
+        if self.stop() == STOP_NONE {
+            self.request(w);
+        }
+        // A scribbling worker may have left damage behind.
+        self.repair();
+        // The dead worker may have taken tokens with it, and a retry may wait:
+        // let the others look.
+        self.inner
+            .region
+            .control()
+            .sem
+            .post(self.workers.len() as u32);
+    }
+
+    /// Applies the death of worker `w` (process `pid`, gone) to the job its
+    /// record names, if any, then clears the record for its successor.
+    fn settle(&mut self, w: usize, pid: u32, status: os::ExitStatus) {
+        let deadline = self.timed_out[w].take();
         let inner = self.inner.clone();
         let region = &*inner.region;
         let rec = region.record(w);
@@ -267,14 +344,15 @@ impl Supervisor {
         let slot = rec.slot.load(Acquire);
         let (start, end) = (rec.start.load(Relaxed), rec.end.load(Relaxed));
         let running = rec.phase.load(Relaxed) == PHASE_RUNNING;
-        let redo = rec.redo.load(Relaxed) as usize;
+        let started = rec.started_ns.load(Relaxed);
         let oom = rec.oom.swap(0, Relaxed) != 0;
+        // Killed for a timeout, and still in the range that overran (it may
+        // have moved on between the check and the kill).
+        let timed_out = deadline == Some((slot, start, started)) && running;
         if (slot as usize) < region.layout().ring {
             let s = slot as usize;
             let mut ring = inner.ring();
-            if redo < REDO_CAP {
-                ring.release_redo(region, s, redo);
-            }
+            ring.release_redo(region, s, w);
             let config = &inner.config;
             ring.lost(region, s, |len| {
                 let range =
@@ -317,25 +395,13 @@ impl Supervisor {
         }
         // ORDERING: Relaxed: only this thread and the next worker use them.
         rec.phase.store(PHASE_IDLE, Relaxed);
-        rec.redo.store(NO_REDO, Relaxed);
-        match status.code {
-            Some(EXIT_INIT_FAILED) => return self.initializer_failed(),
-            // ORDERING: Relaxed: a statistic.
-            Some(EXIT_RECYCLED) => _ = inner.stats.workers_recycled.fetch_add(1, Relaxed),
-            _ => self.replacing[w] = true,
-        }
-        if self.stop() == STOP_NONE {
-            self.request(w);
-        }
-        // The dead worker may have taken tokens with it, and a retry may wait:
-        // let the others look.
-        region.control().sem.post(self.workers.len() as u32);
+        rec.ready.store(0, Relaxed);
     }
 
-    /// A worker's initializer panicked: the pool cannot run tasks as
+    /// A worker died in its initializer: the pool cannot run tasks as
     /// configured. Mark it broken, fail every unfinished job, start no more
     /// workers.
-    fn initializer_failed(&mut self) {
+    fn initializer_failed(&mut self, status: os::ExitStatus) {
         let err = &self.inner.region.control().init_err;
         // ORDERING: Acquire: pairs with the worker's Release of READY.
         let message = if err.state.load(Acquire) == ERR_READY {
@@ -349,7 +415,16 @@ impl Supervisor {
             }
             m
         } else {
-            "the initializer failed".to_owned()
+            match (status.signal, status.code) {
+                (Some(sig), _) => format!(
+                    "the worker was killed by {} in the initializer",
+                    crate::error::signal_name(sig)
+                ),
+                (None, Some(code)) => {
+                    format!("the worker exited with code {code} in the initializer")
+                }
+                (None, None) => "the worker died in the initializer".to_owned(),
+            }
         };
         let _ = self.inner.broken.set(message);
         let mut ring = self.inner.ring();
@@ -368,20 +443,36 @@ impl Supervisor {
             return;
         };
         template.kill_and_reap();
+        let unknown = os::ExitStatus {
+            signal: None,
+            code: None,
+        };
+        // A requested worker may have been forked and be running, but its
+        // pidfd went down with the socket: it got its death signal when the
+        // template exited; give it a moment to be gone, then settle its
+        // record like any other.
+        if self
+            .workers
+            .iter()
+            .any(|w| matches!(w, Worker::Requested(_)))
+        {
+            thread::sleep(Duration::from_millis(20));
+        }
         for w in 0..self.workers.len() {
             match self.workers[w] {
                 Worker::Live(pid) => {
                     if let Some((_, pidfd)) = &lock(&self.inner.procs).workers[w] {
                         os::pidfd_kill(pidfd);
                         os::pidfd_exited(pidfd, KILL_PATIENCE.as_millis() as i32);
+                        // Orphans come to us if we are a subreaper or PID 1.
+                        os::reap_pidfd(pidfd);
                     }
-                    let unknown = os::ExitStatus {
-                        signal: None,
-                        code: None,
-                    };
                     self.on_death(w, pid, unknown);
                 }
-                Worker::Requested(_) => self.workers[w] = Worker::Missing,
+                Worker::Requested(_) => {
+                    self.workers[w] = Worker::Missing;
+                    self.settle(w, 0, unknown);
+                }
                 Worker::Missing => {}
             }
         }
@@ -402,16 +493,18 @@ impl Supervisor {
             };
             let rec = self.inner.region.record(w);
             // ORDERING: Acquire: pairs with the worker's Release store of the
-            // phase, after it stored `started_ns`.
-            if self.timed_out[w] || rec.phase.load(Acquire) != PHASE_RUNNING {
+            // phase, after it stored `started_ns` and its range.
+            if self.timed_out[w].is_some() || rec.phase.load(Acquire) != PHASE_RUNNING {
                 continue;
             }
             // ORDERING: Relaxed: ordered by the Acquire above. A value from
             // the future (scribbled) never expires.
             let started = rec.started_ns.load(Relaxed);
             if started <= now && now - started > limit_ns {
+                // ORDERING: Relaxed: as above; compared again after the death.
+                let at = (rec.slot.load(Relaxed), rec.start.load(Relaxed), started);
                 os::pidfd_kill(pidfd);
-                self.timed_out[w] = true;
+                self.timed_out[w] = Some(at);
             }
         }
     }
@@ -513,6 +606,11 @@ impl Supervisor {
         for (_, pidfd) in &workers {
             let left = deadline.saturating_duration_since(Instant::now());
             os::pidfd_exited(pidfd, left.as_millis() as i32);
+        }
+        // The template reaps its workers; orphans of a dead template come to
+        // us if we are a subreaper or PID 1.
+        if self.template.is_none() {
+            workers.iter().for_each(|(_, pidfd)| os::reap_pidfd(pidfd));
         }
         self.workers.iter_mut().for_each(|w| *w = Worker::Missing);
         if let Some(template) = self.template.take() {

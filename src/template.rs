@@ -37,6 +37,8 @@ pub(crate) const SPAWN: u64 = 1;
 pub(crate) const SPAWNED: u64 = 2;
 pub(crate) const SPAWN_FAILED: u64 = 3;
 pub(crate) const DIED: u64 = 4;
+/// The status word of a `DIED` report when `waitpid` could not tell.
+const STATUS_UNKNOWN: u32 = u32::MAX;
 
 /// How often the template checks that its parent is alive, in case the
 /// socket's hang-up is missed (belt and braces).
@@ -94,14 +96,17 @@ impl Template {
     ) -> io::Result<Template> {
         let (ours, theirs) = os::seqpacket_pair()?;
         let parent = os::getpid();
-        let stdio = hold_stdio.then(|| {
+        let mut stdio = hold_stdio.then(|| {
             let out = io::stdout().lock();
             let err = io::stderr().lock();
             (out, err)
         });
         // Workers inherit the stdout buffer; flushing now keeps a task that
-        // prints from printing the parent's pending output again.
-        let _ = io::stdout().flush();
+        // prints from printing the parent's pending output again. Only with
+        // the lock held already: a re-fork must not wait for stdout.
+        if let Some((out, _)) = &mut stdio {
+            let _ = out.flush();
+        }
         // SAFETY: the child runs only `serve`, which never returns and ends
         // with `_exit`. It takes no lock another thread could hold except
         // stdout's and stderr's, which this thread holds across the fork and
@@ -136,9 +141,10 @@ impl Template {
         }
     }
 
-    /// Asks for worker `index`; the answer arrives as a `Report`.
+    /// Asks for worker `index`; the answer arrives as a `Report`. Never
+    /// blocks: a full socket is `WouldBlock` (ask again later).
     pub(crate) fn request(&self, index: usize) -> io::Result<()> {
-        os::send_message(self.sock.as_raw_fd(), &[SPAWN, index as u64, 0], None)
+        os::send_message(self.sock.as_raw_fd(), &[SPAWN, index as u64, 0], None, true)
     }
 
     /// Reads one report without blocking. `Ok(None)`: the template is gone;
@@ -162,7 +168,13 @@ impl Template {
             DIED => Report::Died {
                 index,
                 pid: arg as u32,
-                status: os::decode_status((arg >> 32) as i32),
+                status: match (arg >> 32) as u32 {
+                    STATUS_UNKNOWN => os::ExitStatus {
+                        signal: None,
+                        code: None,
+                    },
+                    raw => os::decode_status(raw as i32),
+                },
             },
             _ => return Err(bad()),
         }))
@@ -200,9 +212,12 @@ struct Child {
 fn serve(region: &Region, event_fd: RawFd, sock: RawFd, parent: u32, config: WorkerConfig) -> ! {
     set_in_worker();
     // SAFETY: signal/sigprocmask only change this single-threaded process's
-    // dispositions. The terminal's Ctrl-C is for the parent to handle.
+    // dispositions. The terminal's Ctrl-C is for the parent to handle; a
+    // parent that ignores SIGCHLD would make the kernel reap our workers
+    // before we learn how they died.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
@@ -239,9 +254,9 @@ fn serve(region: &Region, event_fd: RawFd, sock: RawFd, parent: u32, config: Wor
             }
             fds.remove(i + 1);
             let c = children.remove(i);
-            let raw = os::wait_raw(c.pid).unwrap_or(0);
-            let arg = u64::from(c.pid) | (u64::from(raw as u32) << 32);
-            gone |= os::send_message(sock, &[DIED, c.index as u64, arg], None).is_err();
+            let raw = os::wait_raw(c.pid).map_or(STATUS_UNKNOWN, |r| r as u32);
+            let arg = u64::from(c.pid) | (u64::from(raw) << 32);
+            gone |= os::send_message(sock, &[DIED, c.index as u64, arg], None, false).is_err();
         }
         if gone || fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
             break;
@@ -258,13 +273,14 @@ fn serve(region: &Region, event_fd: RawFd, sock: RawFd, parent: u32, config: Wor
                             sock,
                             &[SPAWNED, index as u64, u64::from(child.pid)],
                             Some(child.pidfd.as_raw_fd()),
+                            false,
                         );
                         children.push(child);
                         sent
                     }
                     Err(e) => {
                         let errno = e.raw_os_error().unwrap_or(libc::EIO) as u64;
-                        os::send_message(sock, &[SPAWN_FAILED, index as u64, errno], None)
+                        os::send_message(sock, &[SPAWN_FAILED, index as u64, errno], None, false)
                     }
                 };
                 if reply.is_err() {

@@ -117,6 +117,8 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
             return EXIT_INIT_FAILED;
         }
     }
+    // ORDERING: Relaxed: the supervisor reads it after the process is gone.
+    rec.ready.store(1, Relaxed);
     let mut budget = match ctx.config.max_tasks {
         0 => u64::MAX,
         n => n,
@@ -255,23 +257,22 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
     let mut ran = false;
     'visit: loop {
         // Retries first: they are the oldest work of the job.
-        for (i, entry) in slot.redo.0.iter().enumerate() {
+        let mine = REDO_CLAIMED + ctx.index as u32;
+        for entry in &slot.redo.0 {
             if *budget == 0 {
                 break 'visit;
             }
             // ORDERING: AcqRel: acquires the range the supervisor stored
             // before its Release (SeqCst) store of READY; the exchange makes
-            // the entry ours alone.
+            // the entry ours alone, and names us as its owner.
             if entry.state.load(Acquire) != REDO_READY
                 || entry
                     .state
-                    .compare_exchange(REDO_READY, REDO_CLAIMED, AcqRel, Relaxed)
+                    .compare_exchange(REDO_READY, mine, AcqRel, Relaxed)
                     .is_err()
             {
                 continue;
             }
-            // ORDERING: Relaxed: only the supervisor reads it, after reaping.
-            rec.redo.store(i as u32, Relaxed);
             // ORDERING: Relaxed: ordered by the exchange above.
             let (start, end) = (entry.start.load(Relaxed), entry.end.load(Relaxed));
             if start < end && end <= len {
@@ -289,8 +290,6 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
             *budget -= 1;
             // ORDERING: Release: the entry may be reused once we are done.
             entry.state.store(REDO_EMPTY, Release);
-            // ORDERING: Relaxed: see above.
-            rec.redo.store(NO_REDO, Relaxed);
         }
         loop {
             if *budget == 0 {
