@@ -172,6 +172,18 @@ impl Inner {
         }
     }
 
+    /// Elements of job `seq` in slot `s` accounted for so far (capped at its
+    /// length: the counter is in shared memory), or `None` if the slot no
+    /// longer holds the job.
+    pub(crate) fn done_so_far(&self, s: usize, seq: u64) -> Option<u64> {
+        let ring = self.ring();
+        ring.holds(s, seq).then(|| {
+            // ORDERING: Relaxed: a progress figure; validated by the cap.
+            let done = self.region.slot(s).done.0.load(Relaxed);
+            done.min(ring.job_len(s))
+        })
+    }
+
     /// Cancels the asynchronous job `seq` in slot `s` if it is unfinished,
     /// answering its cell with `Cancelled` at once.
     pub(crate) fn cancel(&self, s: usize, seq: u64) {

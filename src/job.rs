@@ -35,6 +35,8 @@ pub(crate) struct JobArgs {
     pub(crate) out_off: u64,
     pub(crate) ctx_off: u64,
     pub(crate) len: u64,
+    /// The claim size (at least 1): ranges start at multiples of it.
+    pub(crate) chunk: u64,
 }
 
 /// A descriptor that points outside the region or is misaligned.
@@ -54,7 +56,7 @@ impl JobArgs {
     /// A pointer to element `start` of an array of `count` values of `T` at
     /// region offset `off`, after checking that the whole array lies in the
     /// region, is aligned, and that `start <= end <= count`.
-    fn elems<T>(
+    pub(crate) fn elems<T>(
         &self,
         off: u64,
         count: u64,
@@ -87,7 +89,7 @@ impl JobArgs {
 /// A value of `F` must have existed: the parent held one when it submitted
 /// the job, so `F` is inhabited; `F: Copy`, so making another is the same as
 /// copying that one.
-unsafe fn conjure<F: Copy>() -> F {
+pub(crate) unsafe fn conjure<F: Copy>() -> F {
     // The same check as the public entry points: one error for the user.
     assert_no_captures::<F>();
     // SAFETY: reading a zero-sized type from a dangling, aligned pointer reads
@@ -166,6 +168,212 @@ where
     Ok(())
 }
 
+/// Where the second and third inputs of `map3` lie (region offsets).
+pub(crate) type MoreInputs = [u64; 2];
+
+/// The trampoline of `map2`: `out[i] = f(a[i], b[i])`; `b` is at `ctx_off`.
+///
+/// # Safety
+/// See [`run_map`].
+pub(crate) unsafe fn run_map2<A, B, U, F>(
+    a: &JobArgs,
+    start: usize,
+    end: usize,
+) -> Result<(), BadDescriptor>
+where
+    A: Pod,
+    B: Pod,
+    U: Pod,
+    F: Fn(A, B) -> U + Copy,
+{
+    let xs = a.elems::<A>(a.in_off, a.len, start, end)?;
+    let ys = a.elems::<B>(a.ctx_off, a.len, start, end)?;
+    let output = a.elems::<U>(a.out_off, a.len, start, end)?;
+    let n = end - start;
+    // SAFETY: as in `run_map`; both inputs are read-only for the job's life.
+    let (xs, ys, output) = unsafe {
+        (
+            slice::from_raw_parts(xs, n),
+            slice::from_raw_parts(ys, n),
+            slice::from_raw_parts_mut(output, n),
+        )
+    };
+    // SAFETY: the parent held an `F` when it submitted the job.
+    let f = unsafe { conjure::<F>() };
+    for ((o, &x), &y) in output.iter_mut().zip(xs).zip(ys) {
+        *o = f(x, y);
+    }
+    Ok(())
+}
+
+/// The trampoline of `map3`: `out[i] = f(a[i], b[i], c[i])`; the offsets of
+/// `b` and `c` are in a `MoreInputs` at `ctx_off`.
+///
+/// # Safety
+/// See [`run_map`].
+pub(crate) unsafe fn run_map3<A, B, C, U, F>(
+    a: &JobArgs,
+    start: usize,
+    end: usize,
+) -> Result<(), BadDescriptor>
+where
+    A: Pod,
+    B: Pod,
+    C: Pod,
+    U: Pod,
+    F: Fn(A, B, C) -> U + Copy,
+{
+    let more = a.elems::<MoreInputs>(a.ctx_off, 1, 0, 1)?;
+    // SAFETY: checked to lie in the mapping, aligned; any bits are valid.
+    let more = unsafe { more.read() };
+    let xs = a.elems::<A>(a.in_off, a.len, start, end)?;
+    let ys = a.elems::<B>(more[0], a.len, start, end)?;
+    let zs = a.elems::<C>(more[1], a.len, start, end)?;
+    let output = a.elems::<U>(a.out_off, a.len, start, end)?;
+    let n = end - start;
+    // SAFETY: as in `run_map`; the inputs are read-only for the job's life.
+    let (xs, ys, zs, output) = unsafe {
+        (
+            slice::from_raw_parts(xs, n),
+            slice::from_raw_parts(ys, n),
+            slice::from_raw_parts(zs, n),
+            slice::from_raw_parts_mut(output, n),
+        )
+    };
+    // SAFETY: the parent held an `F` when it submitted the job.
+    let f = unsafe { conjure::<F>() };
+    for (((o, &x), &y), &z) in output.iter_mut().zip(xs).zip(ys).zip(zs) {
+        *o = f(x, y, z);
+    }
+    Ok(())
+}
+
+/// The trampoline of `map_chunks`: `f(&in[start..end], &mut out[start..end])`.
+///
+/// # Safety
+/// See [`run_map`].
+pub(crate) unsafe fn run_chunks<T, U, F>(
+    a: &JobArgs,
+    start: usize,
+    end: usize,
+) -> Result<(), BadDescriptor>
+where
+    T: Pod,
+    U: Pod,
+    F: Fn(&[T], &mut [U]) + Copy,
+{
+    let input = a.elems::<T>(a.in_off, a.len, start, end)?;
+    let output = a.elems::<U>(a.out_off, a.len, start, end)?;
+    let n = end - start;
+    // SAFETY: as in `run_map`.
+    let (input, output) = unsafe {
+        (
+            slice::from_raw_parts(input, n),
+            slice::from_raw_parts_mut(output, n),
+        )
+    };
+    // SAFETY: the parent held an `F` when it submitted the job.
+    let f = unsafe { conjure::<F>() };
+    f(input, output);
+    Ok(())
+}
+
+/// The trampoline of `map_in_place`: `v[i] = f(v[i])`, the vector being at
+/// `in_off` (and `out_off`).
+///
+/// # Safety
+/// See [`run_map`]; the parent holds the vector exclusively for the job.
+pub(crate) unsafe fn run_in_place<T, F>(
+    a: &JobArgs,
+    start: usize,
+    end: usize,
+) -> Result<(), BadDescriptor>
+where
+    T: Pod,
+    F: Fn(T) -> T + Copy,
+{
+    let data = a.elems::<T>(a.in_off, a.len, start, end)?;
+    // SAFETY: checked to lie in the mapping and be aligned; this worker alone
+    // claimed `start..end`, and the parent holds the vector exclusively.
+    let data = unsafe { slice::from_raw_parts_mut(data, end - start) };
+    // SAFETY: the parent held an `F` when it submitted the job.
+    let f = unsafe { conjure::<F>() };
+    for x in data {
+        *x = f(*x);
+    }
+    Ok(())
+}
+
+/// The trampoline of `map_reduce`: folds `map(in[i])` over `start..end` from
+/// the identity (at `ctx_off`) with `reduce`, and writes the range's partial
+/// to `partials[start / chunk]` (at `out_off`; `ceil(len / chunk)` of them).
+///
+/// # Safety
+/// See [`run_map`].
+pub(crate) unsafe fn run_reduce<T, A, M, R>(
+    a: &JobArgs,
+    start: usize,
+    end: usize,
+) -> Result<(), BadDescriptor>
+where
+    T: Pod,
+    A: Pod,
+    M: Fn(T) -> A + Copy,
+    R: Fn(A, A) -> A + Copy,
+{
+    let chunk = a.chunk.max(1);
+    let parts = a.len.div_ceil(chunk);
+    let index = start as u64 / chunk;
+    if start as u64 % chunk != 0 {
+        return Err(BadDescriptor);
+    }
+    let identity = a.elems::<A>(a.ctx_off, 1, 0, 1)?;
+    let input = a.elems::<T>(a.in_off, a.len, start, end)?;
+    let partial = a.elems::<A>(a.out_off, parts, index as usize, index as usize + 1)?;
+    // SAFETY: as in `run_map`: checked, aligned, initialised Pod memory; the
+    // identity is read-only; partial `index` belongs to this range alone.
+    let (identity, input) = unsafe { (identity.read(), slice::from_raw_parts(input, end - start)) };
+    // SAFETY: the parent held an `M` and an `R` when it submitted the job.
+    let (map, reduce) = unsafe { (conjure::<M>(), conjure::<R>()) };
+    let acc = input.iter().fold(identity, |acc, &x| reduce(acc, map(x)));
+    // SAFETY: see above.
+    unsafe { partial.write(acc) };
+    Ok(())
+}
+
+/// The trampoline of `map_indexed`: `out[i] = f(&in, i)`, where every call
+/// sees the whole input (stencils, neighbours).
+///
+/// # Safety
+/// See [`run_map`].
+pub(crate) unsafe fn run_indexed<T, U, F>(
+    a: &JobArgs,
+    start: usize,
+    end: usize,
+) -> Result<(), BadDescriptor>
+where
+    T: Pod,
+    U: Pod,
+    F: Fn(&[T], usize) -> U + Copy,
+{
+    let len = usize::try_from(a.len).map_err(|_| BadDescriptor)?;
+    let input = a.elems::<T>(a.in_off, a.len, 0, len)?;
+    let output = a.elems::<U>(a.out_off, a.len, start, end)?;
+    // SAFETY: as in `run_map`; the whole input is read-only for the job.
+    let (input, output) = unsafe {
+        (
+            slice::from_raw_parts(input, len),
+            slice::from_raw_parts_mut(output, end - start),
+        )
+    };
+    // SAFETY: the parent held an `F` when it submitted the job.
+    let f = unsafe { conjure::<F>() };
+    for (k, o) in output.iter_mut().enumerate() {
+        *o = f(input, start + k);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +386,7 @@ mod tests {
             out_off,
             ctx_off: 0,
             len,
+            chunk: 1,
         }
     }
 

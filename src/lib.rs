@@ -49,10 +49,15 @@ compile_error!("shmpool uses memfd, eventfd, futexes and pidfds: it supports Lin
 mod arena;
 mod builder;
 mod error;
+mod global;
+mod imap;
 mod inner;
 mod input;
 mod job;
 mod layout;
+#[cfg(feature = "ndarray")]
+mod nd;
+mod numeric;
 mod os;
 mod pool;
 mod region;
@@ -69,7 +74,13 @@ mod worker;
 pub use builder::Builder;
 pub use bytemuck;
 pub use error::Error;
+pub use global::{global, try_global};
+pub use imap::Imap;
 pub use input::AsyncInput;
+#[cfg(feature = "ndarray")]
+pub use nd::ShmArray;
+#[cfg(feature = "ndarray")]
+pub use ndarray;
 pub use pool::Pool;
 pub use result::AsyncResult;
 pub use shmvec::ShmVec;

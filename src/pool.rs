@@ -70,6 +70,21 @@ pub struct Pool {
     pub(crate) threads: Vec<JoinHandle<()>>,
 }
 
+/// A job ready to submit: where its pieces are, and who waits for it.
+pub(crate) struct Parts {
+    pub(crate) len: usize,
+    pub(crate) chunk: usize,
+    pub(crate) run: RunFn,
+    pub(crate) input: (Loc, Option<Alloc>),
+    /// A further block the job owns (a second staged input).
+    pub(crate) more: Option<Alloc>,
+    pub(crate) ctx: Option<(Loc, Option<Alloc>)>,
+    /// The output block; `None` for a job that writes its input in place.
+    pub(crate) out: Option<Alloc>,
+    pub(crate) inline: InlineData,
+    pub(crate) waiter: Waiter,
+}
+
 /// The default range size: about `CHUNKS_PER_WORKER` ranges per worker;
 /// large ranges end on page boundaries of the output.
 fn default_chunk(len: usize, workers: usize, out_size: usize) -> usize {
@@ -80,7 +95,7 @@ fn default_chunk(len: usize, workers: usize, out_size: usize) -> usize {
     per.next_multiple_of((MAX_ALIGN / out_size).max(1))
 }
 
-fn check_align<T>() -> Result<(), Error> {
+pub(crate) fn check_align<T>() -> Result<(), Error> {
     if align_of::<T>() > MAX_ALIGN {
         return Err(Error::invalid(format!(
             "types aligned to more than {MAX_ALIGN} bytes cannot live in shared memory"
@@ -99,7 +114,7 @@ fn byte_len<T>(len: usize) -> Result<usize, Error> {
 }
 
 /// Gives a `map` outcome its type.
-fn into_vec<U: Pod>(raw: RawOut, len: usize) -> ShmVec<U> {
+pub(crate) fn into_vec<U: Pod>(raw: RawOut, len: usize) -> ShmVec<U> {
     match raw {
         // SAFETY: the block was allocated for `len` values of `U` with `U`'s
         // alignment, every range has run, and the job released it.
@@ -226,7 +241,7 @@ impl Pool {
         Ok(unsafe { ShmVec::from_alloc(block, data.len()) })
     }
 
-    fn alloc<T: Pod>(&self, len: usize) -> Result<(Alloc, usize), Error> {
+    pub(crate) fn alloc<T: Pod>(&self, len: usize) -> Result<(Alloc, usize), Error> {
         if in_worker() {
             return Err(Error::WouldDeadlock {
                 reason: "a task allocated from the pool that runs it",
@@ -415,7 +430,7 @@ impl Pool {
 
     /// What every task-taking call checks first: that `f` captures nothing
     /// (at compile time), and that the pool accepts work from here.
-    fn prologue<F>(&self, f: F) -> Result<(), Error> {
+    pub(crate) fn prologue<F>(&self, f: F) -> Result<(), Error> {
         assert_no_captures::<F>();
         // `f` is zero-sized: the worker conjures its own copy.
         let _ = f;
@@ -423,7 +438,7 @@ impl Pool {
     }
 
     /// Places a by-value argument: in the slot if it fits, else in the arena.
-    fn place_value<V: Pod>(
+    pub(crate) fn place_value<V: Pod>(
         &self,
         v: &V,
         inline: &mut InlineData,
@@ -438,13 +453,13 @@ impl Pool {
     }
 
     /// An offset for inputs that occupy no bytes.
-    fn nowhere(&self) -> Loc {
+    pub(crate) fn nowhere(&self) -> Loc {
         Loc::Arena(self.inner.region.layout().arena_off as u64)
     }
 
     /// For a blocking call: finds `input` in the arena (read in place, as the
     /// call borrows it until the job is harvested), or copies it there.
-    fn place_input<T: Pod>(&self, input: &[T]) -> Result<(Loc, Option<Alloc>), Error> {
+    pub(crate) fn place_input<T: Pod>(&self, input: &[T]) -> Result<(Loc, Option<Alloc>), Error> {
         match self
             .inner
             .region
@@ -456,7 +471,7 @@ impl Pool {
     }
 
     /// Copies `input` into a block the job will own.
-    fn stage<T: Pod>(&self, input: &[T]) -> Result<(Loc, Option<Alloc>), Error> {
+    pub(crate) fn stage<T: Pod>(&self, input: &[T]) -> Result<(Loc, Option<Alloc>), Error> {
         let bytes = size_of_val(input);
         if bytes == 0 {
             return Ok((self.nowhere(), None));
@@ -476,29 +491,56 @@ impl Pool {
     fn submit_map<U: Pod>(
         &self,
         len: usize,
-        (in_loc, staged): (Loc, Option<Alloc>),
+        input: (Loc, Option<Alloc>),
         run: RunFn,
         ctx: Option<(Loc, Option<Alloc>)>,
         inline: InlineData,
         waiter: Waiter,
     ) -> Result<(usize, u64), Error> {
         let (out, _) = self.alloc::<U>(len)?;
-        let (ctx_loc, ctx_block) = ctx.unwrap_or((self.nowhere(), None));
-        let chunk = match self.inner.config.chunk_size {
-            Some(c) => c.min(len),
+        self.submit_parts(Parts {
+            len,
+            chunk: self.chunk_for::<U>(len),
+            run,
+            input,
+            more: None,
+            ctx,
+            out: Some(out),
+            inline,
+            waiter,
+        })
+    }
+
+    /// The claim size of a map over `len` elements producing `U`s: the
+    /// pool's `chunk_size`, or about four ranges per worker.
+    pub(crate) fn chunk_for<U>(&self, len: usize) -> usize {
+        match self.inner.config.chunk_size {
+            Some(c) => c.min(len).max(1),
             None => default_chunk(len, self.inner.workers, size_of::<U>()),
+        }
+    }
+
+    /// Submits a job whose pieces are placed.
+    pub(crate) fn submit_parts(&self, p: Parts) -> Result<(usize, u64), Error> {
+        let (in_loc, staged) = p.input;
+        let (ctx_loc, ctx_block) = p.ctx.unwrap_or((self.nowhere(), None));
+        let chunk = p.chunk.max(1);
+        let (output, out) = match p.out {
+            Some(block) => (Loc::Arena(block.off()), Out::Block(block)),
+            // In place: the output is the input.
+            None => (in_loc, Out::Nothing),
         };
         let spec = Spec {
-            run: run as usize,
+            run: p.run as usize,
             input: in_loc,
-            output: Loc::Arena(out.off()),
+            output,
             ctx: ctx_loc,
-            len: len as u64,
+            len: p.len as u64,
             chunk: chunk as u64,
-            inline,
+            inline: p.inline,
         };
-        let job = Job::new(len as u64, Out::Block(out), [staged, ctx_block], waiter);
-        let tokens = len.div_ceil(chunk).min(self.inner.workers) as u32;
+        let job = Job::new(p.len as u64, out, [staged, ctx_block, p.more], p.waiter);
+        let tokens = p.len.div_ceil(chunk).min(self.inner.workers) as u32;
         self.inner.submit(&spec, job, tokens)
     }
 
@@ -534,7 +576,7 @@ impl Pool {
             chunk: 1,
             inline,
         };
-        let job = Job::new(1, out, [staged, None], waiter);
+        let job = Job::new(1, out, [staged, None, None], waiter);
         self.inner.submit(&spec, job, 1)
     }
 

@@ -11,6 +11,8 @@
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::thread::{self, ThreadId};
@@ -52,6 +54,8 @@ pub(crate) struct Cell<R> {
     /// Gives a raw outcome its type.
     convert: fn(RawOut, usize) -> R,
     len: usize,
+    /// The most elements seen done, so `progress` never goes backwards.
+    progress: AtomicU64,
 }
 
 impl<R> Cell<R> {
@@ -64,6 +68,7 @@ impl<R> Cell<R> {
             done: Condvar::new(),
             convert,
             len,
+            progress: AtomicU64::new(0),
         }
     }
 }
@@ -179,6 +184,36 @@ impl<R: Send + 'static> AsyncResult<R> {
         if let Some((s, seq)) = self.ticket {
             self.inner.cancel(s, seq);
         }
+    }
+
+    /// `(done, total)`, counted in elements: how far the job has got. It
+    /// never goes backwards, and it reads `(total, total)` once the job is
+    /// complete (successfully or not; elements skipped after a failure count
+    /// as done). `total` is the input's length (1 for `apply_async`).
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let r = pool.map_async(&[1u8; 1000], |x| x + 1)?;
+    /// let (done, total) = r.progress();
+    /// assert!(done <= total && total == 1000);
+    /// r.wait();
+    /// assert_eq!(r.progress(), (1000, 1000));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn progress(&self) -> (usize, usize) {
+        let total = self.cell.len;
+        let now = if self.ready() {
+            total as u64
+        } else {
+            match self.ticket {
+                Some((s, seq)) => self.inner.done_so_far(s, seq).unwrap_or(total as u64),
+                None => total as u64,
+            }
+        };
+        // ORDERING: Relaxed: a monotonic statistic; `fetch_max` keeps it from
+        // going backwards whatever order threads observe.
+        let best = self.cell.progress.fetch_max(now, Relaxed).max(now);
+        (best.min(total as u64) as usize, total)
     }
 
     /// Lets the job run to completion unwatched: dropping this result no

@@ -39,6 +39,8 @@ pub(crate) enum RawOut {
 /// Where a job's result will be.
 pub(crate) enum Out {
     Block(Alloc),
+    /// Nothing to hand back: the job wrote its input in place.
+    Nothing,
     /// At this offset within the slot's inline area.
     Inline {
         rel: u64,
@@ -72,8 +74,8 @@ pub(crate) struct Job {
     pub(crate) seq: u64,
     pub(crate) len: u64,
     pub(crate) out: Out,
-    /// Blocks the job owns until it finishes: a staged input, a context.
-    pub(crate) _holds: [Option<Alloc>; 2],
+    /// Blocks the job owns until it finishes: staged inputs, a context.
+    pub(crate) _holds: [Option<Alloc>; 3],
     /// Set by the parent when the job failed outside the workers' view (a
     /// worker died, the pool was terminated).
     pub(crate) failure: Option<Error>,
@@ -85,7 +87,7 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    pub(crate) fn new(len: u64, out: Out, holds: [Option<Alloc>; 2], waiter: Waiter) -> Self {
+    pub(crate) fn new(len: u64, out: Out, holds: [Option<Alloc>; 3], waiter: Waiter) -> Self {
         Job {
             seq: 0,
             len,
@@ -332,6 +334,14 @@ impl Ring {
     /// Whether slot `s` holds job `seq`.
     pub(crate) fn holds(&self, s: usize, seq: u64) -> bool {
         matches!(&self.phases[s], Phase::Busy(j) if j.seq == seq)
+    }
+
+    /// The length of the job in slot `s` (0 if there is none).
+    pub(crate) fn job_len(&self, s: usize) -> u64 {
+        match &self.phases[s] {
+            Phase::Busy(job) => job.len,
+            _ => 0,
+        }
     }
 
     /// The number of slots.
@@ -625,6 +635,7 @@ impl Ring {
         }
         let outcome = verdict.map(|()| match job.out {
             Out::Block(block) => RawOut::Block(block),
+            Out::Nothing => RawOut::Empty,
             Out::Inline { rel, size } => {
                 let mut bytes = [0u8; INLINE_CAP];
                 let size = size.min(INLINE_CAP - (rel as usize).min(INLINE_CAP));

@@ -249,6 +249,7 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
             out_off: d.out_off.load(Relaxed),
             ctx_off: d.ctx_off.load(Relaxed),
             len,
+            chunk,
         },
         run,
         len,

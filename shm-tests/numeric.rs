@@ -1,0 +1,301 @@
+//! The numeric maps (`map2`, `map3`, `map_chunks`, `map_indexed`,
+//! `map_in_place`, `map_reduce`), `progress()` and `global()`, each checked
+//! against its serial equivalent, at lengths 0, 1 and lengths that do not
+//! divide evenly into ranges.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Rng, deadline};
+use shmpool::{Error, Pool};
+
+/// Lengths to try: empty, one, primes, and one that no chunking divides.
+const LENS: [usize; 6] = [0, 1, 7, 1000, 65_537, 1_000_003];
+
+fn data(n: usize, seed: u64) -> Vec<f64> {
+    let mut r = Rng(seed | 1);
+    (0..n)
+        .map(|_| (r.below(1 << 20) as f64) / 1024.0 - 512.0)
+        .collect()
+}
+
+#[test]
+fn map2_and_map3_match_serial_zips() {
+    deadline(120, || {
+        let pool = Pool::new(2).unwrap();
+        for n in LENS {
+            let (a, b, c) = (data(n, 1), data(n, 2), data(n, 3));
+            let want2: Vec<f64> = a.iter().zip(&b).map(|(x, y)| 2.5 * x + y).collect();
+            assert_eq!(
+                pool.map2(&a, &b, |x, y| 2.5 * x + y).unwrap(),
+                want2,
+                "n = {n}"
+            );
+            // In place (both in shared memory) and mixed.
+            let (sa, sb) = (pool.to_shm(&a).unwrap(), pool.to_shm(&b).unwrap());
+            let staged = pool.stats().bytes_staged;
+            assert_eq!(pool.map2(&sa, &sb, |x, y| 2.5 * x + y).unwrap(), want2);
+            assert_eq!(pool.stats().bytes_staged, staged, "zero copies");
+            assert_eq!(pool.map2(&sa, &b, |x, y| 2.5 * x + y).unwrap(), want2);
+            let want3: Vec<f64> = (0..n).map(|i| a[i].mul_add(b[i], c[i])).collect();
+            assert_eq!(
+                pool.map3(&a, &b, &c, |x, y, z| x.mul_add(y, z)).unwrap(),
+                want3
+            );
+        }
+        // Different element types, different output type.
+        let ids: Vec<u32> = (0..1000).collect();
+        let flags: Vec<u8> = (0..1000).map(|i| (i % 3) as u8).collect();
+        let got = pool
+            .map2(&ids, &flags, |i, f| u64::from(i) * u64::from(f))
+            .unwrap();
+        assert!(
+            got.iter()
+                .enumerate()
+                .all(|(i, &g)| g == i as u64 * (i as u64 % 3))
+        );
+    })
+}
+
+#[test]
+fn zips_of_different_lengths_are_refused() {
+    deadline(60, || {
+        let pool = Pool::new(1).unwrap();
+        let err = pool.map2(&[1u8, 2], &[1u8], |x, y| x + y).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+        let err = pool
+            .map3(&[1u8], &[1u8], &[] as &[u8], |x, y, z| x + y + z)
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+        assert_eq!(pool.stats().jobs_submitted, 0);
+    })
+}
+
+#[test]
+fn map_chunks_sees_whole_ranges_that_partition_the_input() {
+    deadline(120, || {
+        for chunk in [None, Some(1), Some(333)] {
+            let mut b = Pool::builder().workers(2);
+            if let Some(c) = chunk {
+                b = b.chunk_size(c);
+            }
+            let pool = b.build().unwrap();
+            for n in LENS {
+                let xs: Vec<u64> = (0..n as u64).collect();
+                // Each range writes x * 2 + its own length's parity into the
+                // low bit, so the test sees both the values and range sizes.
+                let ys = pool
+                    .map_chunks(&xs, |inp: &[u64], out: &mut [u64]| {
+                        for (o, &x) in out.iter_mut().zip(inp) {
+                            *o = x * 2;
+                        }
+                        out[0] += 1; // marks each range's first element
+                    })
+                    .unwrap();
+                assert_eq!(ys.len(), n);
+                let starts: Vec<usize> = (0..n).filter(|&i| ys[i] % 2 == 1).collect();
+                assert!(ys.iter().enumerate().all(|(i, &y)| y / 2 == i as u64));
+                if n > 0 {
+                    assert_eq!(starts[0], 0, "ranges start at 0");
+                    if let Some(c) = chunk {
+                        assert!(starts.iter().all(|s| s % c == 0), "chunk {c}, n {n}");
+                        assert_eq!(starts.len(), n.div_ceil(c));
+                    }
+                }
+            }
+        }
+    })
+}
+
+#[test]
+fn map_indexed_runs_a_stencil_like_serial_code() {
+    deadline(120, || {
+        let pool = Pool::new(2).unwrap();
+        for n in LENS {
+            let xs = data(n, 7);
+            let serial: Vec<f64> = (0..n)
+                .map(|i| {
+                    let lo = i.saturating_sub(2);
+                    let hi = (i + 2).min(n - 1);
+                    xs[lo..=hi].iter().sum::<f64>()
+                })
+                .collect();
+            let got = pool
+                .map_indexed(&xs, |x: &[f64], i| {
+                    let lo = i.saturating_sub(2);
+                    let hi = (i + 2).min(x.len() - 1);
+                    x[lo..=hi].iter().sum::<f64>()
+                })
+                .unwrap();
+            assert_eq!(got, serial, "n = {n}");
+        }
+    })
+}
+
+#[test]
+fn map_in_place_matches_serial_and_refuses_foreign_vectors() {
+    deadline(120, || {
+        let pool = Pool::new(2).unwrap();
+        for n in LENS {
+            let xs = data(n, 11);
+            let mut v = pool.to_shm(&xs).unwrap();
+            let in_use = pool.stats().arena_in_use;
+            pool.map_in_place(&mut v, |x| x * x - 1.0).unwrap();
+            let want: Vec<f64> = xs.iter().map(|x| x * x - 1.0).collect();
+            assert_eq!(v, want, "n = {n}");
+            assert_eq!(pool.stats().arena_in_use, in_use, "no output block");
+        }
+        let other = Pool::new(1).unwrap();
+        let mut foreign = other.to_shm(&[1u32, 2]).unwrap();
+        let err = pool.map_in_place(&mut foreign, |x| x + 1).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+        assert_eq!(foreign, vec![1, 2]);
+        // A failure leaves the vector usable (partly mapped).
+        let mut v = pool.to_shm(&[1u32; 100]).unwrap();
+        let err = pool
+            .map_in_place(&mut v, |x| {
+                assert!(x != 1, "boom");
+                x
+            })
+            .unwrap_err();
+        assert!(matches!(err, Error::TaskPanicked { .. }));
+        assert_eq!(v.len(), 100);
+    })
+}
+
+#[test]
+fn map_reduce_matches_serial_folds() {
+    deadline(120, || {
+        let pool = Pool::new(2).unwrap();
+        for n in LENS {
+            let xs: Vec<u64> = (0..n as u64).collect();
+            // Exact arithmetic: any association gives the serial answer.
+            let sum_sq = pool.map_reduce(&xs, |x| x * x, |a, b| a + b, 0).unwrap();
+            assert_eq!(sum_sq, xs.iter().map(|x| x * x).sum::<u64>(), "n = {n}");
+            let max = pool.map_reduce(&xs, |x| x ^ 0x5555, u64::max, 0).unwrap();
+            assert_eq!(max, xs.iter().map(|x| x ^ 0x5555).max().unwrap_or(0));
+            // A Pod accumulator: (count, sum, min, max).
+            let stats = pool
+                .map_reduce(
+                    &xs,
+                    |x| [1, x, x, x],
+                    |a, b| [a[0] + b[0], a[1] + b[1], a[2].min(b[2]), a[3].max(b[3])],
+                    [0, 0, u64::MAX, 0],
+                )
+                .unwrap();
+            let want = if n == 0 {
+                [0, 0, u64::MAX, 0]
+            } else {
+                [n as u64, xs.iter().sum(), 0, n as u64 - 1]
+            };
+            assert_eq!(stats, want);
+        }
+        // Empty input: the identity, no job.
+        let jobs = pool.stats().jobs_submitted;
+        assert_eq!(
+            pool.map_reduce(&[] as &[f64], |x| x, |a, b| a + b, 42.0)
+                .unwrap(),
+            42.0
+        );
+        assert_eq!(pool.stats().jobs_submitted, jobs);
+    })
+}
+
+#[test]
+fn floating_point_reductions_are_deterministic() {
+    deadline(120, || {
+        let xs = data(1_000_003, 5);
+        let two = Pool::new(2).unwrap();
+        let three = Pool::new(3).unwrap();
+        // The same pool: the same bits on every run.
+        let first = two.map_reduce(&xs, |x| x.sin(), |a, b| a + b, 0.0).unwrap();
+        for _ in 0..5 {
+            let again = two.map_reduce(&xs, |x| x.sin(), |a, b| a + b, 0.0).unwrap();
+            assert_eq!(again.to_bits(), first.to_bits());
+        }
+        // Chunked: the same bits on any pool, and equal to the serial
+        // fold of per-chunk partials in order.
+        let chunk = 10_000;
+        let a = two
+            .map_reduce_chunked(&xs, chunk, |x| x.sin(), |a, b| a + b, 0.0)
+            .unwrap();
+        let b = three
+            .map_reduce_chunked(&xs, chunk, |x| x.sin(), |a, b| a + b, 0.0)
+            .unwrap();
+        let serial = xs
+            .chunks(chunk)
+            .map(|c| c.iter().fold(0.0, |acc, x| acc + x.sin()))
+            .fold(0.0, |acc, p| acc + p);
+        assert_eq!(a.to_bits(), b.to_bits());
+        assert_eq!(a.to_bits(), serial.to_bits());
+        // One chunk: exactly the serial left fold.
+        let whole = two
+            .map_reduce_chunked(&xs, xs.len(), |x| x.sin(), |a, b| a + b, 0.0)
+            .unwrap();
+        assert_eq!(
+            whole.to_bits(),
+            xs.iter().fold(0.0, |acc, x| acc + x.sin()).to_bits()
+        );
+        assert!(matches!(
+            two.map_reduce_chunked(&xs, 0, |x| x, |a, b| a + b, 0.0),
+            Err(Error::InvalidArgument { .. })
+        ));
+    })
+}
+
+#[test]
+fn progress_counts_elements_never_goes_back_and_ends_full() {
+    deadline(120, || {
+        let pool = Pool::builder().workers(2).chunk_size(10).build().unwrap();
+        let xs = vec![1u64; 400];
+        let r = pool.map_async(&xs, common::sleepy).unwrap();
+        let mut last = 0;
+        let mut seen_middle = false;
+        while !r.ready() {
+            let (done, total) = r.progress();
+            assert_eq!(total, 400);
+            assert!(done >= last && done <= total, "{last} -> {done}");
+            seen_middle |= done > 0 && done < total;
+            last = done;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(r.progress(), (400, 400));
+        assert!(seen_middle, "progress moved while the job ran");
+        let one = pool.apply_async(3u8, |x| x).unwrap();
+        one.wait();
+        assert_eq!(one.progress(), (1, 1));
+        let empty = pool.map_async(&[] as &[u8], |x| x).unwrap();
+        assert_eq!(empty.progress(), (0, 0));
+        // A failed job ends full too.
+        let failed = pool
+            .map_async(&xs, |x| {
+                assert!(x != 1, "boom");
+                x
+            })
+            .unwrap();
+        failed.wait();
+        assert_eq!(failed.progress(), (400, 400));
+    })
+}
+
+#[test]
+fn the_global_pool_works_and_tasks_cannot_deadlock_on_it() {
+    deadline(60, || {
+        let squares = shmpool::global().map(&[1u32, 2, 3], |x| x * x).unwrap();
+        assert_eq!(squares, vec![1, 4, 9]);
+        assert!(std::ptr::eq(
+            shmpool::global(),
+            shmpool::try_global().unwrap()
+        ));
+        // Built after the global pool: its tasks hold a copy that refuses.
+        let pool = Pool::new(2).unwrap();
+        let codes = pool
+            .map(&[1u32, 2], |x| match shmpool::global().apply(x, |y| y) {
+                Err(Error::WouldDeadlock { .. }) => 1u32,
+                _ => 0,
+            })
+            .unwrap();
+        assert_eq!(codes, vec![1, 1]);
+    })
+}

@@ -1,0 +1,295 @@
+//! ndarray interop (feature `ndarray`): n-dimensional arrays in shared
+//! memory, maps over them, and stencils that see the whole array.
+//!
+//! A [`ShmArray`] is a [`ShmVec`] plus a shape, in standard (row-major)
+//! layout; its views are ndarray views over the shared block, so results
+//! reach ndarray code with zero copies. An input array that already lies in
+//! this pool's shared memory (a `ShmArray`'s view) is read in place.
+
+use std::fmt;
+use std::slice;
+
+use bytemuck::Pod;
+use ndarray::{Array, ArrayBase, ArrayView, ArrayViewMut, Data, Dimension, IntoDimension};
+
+use crate::error::Error;
+use crate::job::{BadDescriptor, JobArgs, RunFn, conjure};
+use crate::pool::Pool;
+use crate::ring::{InlineData, Waiter};
+use crate::shmvec::ShmVec;
+
+/// The most axes a stencil's array may have.
+const MAX_AXES: usize = 8;
+
+/// A stencil's array shape, as the worker receives it: the axis count, then
+/// the axis lengths.
+type Shape = [u64; MAX_AXES + 1];
+
+/// An n-dimensional array in a pool's shared memory, in standard layout.
+///
+/// ```
+/// use ndarray::array;
+/// let pool = shmpool::Pool::new(2)?;
+/// let a = pool.array_to_shm(&array![[1.0f64, 2.0], [3.0, 4.0]])?;
+/// let doubled = pool.map_array(&a.view(), |x| 2.0 * x)?;
+/// assert_eq!(doubled.view(), array![[2.0, 4.0], [6.0, 8.0]]);
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+pub struct ShmArray<T: Pod, D: Dimension> {
+    data: ShmVec<T>,
+    dim: D,
+}
+
+impl<T: Pod, D: Dimension> ShmArray<T, D> {
+    /// Gives `data` the shape `shape` (row-major).
+    ///
+    /// # Errors
+    /// `InvalidArgument` if the shape's size is not `data.len()`.
+    pub fn from_shmvec<Sh>(data: ShmVec<T>, shape: Sh) -> Result<Self, Error>
+    where
+        Sh: IntoDimension<Dim = D>,
+    {
+        let dim = shape.into_dimension();
+        if dim.size_checked() != Some(data.len()) {
+            return Err(Error::invalid(format!(
+                "a shape of {:?} does not hold {} elements",
+                dim.slice(),
+                data.len()
+            )));
+        }
+        Ok(ShmArray { data, dim })
+    }
+
+    /// A view of the array: no copy.
+    pub fn view(&self) -> ArrayView<'_, T, D> {
+        ArrayView::from_shape(self.dim.clone(), self.data.as_slice())
+            .expect("the shape was checked against the length")
+    }
+
+    /// A mutable view of the array: no copy.
+    pub fn view_mut(&mut self) -> ArrayViewMut<'_, T, D> {
+        ArrayViewMut::from_shape(self.dim.clone(), self.data.as_mut_slice())
+            .expect("the shape was checked against the length")
+    }
+
+    /// The axis lengths.
+    pub fn shape(&self) -> &[usize] {
+        self.dim.slice()
+    }
+
+    /// The elements in row-major order.
+    pub fn as_slice(&self) -> &[T] {
+        &self.data
+    }
+
+    /// The shared vector behind the array.
+    pub fn into_shmvec(self) -> ShmVec<T> {
+        self.data
+    }
+
+    /// An owned copy in ordinary memory.
+    pub fn to_array(&self) -> Array<T, D> {
+        self.view().to_owned()
+    }
+}
+
+impl<T: Pod + fmt::Debug, D: Dimension> fmt::Debug for ShmArray<T, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.view(), f)
+    }
+}
+
+/// `a`'s elements in row-major order: borrowed if contiguous, else copied.
+fn row_major<S, T, D>(a: &ArrayBase<S, D>) -> std::borrow::Cow<'_, [T]>
+where
+    S: Data<Elem = T>,
+    T: Pod,
+    D: Dimension,
+{
+    match a.as_slice() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(a.iter().copied().collect()),
+    }
+}
+
+impl Pool {
+    /// A zeroed array of shape `shape` in shared memory.
+    ///
+    /// # Errors
+    /// As [`alloc_zeroed`](Self::alloc_zeroed).
+    pub fn alloc_array<T, Sh>(&self, shape: Sh) -> Result<ShmArray<T, Sh::Dim>, Error>
+    where
+        T: Pod,
+        Sh: IntoDimension,
+    {
+        let dim = shape.into_dimension();
+        let len = dim
+            .size_checked()
+            .ok_or_else(|| Error::invalid("the array's size overflows"))?;
+        ShmArray::from_shmvec(self.alloc_zeroed(len)?, dim)
+    }
+
+    /// Copies an array (any layout) into shared memory, row-major.
+    ///
+    /// # Errors
+    /// As [`to_shm`](Self::to_shm).
+    pub fn array_to_shm<S, T, D>(&self, a: &ArrayBase<S, D>) -> Result<ShmArray<T, D>, Error>
+    where
+        S: Data<Elem = T>,
+        T: Pod,
+        D: Dimension,
+    {
+        ShmArray::from_shmvec(self.to_shm(&row_major(a))?, a.raw_dim())
+    }
+
+    /// `f` applied to every element of an array of any dimension; the result
+    /// has the same shape, in shared memory. A contiguous input in this
+    /// pool's shared memory is read in place; any other is copied in once.
+    ///
+    /// # Errors
+    /// As [`map`](Self::map).
+    pub fn map_array<S, T, U, D, F>(
+        &self,
+        a: &ArrayBase<S, D>,
+        f: F,
+    ) -> Result<ShmArray<U, D>, Error>
+    where
+        S: Data<Elem = T>,
+        T: Pod,
+        U: Pod,
+        D: Dimension,
+        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+    {
+        let out = self.map(&row_major(a), f)?;
+        ShmArray::from_shmvec(out, a.raw_dim())
+    }
+
+    /// `out[idx] = f(&a, idx)` for every index of `a`: a stencil. Each call
+    /// sees the whole array as a view (neighbours, windows, boundaries) and
+    /// gets its index as ndarray's pattern (`(i, j)` for a 2-D array).
+    ///
+    /// # Errors
+    /// `InvalidArgument` for more than 8 axes; otherwise as
+    /// [`map`](Self::map).
+    ///
+    /// ```
+    /// use ndarray::{array, ArrayView2};
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let img = array![[0.0f32, 0.0, 0.0], [0.0, 9.0, 0.0], [0.0, 0.0, 0.0]];
+    /// // A 3×3 box blur, clamped at the borders.
+    /// let blur = pool.map_stencil(&img, |a: &ArrayView2<f32>, (i, j)| {
+    ///     let (h, w) = a.dim();
+    ///     let rows = i.saturating_sub(1)..(i + 2).min(h);
+    ///     let cols = j.saturating_sub(1)..(j + 2).min(w);
+    ///     let win = a.slice(ndarray::s![rows, cols]);
+    ///     win.sum() / win.len() as f32
+    /// })?;
+    /// assert_eq!(blur.view()[[1, 1]], 1.0);
+    /// assert_eq!(blur.view()[[0, 0]], 9.0 / 4.0);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn map_stencil<S, T, U, D, F>(
+        &self,
+        a: &ArrayBase<S, D>,
+        f: F,
+    ) -> Result<ShmArray<U, D>, Error>
+    where
+        S: Data<Elem = T>,
+        T: Pod,
+        U: Pod,
+        D: Dimension,
+        F: Fn(&ArrayView<'_, T, D>, D::Pattern) -> U + Copy + Send + Sync + 'static,
+    {
+        self.prologue(f)?;
+        let axes = a.ndim();
+        if axes > MAX_AXES {
+            return Err(Error::invalid(format!(
+                "stencils support at most {MAX_AXES} axes, not {axes}"
+            )));
+        }
+        let len = a.len();
+        if len == 0 {
+            return ShmArray::from_shmvec(ShmVec::new(), a.raw_dim());
+        }
+        let mut shape: Shape = [0; MAX_AXES + 1];
+        shape[0] = axes as u64;
+        for (s, &n) in shape[1..].iter_mut().zip(a.shape()) {
+            *s = n as u64;
+        }
+        let input = self.place_input(&row_major(a))?;
+        let mut inline = InlineData::new();
+        let ctx = self.place_value(&shape, &mut inline)?;
+        let (out, _) = self.alloc::<U>(len)?;
+        let run: RunFn = run_stencil::<T, U, D, F>;
+        let (slot, seq) = self.submit_parts(crate::pool::Parts {
+            len,
+            chunk: self.chunk_for::<U>(len),
+            run,
+            input,
+            more: None,
+            ctx: Some(ctx),
+            out: Some(out),
+            inline,
+            waiter: Waiter::Sync,
+        })?;
+        let out = crate::pool::into_vec(self.inner.wait_sync(slot, seq)?, len);
+        ShmArray::from_shmvec(out, a.raw_dim())
+    }
+}
+
+/// The trampoline of `map_stencil`: rebuilds the array view from the shape
+/// in the context, then `out[i] = f(&view, index of i)`.
+///
+/// # Safety
+/// See `job::RunFn`.
+unsafe fn run_stencil<T, U, D, F>(
+    a: &JobArgs,
+    start: usize,
+    end: usize,
+) -> Result<(), BadDescriptor>
+where
+    T: Pod,
+    U: Pod,
+    D: Dimension,
+    F: Fn(&ArrayView<'_, T, D>, D::Pattern) -> U + Copy,
+{
+    let shape = a.elems::<Shape>(a.ctx_off, 1, 0, 1)?;
+    // SAFETY: checked to lie in the mapping, aligned; any bits are valid.
+    let shape = unsafe { shape.read() };
+    let axes = usize::try_from(shape[0]).map_err(|_| BadDescriptor)?;
+    if axes > MAX_AXES || D::NDIM.is_some_and(|n| n != axes) {
+        return Err(BadDescriptor);
+    }
+    let mut dim = D::zeros(axes);
+    for (d, &n) in dim.slice_mut().iter_mut().zip(&shape[1..]) {
+        *d = usize::try_from(n).map_err(|_| BadDescriptor)?;
+    }
+    let len = usize::try_from(a.len).map_err(|_| BadDescriptor)?;
+    if dim.size_checked() != Some(len) {
+        return Err(BadDescriptor);
+    }
+    let input = a.elems::<T>(a.in_off, a.len, 0, len)?;
+    let output = a.elems::<U>(a.out_off, a.len, start, end)?;
+    // SAFETY: as in `job::run_map`: checked, aligned, initialised Pod memory;
+    // the input is read-only for the job; this worker claimed `start..end`.
+    let (input, output) = unsafe {
+        (
+            slice::from_raw_parts(input, len),
+            slice::from_raw_parts_mut(output, end - start),
+        )
+    };
+    let view = ArrayView::from_shape(dim.clone(), input).map_err(|_| BadDescriptor)?;
+    // SAFETY: the parent held an `F` when it submitted the job.
+    let f = unsafe { conjure::<F>() };
+    let mut index = D::zeros(axes);
+    for (k, o) in output.iter_mut().enumerate() {
+        // Row-major position `start + k` as an index.
+        let mut rest = start + k;
+        for (i, &n) in index.slice_mut().iter_mut().zip(dim.slice()).rev() {
+            *i = rest % n;
+            rest /= n;
+        }
+        *o = f(&view, index.clone().into_pattern());
+    }
+    Ok(())
+}

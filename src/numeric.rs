@@ -1,0 +1,432 @@
+//! The numeric forms of `map`: zips (`map2`, `map3`), whole-range kernels
+//! (`map_chunks`), in-place maps, stencils (`map_indexed`) and reductions
+//! (`map_reduce`). Each is one job (a reduction two) over shared memory, run
+//! by the workers like a plain `map`; only the trampoline differs (`job.rs`).
+
+use bytemuck::Pod;
+
+use crate::error::Error;
+use crate::job::{
+    MoreInputs, RunFn, run_chunks, run_in_place, run_indexed, run_map2, run_map3, run_reduce,
+};
+use crate::pool::{Parts, Pool, check_align, into_vec};
+use crate::ring::{InlineData, Loc, Waiter};
+use crate::shmvec::ShmVec;
+
+/// The identity, as a zero-sized fn item: the "map" of the combining job.
+fn pass_through<A>(a: A) -> A {
+    a
+}
+
+/// `run_reduce` for the closure types of `map` and `reduce`, named by value.
+fn reduce_fn<T, A, M, R>(_map: M, _reduce: R) -> RunFn
+where
+    T: Pod,
+    A: Pod,
+    M: Fn(T) -> A + Copy,
+    R: Fn(A, A) -> A + Copy,
+{
+    run_reduce::<T, A, M, R>
+}
+
+fn same_length(lens: &[usize]) -> Result<usize, Error> {
+    let n = lens[0];
+    if lens.iter().any(|&l| l != n) {
+        return Err(Error::invalid(format!(
+            "zipped inputs must have the same length, not {lens:?}"
+        )));
+    }
+    Ok(n)
+}
+
+impl Pool {
+    /// `f(a[i], b[i])` for every `i`, in parallel: a zip of two slices
+    /// (saxpy, elementwise arithmetic). Inputs in this pool's shared memory
+    /// are read in place; others are copied in once.
+    ///
+    /// # Errors
+    /// `InvalidArgument` if the lengths differ; otherwise as
+    /// [`map`](Self::map).
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let x = pool.to_shm(&[1.0f32, 2.0, 3.0])?;
+    /// let y = vec![10.0f32, 20.0, 30.0];
+    /// let saxpy = pool.map2(&x, &y, |x, y| 2.0 * x + y)?;
+    /// assert_eq!(saxpy, vec![12.0, 24.0, 36.0]);
+    /// assert!(pool.map2(&x, &y[..2], |x, y| x + y).is_err());
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn map2<A, B, U, F>(&self, a: &[A], b: &[B], f: F) -> Result<ShmVec<U>, Error>
+    where
+        A: Pod,
+        B: Pod,
+        U: Pod,
+        F: Fn(A, B) -> U + Copy + Send + Sync + 'static,
+    {
+        self.prologue(f)?;
+        let len = same_length(&[a.len(), b.len()])?;
+        if len == 0 {
+            return Ok(ShmVec::new());
+        }
+        let input = self.place_input(a)?;
+        let second = self.place_input(b)?;
+        self.run_blocking::<U>(len, run_map2::<A, B, U, F>, input, Some(second), None)
+    }
+
+    /// `f(a[i], b[i], c[i])` for every `i`: a zip of three slices. For more
+    /// columns, zip them into a `Pod` struct (or map over indices with
+    /// [`map_indexed`](Self::map_indexed)).
+    ///
+    /// # Errors
+    /// As [`map2`](Self::map2).
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let fma = pool.map3(&[1.0f64, 2.0], &[3.0, 4.0], &[0.5, 0.5], |a, b, c| a.mul_add(b, c))?;
+    /// assert_eq!(fma, vec![3.5, 8.5]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn map3<A, B, C, U, F>(&self, a: &[A], b: &[B], c: &[C], f: F) -> Result<ShmVec<U>, Error>
+    where
+        A: Pod,
+        B: Pod,
+        C: Pod,
+        U: Pod,
+        F: Fn(A, B, C) -> U + Copy + Send + Sync + 'static,
+    {
+        self.prologue(f)?;
+        let len = same_length(&[a.len(), b.len(), c.len()])?;
+        if len == 0 {
+            return Ok(ShmVec::new());
+        }
+        let input = self.place_input(a)?;
+        let (Loc::Arena(b_off), b_block) = self.place_input(b)? else {
+            unreachable!("inputs are placed in the arena")
+        };
+        let (Loc::Arena(c_off), c_block) = self.place_input(c)? else {
+            unreachable!("inputs are placed in the arena")
+        };
+        let offsets: MoreInputs = [b_off, c_off];
+        let mut inline = InlineData::new();
+        let ctx = self.place_value(&offsets, &mut inline)?;
+        let (out, _) = self.alloc::<U>(len)?;
+        let (slot, seq) = self.submit_parts(Parts {
+            len,
+            chunk: self.chunk_for::<U>(len),
+            run: run_map3::<A, B, C, U, F>,
+            input,
+            more: b_block,
+            ctx: Some((ctx.0, c_block)),
+            out: Some(out),
+            inline,
+            waiter: Waiter::Sync,
+        })?;
+        Ok(into_vec(self.inner.wait_sync(slot, seq)?, len))
+    }
+
+    /// Runs `f(&input[r], &mut output[r])` once per claimed range `r`: a
+    /// vectorised kernel over whole slices instead of one element at a time.
+    /// The ranges partition `0..input.len()`; their size is the pool's
+    /// [`chunk_size`](crate::Builder::chunk_size) (default: about four per
+    /// worker). `out` holds unspecified values on entry (reused shared
+    /// memory): write every element.
+    ///
+    /// # Errors
+    /// As [`map`](Self::map).
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let xs: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+    /// let ys = pool.map_chunks(&xs, |inp: &[f32], out: &mut [f32]| {
+    ///     for (o, &x) in out.iter_mut().zip(inp) {
+    ///         *o = x * 0.5;
+    ///     }
+    /// })?;
+    /// assert_eq!(ys[999], 499.5);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn map_chunks<T, U, F>(&self, input: &[T], f: F) -> Result<ShmVec<U>, Error>
+    where
+        T: Pod,
+        U: Pod,
+        F: Fn(&[T], &mut [U]) + Copy + Send + Sync + 'static,
+    {
+        self.prologue(f)?;
+        if input.is_empty() {
+            return Ok(ShmVec::new());
+        }
+        let placed = self.place_input(input)?;
+        self.run_blocking::<U>(input.len(), run_chunks::<T, U, F>, placed, None, None)
+    }
+
+    /// `out[i] = f(input, i)` for every `i`: each call sees the whole input,
+    /// for stencils, neighbours and anything indexed. The input is read-only.
+    ///
+    /// # Errors
+    /// As [`map`](Self::map).
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let xs = [1.0f64, 2.0, 4.0, 8.0];
+    /// // A 3-point moving average, clamped at the ends.
+    /// let avg = pool.map_indexed(&xs, |x: &[f64], i| {
+    ///     let (lo, hi) = (i.saturating_sub(1), (i + 1).min(x.len() - 1));
+    ///     x[lo..=hi].iter().sum::<f64>() / (hi - lo + 1) as f64
+    /// })?;
+    /// assert_eq!(avg, vec![1.5, 7.0 / 3.0, 14.0 / 3.0, 6.0]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn map_indexed<T, U, F>(&self, input: &[T], f: F) -> Result<ShmVec<U>, Error>
+    where
+        T: Pod,
+        U: Pod,
+        F: Fn(&[T], usize) -> U + Copy + Send + Sync + 'static,
+    {
+        self.prologue(f)?;
+        if input.is_empty() {
+            return Ok(ShmVec::new());
+        }
+        let placed = self.place_input(input)?;
+        self.run_blocking::<U>(input.len(), run_indexed::<T, U, F>, placed, None, None)
+    }
+
+    /// `v[i] = f(v[i])` for every element of a vector in this pool's shared
+    /// memory, in place: no output is allocated. The `&mut` borrow keeps the
+    /// caller from touching `v` while the workers write it.
+    ///
+    /// If the job fails, `v` holds a mix of old and new values (the ranges
+    /// that ran, and any partly run range).
+    ///
+    /// # Errors
+    /// `InvalidArgument` if `v` belongs to another pool; otherwise as
+    /// [`map`](Self::map).
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let mut v = pool.to_shm(&[1u32, 2, 3])?;
+    /// pool.map_in_place(&mut v, |x| x * 10)?;
+    /// assert_eq!(v, vec![10, 20, 30]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn map_in_place<T, F>(&self, v: &mut ShmVec<T>, f: F) -> Result<(), Error>
+    where
+        T: Pod,
+        F: Fn(T) -> T + Copy + Send + Sync + 'static,
+    {
+        self.prologue(f)?;
+        if v.is_empty() {
+            return Ok(());
+        }
+        let Some(off) = self
+            .inner
+            .region
+            .arena_offset(v.as_ptr().cast(), size_of_val(v.as_slice()))
+        else {
+            return Err(Error::invalid(
+                "map_in_place needs a vector in this pool's shared memory",
+            ));
+        };
+        let len = v.len();
+        let (slot, seq) = self.submit_parts(Parts {
+            len,
+            chunk: self.chunk_for::<T>(len),
+            run: run_in_place::<T, F>,
+            input: (Loc::Arena(off), None),
+            more: None,
+            ctx: None,
+            out: None,
+            inline: InlineData::new(),
+            waiter: Waiter::Sync,
+        })?;
+        self.inner.wait_sync(slot, seq).map(drop)
+    }
+
+    /// Folds `map(x)` over `input` with `reduce`, starting from `identity`:
+    /// `reduce(..reduce(reduce(identity, map(x0)), map(x1)).., map(xn))`
+    /// reassociated across ranges. Each range's partial is folded by the
+    /// worker that ran it; the partials are then combined *in index order*,
+    /// by a worker too (user code never runs in the caller's process).
+    /// `reduce` must be associative, and `identity` its identity. Empty input
+    /// returns `identity`.
+    ///
+    /// The partition into ranges depends on the input length and the pool
+    /// (its worker count, or its `chunk_size`), never on scheduling, so a
+    /// floating-point sum is the same on every run of the same pool. For the
+    /// same result on *any* pool, use
+    /// [`map_reduce_chunked`](Self::map_reduce_chunked).
+    ///
+    /// # Errors
+    /// As [`map`](Self::map).
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let xs: Vec<f64> = (1..=1000).map(f64::from).collect();
+    /// let sum_sq = pool.map_reduce(&xs, |x| x * x, |a, b| a + b, 0.0)?;
+    /// assert_eq!(sum_sq, 333_833_500.0);
+    /// let max = pool.map_reduce(&[3u32, 9, 4], |x| x, u32::max, 0)?;
+    /// assert_eq!(max, 9);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn map_reduce<T, A, M, R>(
+        &self,
+        input: &[T],
+        map: M,
+        reduce: R,
+        identity: A,
+    ) -> Result<A, Error>
+    where
+        T: Pod,
+        A: Pod,
+        M: Fn(T) -> A + Copy + Send + Sync + 'static,
+        R: Fn(A, A) -> A + Copy + Send + Sync + 'static,
+    {
+        let chunk = self.chunk_for::<A>(input.len());
+        self.reduce_with(input, chunk, map, reduce, identity)
+    }
+
+    /// [`map_reduce`](Self::map_reduce) with ranges of exactly `chunk`
+    /// elements (the last may be shorter): the deterministic mode. The
+    /// partials, and the order they are combined in, depend only on the
+    /// input and `chunk`, so a floating-point reduction gives bit-identical
+    /// results on every run, whatever the pool's size or scheduling.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a `chunk` of 0; otherwise as
+    /// [`map`](Self::map).
+    ///
+    /// ```
+    /// let xs: Vec<f64> = (0..100_000).map(|i| (i as f64).sin()).collect();
+    /// let two = shmpool::Pool::new(2)?;
+    /// let three = shmpool::Pool::new(3)?;
+    /// let a = two.map_reduce_chunked(&xs, 4096, |x| x, |a, b| a + b, 0.0)?;
+    /// let b = three.map_reduce_chunked(&xs, 4096, |x| x, |a, b| a + b, 0.0)?;
+    /// assert_eq!(a.to_bits(), b.to_bits());
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn map_reduce_chunked<T, A, M, R>(
+        &self,
+        input: &[T],
+        chunk: usize,
+        map: M,
+        reduce: R,
+        identity: A,
+    ) -> Result<A, Error>
+    where
+        T: Pod,
+        A: Pod,
+        M: Fn(T) -> A + Copy + Send + Sync + 'static,
+        R: Fn(A, A) -> A + Copy + Send + Sync + 'static,
+    {
+        if chunk == 0 {
+            return Err(Error::invalid("the chunk size must be at least 1"));
+        }
+        self.reduce_with(input, chunk, map, reduce, identity)
+    }
+
+    fn reduce_with<T, A, M, R>(
+        &self,
+        input: &[T],
+        chunk: usize,
+        map: M,
+        reduce: R,
+        identity: A,
+    ) -> Result<A, Error>
+    where
+        T: Pod,
+        A: Pod,
+        M: Fn(T) -> A + Copy + Send + Sync + 'static,
+        R: Fn(A, A) -> A + Copy + Send + Sync + 'static,
+    {
+        self.prologue(map)?;
+        self.prologue(reduce)?;
+        check_align::<A>()?;
+        if input.is_empty() {
+            return Ok(identity);
+        }
+        // Round one: one partial per range, each folded by its worker.
+        let parts = input.len().div_ceil(chunk);
+        let placed = self.place_input(input)?;
+        let partials: ShmVec<A> = self.run_reduce_job(
+            input.len(),
+            chunk,
+            parts,
+            reduce_fn::<T, A, M, R>(map, reduce),
+            placed,
+            &identity,
+        )?;
+        if parts == 1 {
+            return Ok(partials[0]);
+        }
+        // Round two: one worker combines the partials in index order.
+        let off = self
+            .inner
+            .region
+            .arena_offset(partials.as_ptr().cast(), size_of_val(partials.as_slice()))
+            .ok_or(Error::Corrupted {
+                detail: "partials outside the arena",
+            })?;
+        let total: ShmVec<A> = self.run_reduce_job(
+            parts,
+            parts,
+            1,
+            reduce_fn::<A, A, _, R>(pass_through::<A>, reduce),
+            (Loc::Arena(off), None),
+            &identity,
+        )?;
+        drop(partials);
+        Ok(total[0])
+    }
+
+    /// Submits a reduction over `len` elements in ranges of `chunk`, writing
+    /// `parts` partials, and waits for them.
+    fn run_reduce_job<A: Pod>(
+        &self,
+        len: usize,
+        chunk: usize,
+        parts: usize,
+        run: RunFn,
+        input: (Loc, Option<crate::region::Alloc>),
+        identity: &A,
+    ) -> Result<ShmVec<A>, Error> {
+        let mut inline = InlineData::new();
+        let ctx = self.place_value(identity, &mut inline)?;
+        let (out, _) = self.alloc::<A>(parts)?;
+        let (slot, seq) = self.submit_parts(Parts {
+            len,
+            chunk,
+            run,
+            input,
+            more: None,
+            ctx: Some(ctx),
+            out: Some(out),
+            inline,
+            waiter: Waiter::Sync,
+        })?;
+        Ok(into_vec(self.inner.wait_sync(slot, seq)?, parts))
+    }
+
+    /// Submits a blocking map-shaped job (`len` outputs of `U`) and waits.
+    fn run_blocking<U: Pod>(
+        &self,
+        len: usize,
+        run: RunFn,
+        input: (Loc, Option<crate::region::Alloc>),
+        second: Option<(Loc, Option<crate::region::Alloc>)>,
+        inline: Option<InlineData>,
+    ) -> Result<ShmVec<U>, Error> {
+        let (out, _) = self.alloc::<U>(len)?;
+        let (slot, seq) = self.submit_parts(Parts {
+            len,
+            chunk: self.chunk_for::<U>(len),
+            run,
+            input,
+            more: None,
+            ctx: second,
+            out: Some(out),
+            inline: inline.unwrap_or_else(InlineData::new),
+            waiter: Waiter::Sync,
+        })?;
+        Ok(into_vec(self.inner.wait_sync(slot, seq)?, len))
+    }
+}
