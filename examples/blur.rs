@@ -1,0 +1,65 @@
+//! A 5×5 box blur of a 2-D image held in shared memory, with
+//! `map_stencil` (feature `ndarray`), checked against serial ndarray code and
+//! timed against rayon.
+//!
+//! `cargo run --release --features ndarray --example blur`
+
+use std::time::Instant;
+
+use ndarray::{Array2, ArrayView2, Zip, s};
+use shmpool::Pool;
+
+const R: usize = 2;
+
+fn blur(a: &ArrayView2<f32>, (i, j): (usize, usize)) -> f32 {
+    let (h, w) = a.dim();
+    let win = a.slice(s![
+        i.saturating_sub(R)..(i + R + 1).min(h),
+        j.saturating_sub(R)..(j + R + 1).min(w)
+    ]);
+    win.sum() / win.len() as f32
+}
+
+fn main() -> Result<(), shmpool::Error> {
+    let (h, w) = (1080, 1920);
+    let pool = Pool::new(std::thread::available_parallelism().map_or(2, |n| n.get()))?;
+    // The image lives in shared memory: the workers read it in place.
+    let mut img = pool.alloc_array::<f32, _>((h, w))?;
+    img.view_mut()
+        .indexed_iter_mut()
+        .for_each(|((i, j), p)| *p = (((i / 40) + (j / 40)) % 2) as f32 * 255.0);
+
+    let t = Instant::now();
+    let serial = Array2::from_shape_fn((h, w), |ij| blur(&img.view(), ij));
+    let t_serial = t.elapsed();
+
+    let t = Instant::now();
+    let mut par = Array2::<f32>::zeros((h, w));
+    let view = img.view();
+    Zip::indexed(&mut par).par_for_each(|ij, p| *p = blur(&view, ij));
+    let t_rayon = t.elapsed();
+
+    let t = Instant::now();
+    let out = pool.map_stencil(&img.view(), blur)?;
+    let t_pool = t.elapsed();
+
+    assert_eq!(out.view(), serial);
+    assert_eq!(par, serial);
+    println!(
+        "5x5 box blur of a {h}x{w} image, {} workers",
+        pool.workers()
+    );
+    println!("  serial  {:>8.2} ms", t_serial.as_secs_f64() * 1e3);
+    println!("  rayon   {:>8.2} ms", t_rayon.as_secs_f64() * 1e3);
+    println!(
+        "  shmpool {:>8.2} ms  ({:.2}× rayon's time)",
+        t_pool.as_secs_f64() * 1e3,
+        t_pool.as_secs_f64() / t_rayon.as_secs_f64()
+    );
+    println!(
+        "  a pixel on an edge: {} -> {}",
+        img.view()[[40, 40]],
+        out.view()[[40, 40]]
+    );
+    Ok(())
+}
