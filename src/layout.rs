@@ -75,12 +75,13 @@ pub(crate) struct WorkerRecord {
     pub(crate) slot: AtomicU32,
     /// `PHASE_IDLE` or `PHASE_RUNNING`.
     pub(crate) phase: AtomicU32,
-    /// Set by the worker's `SIGABRT` handler when the abort followed a failed
-    /// allocation (its memory limit was reached).
+    /// `OOM_MARK` once the worker's `SIGABRT` handler saw that the abort
+    /// followed a failed allocation (its memory limit was reached).
     pub(crate) oom: AtomicU32,
-    /// Set by the worker once its setup and initializer are done; a death
-    /// before that is a failed start, not a crash in a task.
-    pub(crate) ready: AtomicU32,
+    /// `INIT_MARK` while the worker runs the pool's initializer (0 before
+    /// and after); a death then is a failed initializer, not a crash in a
+    /// task.
+    pub(crate) init: AtomicU32,
     /// The range being run, valid while `phase == PHASE_RUNNING`.
     pub(crate) start: AtomicU64,
     pub(crate) end: AtomicU64,

@@ -44,6 +44,13 @@ pub(crate) const EXIT_BUG: i32 = 101;
 /// A worker's exit code when the pool's initializer panicked.
 pub(crate) const EXIT_INIT_FAILED: i32 = 102;
 
+/// `WorkerRecord::oom`: the worker's last abort followed a failed
+/// allocation. A distinctive value, so a scribbled word is not taken for it.
+pub(crate) const OOM_MARK: u32 = 0x4f4f_4d21; // "OOM!"
+/// `WorkerRecord::init`: the worker is running the pool's initializer.
+/// Distinctive for the same reason.
+pub(crate) const INIT_MARK: u32 = 0x494e_4954; // "INIT"
+
 /// `ErrorRecord::state`: no error recorded.
 pub(crate) const ERR_NONE: u32 = 0;
 /// `ErrorRecord::state`: a worker won the right to write the record and is

@@ -303,17 +303,17 @@ impl Supervisor {
         }
         let rec = self.inner.region.record(w);
         // ORDERING: Relaxed: the process is gone; its stores are visible.
-        let ready = rec.ready.load(Relaxed) != 0;
+        let in_init = rec.init.load(Relaxed) == INIT_MARK;
         let idle = rec.slot.load(Relaxed) == NO_SLOT;
         self.settle(w, pid, status);
-        if !ready && self.inner.config.worker.initializer.is_some() {
+        if in_init && self.inner.config.worker.initializer.is_some() {
             // It died before its initializer finished: a panic (exit code
             // 102), or a crash, an exit or a limit inside the initializer.
             return self.initializer_failed(status);
         }
         match status.code {
             // ORDERING: Relaxed: a statistic.
-            Some(EXIT_RECYCLED) if ready && idle => {
+            Some(EXIT_RECYCLED) if !in_init && idle => {
                 _ = self.inner.stats.workers_recycled.fetch_add(1, Relaxed)
             }
             _ => self.replacing[w] = true,
@@ -345,7 +345,7 @@ impl Supervisor {
         let (start, end) = (rec.start.load(Relaxed), rec.end.load(Relaxed));
         let running = rec.phase.load(Relaxed) == PHASE_RUNNING;
         let started = rec.started_ns.load(Relaxed);
-        let oom = rec.oom.swap(0, Relaxed) != 0;
+        let oom = rec.oom.swap(0, Relaxed) == OOM_MARK;
         // Killed for a timeout, and still in the range that overran (it may
         // have moved on between the check and the kill).
         let timed_out = deadline == Some((slot, start, started)) && running;
@@ -395,7 +395,7 @@ impl Supervisor {
         }
         // ORDERING: Relaxed: only this thread and the next worker use them.
         rec.phase.store(PHASE_IDLE, Relaxed);
-        rec.ready.store(0, Relaxed);
+        rec.init.store(0, Relaxed);
     }
 
     /// A worker died in its initializer: the pool cannot run tasks as

@@ -102,6 +102,9 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
         }
     }
     if let Some(init) = ctx.config.initializer {
+        // ORDERING: Relaxed: the supervisor reads it after the process is
+        // gone.
+        rec.init.store(INIT_MARK, Relaxed);
         if let Err(payload) = catch_unwind(init) {
             let message = payload_message(&*payload);
             let location = take_panic_location();
@@ -117,8 +120,8 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
             return EXIT_INIT_FAILED;
         }
     }
-    // ORDERING: Relaxed: the supervisor reads it after the process is gone.
-    rec.ready.store(1, Relaxed);
+    // ORDERING: Relaxed: as above.
+    rec.init.store(0, Relaxed);
     let mut budget = match ctx.config.max_tasks {
         0 => u64::MAX,
         n => n,
@@ -130,10 +133,16 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
         if control.shutdown.0.load(SeqCst) != 0 {
             return 0;
         }
-        // We are in no slot: say so again, in case another worker scribbled
-        // over our record (a drain check would otherwise wait for us).
+        // We are in no slot, past the initializer, with no failed
+        // allocation: say so again, in case another worker scribbled over
+        // our record (a drain check would wait for us; a death would be
+        // misread).
         // ORDERING: SeqCst, like every store of `slot` (see `run_slot`).
         rec.slot.store(NO_SLOT, SeqCst);
+        // ORDERING: Relaxed: read by the supervisor after our death.
+        rec.init.store(0, Relaxed);
+        // ORDERING: Relaxed: as above.
+        rec.oom.store(0, Relaxed);
         if !woken {
             // SAFETY: getppid has no preconditions.
             if unsafe { libc::getppid() } as u32 != ctx.parent {
@@ -175,7 +184,7 @@ extern "C" fn on_abort(_signal: libc::c_int) {
             // SAFETY: the pointer is this worker's record in the region,
             // mapped for the life of the process. Atomic stores are
             // async-signal-safe.
-            unsafe { (*flag).store(1, SeqCst) };
+            unsafe { (*flag).store(OOM_MARK, SeqCst) };
         }
     }
 }
