@@ -299,3 +299,32 @@ fn the_global_pool_works_and_tasks_cannot_deadlock_on_it() {
         assert_eq!(codes, vec![1, 1]);
     })
 }
+
+#[test]
+fn map_into_reuses_the_output_and_refuses_bad_outputs() {
+    deadline(120, || {
+        let pool = Pool::new(2).unwrap();
+        for n in LENS {
+            let xs = data(n, 13);
+            let mut out = pool.alloc_zeroed::<f64>(n).unwrap();
+            let in_use = pool.stats().arena_in_use;
+            for k in 1..=3 {
+                let k = f64::from(k);
+                pool.map_into(&xs, &mut out, |x| x * 2.0).unwrap();
+                assert_eq!(pool.stats().arena_in_use, in_use, "no output allocated");
+                let want: Vec<f64> = xs.iter().map(|x| x * 2.0).collect();
+                assert_eq!(out, want, "n = {n}, round {k}");
+            }
+        }
+        let mut short = pool.alloc_zeroed::<u32>(2).unwrap();
+        let err = pool.map_into(&[1u32, 2, 3], &mut short, |x| x).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+        let other = Pool::new(1).unwrap();
+        let mut foreign = other.alloc_zeroed::<u32>(3).unwrap();
+        let err = pool
+            .map_into(&[1u32, 2, 3], &mut foreign, |x| x)
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+        assert_eq!(pool.stats().jobs_failed, 0);
+    })
+}

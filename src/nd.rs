@@ -14,7 +14,7 @@ use ndarray::{Array, ArrayBase, ArrayView, ArrayViewMut, Data, Dimension, IntoDi
 
 use crate::error::Error;
 use crate::job::{BadDescriptor, JobArgs, RunFn, conjure};
-use crate::pool::Pool;
+use crate::pool::{Output, Pool};
 use crate::ring::{InlineData, Waiter};
 use crate::shmvec::ShmVec;
 
@@ -228,7 +228,7 @@ impl Pool {
             input,
             more: None,
             ctx: Some(ctx),
-            out: Some(out),
+            out: Output::New(out),
             inline,
             waiter: Waiter::Sync,
         })?;

@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::job::{
     MoreInputs, RunFn, run_chunks, run_in_place, run_indexed, run_map2, run_map3, run_reduce,
 };
-use crate::pool::{Parts, Pool, check_align, into_vec};
+use crate::pool::{Output, Parts, Pool, check_align, into_vec};
 use crate::ring::{InlineData, Loc, Waiter};
 use crate::shmvec::ShmVec;
 
@@ -118,7 +118,7 @@ impl Pool {
             input,
             more: b_block,
             ctx: Some((ctx.0, c_block)),
-            out: Some(out),
+            out: Output::New(out),
             inline,
             waiter: Waiter::Sync,
         })?;
@@ -235,7 +235,7 @@ impl Pool {
             input: (Loc::Arena(off), None),
             more: None,
             ctx: None,
-            out: None,
+            out: Output::Input,
             inline: InlineData::new(),
             waiter: Waiter::Sync,
         })?;
@@ -399,7 +399,7 @@ impl Pool {
             input,
             more: None,
             ctx: Some(ctx),
-            out: Some(out),
+            out: Output::New(out),
             inline,
             waiter: Waiter::Sync,
         })?;
@@ -423,7 +423,7 @@ impl Pool {
             input,
             more: None,
             ctx: second,
-            out: Some(out),
+            out: Output::New(out),
             inline: inline.unwrap_or_else(InlineData::new),
             waiter: Waiter::Sync,
         })?;

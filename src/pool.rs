@@ -70,6 +70,17 @@ pub struct Pool {
     pub(crate) threads: Vec<JoinHandle<()>>,
 }
 
+/// Where a job writes its results.
+pub(crate) enum Output {
+    /// A new block, which becomes the caller's `ShmVec`.
+    New(Alloc),
+    /// An existing block at this region offset, borrowed mutably by the
+    /// caller for the job's life (`map_into`).
+    At(u64),
+    /// The input itself (`map_in_place`).
+    Input,
+}
+
 /// A job ready to submit: where its pieces are, and who waits for it.
 pub(crate) struct Parts {
     pub(crate) len: usize,
@@ -79,8 +90,7 @@ pub(crate) struct Parts {
     /// A further block the job owns (a second staged input).
     pub(crate) more: Option<Alloc>,
     pub(crate) ctx: Option<(Loc, Option<Alloc>)>,
-    /// The output block; `None` for a job that writes its input in place.
-    pub(crate) out: Option<Alloc>,
+    pub(crate) out: Output,
     pub(crate) inline: InlineData,
     pub(crate) waiter: Waiter,
 }
@@ -331,6 +341,69 @@ impl Pool {
         Ok(into_vec(self.inner.wait_sync(slot, seq)?, input.len()))
     }
 
+    /// `out[i] = f(input[i])`, written into an existing vector in this
+    /// pool's shared memory: no output is allocated, so a loop that maps
+    /// into the same buffer again and again touches no new pages. The `&mut`
+    /// borrow keeps the caller from reading `out` while workers write it.
+    ///
+    /// If the job fails, `out` holds a mix of old and new values.
+    ///
+    /// # Errors
+    /// `InvalidArgument` if the lengths differ or `out` belongs to another
+    /// pool; otherwise as [`map`](Self::map).
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let xs = pool.to_shm(&[1.0f64, 2.0, 3.0])?;
+    /// let mut out = pool.alloc_zeroed::<f64>(3)?;
+    /// for _ in 0..3 {
+    ///     pool.map_into(&xs, &mut out, |x| x * x)?;
+    /// }
+    /// assert_eq!(out, vec![1.0, 4.0, 9.0]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn map_into<T, U, F>(&self, input: &[T], out: &mut ShmVec<U>, f: F) -> Result<(), Error>
+    where
+        T: Pod,
+        U: Pod,
+        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+    {
+        self.prologue(f)?;
+        if input.len() != out.len() {
+            return Err(Error::invalid(format!(
+                "map_into: the input has {} elements, the output {}",
+                input.len(),
+                out.len()
+            )));
+        }
+        if input.is_empty() {
+            return Ok(());
+        }
+        let Some(off) = self
+            .inner
+            .region
+            .arena_offset(out.as_ptr().cast(), size_of_val(out.as_slice()))
+        else {
+            return Err(Error::invalid(
+                "map_into needs an output vector in this pool's shared memory",
+            ));
+        };
+        let len = input.len();
+        let placed = self.place_input(input)?;
+        let (slot, seq) = self.submit_parts(Parts {
+            len,
+            chunk: self.chunk_for::<U>(len),
+            run: run_map::<T, U, F>,
+            input: placed,
+            more: None,
+            ctx: None,
+            out: Output::At(off),
+            inline: InlineData::new(),
+            waiter: Waiter::Sync,
+        })?;
+        self.inner.wait_sync(slot, seq).map(drop)
+    }
+
     /// Starts a [`map`](Self::map) and returns at once with an
     /// [`AsyncResult`].
     ///
@@ -505,7 +578,7 @@ impl Pool {
             input,
             more: None,
             ctx,
-            out: Some(out),
+            out: Output::New(out),
             inline,
             waiter,
         })
@@ -526,9 +599,9 @@ impl Pool {
         let (ctx_loc, ctx_block) = p.ctx.unwrap_or((self.nowhere(), None));
         let chunk = p.chunk.max(1);
         let (output, out) = match p.out {
-            Some(block) => (Loc::Arena(block.off()), Out::Block(block)),
-            // In place: the output is the input.
-            None => (in_loc, Out::Nothing),
+            Output::New(block) => (Loc::Arena(block.off()), Out::Block(block)),
+            Output::At(off) => (Loc::Arena(off), Out::Nothing),
+            Output::Input => (in_loc, Out::Nothing),
         };
         let spec = Spec {
             run: p.run as usize,

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Python baselines for benches/compare.rs: multiprocessing.Pool on the seed
+example (create a pool of 4, map squares over 0..100, close, join) and on
+100k apply_async + get, plus map throughput at several sizes for the plot.
+
+Prints one JSON object on stdout. Usage: python3 pool_bench.py [--quick]
+"""
+import json
+import multiprocessing
+import statistics
+import sys
+import time
+
+
+def square(x):
+    return x * x
+
+
+def seed_end_to_end():
+    t = time.perf_counter()
+    with multiprocessing.Pool(4) as pool:
+        out = pool.map(square, range(100))
+        pool.close()
+        pool.join()
+    assert out[99] == 9801
+    return time.perf_counter() - t
+
+
+def apply_async_rate(n, pool):
+    t = time.perf_counter()
+    pending = [pool.apply_async(square, (i,)) for i in range(n)]
+    total = sum(r.get() for r in pending)
+    elapsed = time.perf_counter() - t
+    assert total == sum(i * i for i in range(n))
+    return n / elapsed
+
+
+def map_rate(n, pool, reps):
+    data = list(range(n))
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        pool.map(square, data, chunksize=max(1, n // 16))
+        times.append(time.perf_counter() - t)
+    return n / statistics.median(times)
+
+
+def main():
+    quick = "--quick" in sys.argv
+    workers = len(__import__("os").sched_getaffinity(0))
+    seed = [seed_end_to_end() for _ in range(3 if quick else 7)]
+    with multiprocessing.Pool(workers) as pool:
+        pool.map(square, range(1000))  # warm up
+        rate = apply_async_rate(20_000 if quick else 100_000, pool)
+        sizes = [10**k for k in range(2, 7 if quick else 8)]
+        throughput = {n: map_rate(n, pool, 3) for n in sizes}
+    print(json.dumps({
+        "python": sys.version.split()[0],
+        "workers": workers,
+        "seed_end_to_end_s": statistics.median(seed),
+        "apply_async_tasks_per_s": rate,
+        "map_elements_per_s": throughput,
+    }))
+
+
+if __name__ == "__main__":
+    main()
