@@ -218,3 +218,81 @@ fn a_closed_pool_refuses_a_stream() {
         assert!(matches!(pool.imap(0..10u8, |x| x), Err(Error::Closed)));
     })
 }
+
+#[test]
+fn a_full_arena_slows_a_stream_without_ending_it() {
+    deadline(120, || {
+        // 4 MiB of arena; a window of 16 chunks of 64 Ki u64 would need 16.
+        let pool = Pool::builder()
+            .workers(2)
+            .arena_size(4 << 20)
+            .build()
+            .unwrap();
+        let n = 1_000_000u64;
+        let sum: u64 = pool
+            .imap(0..n, |x| x & 1)
+            .unwrap()
+            .chunksize(1 << 16)
+            .window(16)
+            .map(Result::unwrap)
+            .sum();
+        assert_eq!(sum, n / 2);
+    })
+}
+
+#[test]
+fn a_terminated_pool_ends_a_stream_after_one_error() {
+    deadline(60, || {
+        let pool = std::sync::Arc::new(Pool::new(2).unwrap());
+        let p = pool.clone();
+        let mut it = pool
+            .imap(0..1_000_000u64, |x| {
+                std::thread::sleep(Duration::from_micros(20));
+                x
+            })
+            .unwrap()
+            .chunksize(1000)
+            .window(6);
+        assert!(it.next().unwrap().is_ok());
+        p.terminate();
+        let rest: Vec<Result<u64, Error>> = it.collect();
+        let errors = rest.iter().filter(|r| r.is_err()).count();
+        assert_eq!(errors, 1, "one error, then the end");
+        assert!(matches!(
+            rest.last(),
+            Some(Err(Error::Terminated | Error::Closed))
+        ));
+    })
+}
+
+#[test]
+fn imap_inside_a_completion_callback_would_deadlock() {
+    deadline(60, || {
+        static POOL: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
+        let pool = POOL.get_or_init(|| Pool::new(2).unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Slow enough that the callback runs on the result thread.
+        let r = pool.apply_async(50u64, common::sleepy).unwrap();
+        r.on_complete(move |_| {
+            let a = matches!(
+                POOL.get().unwrap().imap(0..10u8, |x| x).map(|_| ()),
+                Err(Error::WouldDeadlock { .. })
+            );
+            let b = matches!(
+                POOL.get()
+                    .unwrap()
+                    .imap_unordered(0..10u8, |x| x)
+                    .map(|_| ()),
+                Err(Error::WouldDeadlock { .. })
+            );
+            tx.send(a && b).unwrap();
+        });
+        r.detach();
+        assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());
+        assert_eq!(
+            pool.apply(3u8, |x| x + 1).unwrap(),
+            4,
+            "the result thread lives"
+        );
+    })
+}

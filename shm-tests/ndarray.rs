@@ -101,3 +101,15 @@ fn stencils_match_serial_ndarray_code() {
         assert_eq!(got.view(), cube.mapv(|x| x + 15));
     })
 }
+
+#[test]
+fn shapes_ndarray_refuses_are_refused_not_panicked() {
+    deadline(60, || {
+        let pool = Pool::new(1).unwrap();
+        let huge = pool.alloc_array::<(), _>((1usize << 62, 3));
+        assert!(
+            matches!(huge, Err(Error::InvalidArgument { .. })),
+            "{huge:?}"
+        );
+    })
+}

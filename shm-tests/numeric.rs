@@ -328,3 +328,52 @@ fn map_into_reuses_the_output_and_refuses_bad_outputs() {
         assert_eq!(pool.stats().jobs_failed, 0);
     })
 }
+
+/// About 100 µs per element.
+fn slow_bump(x: u64) -> u64 {
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_micros(100) {
+        std::hint::spin_loop();
+    }
+    x + 1_000_000
+}
+
+#[test]
+fn an_in_place_range_whose_worker_dies_is_not_applied_twice() {
+    deadline(60, || {
+        let pool = Pool::builder().workers(2).chunk_size(1000).build().unwrap();
+        let mut v = pool.to_shm(&vec![0u64; 20_000]).unwrap();
+        let killer = {
+            let pid = pool.worker_pids()[0];
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                // SAFETY: kill(2) on a worker of ours.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            })
+        };
+        let result = pool.map_in_place(&mut v, slow_bump);
+        killer.join().unwrap();
+        match result {
+            // Finished before the kill: every element exactly once.
+            Ok(()) => assert!(v.iter().all(|&x| x == 1_000_000)),
+            Err(Error::WorkerDied { .. }) => {
+                assert!(v.iter().all(|&x| x == 0 || x == 1_000_000), "never twice")
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    })
+}
+
+#[test]
+fn huge_chunks_and_zero_sized_accumulators_reduce_correctly() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        for chunk in [usize::MAX, 1 << 63, 3] {
+            let s = pool
+                .map_reduce_chunked(&[1u64, 2, 3, 4], chunk, |x| x, |a, b| a + b, 0)
+                .unwrap();
+            assert_eq!(s, 10, "chunk {chunk}");
+        }
+        assert!(pool.map_reduce(&[1u8; 1000], |_| (), |_, _| (), ()).is_ok());
+    })
+}

@@ -42,6 +42,7 @@ pub struct Builder {
     max_tasks_per_worker: usize,
     worker_memory_limit: Option<usize>,
     chunk_size: Option<usize>,
+    guided: bool,
 }
 
 impl Default for Builder {
@@ -57,6 +58,7 @@ impl Default for Builder {
             max_tasks_per_worker: 0,
             worker_memory_limit: None,
             chunk_size: None,
+            guided: false,
         }
     }
 }
@@ -167,9 +169,21 @@ impl Builder {
     }
 
     /// Elements per claimed range in `map` jobs (default: automatic, about
-    /// four ranges per worker). 0 is refused by [`build`](Self::build).
+    /// 16 ranges per worker, claimed dynamically; large ranges end on page
+    /// boundaries of the output). 0 is refused by [`build`](Self::build).
     pub fn chunk_size(mut self, elements: usize) -> Self {
         self.chunk_size = Some(elements);
+        self
+    }
+
+    /// Guided scheduling for maps without a [`chunk_size`](Self::chunk_size):
+    /// each claim takes a share of what is left (`remaining / (2 ×
+    /// workers)`), so ranges start large and shrink to `1 / (16 × workers)`
+    /// of the job. Fewer claims than the default; better when the expensive
+    /// elements come last, worse when they come first (measured in
+    /// `benches/tuning.rs`). Reductions always use fixed ranges.
+    pub fn guided(mut self, on: bool) -> Self {
+        self.guided = on;
         self
     }
 
@@ -220,6 +234,7 @@ impl Builder {
             max_retries: self.max_retries,
             memory_limit: self.worker_memory_limit,
             chunk_size: self.chunk_size,
+            guided: self.guided,
         };
         let inner = Arc::new(Inner::new(region, config)?);
         // The one fork of this (possibly multi-threaded) process: every worker

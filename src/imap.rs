@@ -68,6 +68,9 @@ where
     next_seq: u64,
     /// A reusable buffer for reading the source.
     buffer: Vec<I::Item>,
+    /// A chunk read from the source that the arena had no room for yet: it
+    /// is submitted once a chunk in flight has been taken (back-pressure).
+    held: bool,
     /// Set once the stream must end (the pool refused a chunk).
     stopped: bool,
     _f: PhantomData<F>,
@@ -92,6 +95,7 @@ where
             finished: mpsc::channel(),
             next_seq: 0,
             buffer: Vec::new(),
+            held: false,
             stopped: false,
             _f: PhantomData,
         }
@@ -115,24 +119,32 @@ where
     /// Reads one chunk from the source and submits it. Returns false when the
     /// source is exhausted.
     fn submit_one(&mut self) -> bool {
-        self.buffer.clear();
-        self.buffer
-            .extend(self.source.by_ref().take(self.chunksize));
+        if !std::mem::take(&mut self.held) {
+            self.buffer.clear();
+            self.buffer
+                .extend(self.source.by_ref().take(self.chunksize));
+        }
         if self.buffer.is_empty() {
             return false;
         }
         let seq = self.next_seq;
-        self.next_seq += 1;
         let chunk = match self.submit_batch(seq) {
             Ok(job) => Chunk::Batch {
                 job,
                 input: std::mem::take(&mut self.buffer),
             },
+            // The arena is full of chunks in flight: keep this one until the
+            // consumer has taken one of them.
+            Err(Error::OutOfSharedMemory { .. }) if !self.flight.is_empty() => {
+                self.held = true;
+                return false;
+            }
             Err(e) => {
                 self.stopped = true;
                 Chunk::Failed(Some(e))
             }
         };
+        self.next_seq += 1;
         self.flight.push_back((seq, chunk));
         true
     }
@@ -183,12 +195,17 @@ where
     }
 
     /// Waits for a batch; on failure, runs its elements one per job.
-    fn settle(&self, chunk: Chunk<I::Item, U>) -> Chunk<I::Item, U> {
+    fn settle(&mut self, chunk: Chunk<I::Item, U>) -> Chunk<I::Item, U> {
         match chunk {
             Chunk::Batch { job, input } => match job.get() {
                 Ok(out) => Chunk::Done { out, next: 0 },
-                // The pool is gone: the elements cannot run one by one either.
-                Err(e @ (Error::Closed | Error::Terminated)) => Chunk::Failed(Some(e)),
+                // The pool is gone: nothing more can run. One error, then
+                // the stream ends (the chunks in flight are dropped).
+                Err(e @ (Error::Closed | Error::Terminated)) => {
+                    self.stopped = true;
+                    self.flight.clear();
+                    Chunk::Failed(Some(e))
+                }
                 Err(_) => Chunk::Singles(
                     input
                         .iter()
@@ -243,6 +260,17 @@ where
 }
 
 impl Pool {
+    /// A stream's chunks complete on the pool's result thread, which runs
+    /// completion callbacks: iterating there would wait for itself.
+    fn check_not_result_thread(&self) -> Result<(), Error> {
+        if self.inner.on_result_thread() {
+            return Err(Error::WouldDeadlock {
+                reason: "imap inside a completion callback: its chunks complete on that thread",
+            });
+        }
+        Ok(())
+    }
+
     /// `f` over a stream, in input order, like Python's `Pool.imap`: each
     /// item is `Ok(f(x))`, or the error of that element (a panic, a dead
     /// worker, a timeout), and the stream goes on after a failure.
@@ -253,8 +281,10 @@ impl Pool {
     /// source is read only as fast as results are consumed).
     ///
     /// # Errors
-    /// `Closed` or `WouldDeadlock` (from inside a task) at once. Later pool
-    /// failures arrive as items.
+    /// `Closed`, or `WouldDeadlock` from inside a task or a completion
+    /// callback, at once. Later failures arrive as items: an element's own
+    /// error in its place; `Closed`/`Terminated` once, ending the stream. A
+    /// full arena only slows the stream (chunks wait for room).
     ///
     /// ```
     /// let pool = shmpool::Pool::new(2)?;
@@ -271,6 +301,7 @@ impl Pool {
         F: Fn(It::Item) -> U + Copy + Send + Sync + 'static,
     {
         self.prologue(f)?;
+        self.check_not_result_thread()?;
         Ok(Imap::new(self, iter.into_iter(), true))
     }
 
@@ -303,6 +334,7 @@ impl Pool {
         F: Fn(It::Item) -> U + Copy + Send + Sync + 'static,
     {
         self.prologue(f)?;
+        self.check_not_result_thread()?;
         Ok(Imap::new(self, iter.into_iter(), false))
     }
 }

@@ -56,6 +56,8 @@ pub(crate) struct Config {
     pub(crate) memory_limit: Option<usize>,
     /// Elements per claimed range of a map; `None` for automatic.
     pub(crate) chunk_size: Option<usize>,
+    /// Guided claims for maps without a `chunk_size`.
+    pub(crate) guided: bool,
 }
 
 /// The worker processes, as the supervisor last recorded them.

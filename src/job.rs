@@ -324,7 +324,9 @@ where
     let chunk = a.chunk.max(1);
     let parts = a.len.div_ceil(chunk);
     let index = start as u64 / chunk;
-    if start as u64 % chunk != 0 {
+    // Exactly one partition range: a retried range from a scribbled record
+    // must not span several partials.
+    if start as u64 % chunk != 0 || end as u64 != (start as u64 + chunk).min(a.len) {
         return Err(BadDescriptor);
     }
     let identity = a.elems::<A>(a.ctx_off, 1, 0, 1)?;

@@ -50,7 +50,11 @@ impl<T: Pod, D: Dimension> ShmArray<T, D> {
         Sh: IntoDimension<Dim = D>,
     {
         let dim = shape.into_dimension();
-        if dim.size_checked() != Some(data.len()) {
+        // ndarray's own check (sizes past `isize::MAX` included), so that
+        // `view` can never fail.
+        if dim.size_checked() != Some(data.len())
+            || ArrayView::from_shape(dim.clone(), data.as_slice()).is_err()
+        {
             return Err(Error::invalid(format!(
                 "a shape of {:?} does not hold {} elements",
                 dim.slice(),
@@ -223,7 +227,8 @@ impl Pool {
         let run: RunFn = run_stencil::<T, U, D, F>;
         let (slot, seq) = self.submit_parts(crate::pool::Parts {
             len,
-            chunk: self.chunk_for::<U>(len),
+            chunk: self.schedule_for::<U>(len).0,
+            guided: self.schedule_for::<U>(len).1,
             run,
             input,
             more: None,

@@ -3,6 +3,8 @@
 //! (`map_reduce`). Each is one job (a reduction two) over shared memory, run
 //! by the workers like a plain `map`; only the trampoline differs (`job.rs`).
 
+use std::mem::size_of;
+
 use bytemuck::Pod;
 
 use crate::error::Error;
@@ -113,7 +115,8 @@ impl Pool {
         let (out, _) = self.alloc::<U>(len)?;
         let (slot, seq) = self.submit_parts(Parts {
             len,
-            chunk: self.chunk_for::<U>(len),
+            chunk: self.schedule_for::<U>(len).0,
+            guided: self.schedule_for::<U>(len).1,
             run: run_map3::<A, B, C, U, F>,
             input,
             more: b_block,
@@ -196,7 +199,10 @@ impl Pool {
     /// caller from touching `v` while the workers write it.
     ///
     /// If the job fails, `v` holds a mix of old and new values (the ranges
-    /// that ran, and any partly run range).
+    /// that ran, and any partly run range). A range whose worker dies is
+    /// **not** retried (unlike other jobs): it may have been half updated,
+    /// and running it again would apply `f` twice; the job fails with
+    /// `WorkerDied`.
     ///
     /// # Errors
     /// `InvalidArgument` if `v` belongs to another pool; otherwise as
@@ -230,7 +236,8 @@ impl Pool {
         let len = v.len();
         let (slot, seq) = self.submit_parts(Parts {
             len,
-            chunk: self.chunk_for::<T>(len),
+            chunk: self.schedule_for::<T>(len).0,
+            guided: self.schedule_for::<T>(len).1,
             run: run_in_place::<T, F>,
             input: (Loc::Arena(off), None),
             more: None,
@@ -358,6 +365,10 @@ impl Pool {
         if parts == 1 {
             return Ok(partials[0]);
         }
+        if size_of::<A>() == 0 {
+            // Every value of a zero-sized type is the same value.
+            return Ok(identity);
+        }
         // Round two: one worker combines the partials in index order.
         let off = self
             .inner
@@ -395,6 +406,7 @@ impl Pool {
         let (slot, seq) = self.submit_parts(Parts {
             len,
             chunk,
+            guided: false,
             run,
             input,
             more: None,
@@ -418,7 +430,8 @@ impl Pool {
         let (out, _) = self.alloc::<U>(len)?;
         let (slot, seq) = self.submit_parts(Parts {
             len,
-            chunk: self.chunk_for::<U>(len),
+            chunk: self.schedule_for::<U>(len).0,
+            guided: self.schedule_for::<U>(len).1,
             run,
             input,
             more: None,

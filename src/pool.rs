@@ -21,8 +21,14 @@ use crate::shmvec::ShmVec;
 use crate::stats::Stats;
 use crate::worker::in_worker;
 
-/// Default scheduling: about this many ranges per worker, claimed dynamically.
-const CHUNKS_PER_WORKER: usize = 4;
+/// Default scheduling: about this many fixed ranges per worker, claimed
+/// dynamically. 16 rather than 4: a map whose first tenth costs 100 times
+/// more ran 1.8× faster, uniform and memory-bound maps the same
+/// (`benches/tuning.rs`).
+const CHUNKS_PER_WORKER: usize = 16;
+/// Guided ranges (`Builder::guided`): the smallest is about
+/// `1 / (this × workers)` of the job; the first about `1 / (2 × workers)`.
+const GUIDED_MIN_PER_WORKER: usize = 16;
 /// Ranges whose output is at least this large end on page boundaries.
 const PAGE_CHUNK_FROM: usize = 64 << 10;
 /// The largest alignment an arena block can guarantee (the region is page
@@ -70,6 +76,53 @@ pub struct Pool {
     pub(crate) threads: Vec<JoinHandle<()>>,
 }
 
+/// Inputs at least this large are staged by several threads at once: one
+/// thread cannot saturate the memory bus.
+const PARALLEL_COPY_FROM: usize = 8 << 20;
+
+fn input_bytes<T: Pod>(input: &[T]) -> &[u8] {
+    bytemuck::cast_slice(input)
+}
+
+/// Copies `src` to `dst`, split across up to `threads` threads when it is
+/// large (measured: 128 MiB in 7-9 ms on one thread, about half on two).
+fn copy_in(src: &[u8], dst: *mut u8, threads: usize) {
+    let threads = threads.clamp(1, 8);
+    if src.len() < PARALLEL_COPY_FROM || threads == 1 {
+        // SAFETY: the caller's block has room for `src.len()` bytes, is ours,
+        // and does not overlap `src` (one is in the arena, the other not, or
+        // they are distinct blocks).
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+        return;
+    }
+    let piece = src.len().div_ceil(threads).next_multiple_of(4096);
+    // Raw pointers are not Send; the address is.
+    let base = dst as usize;
+    let copy = move |i: usize, part: &[u8]| {
+        // SAFETY: as above; the pieces are disjoint slices of the block, each
+        // written by one thread, and the scope ends before the caller uses
+        // the block.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                part.as_ptr(),
+                (base as *mut u8).add(i * piece),
+                part.len(),
+            )
+        }
+    };
+    std::thread::scope(|s| {
+        for (i, part) in src.chunks(piece).enumerate() {
+            // A thread that cannot be started: copy that piece here.
+            if std::thread::Builder::new()
+                .spawn_scoped(s, move || copy(i, part))
+                .is_err()
+            {
+                copy(i, part);
+            }
+        }
+    });
+}
+
 /// Where a job writes its results.
 pub(crate) enum Output {
     /// A new block, which becomes the caller's `ShmVec`.
@@ -85,6 +138,8 @@ pub(crate) enum Output {
 pub(crate) struct Parts {
     pub(crate) len: usize,
     pub(crate) chunk: usize,
+    /// Guided claims of at least `chunk` (maps), or fixed ranges of `chunk`.
+    pub(crate) guided: bool,
     pub(crate) run: RunFn,
     pub(crate) input: (Loc, Option<Alloc>),
     /// A further block the job owns (a second staged input).
@@ -98,7 +153,13 @@ pub(crate) struct Parts {
 /// The default range size: about `CHUNKS_PER_WORKER` ranges per worker;
 /// large ranges end on page boundaries of the output.
 fn default_chunk(len: usize, workers: usize, out_size: usize) -> usize {
-    let per = len.div_ceil(workers * CHUNKS_PER_WORKER).max(1);
+    chunk_of(len, workers * CHUNKS_PER_WORKER, out_size)
+}
+
+/// `len / parts`, rounded up, ending on page boundaries of the output when
+/// that is large.
+fn chunk_of(len: usize, parts: usize, out_size: usize) -> usize {
+    let per = len.div_ceil(parts.max(1)).max(1);
     if out_size == 0 || per.saturating_mul(out_size) < PAGE_CHUNK_FROM {
         return per;
     }
@@ -390,9 +451,11 @@ impl Pool {
         };
         let len = input.len();
         let placed = self.place_input(input)?;
+        let (chunk, guided) = self.schedule_for::<U>(len);
         let (slot, seq) = self.submit_parts(Parts {
             len,
-            chunk: self.chunk_for::<U>(len),
+            chunk,
+            guided,
             run: run_map::<T, U, F>,
             input: placed,
             more: None,
@@ -550,8 +613,7 @@ impl Pool {
             return Ok((self.nowhere(), None));
         }
         let (block, _) = self.alloc::<T>(input.len())?;
-        // SAFETY: the block has room for `bytes` bytes and is ours.
-        unsafe { std::ptr::copy_nonoverlapping(input.as_ptr().cast::<u8>(), block.ptr(), bytes) };
+        copy_in(input_bytes(input), block.ptr(), self.inner.workers);
         // ORDERING: Relaxed: a statistic.
         self.inner
             .stats
@@ -571,9 +633,11 @@ impl Pool {
         waiter: Waiter,
     ) -> Result<(usize, u64), Error> {
         let (out, _) = self.alloc::<U>(len)?;
+        let (chunk, guided) = self.schedule_for::<U>(len);
         self.submit_parts(Parts {
             len,
-            chunk: self.chunk_for::<U>(len),
+            chunk,
+            guided,
             run,
             input,
             more: None,
@@ -584,8 +648,8 @@ impl Pool {
         })
     }
 
-    /// The claim size of a map over `len` elements producing `U`s: the
-    /// pool's `chunk_size`, or about four ranges per worker.
+    /// The fixed claim size of a job over `len` elements producing `U`s:
+    /// the pool's `chunk_size`, or about four ranges per worker.
     pub(crate) fn chunk_for<U>(&self, len: usize) -> usize {
         match self.inner.config.chunk_size {
             Some(c) => c.min(len).max(1),
@@ -593,11 +657,30 @@ impl Pool {
         }
     }
 
+    /// The scheduling of a map over `len` elements producing `U`s: fixed
+    /// ranges of the pool's `chunk_size` if it has one; guided ranges of at
+    /// least `len / (16 × workers)` if the pool is `guided`; else fixed
+    /// ranges, about 16 per worker. Returns the chunk and whether guided.
+    pub(crate) fn schedule_for<U>(&self, len: usize) -> (usize, bool) {
+        let config = &self.inner.config;
+        match config.chunk_size {
+            Some(c) => (c.min(len).max(1), false),
+            None if config.guided => {
+                let parts = self.inner.workers * GUIDED_MIN_PER_WORKER;
+                (chunk_of(len, parts, size_of::<U>()), true)
+            }
+            None => (self.chunk_for::<U>(len), false),
+        }
+    }
+
     /// Submits a job whose pieces are placed.
     pub(crate) fn submit_parts(&self, p: Parts) -> Result<(usize, u64), Error> {
         let (in_loc, staged) = p.input;
         let (ctx_loc, ctx_block) = p.ctx.unwrap_or((self.nowhere(), None));
-        let chunk = p.chunk.max(1);
+        // Never more than the length: claims add `chunk` to a counter, which
+        // must not wrap (a reduction's partition is the same either way).
+        let chunk = p.chunk.clamp(1, p.len.max(1));
+        let in_place = matches!(p.out, Output::Input);
         let (output, out) = match p.out {
             Output::New(block) => (Loc::Arena(block.off()), Out::Block(block)),
             Output::At(off) => (Loc::Arena(off), Out::Nothing),
@@ -610,9 +693,11 @@ impl Pool {
             ctx: ctx_loc,
             len: p.len as u64,
             chunk: chunk as u64,
+            guided: p.guided,
             inline: p.inline,
         };
-        let job = Job::new(p.len as u64, out, [staged, ctx_block, p.more], p.waiter);
+        let mut job = Job::new(p.len as u64, out, [staged, ctx_block, p.more], p.waiter);
+        job.retryable = !in_place;
         let tokens = p.len.div_ceil(chunk).min(self.inner.workers) as u32;
         self.inner.submit(&spec, job, tokens)
     }
@@ -647,6 +732,7 @@ impl Pool {
             ctx: self.nowhere(),
             len: 1,
             chunk: 1,
+            guided: false,
             inline,
         };
         let job = Job::new(1, out, [staged, None, None], waiter);
@@ -779,13 +865,13 @@ mod tests {
 
     #[test]
     fn chunks_balance_and_align() {
-        assert_eq!(default_chunk(16, 2, 8), 2);
+        assert_eq!(default_chunk(64, 2, 8), 2);
         assert_eq!(default_chunk(1, 4, 8), 1);
-        assert_eq!(default_chunk(100, 4, 4), 7);
+        assert_eq!(default_chunk(100, 4, 4), 2);
         let big = default_chunk(16 << 20, 2, 8);
         assert_eq!(big % 512, 0, "large ranges end on page boundaries");
-        assert!(big >= (16 << 20) / 8);
-        assert_eq!(default_chunk(10, 1, 0), 3);
+        assert!(big >= (16 << 20) / 32);
+        assert_eq!(default_chunk(10, 1, 0), 1);
     }
 
     #[test]

@@ -67,6 +67,14 @@ impl Region {
         // truncate it under the mapping, which is what map_mut requires.
         let mut map = unsafe { MmapMut::map_mut(&fd)? };
         debug_assert_eq!(map.len(), layout.len);
+        // Large blocks may use transparent huge pages where the kernel allows
+        // them on shared memory (`shmem_enabled` of `advise` or `always`); on
+        // `never`, as on the CI machine, the advice is a no-op. Best effort.
+        let _ = map.advise_range(
+            memmap2::Advice::HugePage,
+            layout.arena_off,
+            layout.len - layout.arena_off,
+        );
         let base = map.as_mut_ptr();
         let region = Region {
             _map: map,

@@ -82,6 +82,10 @@ pub(crate) struct Job {
     pub(crate) waiter: Waiter,
     /// Retries so far, by range start.
     pub(crate) attempts: Vec<(u64, u32)>,
+    /// Whether a lost range may run again: false for a job that writes its
+    /// input in place (a range the dead worker half-updated would be mapped
+    /// twice).
+    pub(crate) retryable: bool,
     /// The descriptor as published, to detect a worker overwriting it.
     pub(crate) published: [u64; 7],
 }
@@ -96,6 +100,7 @@ impl Job {
             failure: None,
             waiter,
             attempts: Vec::new(),
+            retryable: true,
             published: [0; 7],
         }
     }
@@ -189,6 +194,8 @@ pub(crate) struct Spec {
     pub(crate) ctx: Loc,
     pub(crate) len: u64,
     pub(crate) chunk: u64,
+    /// Guided claims (`FLAG_GUIDED`); else fixed ranges of `chunk`.
+    pub(crate) guided: bool,
     /// Copied into the slot's inline area on publish.
     pub(crate) inline: InlineData,
 }
@@ -310,7 +317,8 @@ impl Ring {
         slot.err.state.store(ERR_NONE, Relaxed);
         d.abort.store(0, Relaxed);
         d.waiters.store(sync as u32, Relaxed);
-        d.notify.store(notify, Relaxed);
+        let flags = notify | if spec.guided { FLAG_GUIDED } else { 0 };
+        d.notify.store(flags, Relaxed);
         d.run.store(spec.run, Relaxed);
         d.in_off.store(spec.input.resolve(inline_off), Relaxed);
         d.out_off.store(spec.output.resolve(inline_off), Relaxed);
@@ -412,6 +420,7 @@ impl Ring {
         }
         let error = match decide(job.len) {
             Retry::Fail(e) => e,
+            Retry::Range(_, _, e) if !job.retryable => e,
             Retry::Range(range, max, e) => {
                 let start = range.start as u64;
                 let tries = match job.attempts.iter_mut().find(|(at, _)| *at == start) {

@@ -17,6 +17,11 @@ pub(crate) const SLOT_DONE: u32 = 2;
 /// `Slot::notify` bit: write the completion eventfd when the job finishes
 /// (asynchronous jobs, whose results the pool's result thread delivers).
 pub(crate) const NOTIFY_EVENT: u32 = 1;
+/// `Slot::notify` bit (the word carries the job's flags): claim ranges
+/// *guided*: each claim takes a share of what is left (`remaining / (2 ×
+/// workers)`, a multiple of `chunk`, at least `chunk`), so ranges start large
+/// and shrink towards the end, where balance matters.
+pub(crate) const FLAG_GUIDED: u32 = 2;
 
 /// `WorkerRecord::slot` when the worker is in no slot.
 pub(crate) const NO_SLOT: u32 = u32::MAX;

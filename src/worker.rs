@@ -248,7 +248,11 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
     // ORDERING: Relaxed: ordered after the acquire load of `state` above.
     let d = &slot.desc;
     let (run, notify) = (d.run.load(Relaxed), d.notify.load(Relaxed));
-    let (len, chunk) = (d.len.load(Relaxed), d.chunk.load(Relaxed).max(1));
+    // A chunk larger than the job (scribbled) could wrap the claim counter.
+    let len = d.len.load(Relaxed);
+    let chunk = d.chunk.load(Relaxed).clamp(1, len.max(1));
+    let guided = notify & FLAG_GUIDED != 0;
+    let workers = region.layout().workers as u64;
     let job = JobView {
         slot,
         args: JobArgs {
@@ -305,13 +309,9 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
             if *budget == 0 {
                 break 'visit;
             }
-            // ORDERING: AcqRel: the claim counter only hands out disjoint
-            // ranges; the atomicity of the RMW is what matters.
-            let start = slot.claim.0.fetch_add(chunk, AcqRel);
-            if start >= len {
+            let Some((start, end)) = claim(slot, len, chunk, guided, workers) else {
                 break;
-            }
-            let end = start.saturating_add(chunk).min(len);
+            };
             ran |= run_claimed(ctx, &job, start, end);
             *budget -= 1;
         }
@@ -345,6 +345,34 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
         }
     }
     ran
+}
+
+/// Claims the next range of a job of `len` elements: fixed ranges of `chunk`,
+/// or guided ones (a share of what is left, a multiple of `chunk`, at least
+/// `chunk`). `None` once every element is claimed.
+fn claim(slot: &Slot, len: u64, chunk: u64, guided: bool, workers: u64) -> Option<(u64, u64)> {
+    let counter = &slot.claim.0;
+    if !guided {
+        // ORDERING: AcqRel: the claim counter only hands out disjoint
+        // ranges; the atomicity of the RMW is what matters.
+        let start = counter.fetch_add(chunk, AcqRel);
+        return (start < len).then(|| (start, start.saturating_add(chunk).min(len)));
+    }
+    // ORDERING: Relaxed: a first guess; the exchange below decides.
+    let mut start = counter.load(Relaxed);
+    loop {
+        if start >= len {
+            return None;
+        }
+        let share = (len - start) / (2 * workers.max(1));
+        let size = (share / chunk).max(1).saturating_mul(chunk);
+        let end = start.saturating_add(size).min(len);
+        // ORDERING: AcqRel, as above: the exchange alone hands out `start..end`.
+        match counter.compare_exchange_weak(start, end, AcqRel, Relaxed) {
+            Ok(_) => return Some((start, end)),
+            Err(now) => start = now,
+        }
+    }
 }
 
 /// Runs the range `start..end` of `job`, which this worker claimed, and

@@ -148,11 +148,19 @@ pub fn open_fds() -> usize {
         .unwrap_or(0)
 }
 
-/// Shared-memory mappings made by shmpool in this process.
+/// Shared-memory regions made by shmpool that this process maps (one per
+/// memfd, counted by inode: the arena's huge-page advice splits a region's
+/// mapping into two lines of `/proc/self/maps`).
 pub fn shmpool_mappings() -> usize {
-    std::fs::read_to_string("/proc/self/maps")
-        .map(|m| m.lines().filter(|l| l.contains("memfd:shmpool")).count())
-        .unwrap_or(0)
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut inodes: Vec<&str> = maps
+        .lines()
+        .filter(|l| l.contains("memfd:shmpool"))
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .collect();
+    inodes.sort_unstable();
+    inodes.dedup();
+    inodes.len()
 }
 
 /// A tiny deterministic PRNG (xorshift64*), so tests need no dependency.
