@@ -73,9 +73,9 @@ pub(crate) struct Inner {
     pub(crate) region: Arc<Region>,
     pub(crate) workers: usize,
     pub(crate) config: Config,
-    /// The process that built the pool; a forked copy of the pool in another
-    /// process refuses to work.
-    pub(crate) owner: u32,
+    /// The fork generation (`os::fork_generation`) of the process that built
+    /// the pool; a copy of the pool in a forked child refuses to work.
+    pub(crate) owner: u64,
     /// Set when a worker's initializer failed: the panic message.
     pub(crate) broken: OnceLock<String>,
     ring: Mutex<Ring>,
@@ -106,7 +106,7 @@ impl Inner {
         Ok(Inner {
             workers: layout.workers,
             config,
-            owner: os::getpid(),
+            owner: os::fork_generation(),
             broken: OnceLock::new(),
             ring: Mutex::new(Ring::new(layout.ring)),
             ring_cv: Condvar::new(),
@@ -164,7 +164,7 @@ impl Inner {
     /// Whether this is the process that built the pool (not a worker, not a
     /// process forked from it by the user).
     pub(crate) fn in_owner(&self) -> bool {
-        !in_worker() && os::getpid() == self.owner
+        !in_worker() && os::fork_generation() == self.owner
     }
 
     /// The error of a pool whose initializer failed.

@@ -197,6 +197,30 @@ pub(crate) fn getpid() -> u32 {
     std::process::id()
 }
 
+/// Forks this process has been through: 0 in the process that first called
+/// `fork_generation`, one more in each child forked (through libc's `fork`)
+/// since. A pool compares it with the value it was built with to tell
+/// whether it is still in the process that owns it, without a `getpid`
+/// system call on every job (it cost 330 ns here, a sixth of an `apply`).
+pub(crate) fn fork_generation() -> u64 {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: registers a plain function as a child-side fork handler;
+        // it only bumps an atomic, which is async-signal-safe.
+        unsafe { libc::pthread_atfork(None, None, Some(forked)) };
+    });
+    // ORDERING: Relaxed: each process only reads its own copy, which the
+    // fork handler wrote in this thread before `fork` returned.
+    FORKS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static FORKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn forked() {
+    // ORDERING: Relaxed: see `fork_generation`.
+    FORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Ends this process at once: no destructors, no atexit handlers, no stdio
 /// flush. The only way a forked worker ever ends.
 pub(crate) fn exit_now(code: i32) -> ! {
