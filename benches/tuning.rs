@@ -84,7 +84,7 @@ fn heavy(x: f64, n: u32) -> f64 {
 
 fn chunking() {
     println!(
-        "\n## ranges per worker (2 workers): fixed `chunk_size`, and the default guided claims\n"
+        "\n## ranges per worker (2 workers): fixed `chunk_size`, the default (16 per worker), guided claims\n"
     );
     println!(
         "| ranges per worker | uniform (1 Mi × 50 sin) | skewed (10% of elements 100× dearer) | memory-bound (x*x, 16 Mi f64) |"
@@ -93,14 +93,14 @@ fn chunking() {
     let n: usize = 1 << 20;
     let xs: Vec<f64> = (0..n).map(|i| i as f64 * 1e-6).collect();
     let big: Vec<f64> = (0..16 << 20).map(|i| i as f64).collect();
-    for per in [1usize, 2, 4, 8, 32, 128, 0] {
+    // 0: the default (no chunk_size); usize::MAX: guided claims.
+    for per in [1usize, 2, 4, 8, 32, 128, 0, usize::MAX] {
         let builder = |len: usize| {
             let b = Pool::builder().workers(2);
-            // 0: no chunk_size, the default guided claims.
-            if per == 0 {
-                b
-            } else {
-                b.chunk_size(len.div_ceil(2 * per))
+            match per {
+                0 => b,
+                usize::MAX => b.guided(true),
+                _ => b.chunk_size(len.div_ceil(2 * per)),
             }
         };
         let pool = builder(n).build().unwrap();
@@ -121,10 +121,10 @@ fn chunking() {
         let sb = pool_big.to_shm(&big).unwrap();
         let mut out = pool_big.alloc_zeroed::<f64>(16 << 20).unwrap();
         let mem = median(7, || pool_big.map_into(&sb, &mut out, |x| x * x).unwrap());
-        let label = if per == 0 {
-            "guided (default)".to_owned()
-        } else {
-            format!("{per} fixed")
+        let label = match per {
+            0 => "default (16 fixed)".to_owned(),
+            usize::MAX => "guided".to_owned(),
+            _ => format!("{per} fixed"),
         };
         println!(
             "| {label} | {:.1} ms | {:.1} ms | {:.2} ms |",
