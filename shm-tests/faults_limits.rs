@@ -9,21 +9,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{deadline, is_dead, wait_until};
+use common::{assert_healthy, deadline, is_dead, wait_until};
 use shmpool::{Error, Pool};
-
-/// The pool still maps correctly, and every worker has been replaced.
-fn assert_healthy(pool: &Pool) {
-    let xs: Vec<u64> = (0..10_000).collect();
-    let ys = pool.map(&xs, |x| x * 3).unwrap();
-    assert!(ys.iter().enumerate().all(|(i, &y)| y == 3 * i as u64));
-    assert!(
-        wait_until(Duration::from_secs(5), || pool.worker_pids().len()
-            == pool.workers()),
-        "workers: {:?}",
-        pool.worker_pids()
-    );
-}
 
 /// Spins forever on element `bad`; passes the others through.
 fn spin_on(bad: &u64, x: u64) -> u64 {

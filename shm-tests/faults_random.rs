@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Rng, deadline, wait_until};
+use common::{Rng, assert_healthy, deadline};
 use shmpool::{Error, Pool};
 
 const KINDS: [&str; 7] = [
@@ -151,17 +151,6 @@ fn judge(f: &Fault, n: u64, outcome: &Result<Vec<u64>, Error>) -> Result<&'stati
         (_, Err(e)) => return Err(format!("unexpected error: {e:?}")),
     };
     Ok(verdict)
-}
-
-fn assert_healthy(pool: &Pool) {
-    let xs: Vec<u64> = (0..5_000).collect();
-    let ys = pool.map(&xs, |x| x + 7).expect("the next map works");
-    assert!(ys.iter().enumerate().all(|(i, &y)| y == i as u64 + 7));
-    assert!(
-        wait_until(Duration::from_secs(5), || pool.worker_pids().len()
-            == pool.workers()),
-        "workers were replaced"
-    );
 }
 
 #[test]

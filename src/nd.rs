@@ -14,8 +14,8 @@ use ndarray::{Array, ArrayBase, ArrayView, ArrayViewMut, Data, Dimension, IntoDi
 
 use crate::error::Error;
 use crate::job::{BadDescriptor, JobArgs, RunFn, conjure};
-use crate::pool::{Output, Pool};
-use crate::ring::{InlineData, Waiter};
+use crate::pool::Pool;
+use crate::ring::InlineData;
 use crate::shmvec::ShmVec;
 
 /// The most axes a stencil's array may have.
@@ -223,21 +223,8 @@ impl Pool {
         let input = self.place_input(&row_major(a))?;
         let mut inline = InlineData::new();
         let ctx = self.place_value(&shape, &mut inline)?;
-        let (out, _) = self.alloc::<U>(len)?;
         let run: RunFn = run_stencil::<T, U, D, F>;
-        let (slot, seq) = self.submit_parts(crate::pool::Parts {
-            len,
-            chunk: self.schedule_for::<U>(len).0,
-            guided: self.schedule_for::<U>(len).1,
-            run,
-            input,
-            more: None,
-            ctx: Some(ctx),
-            out: Output::New(out),
-            inline,
-            waiter: Waiter::Sync,
-        })?;
-        let out = crate::pool::into_vec(self.inner.wait_sync(slot, seq)?, len);
+        let out = self.run_blocking::<U>(len, run, input, Some(ctx), Some(inline))?;
         ShmArray::from_shmvec(out, a.raw_dim())
     }
 }

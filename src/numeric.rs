@@ -113,10 +113,11 @@ impl Pool {
         let mut inline = InlineData::new();
         let ctx = self.place_value(&offsets, &mut inline)?;
         let (out, _) = self.alloc::<U>(len)?;
+        let (chunk, guided) = self.schedule_for::<U>(len);
         let (slot, seq) = self.submit_parts(Parts {
             len,
-            chunk: self.schedule_for::<U>(len).0,
-            guided: self.schedule_for::<U>(len).1,
+            chunk,
+            guided,
             run: run_map3::<A, B, C, U, F>,
             input,
             more: b_block,
@@ -234,10 +235,11 @@ impl Pool {
             ));
         };
         let len = v.len();
+        let (chunk, guided) = self.schedule_for::<T>(len);
         let (slot, seq) = self.submit_parts(Parts {
             len,
-            chunk: self.schedule_for::<T>(len).0,
-            guided: self.schedule_for::<T>(len).1,
+            chunk,
+            guided,
             run: run_in_place::<T, F>,
             input: (Loc::Arena(off), None),
             more: None,
@@ -419,7 +421,7 @@ impl Pool {
     }
 
     /// Submits a blocking map-shaped job (`len` outputs of `U`) and waits.
-    fn run_blocking<U: Pod>(
+    pub(crate) fn run_blocking<U: Pod>(
         &self,
         len: usize,
         run: RunFn,
@@ -428,10 +430,11 @@ impl Pool {
         inline: Option<InlineData>,
     ) -> Result<ShmVec<U>, Error> {
         let (out, _) = self.alloc::<U>(len)?;
+        let (chunk, guided) = self.schedule_for::<U>(len);
         let (slot, seq) = self.submit_parts(Parts {
             len,
-            chunk: self.schedule_for::<U>(len).0,
-            guided: self.schedule_for::<U>(len).1,
+            chunk,
+            guided,
             run,
             input,
             more: None,

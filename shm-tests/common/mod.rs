@@ -178,3 +178,17 @@ impl Rng {
         self.next_u64() % n
     }
 }
+
+/// The pool still maps correctly, and every worker has been replaced (a
+/// replacement may lag the failed job that caused it).
+pub fn assert_healthy(pool: &shmpool::Pool) {
+    let xs: Vec<u64> = (0..10_000).collect();
+    let ys = pool.map(&xs, |x| x * 3).expect("the next map works");
+    assert!(ys.iter().enumerate().all(|(i, &y)| y == 3 * i as u64));
+    assert!(
+        wait_until(Duration::from_secs(5), || pool.worker_pids().len()
+            == pool.workers()),
+        "workers: {:?}",
+        pool.worker_pids()
+    );
+}
