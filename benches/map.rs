@@ -5,6 +5,7 @@
 //!   maps a plain `Vec`, which is copied into shared memory first.
 //! - `heavy_1m`: 50 chained `sin` over 1 Mi `f64` (compute-bound).
 //! - `round_trip_16`: a map of 16 elements: dispatch and wake-up latency.
+//! - `scaling`: `x * x` at sizes 1e2 to 1e8, for the crossover points.
 //!
 //! Compare ratios within one run, not absolute times across runs.
 //! `cargo bench --bench map`; `cargo bench --bench map -- heavy` for one group.
@@ -97,5 +98,29 @@ fn round_trip_16(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, square_16m, heavy_1m, round_trip_16);
+/// `x * x` at every size from 1e2 to 1e8, so the crossovers show: where
+/// rayon overtakes serial code, and where shmpool does.
+fn scaling(c: &mut Criterion) {
+    let pool = Pool::new(workers()).unwrap();
+    let mut g = c.benchmark_group("scaling");
+    g.sample_size(10).measurement_time(Duration::from_secs(2));
+    for exp in 2..=8 {
+        let n = 10usize.pow(exp);
+        let data: Vec<f64> = (0..n).map(|i| i as f64).collect();
+        let shared = pool.to_shm(&data).unwrap();
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::new("serial", n), &data, |b, d| {
+            b.iter(|| black_box(d.iter().map(|&x| square(x)).collect::<Vec<f64>>()))
+        });
+        g.bench_with_input(BenchmarkId::new("rayon", n), &data, |b, d| {
+            b.iter(|| black_box(d.par_iter().map(|&x| square(x)).collect::<Vec<f64>>()))
+        });
+        g.bench_with_input(BenchmarkId::new("shmpool", n), &shared, |b, d| {
+            b.iter(|| black_box(pool.map(d, square).unwrap()))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, square_16m, heavy_1m, round_trip_16, scaling);
 criterion_main!(benches);
