@@ -557,8 +557,10 @@ impl Supervisor {
         }
     }
 
-    /// Asks every worker to exit once it is idle, waits up to `GRACE`, then
-    /// leaves the rest to `kill_all`.
+    /// Asks every worker to exit once it is idle, and waits (up to `GRACE`)
+    /// until they have, or until no job is left in any slot (a cancelled
+    /// job's running ranges finish); `kill_all` then ends the idle rest at
+    /// once instead of waiting for each exit in turn (`join` took 0.8 ms).
     fn graceful(&mut self) {
         let control = self.inner.region.control();
         // ORDERING: SeqCst: pairs with the workers' SeqCst load after waking;
@@ -566,7 +568,9 @@ impl Supervisor {
         control.shutdown.0.store(1, SeqCst);
         control.sem.post(2 * self.workers.len() as u32);
         let deadline = Instant::now() + GRACE;
-        while self.workers.iter().any(|w| matches!(w, Worker::Live(_))) {
+        while self.workers.iter().any(|w| matches!(w, Worker::Live(_)))
+            && self.inner.ring().busy_slots().next().is_some()
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(template) = &self.template else {
                 return;
@@ -579,7 +583,8 @@ impl Supervisor {
                 pollfd(&template.pidfd),
                 pollfd(&self.inner.ctl_fd),
             ];
-            let _ = os::poll(&mut fds, left.as_millis().max(1) as i32);
+            // A tick: a slot drains without telling us.
+            let _ = os::poll(&mut fds, left.as_millis().clamp(1, 10) as i32);
             // `terminate` upgrades a graceful stop.
             if self.stop() == STOP_KILL {
                 return;
