@@ -225,11 +225,7 @@ impl Pool {
         if v.is_empty() {
             return Ok(());
         }
-        let Some(off) = self
-            .inner
-            .region
-            .arena_offset(v.as_ptr().cast(), size_of_val(v.as_slice()))
-        else {
+        let Some(off) = self.arena_offset_of(v) else {
             return Err(Error::invalid(
                 "map_in_place needs a vector in this pool's shared memory",
             ));
@@ -372,13 +368,9 @@ impl Pool {
             return Ok(identity);
         }
         // Round two: one worker combines the partials in index order.
-        let off = self
-            .inner
-            .region
-            .arena_offset(partials.as_ptr().cast(), size_of_val(partials.as_slice()))
-            .ok_or(Error::Corrupted {
-                detail: "partials outside the arena",
-            })?;
+        let off = self.arena_offset_of(&partials).ok_or(Error::Corrupted {
+            detail: "partials outside the arena",
+        })?;
         let total: ShmVec<A> = self.run_reduce_job(
             parts,
             parts,

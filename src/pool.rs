@@ -440,11 +440,7 @@ impl Pool {
         if input.is_empty() {
             return Ok(());
         }
-        let Some(off) = self
-            .inner
-            .region
-            .arena_offset(out.as_ptr().cast(), size_of_val(out.as_slice()))
-        else {
+        let Some(off) = self.arena_offset_of(out) else {
             return Err(Error::invalid(
                 "map_into needs an output vector in this pool's shared memory",
             ));
@@ -588,6 +584,14 @@ impl Pool {
         Ok((Loc::Arena(block.off()), Some(block)))
     }
 
+    /// The region offset of `data` if it lies in this pool's arena (a
+    /// `ShmVec` of this pool, or a slice of one).
+    pub(crate) fn arena_offset_of<T: Pod>(&self, data: &[T]) -> Option<u64> {
+        self.inner
+            .region
+            .arena_offset(data.as_ptr().cast(), size_of_val(data))
+    }
+
     /// An offset for inputs that occupy no bytes.
     pub(crate) fn nowhere(&self) -> Loc {
         Loc::Arena(self.inner.region.layout().arena_off as u64)
@@ -596,11 +600,7 @@ impl Pool {
     /// For a blocking call: finds `input` in the arena (read in place, as the
     /// call borrows it until the job is harvested), or copies it there.
     pub(crate) fn place_input<T: Pod>(&self, input: &[T]) -> Result<(Loc, Option<Alloc>), Error> {
-        match self
-            .inner
-            .region
-            .arena_offset(input.as_ptr().cast(), size_of_val(input))
-        {
+        match self.arena_offset_of(input) {
             Some(off) if !input.is_empty() => Ok((Loc::Arena(off), None)),
             _ => self.stage(input),
         }
