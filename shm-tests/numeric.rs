@@ -377,3 +377,61 @@ fn huge_chunks_and_zero_sized_accumulators_reduce_correctly() {
         assert!(pool.map_reduce(&[1u8; 1000], |_| (), |_, _| (), ()).is_ok());
     })
 }
+
+#[test]
+fn streamed_outputs_match_plain_ones_at_every_offset_and_size() {
+    deadline(120, || {
+        // Streaming forced on (threshold 0) against the default pool, with
+        // chunk sizes that start ranges mid cache line, and element sizes
+        // that do and do not divide a streamed block.
+        let plain = Pool::new(2).unwrap();
+        for chunk in [1_000, 4_099, 65_536] {
+            let streamed = Pool::builder()
+                .workers(2)
+                .chunk_size(chunk)
+                .stream_stores_from(0)
+                .build()
+                .unwrap();
+            for n in [0, 1, 7, 1000, 65_537, 300_001] {
+                let (a, b, c) = (data(n, 7), data(n, 8), data(n, 9));
+                let want: Vec<f64> = a.iter().map(|x| x * x - 1.0).collect();
+                assert_eq!(
+                    streamed.map(&a, |x| x * x - 1.0).unwrap(),
+                    want,
+                    "map n={n}"
+                );
+                assert_eq!(plain.map(&a, |x| x * x - 1.0).unwrap(), want);
+                let bytes: Vec<u8> = a.iter().map(|x| *x as i64 as u8).collect();
+                let want_b: Vec<u8> = bytes.iter().map(|x| x.wrapping_mul(3)).collect();
+                assert_eq!(streamed.map(&bytes, |x| x.wrapping_mul(3)).unwrap(), want_b);
+                let want_3: Vec<[u8; 3]> = bytes.iter().map(|&x| [x, x ^ 1, 7]).collect();
+                assert_eq!(streamed.map(&bytes, |x| [x, x ^ 1, 7]).unwrap(), want_3);
+                let want_pair: Vec<[f64; 2]> = a.iter().map(|&x| [x, -x]).collect();
+                assert_eq!(streamed.map(&a, |x| [x, -x]).unwrap(), want_pair);
+                let want2: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x * y).collect();
+                assert_eq!(streamed.map2(&a, &b, |x, y| x * y).unwrap(), want2);
+                let want3: Vec<f64> = (0..n).map(|i| a[i] + b[i] * c[i]).collect();
+                assert_eq!(
+                    streamed.map3(&a, &b, &c, |x, y, z| x + y * z).unwrap(),
+                    want3
+                );
+                let want_i: Vec<f64> = (0..n).map(|i| a[i] + i as f64).collect();
+                assert_eq!(
+                    streamed
+                        .map_indexed(&a, |xs: &[f64], i| xs[i] + i as f64)
+                        .unwrap(),
+                    want_i
+                );
+                let want_w: Vec<f64> = a.iter().map(|x| x * 4.0).collect();
+                assert_eq!(streamed.map_with(4.0f64, &a, |k, x| k * x).unwrap(), want_w);
+                let shared = streamed.to_shm(&a).unwrap();
+                let mut out = streamed.alloc_zeroed::<f64>(n).unwrap();
+                streamed
+                    .map_into(&shared, &mut out, |x| x * x - 1.0)
+                    .unwrap();
+                assert_eq!(&out[..], &want[..], "map_into n={n}");
+            }
+            common::assert_healthy(&streamed);
+        }
+    });
+}

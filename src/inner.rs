@@ -58,6 +58,9 @@ pub(crate) struct Config {
     pub(crate) chunk_size: Option<usize>,
     /// Guided claims for maps without a `chunk_size`.
     pub(crate) guided: bool,
+    /// Outputs of at least this many bytes are streamed; `None` for the
+    /// last-level cache size.
+    pub(crate) stream_from: Option<usize>,
 }
 
 /// The worker processes, as the supervisor last recorded them.

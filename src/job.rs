@@ -13,6 +13,8 @@ use std::slice;
 
 use bytemuck::Pod;
 
+use crate::stream::fill;
+
 /// The message of the compile-time check on task closures.
 pub(crate) const CAPTURE_MESSAGE: &str = "shmpool: a task must be a fn item or a closure that captures nothing, \
      because it runs in a forked worker process; pass state through a Pod context (`map_with`)";
@@ -37,6 +39,8 @@ pub(crate) struct JobArgs {
     pub(crate) len: u64,
     /// The claim size (at least 1): ranges start at multiples of it.
     pub(crate) chunk: u64,
+    /// Write outputs with streaming stores (`FLAG_STREAM`).
+    pub(crate) stream: bool,
 }
 
 /// A descriptor that points outside the region or is misaligned.
@@ -127,9 +131,11 @@ where
     };
     // SAFETY: the parent held an `F` when it submitted the job.
     let f = unsafe { conjure::<F>() };
-    for (o, &x) in output.iter_mut().zip(input) {
-        *o = f(x);
-    }
+    fill(output, a.stream, |part, at| {
+        for (o, &x) in part.iter_mut().zip(&input[at..]) {
+            *o = f(x);
+        }
+    });
     Ok(())
 }
 
@@ -162,9 +168,11 @@ where
     };
     // SAFETY: the parent held an `F` when it submitted the job.
     let f = unsafe { conjure::<F>() };
-    for (o, &x) in output.iter_mut().zip(input) {
-        *o = f(ctx, x);
-    }
+    fill(output, a.stream, |part, at| {
+        for (o, &x) in part.iter_mut().zip(&input[at..]) {
+            *o = f(ctx, x);
+        }
+    });
     Ok(())
 }
 
@@ -200,9 +208,11 @@ where
     };
     // SAFETY: the parent held an `F` when it submitted the job.
     let f = unsafe { conjure::<F>() };
-    for ((o, &x), &y) in output.iter_mut().zip(xs).zip(ys) {
-        *o = f(x, y);
-    }
+    fill(output, a.stream, |part, at| {
+        for ((o, &x), &y) in part.iter_mut().zip(&xs[at..]).zip(&ys[at..]) {
+            *o = f(x, y);
+        }
+    });
     Ok(())
 }
 
@@ -242,9 +252,12 @@ where
     };
     // SAFETY: the parent held an `F` when it submitted the job.
     let f = unsafe { conjure::<F>() };
-    for (((o, &x), &y), &z) in output.iter_mut().zip(xs).zip(ys).zip(zs) {
-        *o = f(x, y, z);
-    }
+    fill(output, a.stream, |part, at| {
+        let inputs = xs[at..].iter().zip(&ys[at..]).zip(&zs[at..]);
+        for (o, ((&x, &y), &z)) in part.iter_mut().zip(inputs) {
+            *o = f(x, y, z);
+        }
+    });
     Ok(())
 }
 
@@ -370,9 +383,11 @@ where
     };
     // SAFETY: the parent held an `F` when it submitted the job.
     let f = unsafe { conjure::<F>() };
-    for (k, o) in output.iter_mut().enumerate() {
-        *o = f(input, start + k);
-    }
+    fill(output, a.stream, |part, at| {
+        for (k, o) in part.iter_mut().enumerate() {
+            *o = f(input, start + at + k);
+        }
+    });
     Ok(())
 }
 
@@ -389,6 +404,7 @@ mod tests {
             ctx_off: 0,
             len,
             chunk: 1,
+            stream: false,
         }
     }
 

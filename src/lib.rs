@@ -66,6 +66,7 @@ mod ring;
 mod shmvec;
 mod states;
 mod stats;
+mod stream;
 mod supervisor;
 mod sync;
 mod template;

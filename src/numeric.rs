@@ -11,7 +11,7 @@ use crate::error::Error;
 use crate::job::{
     MoreInputs, RunFn, run_chunks, run_in_place, run_indexed, run_map2, run_map3, run_reduce,
 };
-use crate::pool::{Output, Parts, Pool, check_align, into_vec};
+use crate::pool::{Output, Parts, Pool, Schedule, check_align, into_vec};
 use crate::ring::{InlineData, Loc, Waiter};
 use crate::shmvec::ShmVec;
 
@@ -113,11 +113,10 @@ impl Pool {
         let mut inline = InlineData::new();
         let ctx = self.place_value(&offsets, &mut inline)?;
         let (out, _) = self.alloc::<U>(len)?;
-        let (chunk, guided) = self.schedule_for::<U>(len);
+        let sched = self.schedule_for::<U>(len);
         let (slot, seq) = self.submit_parts(Parts {
             len,
-            chunk,
-            guided,
+            sched,
             run: run_map3::<A, B, C, U, F>,
             input,
             more: b_block,
@@ -231,11 +230,10 @@ impl Pool {
             ));
         };
         let len = v.len();
-        let (chunk, guided) = self.schedule_for::<T>(len);
+        let sched = self.schedule_for::<T>(len);
         let (slot, seq) = self.submit_parts(Parts {
             len,
-            chunk,
-            guided,
+            sched,
             run: run_in_place::<T, F>,
             input: (Loc::Arena(off), None),
             more: None,
@@ -399,8 +397,7 @@ impl Pool {
         let (out, _) = self.alloc::<A>(parts)?;
         let (slot, seq) = self.submit_parts(Parts {
             len,
-            chunk,
-            guided: false,
+            sched: Schedule::fixed(chunk),
             run,
             input,
             more: None,
@@ -422,11 +419,10 @@ impl Pool {
         inline: Option<InlineData>,
     ) -> Result<ShmVec<U>, Error> {
         let (out, _) = self.alloc::<U>(len)?;
-        let (chunk, guided) = self.schedule_for::<U>(len);
+        let sched = self.schedule_for::<U>(len);
         let (slot, seq) = self.submit_parts(Parts {
             len,
-            chunk,
-            guided,
+            sched,
             run,
             input,
             more: None,

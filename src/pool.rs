@@ -1,8 +1,8 @@
 //! `Pool` and its `Builder`: the public face.
 
 use std::mem::{align_of, size_of};
-use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 
 use bytemuck::Pod;
@@ -34,6 +34,18 @@ const PAGE_CHUNK_FROM: usize = 64 << 10;
 /// The largest alignment an arena block can guarantee (the region is page
 /// aligned).
 const MAX_ALIGN: usize = 4096;
+/// By default, outputs smaller than this are never streamed.
+const STREAM_FLOOR: usize = 1 << 20;
+
+/// The size of the largest CPU cache, read once from sysfs; 32 MiB when
+/// unknown. Streaming stores win once the output no longer fits in it
+/// (measured: `x*x` into 16 MiB of output ran 641 µs plain, 755 µs
+/// streamed; into 32 MiB, 2016 µs plain, 1786 µs streamed, with a 32 MiB
+/// L3).
+fn last_level_cache() -> usize {
+    static SIZE: OnceLock<usize> = OnceLock::new();
+    *SIZE.get_or_init(|| crate::os::largest_cache().unwrap_or(32 << 20))
+}
 
 /// A pool of forked worker processes that map and apply functions over
 /// plain-old-data in shared memory.
@@ -137,9 +149,7 @@ pub(crate) enum Output {
 /// A job ready to submit: where its pieces are, and who waits for it.
 pub(crate) struct Parts {
     pub(crate) len: usize,
-    pub(crate) chunk: usize,
-    /// Guided claims of at least `chunk` (maps), or fixed ranges of `chunk`.
-    pub(crate) guided: bool,
+    pub(crate) sched: Schedule,
     pub(crate) run: RunFn,
     pub(crate) input: (Loc, Option<Alloc>),
     /// A further block the job owns (a second staged input).
@@ -148,6 +158,27 @@ pub(crate) struct Parts {
     pub(crate) out: Output,
     pub(crate) inline: InlineData,
     pub(crate) waiter: Waiter,
+}
+
+/// How a job's ranges are claimed and its outputs written.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Schedule {
+    pub(crate) chunk: usize,
+    /// Guided claims of at least `chunk` (maps), or fixed ranges of `chunk`.
+    pub(crate) guided: bool,
+    /// Streaming stores for the output (`Builder::stream_stores_from`).
+    pub(crate) stream: bool,
+}
+
+impl Schedule {
+    /// Fixed ranges of `chunk`, plain stores.
+    pub(crate) fn fixed(chunk: usize) -> Schedule {
+        Schedule {
+            chunk,
+            guided: false,
+            stream: false,
+        }
+    }
 }
 
 /// The default range size: about `CHUNKS_PER_WORKER` ranges per worker;
@@ -447,11 +478,10 @@ impl Pool {
         };
         let len = input.len();
         let placed = self.place_input(input)?;
-        let (chunk, guided) = self.schedule_for::<U>(len);
+        let sched = self.schedule_for::<U>(len);
         let (slot, seq) = self.submit_parts(Parts {
             len,
-            chunk,
-            guided,
+            sched,
             run: run_map::<T, U, F>,
             input: placed,
             more: None,
@@ -633,11 +663,10 @@ impl Pool {
         waiter: Waiter,
     ) -> Result<(usize, u64), Error> {
         let (out, _) = self.alloc::<U>(len)?;
-        let (chunk, guided) = self.schedule_for::<U>(len);
+        let sched = self.schedule_for::<U>(len);
         self.submit_parts(Parts {
             len,
-            chunk,
-            guided,
+            sched,
             run,
             input,
             more: None,
@@ -660,16 +689,28 @@ impl Pool {
     /// The scheduling of a map over `len` elements producing `U`s: fixed
     /// ranges of the pool's `chunk_size` if it has one; guided ranges of at
     /// least `len / (16 × workers)` if the pool is `guided`; else fixed
-    /// ranges, about 16 per worker. Returns the chunk and whether guided.
-    pub(crate) fn schedule_for<U>(&self, len: usize) -> (usize, bool) {
+    /// ranges, about 16 per worker. Outputs of at least the pool's
+    /// streaming threshold are streamed.
+    pub(crate) fn schedule_for<U>(&self, len: usize) -> Schedule {
         let config = &self.inner.config;
-        match config.chunk_size {
+        let (chunk, guided) = match config.chunk_size {
             Some(c) => (c.min(len).max(1), false),
             None if config.guided => {
                 let parts = self.inner.workers * GUIDED_MIN_PER_WORKER;
                 (chunk_of(len, parts, size_of::<U>()), true)
             }
             None => (self.chunk_for::<U>(len), false),
+        };
+        let bytes = len.saturating_mul(size_of::<U>());
+        let stream = match config.stream_from {
+            Some(from) => bytes >= from,
+            // No cache worth streaming past is smaller: skip the lookup.
+            None => bytes >= STREAM_FLOOR && bytes >= last_level_cache(),
+        };
+        Schedule {
+            chunk,
+            guided,
+            stream,
         }
     }
 
@@ -679,7 +720,7 @@ impl Pool {
         let (ctx_loc, ctx_block) = p.ctx.unwrap_or((self.nowhere(), None));
         // Never more than the length: claims add `chunk` to a counter, which
         // must not wrap (a reduction's partition is the same either way).
-        let chunk = p.chunk.clamp(1, p.len.max(1));
+        let chunk = p.sched.chunk.clamp(1, p.len.max(1));
         let in_place = matches!(p.out, Output::Input);
         let (output, out) = match p.out {
             Output::New(block) => (Loc::Arena(block.off()), Out::Block(block)),
@@ -693,7 +734,8 @@ impl Pool {
             ctx: ctx_loc,
             len: p.len as u64,
             chunk: chunk as u64,
-            guided: p.guided,
+            guided: p.sched.guided,
+            stream: p.sched.stream && !in_place,
             inline: p.inline,
         };
         let mut job = Job::new(p.len as u64, out, [staged, ctx_block, p.more], p.waiter);
@@ -733,6 +775,7 @@ impl Pool {
             len: 1,
             chunk: 1,
             guided: false,
+            stream: false,
             inline,
         };
         let job = Job::new(1, out, [staged, None, None], waiter);

@@ -196,6 +196,8 @@ pub(crate) struct Spec {
     pub(crate) chunk: u64,
     /// Guided claims (`FLAG_GUIDED`); else fixed ranges of `chunk`.
     pub(crate) guided: bool,
+    /// Streaming stores for the output (`FLAG_STREAM`).
+    pub(crate) stream: bool,
     /// Copied into the slot's inline area on publish.
     pub(crate) inline: InlineData,
 }
@@ -317,7 +319,9 @@ impl Ring {
         slot.err.state.store(ERR_NONE, Relaxed);
         d.abort.store(0, Relaxed);
         d.waiters.store(sync as u32, Relaxed);
-        let flags = notify | if spec.guided { FLAG_GUIDED } else { 0 };
+        let flags = notify
+            | if spec.guided { FLAG_GUIDED } else { 0 }
+            | if spec.stream { FLAG_STREAM } else { 0 };
         d.notify.store(flags, Relaxed);
         d.run.store(spec.run, Relaxed);
         d.in_off.store(spec.input.resolve(inline_off), Relaxed);

@@ -22,6 +22,9 @@ pub(crate) const NOTIFY_EVENT: u32 = 1;
 /// workers)`, a multiple of `chunk`, at least `chunk`), so ranges start large
 /// and shrink towards the end, where balance matters.
 pub(crate) const FLAG_GUIDED: u32 = 2;
+/// `Slot::notify` bit: write map outputs with streaming stores
+/// (`Builder::stream_stores_from`).
+pub(crate) const FLAG_STREAM: u32 = 4;
 
 /// `WorkerRecord::slot` when the worker is in no slot.
 pub(crate) const NO_SLOT: u32 = u32::MAX;

@@ -263,6 +263,7 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
             ctx_off: d.ctx_off.load(Relaxed),
             len,
             chunk,
+            stream: notify & FLAG_STREAM != 0,
         },
         run,
         len,

@@ -1,0 +1,163 @@
+//! Streaming (non-temporal) stores for large outputs.
+//!
+//! A map that writes `out[i] = f(in[i])` into memory that is not in cache
+//! moves three streams through the memory bus: the input is read, each output
+//! line is read first (the store miss fetches it), and then written back. An
+//! in-place map moves two. Non-temporal stores skip the read of the output
+//! line, so a map into a separate output moves two streams as well.
+//!
+//! They also push the output out of the cache, which is a loss when the caller
+//! reads it right away and it would have fit; so the parent only asks for
+//! them when the output is large (`Builder::stream_stores_from`), and the
+//! flag travels in the job's descriptor.
+//!
+//! [`fill`] computes a block of results into a buffer on the stack (in L1),
+//! then copies the block out with non-temporal stores. The user's loop stays a
+//! plain slice loop over the buffer, which the compiler vectorises as before.
+
+use std::mem::{align_of, size_of, size_of_val};
+
+use bytemuck::Pod;
+
+/// Bytes per block: computed into L1, then streamed out.
+const BLOCK: usize = 2048;
+
+/// A block buffer, aligned to a cache line.
+#[repr(C, align(64))]
+struct Block([u8; BLOCK]);
+
+/// Fills `out` by calling `compute(part, at)` on consecutive parts of it,
+/// where `at` is the index of `part[0]` in `out`. `compute` must write every
+/// element of `part`.
+///
+/// With `stream` set, on x86-64, when `U`'s size divides the block and the
+/// output can be aligned to a cache line at an element boundary, the middle
+/// of `out` is computed a block at a time into a buffer and stored with
+/// non-temporal stores, followed by a store fence, so the stores are globally
+/// visible before the caller publishes the range as done. Otherwise it is one
+/// call, `compute(out, 0)`.
+#[inline(always)]
+pub(crate) fn fill<U: Pod>(out: &mut [U], stream: bool, mut compute: impl FnMut(&mut [U], usize)) {
+    if !stream || !streamable::<U>() || size_of_val(out) < 4 * BLOCK {
+        compute(out, 0);
+        return;
+    }
+    let Some(head) = head_len(out.as_ptr() as usize, size_of::<U>()) else {
+        compute(out, 0);
+        return;
+    };
+    let per = BLOCK / size_of::<U>();
+    let body = (out.len() - head) / per * per;
+    compute(&mut out[..head], 0);
+    let mut buf = Block([0; BLOCK]);
+    let part: &mut [U] = bytemuck::cast_slice_mut(&mut buf.0);
+    let mut at = head;
+    while at < head + body {
+        compute(part, at);
+        let dst = &mut out[at..at + per];
+        // SAFETY: `dst` and the buffer are both `BLOCK` bytes, do not overlap
+        // (one is on the stack, the other in `out`), and `dst` starts on a
+        // cache line: `head_len` chose `head` so that it does, and every block
+        // is a whole number of lines.
+        unsafe { stream_block(dst.as_mut_ptr().cast(), part.as_ptr().cast()) };
+        at += per;
+    }
+    store_fence();
+    let tail = head + body;
+    compute(&mut out[tail..], tail);
+}
+
+/// Whether values of `U` can be streamed a block at a time.
+const fn streamable<U>() -> bool {
+    cfg!(target_arch = "x86_64")
+        && size_of::<U>() != 0
+        && BLOCK % size_of::<U>() == 0
+        && align_of::<U>() <= 64
+}
+
+/// The number of elements of `size` bytes from `addr` to the first cache-line
+/// boundary, if one falls on an element boundary within a line.
+fn head_len(addr: usize, size: usize) -> Option<usize> {
+    let to_line = addr.wrapping_neg() % 64;
+    (to_line % size == 0).then_some(to_line / size)
+}
+
+/// Copies `BLOCK` bytes from `src` to `dst` with non-temporal stores.
+///
+/// # Safety
+/// `src` is valid for reads and `dst` for writes of `BLOCK` bytes, they do not
+/// overlap, and both are 16-byte aligned.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn stream_block(dst: *mut u8, src: *const u8) {
+    use std::arch::x86_64::{__m128i, _mm_load_si128, _mm_stream_si128};
+    let (dst, src) = (dst.cast::<__m128i>(), src.cast::<__m128i>());
+    for i in 0..BLOCK / 16 {
+        // SAFETY: SSE2 is part of x86-64; `i < BLOCK / 16`, so both accesses
+        // are in the caller's `BLOCK` bytes and 16-byte aligned.
+        unsafe { _mm_stream_si128(dst.add(i), _mm_load_si128(src.add(i))) };
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+unsafe fn stream_block(dst: *mut u8, src: *const u8) {
+    // SAFETY: the caller's contract; never called (`streamable` is false).
+    unsafe { std::ptr::copy_nonoverlapping(src, dst, BLOCK) };
+}
+
+/// Orders the non-temporal stores before any later store (the release of the
+/// range's completion); they are weakly ordered otherwise.
+#[inline(always)]
+fn store_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of x86-64.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check<U: Pod + PartialEq + std::fmt::Debug>(len: usize, skip: usize, f: fn(usize) -> U) {
+        let mut v = vec![U::zeroed(); len + skip];
+        let out = &mut v[skip..];
+        fill(out, true, |part, at| {
+            for (j, o) in part.iter_mut().enumerate() {
+                *o = f(at + j);
+            }
+        });
+        for (i, o) in out.iter().enumerate() {
+            assert_eq!(*o, f(i), "element {i} of {len} (offset {skip})");
+        }
+    }
+
+    #[test]
+    fn every_element_is_written_once_in_place() {
+        for len in [0, 1, 100, 4 * BLOCK, 10_000, 12_345] {
+            for skip in 0..9 {
+                check::<f64>(len, skip, |i| i as f64 * 0.5);
+                check::<u8>(len, skip, |i| i as u8);
+                check::<u32>(len, skip, |i| i as u32 * 3);
+                check::<[u64; 2]>(len, skip, |i| [i as u64, !(i as u64)]);
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_that_do_not_divide_a_block_are_written_plainly() {
+        for len in [0, 5, 10_000] {
+            check::<[u8; 3]>(len, 1, |i| [i as u8, 1, 2]);
+        }
+    }
+
+    #[test]
+    fn heads_fall_on_lines() {
+        assert_eq!(head_len(64, 8), Some(0));
+        assert_eq!(head_len(72, 8), Some(7));
+        assert_eq!(head_len(65, 8), None);
+        assert_eq!(head_len(4, 3), Some(20));
+    }
+}
