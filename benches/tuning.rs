@@ -5,7 +5,11 @@
 //!    the CPU time the idle workers burn meanwhile;
 //! 2. the range size (`Builder::chunk_size`): ranges per worker for a uniform
 //!    compute-bound map, a skewed one, and a memory-bound one;
-//! 3. staging a plain `Vec`: one thread against several.
+//! 3. staging a plain `Vec`: one thread against several;
+//! 4. streaming stores (`Builder::stream_stores_from`): `map_into` of `x*x`
+//!    with outputs from 8 to 128 MiB, streamed and plain;
+//! 5. `Builder::caller_runs`: the caller running ranges of its own blocking
+//!    jobs, against the isolated default, on small and large jobs.
 //!
 //! `cargo bench --bench tuning`. Compare ratios within one run.
 
@@ -151,8 +155,96 @@ fn staging() {
     );
 }
 
+fn streaming() {
+    println!("\n## streaming stores: map_into of x*x, output reused (2 workers)\n");
+    println!("| output | plain | streamed | streamed / plain |");
+    println!("|---|---|---|---|");
+    let plain = Pool::builder()
+        .workers(2)
+        .stream_stores_from(usize::MAX)
+        .build()
+        .unwrap();
+    let streamed = Pool::builder()
+        .workers(2)
+        .stream_stores_from(0)
+        .build()
+        .unwrap();
+    for mib in [8usize, 16, 32, 64, 128] {
+        let n = mib << 17;
+        let data: Vec<f64> = (0..n).map(|i| i as f64 * 0.5).collect();
+        let time = |pool: &Pool| {
+            let input = pool.to_shm(&data).unwrap();
+            let mut out = pool.alloc_zeroed::<f64>(n).unwrap();
+            median(15, || pool.map_into(&input, &mut out, |x| x * x).unwrap())
+        };
+        let (p, s) = (time(&plain), time(&streamed));
+        println!(
+            "| {mib} MiB | {:.0} µs | {:.0} µs | {:.2} |",
+            p.as_secs_f64() * 1e6,
+            s.as_secs_f64() * 1e6,
+            s.as_secs_f64() / p.as_secs_f64()
+        );
+    }
+}
+
+fn caller_runs() {
+    println!("\n## caller_runs: the caller runs ranges of its blocking jobs\n");
+    println!(
+        "| pool | map of 16 u64, round trip | apply, round trip | 1 Mi × 50 sin | x*x, 16 Mi f64, map_into |"
+    );
+    println!("|---|---|---|---|---|");
+    let xs: Vec<f64> = (0..1 << 20).map(|i| i as f64 * 1e-6).collect();
+    let big: Vec<f64> = (0..16 << 20).map(|i| i as f64).collect();
+    let small: Vec<u64> = (0..16).collect();
+    for (label, workers, helps) in [
+        ("2 workers, isolated (default)", 2, false),
+        ("2 workers + caller", 2, true),
+        ("1 worker + caller", 1, true),
+    ] {
+        let pool = Pool::builder()
+            .workers(workers)
+            .caller_runs(helps)
+            .build()
+            .unwrap();
+        let rt = median(2001, || {
+            drop(black_box(pool.map(&small, |x| x + 1).unwrap()))
+        });
+        let ap = median(2001, || {
+            black_box(pool.apply(black_box(3u64), |x| x + 1).unwrap());
+        });
+        let sx = pool.to_shm(&xs).unwrap();
+        let compute = median(5, || {
+            drop(black_box(pool.map(&sx, |x| heavy(x, 50)).unwrap()))
+        });
+        let sb = pool.to_shm(&big).unwrap();
+        let mut out = pool.alloc_zeroed::<f64>(big.len()).unwrap();
+        let mem = median(9, || pool.map_into(&sb, &mut out, |x| x * x).unwrap());
+        println!(
+            "| {label} | {:.2} µs | {:.2} µs | {:.1} ms | {:.2} ms |",
+            rt.as_secs_f64() * 1e6,
+            ap.as_secs_f64() * 1e6,
+            compute.as_secs_f64() * 1e3,
+            mem.as_secs_f64() * 1e3
+        );
+    }
+}
+
 fn main() {
-    spin_budget();
-    chunking();
-    staging();
+    let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    let run = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
+    if run("spin") {
+        spin_budget();
+    }
+    if run("chunking") {
+        chunking();
+    }
+    if run("staging") {
+        staging();
+    }
+    if run("streaming") {
+        streaming();
+    }
+    if run("caller") {
+        caller_runs();
+    }
 }

@@ -44,6 +44,7 @@ pub struct Builder {
     chunk_size: Option<usize>,
     guided: bool,
     stream_from: Option<usize>,
+    caller_runs: bool,
 }
 
 impl Default for Builder {
@@ -61,6 +62,7 @@ impl Default for Builder {
             chunk_size: None,
             guided: false,
             stream_from: None,
+            caller_runs: false,
         }
     }
 }
@@ -205,6 +207,28 @@ impl Builder {
         self
     }
 
+    /// Lets the calling thread of a blocking call (`map`, `map_into`,
+    /// `apply`, the numeric maps, reductions) run ranges of its own job while
+    /// it would otherwise wait, in its own process. Default: off.
+    ///
+    /// **This gives up isolation for those ranges**: a segfault, an `abort`,
+    /// a stack overflow, a runaway loop or a leak in `f` then happens in the
+    /// caller's process, which is what the pool exists to prevent. (A panic
+    /// is still caught and returned as `Error::TaskPanicked`.) What it buys:
+    /// a job of one range runs without waking any worker, so a small `map`
+    /// or an `apply` returns in a fraction of the time; large jobs gain a
+    /// worker's worth of compute only if a core is idle (measured in
+    /// `benches/tuning.rs`, quoted in the README). Asynchronous calls never
+    /// run in the caller.
+    ///
+    /// [`build`](Self::build) refuses it together with `task_timeout`,
+    /// `worker_memory_limit` or an `initializer`: none of them can hold for
+    /// ranges that run in the caller.
+    pub fn caller_runs(mut self, on: bool) -> Self {
+        self.caller_runs = on;
+        self
+    }
+
     /// Creates the shared region, forks the template process and starts the
     /// workers.
     ///
@@ -231,6 +255,16 @@ impl Builder {
         if self.chunk_size == Some(0) {
             return Err(Error::invalid("the chunk size must be at least 1"));
         }
+        if self.caller_runs
+            && (self.task_timeout.is_some()
+                || self.worker_memory_limit.is_some()
+                || self.initializer.is_some())
+        {
+            return Err(Error::invalid(
+                "caller_runs cannot be combined with task_timeout, worker_memory_limit or an \
+                 initializer: ranges run by the caller could not honour them",
+            ));
+        }
         if self.task_timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::invalid("the task timeout must be longer than zero"));
         }
@@ -254,6 +288,7 @@ impl Builder {
             chunk_size: self.chunk_size,
             guided: self.guided,
             stream_from: self.stream_from,
+            caller_runs: self.caller_runs,
         };
         let inner = Arc::new(Inner::new(region, config)?);
         // The one fork of this (possibly multi-threaded) process: every worker

@@ -61,6 +61,8 @@ pub(crate) struct Config {
     /// Outputs of at least this many bytes are streamed; `None` for the
     /// last-level cache size.
     pub(crate) stream_from: Option<usize>,
+    /// A blocking caller runs ranges of its own job (`Builder::caller_runs`).
+    pub(crate) caller_runs: bool,
 }
 
 /// The worker processes, as the supervisor last recorded them.

@@ -19,7 +19,7 @@ use crate::result::{AsyncResult, Cell};
 use crate::ring::{Deliver, InlineData, Job, Loc, Out, RawOut, Spec, Waiter};
 use crate::shmvec::ShmVec;
 use crate::stats::Stats;
-use crate::worker::in_worker;
+use crate::worker::{in_worker, run_as_caller};
 
 /// Default scheduling: about this many fixed ranges per worker, claimed
 /// dynamically. 16 rather than 4: a map whose first tenth costs 100 times
@@ -738,10 +738,18 @@ impl Pool {
             stream: p.sched.stream && !in_place,
             inline: p.inline,
         };
+        // A blocking caller that runs ranges takes one itself: a job of one
+        // range wakes no worker at all.
+        let helps = self.inner.config.caller_runs && matches!(p.waiter, Waiter::Sync);
         let mut job = Job::new(p.len as u64, out, [staged, ctx_block, p.more], p.waiter);
         job.retryable = !in_place;
-        let tokens = p.len.div_ceil(chunk).min(self.inner.workers) as u32;
-        self.inner.submit(&spec, job, tokens)
+        let ranges = p.len.div_ceil(chunk).saturating_sub(usize::from(helps));
+        let tokens = ranges.min(self.inner.workers) as u32;
+        let (slot, seq) = self.inner.submit(&spec, job, tokens)?;
+        if helps {
+            run_as_caller(&self.inner.region, slot, &spec);
+        }
+        Ok((slot, seq))
     }
 
     fn submit_apply<T: Pod, U: Pod>(
@@ -778,8 +786,13 @@ impl Pool {
             stream: false,
             inline,
         };
+        let helps = self.inner.config.caller_runs && matches!(waiter, Waiter::Sync);
         let job = Job::new(1, out, [staged, None, None], waiter);
-        self.inner.submit(&spec, job, 1)
+        let (slot, seq) = self.inner.submit(&spec, job, u32::from(!helps))?;
+        if helps {
+            run_as_caller(&self.inner.region, slot, &spec);
+        }
+        Ok((slot, seq))
     }
 
     /// Stops accepting work. Jobs already submitted still run; later

@@ -177,7 +177,7 @@ pub(crate) enum Loc {
 }
 
 impl Loc {
-    fn resolve(self, inline_off: u64) -> u64 {
+    pub(crate) fn resolve(self, inline_off: u64) -> u64 {
         match self {
             Loc::Arena(off) => off,
             Loc::Inline(rel) => inline_off + rel,

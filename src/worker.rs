@@ -9,17 +9,19 @@
 //! is fork-safe).
 
 use std::any::Any;
+use std::cell::Cell;
 use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe, catch_unwind};
+use std::sync::Once;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64};
-use std::sync::{Mutex, Once, PoisonError};
 use std::time::Duration;
 
 use crate::job::{BadDescriptor, JobArgs, RunFn};
 use crate::layout::{ErrorRecord, LOC_CAP, MSG_CAP, Slot};
 use crate::os;
 use crate::region::{Region, registry};
+use crate::ring::Spec;
 use crate::states::*;
 
 /// How long an idle worker sleeps before it checks that its parent is alive
@@ -409,6 +411,52 @@ fn run_claimed(ctx: &WorkerCtx<'_>, job: &JobView<'_>, start: u64, end: u64) -> 
     ran
 }
 
+/// The caller's share of a blocking job (`Builder::caller_runs`): claims and
+/// runs ranges of slot `s` in this, the parent, process until none is left,
+/// then returns; the caller goes on to wait for the workers' ranges.
+///
+/// It works from `spec`, the parent's own copy of the descriptor, not from
+/// shared memory. Queued retries are left to the workers. A panic is caught
+/// and fails the job, as in a worker; a crash, an abort or a runaway loop in
+/// `f` is the caller's own (the trade-off `caller_runs` documents).
+pub(crate) fn run_as_caller(region: &Region, s: usize, spec: &Spec) {
+    let slot = region.slot(s);
+    let inline_off = region.layout().inline_off(s);
+    let len = spec.len;
+    let chunk = spec.chunk.clamp(1, len.max(1));
+    let args = JobArgs {
+        base: region.base(),
+        region_len: region.layout().len as u64,
+        in_off: spec.input.resolve(inline_off),
+        out_off: spec.output.resolve(inline_off),
+        ctx_off: spec.ctx.resolve(inline_off),
+        len,
+        chunk,
+        stream: spec.stream,
+    };
+    let workers = region.layout().workers as u64;
+    RUNNING_RANGES.with(|r| r.set(true));
+    while let Some((start, end)) = claim(slot, len, chunk, spec.guided, workers) {
+        // ORDERING: SeqCst: as a worker's load in `run_claimed`.
+        if slot.desc.abort.load(SeqCst) == 0 {
+            run_range(slot, &args, spec.run, start, end);
+        }
+        let n = end - start;
+        // ORDERING: AcqRel, as in `run_claimed`: the increment that completes
+        // the job acquires every other range's output.
+        if slot.done.0.fetch_add(n, AcqRel).wrapping_add(n) == len {
+            // ORDERING: SeqCst: publishes the outputs to the harvest's load
+            // of `state`, as `complete` does. No one else waits on a blocking
+            // job: its one waiter is this thread, so there is no one to wake.
+            let _ = slot
+                .desc
+                .state
+                .compare_exchange(SLOT_RUNNING, SLOT_DONE, SeqCst, Relaxed);
+        }
+    }
+    RUNNING_RANGES.with(|r| r.set(false));
+}
+
 /// Runs one claimed range, recording a panic or a bad descriptor in the
 /// slot's error record.
 fn run_range(slot: &Slot, args: &JobArgs, run: usize, start: u64, end: u64) {
@@ -445,9 +493,11 @@ fn run_range(slot: &Slot, args: &JobArgs, run: usize, start: u64, end: u64) {
             let message = payload_message(&*payload);
             let location = take_panic_location();
             record_error(slot, KIND_PANIC, start, end, &message, location.as_deref());
-            // Dropping the payload runs user code that may panic again; the
-            // worker is a process of its own, so leaking it is harmless.
-            std::mem::forget(payload);
+            // Dropping the payload runs user code that may panic again: that
+            // second payload is leaked rather than risk a third.
+            if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+                std::mem::forget(again);
+            }
         }
     }
 }
@@ -549,15 +599,19 @@ fn payload_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-/// Where the last panic in this worker happened. Only workers write it, so no
-/// parent thread can hold its lock at the moment of a fork.
-static PANIC_LOCATION: Mutex<Option<String>> = Mutex::new(None);
+thread_local! {
+    /// Where the last panic on this thread happened, recorded by the hook in
+    /// workers and in a caller running ranges. Per thread, so callers on
+    /// different threads cannot swap locations, and no lock can be held
+    /// across a fork.
+    static PANIC_LOCATION: Cell<Option<String>> = const { Cell::new(None) };
+    /// Set while this (parent) thread runs ranges (`Builder::caller_runs`):
+    /// its panics are reported through the job, like a worker's.
+    static RUNNING_RANGES: Cell<bool> = const { Cell::new(false) };
+}
 
 fn take_panic_location() -> Option<String> {
-    PANIC_LOCATION
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
+    PANIC_LOCATION.with(Cell::take)
 }
 
 /// Installs, once per process, a panic hook that in workers records where a
@@ -576,11 +630,10 @@ pub(crate) fn install_panic_hook() {
     ONCE.call_once(|| {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
-            if in_worker() {
+            if in_worker() || RUNNING_RANGES.try_with(Cell::get).unwrap_or(false) {
                 let location = info.location().map(|l| l.to_string());
-                *PANIC_LOCATION
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = location;
+                // Fails only while the thread's locals are being destroyed.
+                let _ = PANIC_LOCATION.try_with(|l| l.set(location));
             } else {
                 previous(info);
             }

@@ -1,0 +1,206 @@
+//! `Builder::caller_runs`: the calling thread runs ranges of its own blocking
+//! jobs. Results are the same; one-range jobs run in the caller's process;
+//! a panic there is still an error, but a crash takes the caller down (the
+//! documented trade-off); asynchronous jobs never run in the caller.
+
+mod common;
+
+use std::collections::HashSet;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+
+use common::{assert_healthy, deadline, in_isolation};
+use shmpool::{Error, Pool};
+
+fn helping_pool(workers: usize) -> Pool {
+    Pool::builder()
+        .workers(workers)
+        .caller_runs(true)
+        .build()
+        .unwrap()
+}
+
+fn pid_of(_: u32) -> u32 {
+    std::process::id()
+}
+
+fn slow_pid(_: u32) -> u32 {
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    std::process::id()
+}
+
+#[test]
+fn results_match_the_isolated_pool() {
+    deadline(120, || {
+        let pool = helping_pool(2);
+        for n in [0usize, 1, 7, 1000, 65_537, 1_000_003] {
+            let xs: Vec<f64> = (0..n).map(|i| i as f64 * 0.25 - 3.0).collect();
+            let want: Vec<f64> = xs.iter().map(|x| x * x + 1.0).collect();
+            assert_eq!(pool.map(&xs, |x| x * x + 1.0).unwrap(), want, "n = {n}");
+            let shared = pool.to_shm(&xs).unwrap();
+            let mut out = pool.alloc_zeroed::<f64>(n).unwrap();
+            pool.map_into(&shared, &mut out, |x| x * x + 1.0).unwrap();
+            assert_eq!(&out[..], &want[..]);
+            let sum = pool
+                .map_reduce(&xs, |x| x * x + 1.0, |a, b| a + b, 0.0)
+                .unwrap();
+            let serial: f64 = want.iter().sum();
+            assert!(
+                (sum - serial).abs() <= 1e-9 * serial.abs().max(1.0),
+                "{sum} vs {serial}"
+            );
+            let ys: Vec<f64> = xs.iter().map(|x| -x).collect();
+            let want2: Vec<f64> = xs.iter().zip(&ys).map(|(x, y)| x * y).collect();
+            assert_eq!(pool.map2(&xs, &ys, |x, y| x * y).unwrap(), want2);
+        }
+        assert_eq!(pool.apply(21u64, |x| x * 2).unwrap(), 42);
+        assert_healthy(&pool);
+    });
+}
+
+#[test]
+fn one_range_jobs_run_in_the_caller_and_larger_ones_are_shared() {
+    deadline(120, || {
+        let me = std::process::id();
+        let pool = helping_pool(2);
+        let workers: HashSet<u32> = pool.worker_pids().into_iter().collect();
+        // One element: one range, taken by the caller; no worker is woken.
+        assert_eq!(pool.map(&[0u32], pid_of).unwrap()[..], [me]);
+        assert_eq!(pool.apply(0u32, pid_of).unwrap(), me);
+        // 64 slow ranges of one element: the caller and the workers share.
+        let xs = [0u32; 64];
+        let one_each = Pool::builder()
+            .workers(2)
+            .caller_runs(true)
+            .chunk_size(1)
+            .build()
+            .unwrap();
+        let pids: HashSet<u32> = one_each
+            .map(&xs, slow_pid)
+            .unwrap()
+            .iter()
+            .copied()
+            .collect();
+        assert!(pids.contains(&me), "the caller ran no range: {pids:?}");
+        assert!(pids.len() >= 2, "no worker ran a range: {pids:?}");
+        // Asynchronous jobs never run in the caller.
+        let ids = pool.map_async(&[0u32][..], pid_of).unwrap().get().unwrap();
+        assert!(workers.contains(&ids[0]), "{} is not a worker", ids[0]);
+        let id = pool.apply_async(0u32, pid_of).unwrap().get().unwrap();
+        assert!(workers.contains(&id));
+        // The default pool never runs user code in the caller.
+        let isolated = Pool::new(2).unwrap();
+        assert_ne!(isolated.map(&[0u32], pid_of).unwrap()[0], me);
+        assert_ne!(isolated.apply(0u32, pid_of).unwrap(), me);
+    });
+}
+
+fn panics_on_seven(x: u32) -> u32 {
+    assert!(x != 7, "seven is not allowed");
+    x
+}
+
+#[test]
+fn a_panic_in_the_caller_fails_the_job_and_the_pool_goes_on() {
+    deadline(120, || {
+        let pool = helping_pool(2);
+        // One element: it surely runs in the caller.
+        for _ in 0..3 {
+            match pool.map(&[7u32], panics_on_seven) {
+                Err(Error::TaskPanicked {
+                    message,
+                    range,
+                    location,
+                    ..
+                }) => {
+                    assert!(message.contains("seven is not allowed"), "{message}");
+                    assert_eq!(range, 0..1);
+                    let location = location.expect("the caller records where it panicked");
+                    assert!(location.contains("caller.rs"), "{location}");
+                }
+                other => panic!("expected TaskPanicked, got {other:?}"),
+            }
+        }
+        match pool.apply(7u32, panics_on_seven) {
+            Err(Error::TaskPanicked { .. }) => {}
+            other => panic!("expected TaskPanicked, got {other:?}"),
+        }
+        let xs: Vec<u32> = (0..10_000).collect();
+        assert!(matches!(
+            pool.map(&xs, panics_on_seven),
+            Err(Error::TaskPanicked { .. })
+        ));
+        assert_eq!(pool.stats().worker_restarts, 0);
+        assert_healthy(&pool);
+    });
+}
+
+#[test]
+fn options_that_cannot_hold_in_the_caller_are_refused() {
+    let refused = [
+        Pool::builder()
+            .caller_runs(true)
+            .task_timeout(std::time::Duration::from_secs(1))
+            .build(),
+        Pool::builder()
+            .caller_runs(true)
+            .worker_memory_limit(1 << 30)
+            .build(),
+        Pool::builder().caller_runs(true).initializer(|| {}).build(),
+    ];
+    for r in refused {
+        match r {
+            Err(Error::InvalidArgument { reason, .. }) => {
+                assert!(reason.contains("caller_runs"), "{reason}")
+            }
+            other => panic!("expected InvalidArgument, got {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+fn crash(_: u32) -> u32 {
+    std::process::abort()
+}
+
+/// Run by `a_crash_in_the_caller_takes_the_caller_down` in a process of its
+/// own, which is expected to die.
+#[test]
+#[ignore = "run in a child process by a_crash_in_the_caller_takes_the_caller_down"]
+fn crash_in_caller_body() {
+    if !in_isolation() {
+        return;
+    }
+    let pool = helping_pool(2);
+    let _ = pool.map(&[1u32], crash);
+    println!("survived");
+}
+
+#[test]
+fn a_crash_in_the_caller_takes_the_caller_down() {
+    // The trade-off, demonstrated: with caller_runs, an abort in a range the
+    // caller runs kills the caller. (In the default pool the same task is a
+    // `WorkerDied` error: shm-tests/faults.rs.)
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "crash_in_caller_body",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(common::ISOLATED, "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(libc_sigabrt()),
+        "{:?}",
+        out.status
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("survived"));
+}
+
+fn libc_sigabrt() -> i32 {
+    6
+}
