@@ -239,9 +239,21 @@ fn main() {
     ));
 
     // 7. Staged from a Vec against in place from a ShmVec (memory-bound).
+    let before_staged = pool.stats().profile;
     let t_staged = median(2, 9, || {
         drop(black_box(pool.map(&data, |x| x * x).unwrap()))
     });
+    let staged_profile = per_job(before_staged, pool.stats().profile);
+    let before_shm = pool.stats().profile;
+    for _ in 0..5 {
+        drop(black_box(pool.map(&shared, |x| x * x).unwrap()));
+    }
+    let shm_profile = per_job(before_shm, pool.stats().profile);
+    let before_rt = pool.stats().profile;
+    for _ in 0..1000 {
+        drop(black_box(pool.map(&small_shared, |x| x * x).unwrap()));
+    }
+    let rt_profile = per_job(before_rt, pool.stats().profile);
     rows.push(row(
         "x*x from a Vec (staged) vs from a ShmVec",
         ms(t_staged),
@@ -382,5 +394,33 @@ fn main() {
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
         println!("\nwrote {path}");
     }
+    println!("\nwhere the time goes (Stats::profile, mean per job):\n");
+    println!("| job | staging | dispatch | compute | completion |");
+    println!("|---|---|---|---|---|");
+    for (label, p) in [
+        ("x*x, 16 Mi f64 from a Vec (staged)", staged_profile),
+        ("x*x, 16 Mi f64 from a ShmVec", shm_profile),
+        ("map of 16 elements", rt_profile),
+    ] {
+        println!(
+            "| {label} | {} | {} | {} | {} |",
+            ms(p[0]),
+            ms(p[1]),
+            ms(p[2]),
+            ms(p[3])
+        );
+    }
     println!("\n(total {:.0} s)", started.elapsed().as_secs_f64());
+}
+
+/// The mean staging, dispatch, compute and completion time per job between
+/// two profile snapshots.
+fn per_job(before: shmpool::Profile, after: shmpool::Profile) -> [Duration; 4] {
+    let jobs = (after.jobs - before.jobs).max(1) as u32;
+    [
+        (after.staging - before.staging) / jobs,
+        (after.dispatch - before.dispatch) / jobs,
+        (after.compute - before.compute) / jobs,
+        (after.completion - before.completion) / jobs,
+    ]
 }

@@ -288,3 +288,54 @@ fn shmvec_is_a_slice() {
         ));
     })
 }
+
+fn nap(x: u32) -> u32 {
+    std::thread::sleep(std::time::Duration::from_millis(40));
+    x
+}
+
+fn fails_on_three(x: u32) -> u32 {
+    assert_ne!(x, 3, "three");
+    x
+}
+
+#[test]
+fn the_profile_splits_each_job_into_staging_dispatch_compute_and_completion() {
+    use std::time::{Duration, Instant};
+    deadline(120, || {
+        let pool = Pool::new(2).unwrap();
+        assert_eq!(pool.stats().profile, shmpool::Profile::default());
+        // A Vec input: staged, then computed.
+        let data: Vec<f64> = (0..1 << 20).map(|i| i as f64).collect();
+        let t = Instant::now();
+        pool.map(&data, |x| x.sqrt()).unwrap();
+        let wall = t.elapsed();
+        let p = pool.stats().profile;
+        assert_eq!(p.jobs, 1);
+        assert!(p.staging > Duration::ZERO, "{p:?}");
+        assert!(
+            p.dispatch > Duration::ZERO && p.compute > Duration::ZERO,
+            "{p:?}"
+        );
+        assert!(
+            p.staging + p.dispatch + p.compute + p.completion <= wall,
+            "{p:?} exceeds the call's {wall:?}"
+        );
+        // A ShmVec input: nothing staged.
+        let shared = pool.to_shm(&data).unwrap();
+        pool.map(&shared, |x| x.sqrt()).unwrap();
+        let q = pool.stats().profile;
+        assert_eq!((q.jobs, q.staging), (2, p.staging));
+        // A task that sleeps 40 ms shows up as compute.
+        pool.apply(1u32, nap).unwrap();
+        let r = pool.stats().profile;
+        assert_eq!(r.jobs, 3);
+        assert!(r.compute - q.compute >= Duration::from_millis(40), "{r:?}");
+        // Failed jobs are left out; async ones are counted.
+        let xs: Vec<u32> = (0..10).collect();
+        assert!(pool.map(&xs, fails_on_three).is_err());
+        assert_eq!(pool.stats().profile.jobs, 3);
+        pool.apply_async(2u32, nap).unwrap().get().unwrap();
+        assert_eq!(pool.stats().profile.jobs, 4);
+    });
+}

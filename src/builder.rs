@@ -92,6 +92,9 @@ impl Builder {
 
     /// How many rounds an idle worker polls for new work before it sleeps
     /// (default: 2000, roughly 50-100 µs). 0 makes workers sleep at once.
+    /// The caller of a blocking call polls for its result an eighth as long
+    /// (a few µs) before it sleeps: a 16-element map's round trip went from
+    /// 1.2-1.6 µs to about 1.06 µs.
     pub fn spin(mut self, rounds: u32) -> Self {
         self.spin = rounds;
         self

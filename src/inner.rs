@@ -13,8 +13,8 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::os::{self, Wake};
 use crate::region::Region;
-use crate::ring::{Job, RawOut, Ring, Spec, Waiter};
-use crate::states::{NOTIFY_EVENT, SLOT_DONE};
+use crate::ring::{Job, JobTimes, RawOut, Ring, Spec, Waiter};
+use crate::states::{NOTIFY_EVENT, SLOT_DONE, SLOT_RUNNING};
 use crate::worker::{WorkerConfig, in_worker};
 
 /// How long a blocked caller sleeps before it re-checks its job on its own
@@ -45,6 +45,12 @@ pub(crate) struct Counters {
     pub(crate) worker_restarts: AtomicU64,
     pub(crate) workers_recycled: AtomicU64,
     pub(crate) jobs_cancelled: AtomicU64,
+    /// `Stats::profile`, in nanoseconds.
+    pub(crate) staging_ns: AtomicU64,
+    pub(crate) dispatch_ns: AtomicU64,
+    pub(crate) compute_ns: AtomicU64,
+    pub(crate) completion_ns: AtomicU64,
+    pub(crate) jobs_profiled: AtomicU64,
 }
 
 /// The pool's fixed settings (from the `Builder`).
@@ -258,6 +264,18 @@ impl Inner {
     /// word, looking again at least every `WAIT_TICK`.
     pub(crate) fn wait_sync(&self, s: usize, seq: u64) -> Result<RawOut, Error> {
         let desc = &self.region.slot(s).desc;
+        // A short spin first: a small job is often done within a few
+        // microseconds, and a futex sleep and wake-up would double its round
+        // trip. An eighth of the workers' budget, so it cannot keep a core
+        // from them for long.
+        for _ in 0..self.config.worker.spin / 8 {
+            // ORDERING: Relaxed: a poll; the harvest below loads `state` again
+            // with Acquire.
+            if desc.state.load(Relaxed) != SLOT_RUNNING {
+                break;
+            }
+            std::hint::spin_loop();
+        }
         loop {
             {
                 let mut ring = self.ring();
@@ -270,7 +288,7 @@ impl Inner {
                     ring.in_flight -= 1;
                     drop(ring);
                     self.ring_cv.notify_all();
-                    self.count(&h.outcome);
+                    self.count(&h.outcome, h.times);
                     return h.outcome;
                 }
             }
@@ -303,7 +321,7 @@ impl Inner {
             if let Some(h) = ring.try_harvest(&self.region, s, None) {
                 // A cancelled job was answered and counted when cancelled.
                 if let Waiter::Async(cell) = h.waiter {
-                    self.count(&h.outcome);
+                    self.count(&h.outcome, h.times);
                     ring.ready.push((cell, h.outcome));
                     any = true;
                 }
@@ -360,13 +378,21 @@ impl Inner {
         lock(&self.procs).gone
     }
 
-    fn count(&self, outcome: &Result<RawOut, Error>) {
+    fn count(&self, outcome: &Result<RawOut, Error>, times: Option<JobTimes>) {
+        let c = &self.stats;
         let counter = if outcome.is_ok() {
-            &self.stats.jobs_completed
+            &c.jobs_completed
         } else {
-            &self.stats.jobs_failed
+            &c.jobs_failed
         };
-        // ORDERING: Relaxed: a statistic.
+        // ORDERING: Relaxed: statistics.
         counter.fetch_add(1, Relaxed);
+        if let Some(t) = times {
+            // ORDERING: Relaxed: statistics.
+            c.dispatch_ns.fetch_add(t.dispatch, Relaxed);
+            c.compute_ns.fetch_add(t.compute, Relaxed);
+            c.completion_ns.fetch_add(t.completion, Relaxed);
+            c.jobs_profiled.fetch_add(1, Relaxed);
+        }
     }
 }

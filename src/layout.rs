@@ -112,6 +112,12 @@ pub(crate) struct Desc {
     pub(crate) ctx_off: AtomicU64,
     pub(crate) len: AtomicU64,
     pub(crate) chunk: AtomicU64,
+    /// `CLOCK_MONOTONIC` nanoseconds of the job's first claim (0 until then),
+    /// set once by whichever runner claims first; for `Stats::profile`.
+    pub(crate) first_claim_ns: AtomicU64,
+    /// `CLOCK_MONOTONIC` nanoseconds at which the completing runner finished
+    /// the last range; for `Stats::profile`.
+    pub(crate) done_ns: AtomicU64,
 }
 
 /// The first error of a job, written by the worker that hit it.

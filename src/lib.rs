@@ -85,7 +85,7 @@ pub use ndarray;
 pub use pool::Pool;
 pub use result::AsyncResult;
 pub use shmvec::ShmVec;
-pub use stats::Stats;
+pub use stats::{Profile, Stats};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

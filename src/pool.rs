@@ -4,6 +4,7 @@ use std::mem::{align_of, size_of};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 
@@ -18,7 +19,7 @@ use crate::region::Alloc;
 use crate::result::{AsyncResult, Cell};
 use crate::ring::{Deliver, InlineData, Job, Loc, Out, RawOut, Spec, Waiter};
 use crate::shmvec::ShmVec;
-use crate::stats::Stats;
+use crate::stats::{Profile, Stats};
 use crate::worker::{in_worker, run_as_caller};
 
 /// Default scheduling: about this many fixed ranges per worker, claimed
@@ -293,6 +294,13 @@ impl Pool {
             workers_recycled: c.workers_recycled.load(Relaxed),
             arena_capacity,
             arena_in_use,
+            profile: Profile {
+                jobs: c.jobs_profiled.load(Relaxed),
+                staging: Duration::from_nanos(c.staging_ns.load(Relaxed)),
+                dispatch: Duration::from_nanos(c.dispatch_ns.load(Relaxed)),
+                compute: Duration::from_nanos(c.compute_ns.load(Relaxed)),
+                completion: Duration::from_nanos(c.completion_ns.load(Relaxed)),
+            },
         }
     }
 
@@ -643,12 +651,13 @@ impl Pool {
             return Ok((self.nowhere(), None));
         }
         let (block, _) = self.alloc::<T>(input.len())?;
+        let started = Instant::now();
         copy_in(input_bytes(input), block.ptr(), self.inner.workers);
-        // ORDERING: Relaxed: a statistic.
-        self.inner
-            .stats
-            .bytes_staged
-            .fetch_add(bytes as u64, Relaxed);
+        let took = started.elapsed().as_nanos() as u64;
+        // ORDERING: Relaxed: statistics.
+        let c = &self.inner.stats;
+        c.bytes_staged.fetch_add(bytes as u64, Relaxed);
+        c.staging_ns.fetch_add(took, Relaxed);
         Ok((Loc::Arena(block.off()), Some(block)))
     }
 

@@ -88,6 +88,8 @@ pub(crate) struct Job {
     pub(crate) retryable: bool,
     /// The descriptor as published, to detect a worker overwriting it.
     pub(crate) published: [u64; 7],
+    /// `CLOCK_MONOTONIC` nanoseconds when the job was published.
+    pub(crate) published_ns: u64,
 }
 
 impl Job {
@@ -102,6 +104,7 @@ impl Job {
             attempts: Vec::new(),
             retryable: true,
             published: [0; 7],
+            published_ns: 0,
         }
     }
 }
@@ -229,6 +232,30 @@ pub(crate) struct Ring {
 pub(crate) struct Harvest {
     pub(crate) waiter: Waiter,
     pub(crate) outcome: Result<RawOut, Error>,
+    /// Where a successful job's time went, if its runners' stamps make sense.
+    pub(crate) times: Option<JobTimes>,
+}
+
+/// A finished job's time, in nanoseconds, from the runners' stamps in its
+/// descriptor (untrusted: used only when they are in order).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct JobTimes {
+    /// Publication to the first claim: waking a worker.
+    pub(crate) dispatch: u64,
+    /// The first claim to the last range's end: running the ranges.
+    pub(crate) compute: u64,
+    /// The last range's end to the harvest.
+    pub(crate) completion: u64,
+}
+
+impl JobTimes {
+    fn from_stamps(published: u64, first: u64, done: u64, now: u64) -> Option<JobTimes> {
+        (published <= first && first <= done && done <= now).then(|| JobTimes {
+            dispatch: first - published,
+            compute: done - first,
+            completion: now - done,
+        })
+    }
 }
 
 impl fmt::Debug for Ring {
@@ -329,6 +356,9 @@ impl Ring {
         d.ctx_off.store(spec.ctx.resolve(inline_off), Relaxed);
         d.len.store(spec.len, Relaxed);
         d.chunk.store(spec.chunk, Relaxed);
+        d.first_claim_ns.store(0, Relaxed);
+        d.done_ns.store(0, Relaxed);
+        job.published_ns = os::monotonic_ns();
         // ORDERING: Release: publishes the descriptor above, and the input
         // data written before, to workers that load `state` with Acquire.
         d.state.store(SLOT_RUNNING, Release);
@@ -639,6 +669,16 @@ impl Ring {
         let Phase::Busy(job) = std::mem::replace(&mut self.phases[s], Phase::Draining) else {
             unreachable!("checked above");
         };
+        // ORDERING: Relaxed: ordered after the Acquire of `state` (DONE);
+        // only used when in order.
+        let times = verdict.is_ok().then(|| {
+            JobTimes::from_stamps(
+                job.published_ns,
+                slot.desc.first_claim_ns.load(Relaxed),
+                slot.desc.done_ns.load(Relaxed),
+                os::monotonic_ns(),
+            )
+        });
         // ORDERING: SeqCst: from here no worker can enter the slot unseen: one
         // that announced itself after our scan reads EMPTY and leaves.
         slot.desc.state.store(SLOT_EMPTY, SeqCst);
@@ -665,6 +705,7 @@ impl Ring {
         Some(Harvest {
             waiter: job.waiter,
             outcome,
+            times: times.flatten(),
         })
     }
 }

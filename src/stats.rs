@@ -1,5 +1,7 @@
 //! `Stats`: what a pool has done so far.
 
+use std::time::Duration;
+
 /// A snapshot of a pool's counters, from [`Pool::stats`](crate::Pool::stats).
 ///
 /// # Example
@@ -40,4 +42,44 @@ pub struct Stats {
     pub arena_capacity: u64,
     /// Arena bytes currently allocated (live `ShmVec`s, jobs in flight).
     pub arena_in_use: u64,
+    /// Where the time of the finished jobs went.
+    pub profile: Profile,
+}
+
+/// Where the time of a pool's jobs went, summed over the jobs that finished
+/// successfully: to see whether a workload is bound by copying, by waking
+/// workers, by the work itself, or by handing results back.
+///
+/// Stamps come from `CLOCK_MONOTONIC`, which every process reads alike. The
+/// runners' stamps live in shared memory; a job whose stamps are out of
+/// order is left out of `jobs` and of the three phases it covers.
+///
+/// # Example
+/// ```
+/// let pool = shmpool::Pool::new(2)?;
+/// let data = vec![1.5f64; 1 << 20];
+/// pool.map(&data, |x| x.sqrt())?; // a Vec: staged first
+/// let p = pool.stats().profile;
+/// assert_eq!(p.jobs, 1);
+/// assert!(p.staging > std::time::Duration::ZERO);
+/// assert!(p.compute > std::time::Duration::ZERO);
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Profile {
+    /// Jobs whose dispatch, compute and completion are counted.
+    pub jobs: u64,
+    /// Copying inputs that were not in the arena into it (every staged
+    /// input, `bytes_staged`; async jobs included).
+    pub staging: Duration,
+    /// From publishing a job to its first range being claimed: waking a
+    /// worker (or the caller's own claim, with `caller_runs`).
+    pub dispatch: Duration,
+    /// From the first claim to the end of the last range: the ranges
+    /// running, in parallel, and any wait between them.
+    pub compute: Duration,
+    /// From the end of the last range to the job's harvest: waking the
+    /// caller (or the result thread) and handing the output back.
+    pub completion: Duration,
 }

@@ -393,6 +393,7 @@ fn run_claimed(ctx: &WorkerCtx<'_>, job: &JobView<'_>, start: u64, end: u64) -> 
         rec.started_ns.store(os::monotonic_ns(), Relaxed);
     }
     rec.phase.store(PHASE_RUNNING, Release);
+    stamp_first_claim(slot);
     // ORDERING: SeqCst: pairs with the SeqCst store of `abort` by the parent;
     // see the record store in `run_slot`.
     let ran = slot.desc.abort.load(SeqCst) == 0;
@@ -437,6 +438,7 @@ pub(crate) fn run_as_caller(region: &Region, s: usize, spec: &Spec) {
     let workers = region.layout().workers as u64;
     RUNNING_RANGES.with(|r| r.set(true));
     while let Some((start, end)) = claim(slot, len, chunk, spec.guided, workers) {
+        stamp_first_claim(slot);
         // ORDERING: SeqCst: as a worker's load in `run_claimed`.
         if slot.desc.abort.load(SeqCst) == 0 {
             run_range(slot, &args, spec.run, start, end);
@@ -445,6 +447,8 @@ pub(crate) fn run_as_caller(region: &Region, s: usize, spec: &Spec) {
         // ORDERING: AcqRel, as in `run_claimed`: the increment that completes
         // the job acquires every other range's output.
         if slot.done.0.fetch_add(n, AcqRel).wrapping_add(n) == len {
+            // ORDERING: Relaxed: published by the exchange below.
+            slot.desc.done_ns.store(os::monotonic_ns(), Relaxed);
             // ORDERING: SeqCst: publishes the outputs to the harvest's load
             // of `state`, as `complete` does. No one else waits on a blocking
             // job: its one waiter is this thread, so there is no one to wake.
@@ -455,6 +459,21 @@ pub(crate) fn run_as_caller(region: &Region, s: usize, spec: &Spec) {
         }
     }
     RUNNING_RANGES.with(|r| r.set(false));
+}
+
+/// Stamps the job's first claim (for `Stats::profile`), unless a runner
+/// already did.
+fn stamp_first_claim(slot: &Slot) {
+    // ORDERING: Relaxed: a statistic, read by the harvest after it acquires
+    // DONE, which every runner's `done` increment (Release) precedes.
+    if slot.desc.first_claim_ns.load(Relaxed) == 0 {
+        let now = os::monotonic_ns();
+        // ORDERING: Relaxed, as above; the first stamp wins.
+        let _ = slot
+            .desc
+            .first_claim_ns
+            .compare_exchange(0, now, Relaxed, Relaxed);
+    }
 }
 
 /// Runs one claimed range, recording a panic or a bad descriptor in the
@@ -505,6 +524,8 @@ fn run_range(slot: &Slot, args: &JobArgs, run: usize, start: u64, end: u64) {
 /// Marks the slot done and announces it. Called by the worker whose `done`
 /// increment reached the job's length.
 fn complete(ctx: &WorkerCtx<'_>, slot: &Slot, notify: u32) {
+    // ORDERING: Relaxed: published by the exchange below.
+    slot.desc.done_ns.store(os::monotonic_ns(), Relaxed);
     // ORDERING: SeqCst: Release publishes all outputs (acquired through the
     // `done` chain) to the parent's Acquire load of `state`; SeqCst pairs with
     // the waiter's SeqCst store of `waiters` followed by its load of `state`.
