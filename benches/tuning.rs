@@ -148,7 +148,7 @@ fn staging() {
     let staged = median(7, || drop(black_box(pool.to_shm(&data).unwrap())));
     let two = median(7, || drop(black_box(pool.map(&data, |x| x).unwrap())));
     println!(
-        "one-thread memcpy {:.2} ms; to_shm (one thread) {:.2} ms; map from the Vec (two-thread staging + map) {:.2} ms",
+        "one-thread memcpy {:.2} ms; to_shm (staged like a map input) {:.2} ms; map from the Vec (staging + map) {:.2} ms",
         one.as_secs_f64() * 1e3,
         staged.as_secs_f64() * 1e3,
         two.as_secs_f64() * 1e3

@@ -98,33 +98,39 @@ fn input_bytes<T: Pod>(input: &[T]) -> &[u8] {
 }
 
 /// Copies `src` to `dst`, split across up to `threads` threads when it is
-/// large (measured: 128 MiB in 7-9 ms on one thread, about half on two).
-fn copy_in(src: &[u8], dst: *mut u8, threads: usize) {
+/// large (the calling thread copies the first piece), with streaming stores
+/// when `stream`.
+///
+/// # Safety
+/// `dst` is valid for writes of `src.len()` bytes that no one else reads or
+/// writes during the call, and does not overlap `src`.
+unsafe fn copy_in(src: &[u8], dst: *mut u8, threads: usize, stream: bool) {
     let threads = threads.clamp(1, 8);
     if src.len() < PARALLEL_COPY_FROM || threads == 1 {
-        // SAFETY: the caller's block has room for `src.len()` bytes, is ours,
-        // and does not overlap `src` (one is in the arena, the other not, or
-        // they are distinct blocks).
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+        // SAFETY: the caller's contract.
+        unsafe { crate::stream::copy(src.as_ptr(), dst, src.len(), stream) };
         return;
     }
     let piece = src.len().div_ceil(threads).next_multiple_of(4096);
     // Raw pointers are not Send; the address is.
     let base = dst as usize;
     let copy = move |i: usize, part: &[u8]| {
-        // SAFETY: as above; the pieces are disjoint slices of the block, each
-        // written by one thread, and the scope ends before the caller uses
-        // the block.
+        // SAFETY: the caller's contract; the pieces are disjoint slices of
+        // the block, each written by one thread, and the scope ends before
+        // the caller uses the block.
         unsafe {
-            std::ptr::copy_nonoverlapping(
+            crate::stream::copy(
                 part.as_ptr(),
                 (base as *mut u8).add(i * piece),
                 part.len(),
+                stream,
             )
         }
     };
     std::thread::scope(|s| {
-        for (i, part) in src.chunks(piece).enumerate() {
+        let mut parts = src.chunks(piece).enumerate();
+        let first = parts.next();
+        for (i, part) in parts {
             // A thread that cannot be started: copy that piece here.
             if std::thread::Builder::new()
                 .spawn_scoped(s, move || copy(i, part))
@@ -132,6 +138,9 @@ fn copy_in(src: &[u8], dst: *mut u8, threads: usize) {
             {
                 copy(i, part);
             }
+        }
+        if let Some((i, part)) = first {
+            copy(i, part);
         }
     });
 }
@@ -339,14 +348,11 @@ impl Pool {
     /// ```
     pub fn to_shm<T: Pod>(&self, data: &[T]) -> Result<ShmVec<T>, Error> {
         let (block, _) = self.alloc::<T>(data.len())?;
-        // SAFETY: the block has room for `data.len()` values and is ours.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr().cast::<u8>(),
-                block.ptr(),
-                size_of_val(data),
-            )
-        };
+        let bytes = input_bytes(data);
+        let stream = self.streams(bytes.len());
+        // SAFETY: the block has room for `data.len()` values and is ours
+        // alone (just allocated); `data` cannot overlap it for the same reason.
+        unsafe { copy_in(bytes, block.ptr(), self.inner.workers, stream) };
         // SAFETY: the block now holds `data.len()` initialised `T`s.
         Ok(unsafe { ShmVec::from_alloc(block, data.len()) })
     }
@@ -652,7 +658,10 @@ impl Pool {
         }
         let (block, _) = self.alloc::<T>(input.len())?;
         let started = Instant::now();
-        copy_in(input_bytes(input), block.ptr(), self.inner.workers);
+        let stream = self.streams(bytes);
+        // SAFETY: the block has room for the input, is ours alone (just
+        // allocated, not yet published), and does not overlap the input.
+        unsafe { copy_in(input_bytes(input), block.ptr(), self.inner.workers, stream) };
         let took = started.elapsed().as_nanos() as u64;
         // ORDERING: Relaxed: statistics.
         let c = &self.inner.stats;
@@ -710,16 +719,20 @@ impl Pool {
             }
             None => (self.chunk_for::<U>(len), false),
         };
-        let bytes = len.saturating_mul(size_of::<U>());
-        let stream = match config.stream_from {
-            Some(from) => bytes >= from,
-            // No cache worth streaming past is smaller: skip the lookup.
-            None => bytes >= STREAM_FLOOR && bytes >= last_level_cache(),
-        };
         Schedule {
             chunk,
             guided,
-            stream,
+            stream: self.streams(len.saturating_mul(size_of::<U>())),
+        }
+    }
+
+    /// Whether `bytes` of output (or of a staged input) are written with
+    /// streaming stores (`Builder::stream_stores_from`).
+    fn streams(&self, bytes: usize) -> bool {
+        match self.inner.config.stream_from {
+            Some(from) => bytes >= from,
+            // No cache worth streaming past is smaller: skip the lookup.
+            None => bytes >= STREAM_FLOOR && bytes >= last_level_cache(),
         }
     }
 

@@ -67,6 +67,63 @@ pub(crate) fn fill<U: Pod>(out: &mut [U], stream: bool, mut compute: impl FnMut(
     compute(&mut out[tail..], tail);
 }
 
+/// Copies `len` bytes from `src` to `dst`; with `stream`, on x86-64, the
+/// cache-line-aligned middle of `dst` is written with non-temporal stores and
+/// fenced. Used to stage large inputs: glibc's `memcpy` picks its streaming
+/// threshold from the cache size `cpuid` reports, which a hypervisor can
+/// overstate tenfold (320 MiB here), and then copies with ordinary stores,
+/// which read every destination line first.
+///
+/// # Safety
+/// `src` is valid for reads and `dst` for writes of `len` bytes, and the two
+/// do not overlap.
+pub(crate) unsafe fn copy(src: *const u8, dst: *mut u8, len: usize, stream: bool) {
+    if !stream || !cfg!(target_arch = "x86_64") || len < 4 * BLOCK {
+        // SAFETY: the caller's contract.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst, len) };
+        return;
+    }
+    let head = (dst as usize).wrapping_neg() % 64;
+    let body = (len - head) / 64 * 64;
+    // SAFETY: `head + body <= len`; all three pieces lie in the caller's
+    // ranges, and `dst + head` is 64-byte aligned.
+    unsafe {
+        std::ptr::copy_nonoverlapping(src, dst, head);
+        stream_lines(src.add(head), dst.add(head), body / 64);
+        std::ptr::copy_nonoverlapping(
+            src.add(head + body),
+            dst.add(head + body),
+            len - head - body,
+        );
+    }
+    store_fence();
+}
+
+/// Copies `lines` 64-byte lines with non-temporal stores.
+///
+/// # Safety
+/// `src` is valid for reads and `dst` for writes of `64 × lines` bytes, they
+/// do not overlap, and `dst` is 64-byte aligned.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn stream_lines(src: *const u8, dst: *mut u8, lines: usize) {
+    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
+    let (src, dst) = (src.cast::<__m128i>(), dst.cast::<__m128i>());
+    for i in 0..lines * 4 {
+        // SAFETY: SSE2 is part of x86-64; `i < 4 × lines`, so both accesses
+        // are in the caller's ranges; the load may be unaligned, the store
+        // is 16-byte aligned.
+        unsafe { _mm_stream_si128(dst.add(i), _mm_loadu_si128(src.add(i))) };
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+unsafe fn stream_lines(src: *const u8, dst: *mut u8, lines: usize) {
+    // SAFETY: the caller's contract.
+    unsafe { std::ptr::copy_nonoverlapping(src, dst, 64 * lines) };
+}
+
 /// Whether values of `U` can be streamed a block at a time.
 const fn streamable<U>() -> bool {
     cfg!(target_arch = "x86_64")
@@ -150,6 +207,23 @@ mod tests {
     fn sizes_that_do_not_divide_a_block_are_written_plainly() {
         for len in [0, 5, 10_000] {
             check::<[u8; 3]>(len, 1, |i| [i as u8, 1, 2]);
+        }
+    }
+
+    #[test]
+    fn streamed_copies_are_exact_at_every_offset() {
+        let src: Vec<u8> = (0..40_000u32).map(|i| (i * 7 + 3) as u8).collect();
+        for s_off in [0, 1, 13] {
+            for d_off in [0, 5, 64] {
+                for len in [0, 100, 4 * BLOCK, 30_001] {
+                    let mut dst = vec![0u8; len + d_off + 1];
+                    // SAFETY: both ranges are in bounds and distinct vectors.
+                    unsafe { copy(src[s_off..].as_ptr(), dst[d_off..].as_mut_ptr(), len, true) };
+                    assert_eq!(&dst[d_off..d_off + len], &src[s_off..s_off + len]);
+                    assert!(dst[..d_off].iter().all(|&b| b == 0));
+                    assert_eq!(dst[d_off + len], 0, "no write past the end");
+                }
+            }
         }
     }
 
