@@ -56,13 +56,18 @@ pub(crate) struct Template {
 }
 
 impl Drop for Template {
+    /// Dismisses a template no one dismissed or reaped (a pool whose build
+    /// failed half way), briefly: a template killed outright would leave the
+    /// workers it had already forked to die orphaned, unreaped by it.
     fn drop(&mut self) {
         if !self.reaped {
-            os::pidfd_kill(&self.pidfd);
-            os::wait_raw(self.pid);
+            self.shut(DROP_GRACE);
         }
     }
 }
+
+/// How long a dropped template gets to reap its workers and exit.
+const DROP_GRACE: Duration = Duration::from_millis(200);
 
 /// What the template reports.
 #[derive(Debug)]
@@ -181,13 +186,19 @@ impl Template {
     }
 
     /// Kills the template (its workers die with it) and reaps it.
-    pub(crate) fn kill_and_reap(self) {
-        drop(self);
+    pub(crate) fn kill_and_reap(mut self) {
+        os::pidfd_kill(&self.pidfd);
+        os::wait_raw(self.pid);
+        self.reaped = true;
     }
 
     /// Closes the socket (the template then kills its workers and exits),
     /// waits up to `grace` for it, kills it if need be, and reaps it.
     pub(crate) fn dismiss(mut self, grace: Duration) {
+        self.shut(grace);
+    }
+
+    fn shut(&mut self, grace: Duration) {
         // A closed end reads as end of file in the template.
         // SAFETY: shutdown only affects the socket; the descriptor stays
         // valid until `self` drops.
