@@ -436,7 +436,9 @@ pub(crate) fn run_as_caller(region: &Region, s: usize, spec: &Spec) {
         stream: spec.stream,
     };
     let workers = region.layout().workers as u64;
-    RUNNING_RANGES.with(|r| r.set(true));
+    // Restored, not cleared, after: a task run here may itself make a
+    // blocking call that runs ranges here.
+    let outer = RUNNING_RANGES.with(|r| r.replace(true));
     while let Some((start, end)) = claim(slot, len, chunk, spec.guided, workers) {
         stamp_first_claim(slot);
         // ORDERING: SeqCst: as a worker's load in `run_claimed`.
@@ -458,7 +460,7 @@ pub(crate) fn run_as_caller(region: &Region, s: usize, spec: &Spec) {
                 .compare_exchange(SLOT_RUNNING, SLOT_DONE, SeqCst, Relaxed);
         }
     }
-    RUNNING_RANGES.with(|r| r.set(false));
+    RUNNING_RANGES.with(|r| r.set(outer));
 }
 
 /// Stamps the job's first claim (for `Stats::profile`), unless a runner
