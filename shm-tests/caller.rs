@@ -204,3 +204,38 @@ fn a_crash_in_the_caller_takes_the_caller_down() {
 fn libc_sigabrt() -> i32 {
     6
 }
+
+static SHARED: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
+
+/// A task that reaches its own pool through a static: every call must be
+/// refused, whether the caller or a worker runs it, and none may hang.
+fn uses_its_pool(_: u32) -> u32 {
+    let pool = SHARED.get().expect("set before the job");
+    let mut refused = 0;
+    refused += u32::from(matches!(
+        pool.map(&[1u32], |v| v),
+        Err(Error::WouldDeadlock { .. })
+    ));
+    refused += u32::from(matches!(
+        pool.alloc_zeroed::<u8>(8),
+        Err(Error::WouldDeadlock { .. })
+    ));
+    pool.close();
+    refused += u32::from(matches!(pool.join(), Err(Error::WouldDeadlock { .. })));
+    refused += u32::from(matches!(Pool::new(1), Err(Error::InvalidArgument { .. })));
+    refused
+}
+
+#[test]
+fn a_task_run_by_the_caller_cannot_use_its_own_pool() {
+    deadline(60, || {
+        let pool = SHARED.get_or_init(|| helping_pool(2));
+        // One element: the caller runs it. 64 ranges: workers run most.
+        assert_eq!(pool.map(&[0u32], uses_its_pool).unwrap()[..], [4]);
+        let one_each: Vec<u32> = (0..64).collect();
+        let all = pool.map(&one_each, uses_its_pool).unwrap();
+        assert!(all.iter().all(|&r| r == 4), "{:?}", &all[..]);
+        // `close` from a task was ignored, like any pool call from a task.
+        assert_healthy(pool);
+    });
+}

@@ -15,7 +15,7 @@ use crate::region::Region;
 use crate::result::result_loop;
 use crate::supervisor;
 use crate::template::Template;
-use crate::worker::{WorkerConfig, in_worker, install_panic_hook};
+use crate::worker::{WorkerConfig, in_task, install_panic_hook};
 
 /// Spin rounds a worker polls for work before it sleeps.
 const DEFAULT_SPIN: u32 = 2000;
@@ -204,7 +204,9 @@ impl Builder {
     /// Default: the size of the last-level cache, read from sysfs (32 MiB
     /// when unknown), where the crossover was measured. `usize::MAX` turns
     /// streaming off. Only x86-64 streams; elsewhere this does nothing.
-    /// In-place maps and reductions never stream.
+    /// In-place maps and reductions never stream. The same threshold applies
+    /// to inputs staged from a plain slice and to [`Pool::to_shm`]: those
+    /// copies stream too, so their data starts out of cache.
     pub fn stream_stores_from(mut self, bytes: usize) -> Self {
         self.stream_from = Some(bytes);
         self
@@ -217,7 +219,9 @@ impl Builder {
     /// **This gives up isolation for those ranges**: a segfault, an `abort`,
     /// a stack overflow, a runaway loop or a leak in `f` then happens in the
     /// caller's process, which is what the pool exists to prevent. (A panic
-    /// is still caught and returned as `Error::TaskPanicked`.) What it buys:
+    /// is still caught and returned as `Error::TaskPanicked`, unless the
+    /// program is built with `panic = "abort"`.) Inside such a task, as in a
+    /// worker, pool calls return `WouldDeadlock`. What it buys:
     /// a job of one range runs without waking any worker, so a small `map`
     /// or an `apply` returns in a fraction of the time; large jobs gain a
     /// worker's worth of compute only if a core is idle (measured in
@@ -241,9 +245,9 @@ impl Builder {
     /// when the region, the threads or the processes cannot be created (for
     /// example past the process limit, `EAGAIN`).
     pub fn build(self) -> Result<Pool, Error> {
-        if in_worker() {
+        if in_task() {
             return Err(Error::invalid(
-                "a pool cannot be created inside a pool worker",
+                "a pool cannot be created inside a task (or a pool worker)",
             ));
         }
         let workers = match self.workers {

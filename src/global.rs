@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 
 use crate::error::Error;
 use crate::pool::Pool;
-use crate::worker::in_worker;
+use crate::worker::in_task;
 
 static GLOBAL: OnceLock<Pool> = OnceLock::new();
 
@@ -43,7 +43,7 @@ pub fn try_global() -> Result<&'static Pool, Error> {
     if let Some(pool) = GLOBAL.get() {
         return Ok(pool);
     }
-    if in_worker() {
+    if in_task() {
         // Never `get_or_init` here: a worker forked while another thread of
         // the parent was inside it would wait forever for that thread.
         return Err(Error::WouldDeadlock {

@@ -15,7 +15,10 @@ use crate::os::{self, Wake};
 use crate::region::Region;
 use crate::ring::{Job, JobTimes, RawOut, Ring, Spec, Waiter};
 use crate::states::{NOTIFY_EVENT, SLOT_DONE, SLOT_RUNNING};
-use crate::worker::{WorkerConfig, in_worker};
+use crate::worker::{WorkerConfig, in_task};
+
+/// The most rounds a blocking caller polls its slot before it sleeps.
+const CALLER_SPIN_MAX: u32 = 1024;
 
 /// How long a blocked caller sleeps before it re-checks its job on its own
 /// (a lost wake-up, a stalled job). Wake-ups normally come much sooner.
@@ -153,7 +156,7 @@ impl Inner {
 
     /// Fails unless the pool accepts work from this thread.
     pub(crate) fn check_open(&self) -> Result<(), Error> {
-        if in_worker() {
+        if in_task() {
             return Err(Error::WouldDeadlock {
                 reason: "a task used the pool that runs it; tasks run in worker processes",
             });
@@ -175,7 +178,7 @@ impl Inner {
     /// Whether this is the process that built the pool (not a worker, not a
     /// process forked from it by the user).
     pub(crate) fn in_owner(&self) -> bool {
-        !in_worker() && os::fork_generation() == self.owner
+        !in_task() && os::fork_generation() == self.owner
     }
 
     /// The error of a pool whose initializer failed.
@@ -266,9 +269,9 @@ impl Inner {
         let desc = &self.region.slot(s).desc;
         // A short spin first: a small job is often done within a few
         // microseconds, and a futex sleep and wake-up would double its round
-        // trip. An eighth of the workers' budget, so it cannot keep a core
-        // from them for long.
-        for _ in 0..self.config.worker.spin / 8 {
+        // trip. An eighth of the workers' budget, and never more than 1024
+        // rounds, so it cannot keep a core from them for long.
+        for _ in 0..(self.config.worker.spin / 8).min(CALLER_SPIN_MAX) {
             // ORDERING: Relaxed: a poll; the harvest below loads `state` again
             // with Acquire.
             if desc.state.load(Relaxed) != SLOT_RUNNING {

@@ -87,6 +87,13 @@ impl JobArgs {
     }
 }
 
+/// Whether two byte ranges `(offset, length)` of the region overlap. Both
+/// were checked by `JobArgs::elems` to lie in the region, so the sums do not
+/// overflow.
+fn overlap(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.1 != 0 && b.1 != 0 && a.0 < b.0 + b.1 && b.0 < a.0 + a.1
+}
+
 /// Makes a value of the zero-sized closure type `F`.
 ///
 /// # Safety
@@ -240,8 +247,19 @@ where
     let ys = a.elems::<B>(more[0], a.len, start, end)?;
     let zs = a.elems::<C>(more[1], a.len, start, end)?;
     let output = a.elems::<U>(a.out_off, a.len, start, end)?;
+    // The offsets of `b` and `c` come from the slot's inline area, which any
+    // worker can write, and `run_as_caller` runs this in the parent: an
+    // input aliasing the output would be a `&` and a `&mut` to the same
+    // bytes there. The parent never publishes such a job.
+    let out = (a.out_off, a.len * size_of::<U>() as u64);
+    if overlap((more[0], a.len * size_of::<B>() as u64), out)
+        || overlap((more[1], a.len * size_of::<C>() as u64), out)
+    {
+        return Err(BadDescriptor);
+    }
     let n = end - start;
-    // SAFETY: as in `run_map`; the inputs are read-only for the job's life.
+    // SAFETY: as in `run_map`; the inputs are read-only for the job's life,
+    // and checked above not to overlap the output.
     let (xs, ys, zs, output) = unsafe {
         (
             slice::from_raw_parts(xs, n),
@@ -455,5 +473,35 @@ mod tests {
             "overflow"
         );
         assert!(a.elems::<u64>(64, 8, 0, 8).is_ok());
+    }
+
+    fn run3<F: Fn(u64, u64, u64) -> u64 + Copy>(a: &JobArgs, _: F) -> Result<(), BadDescriptor> {
+        // SAFETY: `a` describes `buf`; the types match what the test put there.
+        unsafe { run_map3::<u64, u64, u64, u64, F>(a, 0, 2) }
+    }
+
+    #[test]
+    fn map3_refuses_inputs_that_alias_the_output() {
+        // [b_off, c_off] at 0, a at 16, b at 32, c at 48, out at 64.
+        let mut buf = [0u64, 0, 1, 2, 10, 20, 100, 200, 0, 0, 0, 0];
+        buf[0] = 32;
+        buf[1] = 48;
+        let mut a = args(&mut buf, 16, 64, 2);
+        a.ctx_off = 0;
+        assert_eq!(run3(&a, |x, y, z| x + y + z), Ok(()));
+        assert_eq!(&buf[8..10], &[111, 222]);
+        for (i, bad) in [(0, 64u64), (1, 64), (0, 72), (1, 56)] {
+            let mut buf = [0u64, 0, 1, 2, 10, 20, 100, 200, 0, 0, 0, 0];
+            buf[0] = 32;
+            buf[1] = 48;
+            buf[i] = bad;
+            let mut a = args(&mut buf, 16, 64, 2);
+            a.ctx_off = 0;
+            assert_eq!(
+                run3(&a, |x, y, z| x + y + z),
+                Err(BadDescriptor),
+                "{i} at {bad}"
+            );
+        }
     }
 }

@@ -249,7 +249,8 @@ impl Pool {
     /// `reduce(..reduce(reduce(identity, map(x0)), map(x1)).., map(xn))`
     /// reassociated across ranges. Each range's partial is folded by the
     /// worker that ran it; the partials are then combined *in index order*,
-    /// by a worker too (user code never runs in the caller's process).
+    /// by a worker too (user code never runs in the caller's process, unless
+    /// the pool was built with [`caller_runs`](crate::Builder::caller_runs)).
     /// `reduce` must be associative, and `identity` its identity. Empty input
     /// returns `identity`.
     ///

@@ -20,7 +20,7 @@ use crate::result::{AsyncResult, Cell};
 use crate::ring::{Deliver, InlineData, Job, Loc, Out, RawOut, Spec, Waiter};
 use crate::shmvec::ShmVec;
 use crate::stats::{Profile, Stats};
-use crate::worker::{in_worker, run_as_caller};
+use crate::worker::{in_task, run_as_caller};
 
 /// Default scheduling: about this many fixed ranges per worker, claimed
 /// dynamically. 16 rather than 4: a map whose first tenth costs 100 times
@@ -358,7 +358,7 @@ impl Pool {
     }
 
     pub(crate) fn alloc<T: Pod>(&self, len: usize) -> Result<(Alloc, usize), Error> {
-        if in_worker() {
+        if in_task() {
             return Err(Error::WouldDeadlock {
                 reason: "a task allocated from the pool that runs it",
             });
@@ -818,7 +818,9 @@ impl Pool {
     }
 
     /// Stops accepting work. Jobs already submitted still run; later
-    /// submissions fail with `Error::Closed`.
+    /// submissions fail with `Error::Closed`. From inside a task, or in a
+    /// process forked from the pool's owner, it does nothing (like
+    /// [`terminate`](Self::terminate)).
     ///
     /// ```
     /// let pool = shmpool::Pool::new(1)?;
@@ -827,7 +829,9 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn close(&self) {
-        self.inner.advance_life(CLOSED);
+        if self.inner.in_owner() {
+            self.inner.advance_life(CLOSED);
+        }
     }
 
     /// After [`close`](Self::close) (or [`terminate`](Self::terminate)):

@@ -46,9 +46,10 @@ pub struct Stats {
     pub profile: Profile,
 }
 
-/// Where the time of a pool's jobs went, summed over the jobs that finished
-/// successfully: to see whether a workload is bound by copying, by waking
-/// workers, by the work itself, or by handing results back.
+/// Where the time of a pool's jobs went: to see whether a workload is bound
+/// by copying, by waking workers, by the work itself, or by handing results
+/// back. `dispatch`, `compute` and `completion` are summed over the jobs that
+/// finished successfully (`jobs`); `staging` over every staged input.
 ///
 /// Stamps come from `CLOCK_MONOTONIC`, which every process reads alike. The
 /// runners' stamps live in shared memory; a job whose stamps are out of

@@ -49,6 +49,9 @@ pub(crate) fn fill<U: Pod>(out: &mut [U], stream: bool, mut compute: impl FnMut(
     let per = BLOCK / size_of::<U>();
     let body = (out.len() - head) / per * per;
     compute(&mut out[..head], 0);
+    // Fences on every way out, unwinding included: a panic in `compute`
+    // after some streamed blocks must not leave those stores unordered.
+    let _fence = Fence;
     let mut buf = Block([0; BLOCK]);
     let part: &mut [U] = bytemuck::cast_slice_mut(&mut buf.0);
     let mut at = head;
@@ -62,7 +65,6 @@ pub(crate) fn fill<U: Pod>(out: &mut [U], stream: bool, mut compute: impl FnMut(
         unsafe { stream_block(dst.as_mut_ptr().cast(), part.as_ptr().cast()) };
         at += per;
     }
-    store_fence();
     let tail = head + body;
     compute(&mut out[tail..], tail);
 }
@@ -161,6 +163,15 @@ unsafe fn stream_block(dst: *mut u8, src: *const u8) {
 unsafe fn stream_block(dst: *mut u8, src: *const u8) {
     // SAFETY: the caller's contract; never called (`streamable` is false).
     unsafe { std::ptr::copy_nonoverlapping(src, dst, BLOCK) };
+}
+
+/// Issues a store fence when dropped.
+struct Fence;
+
+impl Drop for Fence {
+    fn drop(&mut self) {
+        store_fence();
+    }
 }
 
 /// Orders the non-temporal stores before any later store (the release of the

@@ -37,6 +37,15 @@ pub(crate) fn set_in_worker() {
     IN_WORKER.store(true, Relaxed);
 }
 
+/// Whether user code of a task is running on this thread: in a worker, or
+/// in a caller running ranges of its own job (`Builder::caller_runs`). Pool
+/// calls from a task fail with `WouldDeadlock` either way, so a task behaves
+/// the same wherever it runs (a `join` from a task the caller runs would
+/// wait for the job that thread itself is running).
+pub(crate) fn in_task() -> bool {
+    in_worker() || RUNNING_RANGES.try_with(Cell::get).unwrap_or(false)
+}
+
 /// Whether this process is a pool worker.
 pub(crate) fn in_worker() -> bool {
     // ORDERING: Relaxed: set once, before any task runs, in a process whose
@@ -439,7 +448,14 @@ pub(crate) fn run_as_caller(region: &Region, s: usize, spec: &Spec) {
     // Restored, not cleared, after: a task run here may itself make a
     // blocking call that runs ranges here.
     let outer = RUNNING_RANGES.with(|r| r.replace(true));
+    // A worker rewinding the shared claim counter must not keep the parent
+    // here: a correct job never hands out more than `len` elements.
+    let mut claimed = 0u64;
     while let Some((start, end)) = claim(slot, len, chunk, spec.guided, workers) {
+        claimed = claimed.saturating_add(end - start);
+        if claimed > len {
+            break;
+        }
         stamp_first_claim(slot);
         // ORDERING: SeqCst: as a worker's load in `run_claimed`.
         if slot.desc.abort.load(SeqCst) == 0 {
@@ -637,10 +653,11 @@ fn take_panic_location() -> Option<String> {
     PANIC_LOCATION.with(Cell::take)
 }
 
-/// Installs, once per process, a panic hook that in workers records where a
-/// task panicked instead of printing to stderr (the message travels to the
-/// caller as `Error::TaskPanicked`), and in the parent defers to the hook
-/// that was installed before.
+/// Installs, once per process, a panic hook that in a task (a worker, or a
+/// parent thread running ranges with `caller_runs`) records where the task
+/// panicked instead of printing to stderr (the message travels to the caller
+/// as `Error::TaskPanicked`), and otherwise defers to the hook that was
+/// installed before.
 ///
 /// It is installed in the parent, before the first fork, because setting a
 /// hook in a forked child would take a lock that another parent thread may
@@ -653,7 +670,7 @@ pub(crate) fn install_panic_hook() {
     ONCE.call_once(|| {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
-            if in_worker() || RUNNING_RANGES.try_with(Cell::get).unwrap_or(false) {
+            if in_task() {
                 let location = info.location().map(|l| l.to_string());
                 // Fails only while the thread's locals are being destroyed.
                 let _ = PANIC_LOCATION.try_with(|l| l.set(location));
