@@ -206,11 +206,17 @@ fn libc_sigabrt() -> i32 {
 }
 
 static SHARED: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
+/// What `uses_its_pool` returns in a worker.
+const NOT_HERE: u32 = 99;
 
 /// A task that reaches its own pool through a static: every call must be
 /// refused, whether the caller or a worker runs it, and none may hang.
 fn uses_its_pool(_: u32) -> u32 {
-    let pool = SHARED.get().expect("set before the job");
+    // The workers were forked while the static was being set, so in them it
+    // is empty (pool calls from workers are refused too: misuse.rs).
+    let Some(pool) = SHARED.get() else {
+        return NOT_HERE;
+    };
     let mut refused = 0;
     refused += u32::from(matches!(
         pool.map(&[1u32], |v| v),
@@ -230,11 +236,15 @@ fn uses_its_pool(_: u32) -> u32 {
 fn a_task_run_by_the_caller_cannot_use_its_own_pool() {
     deadline(60, || {
         let pool = SHARED.get_or_init(|| helping_pool(2));
-        // One element: the caller runs it. 64 ranges: workers run most.
+        // One element: the caller runs it. 64 ranges: shared with workers.
         assert_eq!(pool.map(&[0u32], uses_its_pool).unwrap()[..], [4]);
         let one_each: Vec<u32> = (0..64).collect();
         let all = pool.map(&one_each, uses_its_pool).unwrap();
-        assert!(all.iter().all(|&r| r == 4), "{:?}", &all[..]);
+        assert!(
+            all.iter().all(|&r| r == 4 || r == NOT_HERE),
+            "{:?}",
+            &all[..]
+        );
         // `close` from a task was ignored, like any pool call from a task.
         assert_healthy(pool);
     });
