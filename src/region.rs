@@ -7,6 +7,7 @@
 //! the mapping outlives the pool for as long as data in it is reachable.
 
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicU32, AtomicUsize};
@@ -32,9 +33,10 @@ struct Heap {
 }
 
 pub(crate) struct Region {
-    /// Owns the mapping; unmapped when the region is dropped.
-    _map: MmapMut,
-    /// The start of the mapping, taken once from `_map`.
+    /// Owns the mapping; unmapped when the region is dropped, under the
+    /// registry's mapping lock.
+    map: ManuallyDrop<MmapMut>,
+    /// The start of the mapping, taken once from `map`.
     base: *mut u8,
     layout: Layout,
     fd: OwnedFd,
@@ -42,7 +44,7 @@ pub(crate) struct Region {
     registry_index: Option<usize>,
 }
 
-// SAFETY: `base` points into the mapping owned by `_map`, which lives exactly
+// SAFETY: `base` points into the mapping owned by `map`, which lives exactly
 // as long as the `Region`. Shared words are atomics; arena blocks are handed
 // out one owner at a time through `Alloc`; the heap is behind a mutex.
 unsafe impl Send for Region {}
@@ -68,6 +70,11 @@ impl Region {
             .next_multiple_of(4096)
             .min(layout.arena_off);
         os::reserve(&fd, 0, control as u64).map_err(|e| oom_or_io(e, control, 0))?;
+        // Held until the region is registered: a template forked meanwhile
+        // would give its workers this mapping without the registry entry
+        // that lets them unmap it (found by a scribbling test hitting
+        // another test's pool).
+        let guard = registry::lock();
         // SAFETY: the memfd is ours alone: no other process or file handle can
         // truncate it under the mapping, which is what map_mut requires.
         let mut map = unsafe { MmapMut::map_mut(&fd)? };
@@ -82,7 +89,7 @@ impl Region {
         );
         let base = map.as_mut_ptr();
         let region = Region {
-            _map: map,
+            map: ManuallyDrop::new(map),
             base,
             layout,
             fd,
@@ -92,6 +99,7 @@ impl Region {
             }),
             registry_index: registry::register(base as usize, layout.len),
         };
+        drop(guard);
         for w in 0..layout.workers {
             // ORDERING: Relaxed: no worker exists yet; fork publishes it.
             region.record(w).slot.store(NO_SLOT, Relaxed);
@@ -241,9 +249,14 @@ fn oom_or_io(e: io::Error, requested: usize, available: usize) -> Error {
 
 impl Drop for Region {
     fn drop(&mut self) {
+        // Unregistered and unmapped under the lock, so that no template is
+        // forked between the two with the mapping but not its entry.
+        let _guard = registry::lock();
         if let Some(i) = self.registry_index {
             registry::unregister(i);
         }
+        // SAFETY: dropped once, here; `base` is not used after this.
+        unsafe { ManuallyDrop::drop(&mut self.map) };
     }
 }
 
@@ -291,6 +304,15 @@ pub(crate) mod registry {
             taken: AtomicU32::new(0),
         }
     }; LEN];
+
+    /// Serialises mapping and registering a region (and unregistering and
+    /// unmapping it) with forking a template: a fork then sees every region
+    /// it inherits in the registry. Forked children never take it.
+    static MAPPING: Mutex<()> = Mutex::new(());
+
+    pub(crate) fn lock() -> MutexGuard<'static, ()> {
+        MAPPING.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 
     pub(crate) fn register(base: usize, len: usize) -> Option<usize> {
         ENTRIES.iter().position(|e| {

@@ -101,6 +101,9 @@ impl Template {
     ) -> io::Result<Template> {
         let (ours, theirs) = os::seqpacket_pair()?;
         let parent = os::getpid();
+        // Every region this fork inherits is in the registry, so that the
+        // template's workers can unmap the other pools' (`registry::lock`).
+        let mapping = registry::lock();
         let mut stdio = hold_stdio.then(|| {
             let out = io::stdout().lock();
             let err = io::stderr().lock();
@@ -115,10 +118,13 @@ impl Template {
         // SAFETY: the child runs only `serve`, which never returns and ends
         // with `_exit`. It takes no lock another thread could hold except
         // stdout's and stderr's, which this thread holds across the fork and
-        // the child releases first (design.md, "Fork safety").
+        // the child releases first (design.md, "Fork safety"). The registry's
+        // mapping lock, also held here, is never taken in the child.
         let forked = unsafe { fork() };
         match forked.map_err(io::Error::from)? {
             ForkResult::Child => {
+                // Never touched in the child; not unlocked either.
+                std::mem::forget(mapping);
                 drop(stdio);
                 let sock = theirs.as_raw_fd();
                 std::mem::forget(ours);
@@ -126,6 +132,7 @@ impl Template {
                 serve(region, event_fd, sock, parent, config)
             }
             ForkResult::Parent { child } => {
+                drop(mapping);
                 drop(stdio);
                 drop(theirs);
                 let pid = child.as_raw() as u32;
