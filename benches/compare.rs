@@ -243,21 +243,9 @@ fn main() {
         drop(black_box(pool.map(&data, |x| x * x).unwrap()))
     });
     // Profiles after the timed runs, so that no first touch is in them.
-    let before_staged = pool.stats().profile;
-    for _ in 0..5 {
-        drop(black_box(pool.map(&data, |x| x * x).unwrap()));
-    }
-    let staged_profile = per_job(before_staged, pool.stats().profile);
-    let before_shm = pool.stats().profile;
-    for _ in 0..5 {
-        drop(black_box(pool.map(&shared, |x| x * x).unwrap()));
-    }
-    let shm_profile = per_job(before_shm, pool.stats().profile);
-    let before_rt = pool.stats().profile;
-    for _ in 0..1000 {
-        drop(black_box(pool.map(&small_shared, |x| x * x).unwrap()));
-    }
-    let rt_profile = per_job(before_rt, pool.stats().profile);
+    let staged_profile = per_job(&pool, 5, || pool.map(&data, |x| x * x).unwrap());
+    let shm_profile = per_job(&pool, 5, || pool.map(&shared, |x| x * x).unwrap());
+    let rt_profile = per_job(&pool, 1000, || pool.map(&small_shared, |x| x * x).unwrap());
     rows.push(row(
         "x*x from a Vec (staged) vs from a ShmVec",
         ms(t_staged),
@@ -417,9 +405,14 @@ fn main() {
     println!("\n(total {:.0} s)", started.elapsed().as_secs_f64());
 }
 
-/// The mean staging, dispatch, compute and completion time per job between
-/// two profile snapshots.
-fn per_job(before: shmpool::Profile, after: shmpool::Profile) -> [Duration; 4] {
+/// Runs `job` `runs` times and returns its mean staging, dispatch, compute
+/// and completion time per job, from the pool's profile.
+fn per_job<R>(pool: &Pool, runs: usize, mut job: impl FnMut() -> R) -> [Duration; 4] {
+    let before = pool.stats().profile;
+    for _ in 0..runs {
+        drop(black_box(job()));
+    }
+    let after = pool.stats().profile;
     let jobs = (after.jobs - before.jobs).max(1) as u32;
     [
         (after.staging - before.staging) / jobs,
