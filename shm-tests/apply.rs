@@ -80,6 +80,33 @@ fn many_sequential_applies_reuse_slots() {
 }
 
 #[test]
+fn the_ring_reserves_more_slots_while_jobs_queue_up() {
+    deadline(60, || {
+        // A new region reserves 16 slots; the rest are reserved when jobs
+        // fill them. One worker, held by a slow first job, makes the next
+        // 200 wait in 200 slots at once (the ring doubles three times).
+        let pool = Pool::builder().workers(1).ring_size(256).build().unwrap();
+        let slow = pool.apply_async(3_000u64, common::sleepy).unwrap();
+        let queued: Vec<_> = (0..200u64)
+            .map(|i| pool.apply_async(i, |x| x * 2 + 1).unwrap())
+            .collect();
+        assert!(!slow.ready(), "all 201 jobs were in flight together");
+        assert_eq!(slow.get().unwrap(), 3_000);
+        for (i, r) in queued.into_iter().enumerate() {
+            assert_eq!(r.get().unwrap(), i as u64 * 2 + 1);
+        }
+        // And every slot, old or new, takes jobs again.
+        let xs: Vec<u64> = (0..1000).collect();
+        let all: Vec<_> = (0..300)
+            .map(|_| pool.map_async(&xs, |x| x + 1).unwrap())
+            .collect();
+        for r in all {
+            assert_eq!(r.get().unwrap()[999], 1000);
+        }
+    })
+}
+
+#[test]
 fn a_panic_is_an_error_and_the_pool_stays_usable() {
     deadline(30, || {
         let pool = Pool::new(1).unwrap();

@@ -216,6 +216,11 @@ impl Layout {
         })
     }
 
+    /// The end of the first `n` slots within the region (`n <= ring`).
+    pub(crate) fn slot_end(&self, n: usize) -> usize {
+        self.slots_off + n * size_of::<Slot>()
+    }
+
     /// The offset of slot `s`'s inline area within the region.
     pub(crate) fn inline_off(&self, s: usize) -> u64 {
         (self.slots_off + s * size_of::<Slot>() + offset_of!(Slot, inline)) as u64

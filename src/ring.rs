@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use crate::error::Error;
 use crate::layout::{INLINE_CAP, LINE, LOC_CAP, MSG_CAP, Slot};
 use crate::os;
-use crate::region::{Alloc, Region};
+use crate::region::{Alloc, FIRST_SLOTS, Region};
 use crate::states::*;
 
 /// Receives the outcome of an asynchronous job; implemented by the typed
@@ -219,6 +219,9 @@ enum Phase {
 /// The parent-side state of the ring. Guarded by the pool's ring lock.
 pub(crate) struct Ring {
     phases: Box<[Phase]>,
+    /// Slots `0..reserved` have reserved pages and are the ones in use; the
+    /// ring doubles it when they are all busy.
+    reserved: usize,
     cursor: usize,
     next_seq: u64,
     /// Jobs submitted and not yet handed to their waiter.
@@ -293,6 +296,7 @@ impl Ring {
     pub(crate) fn new(slots: usize) -> Self {
         Ring {
             phases: (0..slots).map(|_| Phase::Free).collect(),
+            reserved: slots.min(FIRST_SLOTS),
             cursor: 0,
             next_seq: 1,
             in_flight: 0,
@@ -300,16 +304,26 @@ impl Ring {
         }
     }
 
-    /// A slot that can take a job now, if any. Turns drained slots free.
+    /// A slot that can take a job now, if any: a free or drained one among
+    /// the reserved slots, else the first of as many again newly reserved.
+    /// `None` if every slot is busy, or if reserving failed (memory is
+    /// short): either way the caller waits for a job to finish.
     pub(crate) fn take_free(&mut self, region: &Region) -> Option<usize> {
-        let n = self.phases.len();
-        (0..n)
+        let n = self.reserved;
+        let found = (0..n)
             .map(|i| (self.cursor + i) % n)
             .find(|&s| match self.phases[s] {
                 Phase::Free => true,
                 Phase::Draining => drained(region, s),
                 Phase::Busy(_) => false,
-            })
+            });
+        if found.is_some() || n == self.phases.len() {
+            return found;
+        }
+        let to = (2 * n).min(self.phases.len());
+        region.reserve_slots(n, to).ok()?;
+        self.reserved = to;
+        Some(n)
     }
 
     /// Publishes `job` in slot `s` (from `take_free`) and returns its sequence
@@ -522,11 +536,16 @@ impl Ring {
             if matches!(self.phases[s], Phase::Busy(_)) {
                 continue;
             }
-            let desc = &region.slot(s).desc;
-            // ORDERING: Relaxed: see above. A worker entering the slot reads
-            // EMPTY (SeqCst) and leaves.
-            if desc.state.load(Relaxed) != SLOT_EMPTY {
-                desc.state.store(SLOT_EMPTY, SeqCst);
+            // Slots not reserved yet are left alone: touching their pages
+            // would allocate them. They have held no job, and `publish`
+            // rewrites every shared word of a slot before its job.
+            if s < self.reserved {
+                let desc = &region.slot(s).desc;
+                // ORDERING: Relaxed: see above. A worker entering the slot
+                // reads EMPTY (SeqCst) and leaves.
+                if desc.state.load(Relaxed) != SLOT_EMPTY {
+                    desc.state.store(SLOT_EMPTY, SeqCst);
+                }
             }
             // ORDERING: Relaxed: see above.
             let word = &control.pending.0[s / 64];
