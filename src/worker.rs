@@ -137,8 +137,17 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
         0 => u64::MAX,
         n => n,
     };
+    // At build the template forks the workers one after another: the last
+    // one spins for the first job, the others sleep at once rather than take
+    // the cores from the template while it forks the rest.
+    let mut spin = if ctx.index + 1 == ctx.region.layout().workers {
+        ctx.config.spin
+    } else {
+        0
+    };
     loop {
-        let woken = control.sem.wait(ctx.config.spin, IDLE_CHECK);
+        let woken = control.sem.wait(spin, IDLE_CHECK);
+        spin = ctx.config.spin;
         // ORDERING: SeqCst: pairs with the parent's store before it posts the
         // shutdown tokens.
         if control.shutdown.0.load(SeqCst) != 0 {
