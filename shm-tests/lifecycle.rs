@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{assert_reaped, deadline, in_isolation, isolated, sleepy};
+use common::{assert_reaped, deadline, in_isolation, isolated, sleepy, wait_until};
 use shmpool::{Error, Pool};
 
 #[test]
@@ -106,6 +106,55 @@ fn a_blocked_caller_is_released_by_terminate() {
         let result = caller.join().unwrap();
         assert!(matches!(result, Err(Error::Terminated)), "{result:?}");
     })
+}
+
+#[test]
+fn the_result_thread_starts_with_the_first_asynchronous_job() {
+    isolated("the_result_thread_starts_body", 60);
+}
+
+#[test]
+#[ignore = "run in a process of its own by the_result_thread_starts_with_the_first_asynchronous_job"]
+fn the_result_thread_starts_body() {
+    if !in_isolation() {
+        return;
+    }
+    let named = |name: &str| {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter(|t| {
+                let comm = t.as_ref().unwrap().path().join("comm");
+                std::fs::read_to_string(comm).is_ok_and(|c| c.trim() == name)
+            })
+            .count()
+    };
+    // A thread names itself once it runs: count the tasks, and wait for
+    // the names.
+    let tasks = || std::fs::read_dir("/proc/self/task").unwrap().count();
+    let alone = tasks();
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(tasks(), alone + 1, "the supervisor");
+    assert!(wait_until(Duration::from_secs(5), || named(
+        "shmpool-supervi"
+    ) == 1));
+    assert_eq!(pool.map(&[1u32, 2], |x| x * 3).unwrap(), vec![3, 6]);
+    assert_eq!(pool.apply(4u32, |x| x + 1).unwrap(), 5);
+    assert_eq!(tasks(), alone + 1, "blocking jobs need no result thread");
+    let first = pool.apply_async(1u32, |x| x + 1).unwrap();
+    assert_eq!(tasks(), alone + 2);
+    assert!(wait_until(Duration::from_secs(5), || named(
+        "shmpool-results"
+    ) == 1));
+    let more: Vec<_> = (0..50u32)
+        .map(|i| pool.map_async(&[i, i], |x| x * 2).unwrap())
+        .collect();
+    assert_eq!(tasks(), alone + 2, "one result thread per pool");
+    assert_eq!(first.get().unwrap(), 2);
+    for (i, r) in more.into_iter().enumerate() {
+        assert_eq!(r.get().unwrap(), vec![2 * i as u32; 2]);
+    }
+    drop(pool);
+    assert_eq!(tasks(), alone, "both threads are joined on drop");
 }
 
 #[test]

@@ -199,6 +199,49 @@ fn no_thread_for_the_supervisor_body() {
     deadline(50, || build_past_the_process_limit(1))
 }
 
+#[test]
+fn no_thread_for_the_results_fails_the_asynchronous_job_with_io() {
+    isolated("no_thread_for_the_results_body", 60);
+}
+
+#[test]
+#[ignore = "run in a process of its own by no_thread_for_the_results_fails_the_asynchronous_job_with_io"]
+fn no_thread_for_the_results_body() {
+    if !in_isolation() {
+        return;
+    }
+    // The result thread starts with the first asynchronous job; here it
+    // cannot. That job fails, blocking jobs (which need no thread) still
+    // run, and once it can start, the next asynchronous job starts it.
+    deadline(50, || {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let enforced = !root || become_nobody();
+        let pool = Pool::new(2).unwrap();
+        // SAFETY: getuid has no preconditions.
+        let running = tasks_of(unsafe { libc::getuid() }).len();
+        let old = nproc_limit();
+        set_nproc_limit(libc::rlimit {
+            rlim_cur: (running as libc::rlim_t).min(old.rlim_max),
+            rlim_max: old.rlim_max,
+        });
+        let refused = pool.apply_async(1u32, |x| x + 1).map(|r| r.get());
+        let blocking = pool.apply(2u32, |x| x + 1);
+        set_nproc_limit(old);
+        println!("enforced: {enforced}, {running} tasks: {refused:?}");
+        match refused {
+            Err(Error::Io(e)) => assert_eq!(e.raw_os_error(), Some(libc::EAGAIN), "{e}"),
+            Ok(Ok(2)) if !enforced => {}
+            other => panic!("expected Io(EAGAIN), got {other:?}"),
+        }
+        assert_eq!(blocking.unwrap(), 3);
+        let r = pool.apply_async(5u32, |x| x + 1).unwrap();
+        assert_eq!(r.get().unwrap(), 6);
+        pool.close();
+        pool.join().unwrap();
+    })
+}
+
 /// Becomes `nobody` (uid and gid 65534), dropping root's capabilities with
 /// root's uid. Returns whether it did.
 fn become_nobody() -> bool {

@@ -12,7 +12,6 @@ use crate::layout::{Layout, MAX_RING};
 use crate::os;
 use crate::pool::Pool;
 use crate::region::Region;
-use crate::result::result_loop;
 use crate::supervisor;
 use crate::template::Template;
 use crate::worker::{WorkerConfig, in_task, install_panic_hook};
@@ -302,26 +301,12 @@ impl Builder {
         // is forked later by the single-threaded template.
         let template = Template::fork(&inner.region, inner.done_fd.as_raw_fd(), worker, true)?;
         let supervisor = supervisor::start(inner.clone(), template)?;
-        let results = thread::Builder::new()
-            .name("shmpool-results".into())
-            .spawn({
-                let inner = inner.clone();
-                move || result_loop(inner)
-            });
-        match results {
-            Ok(results) => Ok(Pool {
-                inner,
-                threads: vec![supervisor, results],
-            }),
-            Err(e) => {
-                let pool = Pool {
-                    inner,
-                    threads: vec![supervisor],
-                };
-                drop(pool);
-                Err(Error::Io(e))
-            }
-        }
+        // The result thread starts with the first asynchronous job
+        // (`Inner::submit`).
+        Ok(Pool {
+            inner,
+            supervisor: Some(supervisor),
+        })
     }
 }
 

@@ -85,8 +85,9 @@ fn last_level_cache() -> usize {
 /// ```
 pub struct Pool {
     pub(crate) inner: Arc<Inner>,
-    /// The supervisor and result threads, joined on drop.
-    pub(crate) threads: Vec<JoinHandle<()>>,
+    /// The supervisor thread, joined on drop (with the result thread, if
+    /// an asynchronous job started it).
+    pub(crate) supervisor: Option<JoinHandle<()>>,
 }
 
 /// Inputs at least this large are staged by several threads at once: one
@@ -912,12 +913,14 @@ impl Drop for Pool {
         if !self.inner.in_owner() {
             // A task's copy of a pool, or one in a process forked from the
             // owner: its threads and workers belong to the owner.
-            std::mem::forget(std::mem::take(&mut self.threads));
+            std::mem::forget(self.supervisor.take());
+            std::mem::forget(lock(&self.inner.results).take());
             return;
         }
         self.terminate();
         let me = thread::current().id();
-        for handle in self.threads.drain(..) {
+        let results = lock(&self.inner.results).take();
+        for handle in self.supervisor.take().into_iter().chain(results) {
             // A callback may drop the last handle on the result thread itself;
             // that thread exits once it returns.
             if handle.thread().id() != me {
