@@ -231,6 +231,15 @@ impl Inner {
         os::eventfd_signal(self.done_fd.as_raw_fd());
     }
 
+    /// Sends `SIGKILL` to every live worker, through its pidfd: never to a
+    /// process that recycled a worker's pid.
+    pub(crate) fn kill_workers(&self) {
+        let procs = lock(&self.procs);
+        for (_, pidfd) in procs.workers.iter().flatten() {
+            os::pidfd_kill(pidfd);
+        }
+    }
+
     pub(crate) fn poke_supervisor(&self) {
         os::eventfd_signal(self.ctl_fd.as_raw_fd());
     }

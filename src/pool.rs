@@ -14,7 +14,6 @@ use crate::inner::{CLOSED, Inner, OPEN, STOP_GRACEFUL, STOP_KILL, STOP_NONE, TER
 use crate::input::AsyncInput;
 use crate::input::sealed::Source;
 use crate::job::{RunFn, assert_no_captures, run_map, run_map_with};
-use crate::os;
 use crate::region::Alloc;
 use crate::result::{AsyncResult, Cell};
 use crate::ring::{Deliver, InlineData, Job, Loc, Out, RawOut, Spec, Waiter};
@@ -893,13 +892,7 @@ impl Pool {
         self.inner.advance_life(TERMINATED);
         // ORDERING: SeqCst: read by the supervisor after we poke it.
         self.inner.stop.store(STOP_KILL, SeqCst);
-        {
-            // Through pidfds: never a process that recycled a worker's pid.
-            let procs = lock(&self.inner.procs);
-            for (_, pidfd) in procs.workers.iter().flatten() {
-                os::pidfd_kill(pidfd);
-            }
-        }
+        self.inner.kill_workers();
         self.inner.poke_supervisor();
         self.inner.wait_workers_gone();
         self.inner.poke_result_thread();
