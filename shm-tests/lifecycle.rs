@@ -158,6 +158,53 @@ fn the_result_thread_starts_body() {
 }
 
 #[test]
+fn a_subreaper_is_left_no_zombie() {
+    isolated("a_subreaper_is_left_no_zombie_body", 60);
+}
+
+#[test]
+#[ignore = "run in a process of its own by a_subreaper_is_left_no_zombie"]
+fn a_subreaper_is_left_no_zombie_body() {
+    if !in_isolation() {
+        return;
+    }
+    // Stopping a pool kills its template with its workers; the workers it
+    // no longer reaps go to the nearest subreaper, here this process, and
+    // the pool must reap them itself before `join`, `terminate` or `drop`
+    // returns.
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only changes this process.
+    assert_eq!(
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+        0
+    );
+    let me = std::process::id();
+    let children = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|pid| Some((pid, common::proc_stat(pid)?)))
+            .filter(|&(_, (_, ppid))| ppid == me)
+            .collect::<Vec<_>>()
+    };
+    for round in 0..6 {
+        let pool = Pool::new(4).unwrap();
+        let pids = pool.worker_pids();
+        assert_eq!(pool.map(&[1u32, 2, 3], |x| x * 2).unwrap(), vec![2, 4, 6]);
+        match round % 3 {
+            0 => {
+                pool.close();
+                pool.join().unwrap();
+            }
+            1 => pool.terminate(),
+            _ => {}
+        }
+        drop(pool);
+        assert_reaped(&pids);
+        assert_eq!(children(), vec![], "round {round}: (pid, (state, ppid))");
+    }
+}
+
+#[test]
 fn nothing_is_left_behind() {
     isolated("nothing_is_left_behind_body", 60);
 }
