@@ -135,13 +135,14 @@ fn main() {
         .and_then(|i| args.get(i + 1).cloned());
     let started = Instant::now();
     let w = workers();
-    let pool = Pool::new(w).unwrap();
     let mut rows = Vec::new();
 
-    // 5-6. Against Python. First, while this process is small: forking
-    // the template copies the parent's page tables, so Pool::new in a process
-    // that already holds 600 MB of arrays costs ~85 ms instead of ~2 ms
-    // (measured); the seed is a small program, like Python's script.
+    // 5-6. Against Python. First, while this process is small and has no
+    // other pool (the seed is a small program, like Python's script):
+    // forking the template copies the parent's page tables, so Pool::new in
+    // a process that already holds 600 MB of arrays costs ~85 ms instead of
+    // ~2 ms, and another pool's idle workers and mapping cost each new pool
+    // another ~50 µs (measured).
     let t_seed = median(3, 21, || {
         let p = Pool::new(4).unwrap();
         let xs: Vec<i64> = (0..100).collect();
@@ -150,6 +151,7 @@ fn main() {
         p.close();
         p.join().unwrap();
     });
+    let pool = Pool::new(w).unwrap();
     let k = 100_000;
     let t_apply = median(1, 3, || {
         let pending: Vec<_> = (0..k)
