@@ -84,7 +84,7 @@ fn the_ring_reserves_more_slots_while_jobs_queue_up() {
     deadline(60, || {
         // A new region reserves 16 slots; the rest are reserved when jobs
         // fill them. One worker, held by a slow first job, makes the next
-        // 200 wait in 200 slots at once (the ring doubles three times).
+        // 200 wait in 200 slots at once (the ring doubles four times, 16 → 256).
         let pool = Pool::builder().workers(1).ring_size(256).build().unwrap();
         let slow = pool.apply_async(3_000u64, common::sleepy).unwrap();
         let queued: Vec<_> = (0..200u64)

@@ -221,8 +221,10 @@ fn no_thread_for_the_results_body() {
         // SAFETY: getuid has no preconditions.
         let running = tasks_of(unsafe { libc::getuid() }).len();
         let old = nproc_limit();
+        // A limit of one task: no thread can start, whatever other tasks
+        // of this user start or end meanwhile.
         set_nproc_limit(libc::rlimit {
-            rlim_cur: (running as libc::rlim_t).min(old.rlim_max),
+            rlim_cur: 1,
             rlim_max: old.rlim_max,
         });
         let refused = pool.apply_async(1u32, |x| x + 1).map(|r| r.get());

@@ -241,8 +241,9 @@ impl Builder {
     /// # Errors
     /// `InvalidArgument` for zero workers (or more than 1024), a bad ring
     /// size, a chunk size of 0, or when called inside a pool worker; `Io`
-    /// when the region, the threads or the processes cannot be created (for
-    /// example past the process limit, `EAGAIN`).
+    /// when the region, the supervisor thread or the processes cannot be
+    /// created (for example past the process limit, `EAGAIN`). The result
+    /// thread starts with the first asynchronous job.
     pub fn build(self) -> Result<Pool, Error> {
         if in_task() {
             return Err(Error::invalid(

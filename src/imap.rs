@@ -283,8 +283,10 @@ impl Pool {
     /// # Errors
     /// `Closed`, or `WouldDeadlock` from inside a task or a completion
     /// callback, at once. Later failures arrive as items: an element's own
-    /// error in its place; `Closed`/`Terminated` once, ending the stream. A
-    /// full arena only slows the stream (chunks wait for room).
+    /// error in its place; `Closed`/`Terminated` once, ending the stream
+    /// (or `Io`, if the pool's result thread cannot be started for its
+    /// first asynchronous job). A full arena only slows the stream (chunks
+    /// wait for room).
     ///
     /// ```
     /// let pool = shmpool::Pool::new(2)?;

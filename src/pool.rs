@@ -517,8 +517,10 @@ impl Pool {
     /// See [`AsyncInput`](crate::AsyncInput).
     ///
     /// # Errors
-    /// `OutOfSharedMemory`, `Closed`, `WouldDeadlock` from inside a task. Task
-    /// errors arrive through the `AsyncResult`.
+    /// `OutOfSharedMemory`, `Closed`, `WouldDeadlock` from inside a task;
+    /// `Io` if this is the pool's first asynchronous job and its result
+    /// thread cannot be started (`EAGAIN` past the process limit; a later
+    /// call tries again). Task errors arrive through the `AsyncResult`.
     ///
     /// ```
     /// let pool = shmpool::Pool::new(2)?;
@@ -906,8 +908,9 @@ impl Drop for Pool {
         if !self.inner.in_owner() {
             // A task's copy of a pool, or one in a process forked from the
             // owner: its threads and workers belong to the owner.
+            // The result thread's handle stays in `inner` untouched: its lock
+            // may have been held by another thread of the forking process.
             std::mem::forget(self.supervisor.take());
-            std::mem::forget(lock(&self.inner.results).take());
             return;
         }
         self.terminate();

@@ -205,14 +205,13 @@ pub(crate) struct Spec {
     pub(crate) inline: InlineData,
 }
 
-// One per slot, allocated once with the ring; boxing `Job` would cost an
-// allocation per job.
+// One per reserved slot: the vector grows with the reservation, so a new
+// pool allocates 16 (a ring of 256 was 29 µs of `Pool::new` to allocate and
+// initialise), and a job needs no allocation of its own.
 #[allow(clippy::large_enum_variant)]
 enum Phase {
     Free,
-    /// Boxed: a ring of 256 unboxed jobs was 29 µs of `Pool::new` to
-    /// allocate and initialise.
-    Busy(Box<Job>),
+    Busy(Job),
     /// Harvested, but a worker may still be in the slot (only claiming
     /// nothing and leaving); not reusable until none is.
     Draining,
@@ -220,10 +219,12 @@ enum Phase {
 
 /// The parent-side state of the ring. Guarded by the pool's ring lock.
 pub(crate) struct Ring {
-    phases: Box<[Phase]>,
-    /// Slots `0..reserved` have reserved pages and are the ones in use; the
-    /// ring doubles it when they are all busy.
-    reserved: usize,
+    /// One per slot in use: slots `0..phases.len()` have reserved pages
+    /// (`Region::reserve_slots`); the ring doubles them, up to `size`, when
+    /// they are all busy.
+    phases: Vec<Phase>,
+    /// The ring's size (`Layout::ring`).
+    size: usize,
     cursor: usize,
     next_seq: u64,
     /// Jobs submitted and not yet handed to their waiter.
@@ -266,7 +267,8 @@ impl JobTimes {
 impl fmt::Debug for Ring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ring")
-            .field("slots", &self.phases.len())
+            .field("slots", &self.size)
+            .field("in_use", &self.phases.len())
             .field("in_flight", &self.in_flight)
             .finish()
     }
@@ -297,8 +299,8 @@ fn clear_pending(region: &Region, s: usize) {
 impl Ring {
     pub(crate) fn new(slots: usize) -> Self {
         Ring {
-            phases: (0..slots).map(|_| Phase::Free).collect(),
-            reserved: slots.min(FIRST_SLOTS),
+            phases: (0..slots.min(FIRST_SLOTS)).map(|_| Phase::Free).collect(),
+            size: slots,
             cursor: 0,
             next_seq: 1,
             in_flight: 0,
@@ -311,7 +313,7 @@ impl Ring {
     /// `None` if every slot is busy, or if reserving failed (memory is
     /// short): either way the caller waits for a job to finish.
     pub(crate) fn take_free(&mut self, region: &Region) -> Option<usize> {
-        let n = self.reserved;
+        let n = self.phases.len();
         let found = (0..n)
             .map(|i| (self.cursor + i) % n)
             .find(|&s| match self.phases[s] {
@@ -319,12 +321,12 @@ impl Ring {
                 Phase::Draining => drained(region, s),
                 Phase::Busy(_) => false,
             });
-        if found.is_some() || n == self.phases.len() {
+        if found.is_some() || n == self.size {
             return found;
         }
-        let to = (2 * n).min(self.phases.len());
+        let to = (2 * n).min(self.size);
         region.reserve_slots(n, to).ok()?;
-        self.reserved = to;
+        self.phases.resize_with(to, || Phase::Free);
         Some(n)
     }
 
@@ -383,7 +385,7 @@ impl Ring {
         self.next_seq += 1;
         job.seq = seq;
         job.published = descriptor(slot);
-        self.phases[s] = Phase::Busy(Box::new(job));
+        self.phases[s] = Phase::Busy(job);
         self.cursor = (s + 1) % self.phases.len();
         self.in_flight += 1;
         seq
@@ -402,7 +404,8 @@ impl Ring {
         }
     }
 
-    /// The number of slots.
+    /// The number of slots in use, whose pages are reserved (at most the
+    /// ring's size). Every slot index the parent uses is below it.
     pub(crate) fn len(&self) -> usize {
         self.phases.len()
     }
@@ -531,14 +534,14 @@ impl Ring {
         if running && control.shutdown.0.load(Relaxed) != 0 {
             control.shutdown.0.store(0, SeqCst);
         }
-        for s in 0..self.phases.len() {
-            if matches!(self.phases[s], Phase::Busy(_)) {
+        for s in 0..self.size {
+            if matches!(self.phases.get(s), Some(Phase::Busy(_))) {
                 continue;
             }
             // Slots not reserved yet are left alone: touching their pages
             // would allocate them. They have held no job, and `publish`
             // rewrites every shared word of a slot before its job.
-            if s < self.reserved {
+            if s < self.phases.len() {
                 let desc = &region.slot(s).desc;
                 // ORDERING: Relaxed: see above. A worker entering the slot
                 // reads EMPTY (SeqCst) and leaves.
@@ -687,7 +690,6 @@ impl Ring {
         let Phase::Busy(job) = std::mem::replace(&mut self.phases[s], Phase::Draining) else {
             unreachable!("checked above");
         };
-        let job = *job;
         // ORDERING: Relaxed: ordered after the Acquire of `state` (DONE);
         // only used when in order.
         let times = verdict.is_ok().then(|| {

@@ -4,7 +4,7 @@
 //! Forking a multi-threaded process copies every lock in whatever state
 //! another thread left it, and a child that then takes one (stdout's, the
 //! environment's, a user's `static Mutex`) blocks forever. A pool's parent is
-//! multi-threaded (the supervisor and result threads at least). So the parent
+//! multi-threaded (the supervisor thread at least). So the parent
 //! forks exactly once, at `Pool::new`, holding the stdout and stderr locks
 //! itself across that fork (the way `pthread_atfork` handlers do), and every
 //! worker, first or replacement, is forked later by the template, which has

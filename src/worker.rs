@@ -139,7 +139,9 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
     };
     // At build the template forks the workers one after another: the last
     // one spins for the first job, the others sleep at once rather than take
-    // the cores from the template while it forks the rest.
+    // the cores from the template while it forks the rest. A replacement
+    // (or a recycled worker's successor) follows the same rule: it sleeps
+    // until a job's tokens wake it, which costs one wake-up at most.
     let mut spin = if ctx.index + 1 == ctx.region.layout().workers {
         ctx.config.spin
     } else {
