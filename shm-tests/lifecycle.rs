@@ -187,15 +187,6 @@ fn a_subreaper_is_left_no_zombie_body() {
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
         0
     );
-    let me = std::process::id();
-    let children = || {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter_map(|pid| Some((pid, common::proc_stat(pid)?)))
-            .filter(|&(_, (_, ppid))| ppid == me)
-            .collect::<Vec<_>>()
-    };
     for round in 0..6 {
         let pool = Pool::new(4).unwrap();
         let pids = pool.worker_pids();
@@ -210,7 +201,11 @@ fn a_subreaper_is_left_no_zombie_body() {
         }
         drop(pool);
         assert_reaped(&pids);
-        assert_eq!(children(), vec![], "round {round}: (pid, (state, ppid))");
+        let left: Vec<_> = common::children()
+            .into_iter()
+            .map(|pid| (pid, common::proc_stat(pid)))
+            .collect();
+        assert_eq!(left, vec![], "round {round}: (pid, (state, ppid))");
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytemuck::Zeroable;
-use common::{deadline, in_isolation, isolated, wait_until};
+use common::{children, deadline, in_isolation, isolated, wait_until};
 use shmpool::{Error, Pool, ShmVec};
 
 /// Asserts that `$call` failed with the error variant `$variant`.
@@ -37,16 +37,6 @@ fn assert_maps(pool: &Pool) {
     let ys = pool.map(&xs, |x| x * 3 + 1).unwrap();
     assert_eq!(ys.len(), xs.len());
     assert!(ys.iter().enumerate().all(|(i, &y)| y == 3 * i as u64 + 1));
-}
-
-/// Process ids of this process's children, from `/proc`.
-fn children() -> Vec<u32> {
-    let me = std::process::id();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| matches!(common::proc_stat(pid), Some((_, ppid)) if ppid == me))
-        .collect()
 }
 
 /// The real uid of a task, from its `status` file.

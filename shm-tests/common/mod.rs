@@ -81,6 +81,16 @@ pub fn is_dead(pid: u32) -> bool {
     matches!(proc_stat(pid), None | Some(('Z' | 'X', _)))
 }
 
+/// Process ids of this process's children, live or zombie, from `/proc`.
+pub fn children() -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| matches!(proc_stat(pid), Some((_, ppid)) if ppid == me))
+        .collect()
+}
+
 /// Asserts that none of `pids` is still a child of this process, live or
 /// zombie.
 pub fn assert_reaped(pids: &[u32]) {
