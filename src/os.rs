@@ -7,7 +7,9 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
 use std::ptr;
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
@@ -44,6 +46,92 @@ pub(crate) fn reserve(fd: &OwnedFd, off: u64, len: u64) -> io::Result<()> {
             other => return other.map_err(io::Error::from),
         }
     }
+}
+
+/// Allocates the pages of `addr..addr + len`, a range of this process's
+/// shared mapping, by faulting them in writable (`MADV_POPULATE_WRITE`,
+/// Linux 5.14). Unlike `fallocate` on the file, the faults go through the
+/// mapping, so its `MADV_HUGEPAGE` advice applies: with `shmem_enabled`
+/// set to `advise`, the kernel gives it huge pages, where `fallocate`
+/// (which has no mapping to consult) would give small ones. The pages stay
+/// in the file, so touching them later cannot raise `SIGBUS`.
+///
+/// `Ok(false)` when the kernel lacks `MADV_POPULATE_WRITE` (`EINVAL`); the
+/// caller then reserves with [`reserve`].
+///
+/// # Errors
+/// `ENOMEM` when the memory is not available (a fault that would have
+/// raised `SIGBUS` reports `EFAULT`, mapped to `ENOMEM` here).
+///
+/// # Safety
+/// `addr..addr + len` lies in a shared mapping of this process whose pages
+/// may be written: populating writes nothing, but a mapping that is not
+/// shared would get private copies.
+pub(crate) unsafe fn populate(addr: *mut u8, len: usize) -> io::Result<bool> {
+    let page = page_size();
+    let start = addr as usize & !(page - 1);
+    let end = (addr as usize).saturating_add(len);
+    loop {
+        // SAFETY: the caller's contract; madvise reads and writes no memory
+        // of ours, it only faults pages of the range in.
+        let r = unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                end - start,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
+        if r == 0 {
+            return Ok(true);
+        }
+        return match Errno::last() {
+            Errno::EINTR | Errno::EAGAIN => continue,
+            Errno::EINVAL => Ok(false),
+            Errno::EFAULT => Err(io::Error::from_raw_os_error(libc::ENOMEM)),
+            e => Err(e.into()),
+        };
+    }
+}
+
+/// Whether the kernel gives shared memory huge pages only where a mapping
+/// asks for them: `shmem_enabled` at `advise`, for all sizes or for some
+/// (`hugepages-*kB/shmem_enabled`). It is the one setting under which
+/// faulting the arena in through its mapping ([`populate`]) gets huge pages
+/// that `fallocate` does not: at `always` or `within_size` both get them,
+/// at `never` (the kernel's default) neither. Read from sysfs once.
+pub(crate) fn shmem_huge_on_advice() -> bool {
+    static ADVISE: OnceLock<bool> = OnceLock::new();
+    *ADVISE.get_or_init(|| {
+        let dir = Path::new("/sys/kernel/mm/transparent_hugepage");
+        let advise = |path: &Path| {
+            std::fs::read_to_string(path.join("shmem_enabled"))
+                .is_ok_and(|s| selected(&s) == Some("advise"))
+        };
+        advise(dir)
+            || std::fs::read_dir(dir).is_ok_and(|entries| {
+                entries.flatten().any(|e| {
+                    e.file_name().to_string_lossy().starts_with("hugepages-") && advise(&e.path())
+                })
+            })
+    })
+}
+
+/// The selected word of a sysfs choice, such as `never` in
+/// `always within_size advise [never] deny force`.
+fn selected(setting: &str) -> Option<&str> {
+    setting
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))
+}
+
+/// The page size.
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(p)
+        .ok()
+        .filter(|p| p.is_power_of_two())
+        .unwrap_or(4096)
 }
 
 /// Unmaps a range this process inherited but does not use.
@@ -607,5 +695,17 @@ mod tests {
         assert_eq!(parse_cache_size("512"), Some(512));
         assert_eq!(parse_cache_size("12Q"), None);
         assert_eq!(parse_cache_size(""), None);
+    }
+
+    #[test]
+    fn sysfs_choices_parse() {
+        let s = "always within_size advise [never] deny force\n";
+        assert_eq!(selected(s), Some("never"));
+        assert_eq!(
+            selected("always [inherit] within_size advise never"),
+            Some("inherit")
+        );
+        assert_eq!(selected("[advise]"), Some("advise"));
+        assert_eq!(selected("always never"), None);
     }
 }
