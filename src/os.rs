@@ -7,7 +7,6 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::Path;
 use std::ptr;
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicU32;
@@ -48,80 +47,83 @@ pub(crate) fn reserve(fd: &OwnedFd, off: u64, len: u64) -> io::Result<()> {
     }
 }
 
+/// Gives back the pages of `off..off + len` of the memfd (the part of a
+/// failed [`populate`] that did get pages). Best effort.
+pub(crate) fn punch(fd: &OwnedFd, off: u64, len: u64) {
+    let (Ok(off), Ok(len)) = (i64::try_from(off), i64::try_from(len)) else {
+        return;
+    };
+    let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    while fallocate(fd, flags, off, len) == Err(Errno::EINTR) {}
+}
+
+/// The most bytes one [`populate`] call faults in: the call holds the
+/// process's `mmap_lock` for reading while it runs, which a `fork` or an
+/// `munmap` in another thread waits for.
+const POPULATE_STEP: usize = 32 << 20;
+
 /// Allocates the pages of `addr..addr + len`, a range of this process's
 /// shared mapping, by faulting them in writable (`MADV_POPULATE_WRITE`,
 /// Linux 5.14). Unlike `fallocate` on the file, the faults go through the
 /// mapping, so its `MADV_HUGEPAGE` advice applies: with `shmem_enabled`
-/// set to `advise`, the kernel gives it huge pages, where `fallocate`
-/// (which has no mapping to consult) would give small ones. The pages stay
-/// in the file, so touching them later cannot raise `SIGBUS`.
-///
-/// `Ok(false)` when the kernel lacks `MADV_POPULATE_WRITE` (`EINVAL`); the
-/// caller then reserves with [`reserve`].
+/// at `advise`, the kernel gives it huge pages, where `fallocate` (which
+/// has no mapping to consult) gives small ones. The pages stay in the file,
+/// so touching them later cannot raise `SIGBUS`.
 ///
 /// # Errors
-/// `ENOMEM` when the memory is not available (a fault that would have
-/// raised `SIGBUS` reports `EFAULT`, mapped to `ENOMEM` here).
+/// The kernel's: `EINVAL` where it lacks `MADV_POPULATE_WRITE`, `EPERM` or
+/// `ENOSYS` under a filter, `ENOMEM` or `EFAULT` (the fault would have
+/// raised `SIGBUS`) when memory runs out. Pages faulted in before the error
+/// stay allocated (`fallocate` would have given them back: see [`punch`]).
 ///
 /// # Safety
-/// `addr..addr + len` lies in a shared mapping of this process whose pages
-/// may be written: populating writes nothing, but a mapping that is not
-/// shared would get private copies.
-pub(crate) unsafe fn populate(addr: *mut u8, len: usize) -> io::Result<bool> {
-    let page = page_size();
-    let start = addr as usize & !(page - 1);
+/// `addr..addr + len` lies in a shared, writable mapping of this process.
+/// Populating writes nothing, but a private mapping would get private
+/// copies.
+pub(crate) unsafe fn populate(addr: *mut u8, len: usize) -> io::Result<()> {
+    let start = addr as usize & !(page_size() - 1);
     let end = (addr as usize).saturating_add(len);
-    loop {
-        // SAFETY: the caller's contract; madvise reads and writes no memory
-        // of ours, it only faults pages of the range in.
-        let r = unsafe {
-            libc::madvise(
-                start as *mut libc::c_void,
-                end - start,
-                libc::MADV_POPULATE_WRITE,
-            )
-        };
+    let mut at = start;
+    while at < end {
+        let step = (end - at).min(POPULATE_STEP);
+        // SAFETY: the caller's contract (rounding down to the page stays in
+        // the mapping, which starts on a page); madvise reads and writes no
+        // memory of ours, it only faults pages of the range in.
+        let r = unsafe { libc::madvise(at as *mut libc::c_void, step, libc::MADV_POPULATE_WRITE) };
         if r == 0 {
-            return Ok(true);
+            at += step;
+            continue;
         }
-        return match Errno::last() {
-            Errno::EINTR | Errno::EAGAIN => continue,
-            Errno::EINVAL => Ok(false),
-            Errno::EFAULT => Err(io::Error::from_raw_os_error(libc::ENOMEM)),
-            e => Err(e.into()),
-        };
+        match Errno::last() {
+            Errno::EINTR => {}
+            e => return Err(e.into()),
+        }
     }
+    Ok(())
 }
 
 /// Whether the kernel gives shared memory huge pages only where a mapping
-/// asks for them: `shmem_enabled` at `advise`, for all sizes or for some
-/// (`hugepages-*kB/shmem_enabled`). It is the one setting under which
+/// asks for them (`shmem_enabled` at `advise`): the one setting under which
 /// faulting the arena in through its mapping ([`populate`]) gets huge pages
-/// that `fallocate` does not: at `always` or `within_size` both get them,
-/// at `never` (the kernel's default) neither. Read from sysfs once.
+/// that `fallocate` does not. At `always`, `within_size` or `force` both
+/// get them, at `never` (the kernel's default) or `deny` neither. Only the
+/// top-level setting counts: the per-size `hugepages-*kB/shmem_enabled`
+/// apply to anonymous shared mappings, not to a memfd. Read once.
 pub(crate) fn shmem_huge_on_advice() -> bool {
     static ADVISE: OnceLock<bool> = OnceLock::new();
     *ADVISE.get_or_init(|| {
-        let dir = Path::new("/sys/kernel/mm/transparent_hugepage");
-        let advise = |path: &Path| {
-            std::fs::read_to_string(path.join("shmem_enabled"))
-                .is_ok_and(|s| selected(&s) == Some("advise"))
-        };
-        advise(dir)
-            || std::fs::read_dir(dir).is_ok_and(|entries| {
-                entries.flatten().any(|e| {
-                    e.file_name().to_string_lossy().starts_with("hugepages-") && advise(&e.path())
-                })
-            })
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+            .is_ok_and(|s| on_advice(&s))
     })
 }
 
-/// The selected word of a sysfs choice, such as `never` in
-/// `always within_size advise [never] deny force`.
-fn selected(setting: &str) -> Option<&str> {
+/// Whether a `shmem_enabled` setting, such as
+/// `always within_size advise [never] deny force`, selects `advise`.
+fn on_advice(setting: &str) -> bool {
     setting
         .split_whitespace()
         .find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))
+        == Some("advise")
 }
 
 /// The page size.
@@ -679,9 +681,7 @@ pub(crate) fn mapped_bytes() -> Option<u64> {
         .try_fold(0u64, |acc, &b| {
             acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
         })?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-    pages.checked_mul(page)
+    pages.checked_mul(page_size() as u64)
 }
 
 #[cfg(test)]
@@ -698,14 +698,58 @@ mod tests {
     }
 
     #[test]
-    fn sysfs_choices_parse() {
-        let s = "always within_size advise [never] deny force\n";
-        assert_eq!(selected(s), Some("never"));
-        assert_eq!(
-            selected("always [inherit] within_size advise never"),
-            Some("inherit")
-        );
-        assert_eq!(selected("[advise]"), Some("advise"));
-        assert_eq!(selected("always never"), None);
+    fn a_failed_populate_keeps_its_pages_until_punched() {
+        let fd = memfd(4 << 20).unwrap();
+        let blocks = || {
+            // SAFETY: fstat writes only the struct it is given.
+            let st = unsafe {
+                let mut st: libc::stat = std::mem::zeroed();
+                assert_eq!(libc::fstat(fd.as_raw_fd(), &mut st), 0);
+                st
+            };
+            st.st_blocks as u64 * 512
+        };
+        let len = 8usize << 20;
+        // SAFETY: a new shared mapping of our own memfd, twice its size: the
+        // second half is past the end of the file.
+        let addr = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED);
+        // SAFETY: the range is that shared, writable mapping.
+        match unsafe { populate(addr.cast(), len) } {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                eprintln!("this kernel has no MADV_POPULATE_WRITE");
+            }
+            Err(e) => {
+                // Past the end of the file, a touch would raise SIGBUS.
+                assert_eq!(e.raw_os_error(), Some(libc::EFAULT), "{e}");
+                assert!(blocks() >= 4 << 20, "the first half kept its pages");
+                punch(&fd, 0, len as u64);
+                assert_eq!(blocks(), 0, "punched back");
+            }
+            Ok(()) => panic!("populated past the end of the file"),
+        }
+        // SAFETY: our mapping, no longer used.
+        unsafe { libc::munmap(addr, len) };
+    }
+
+    #[test]
+    fn only_advise_counts_as_huge_pages_on_advice() {
+        assert!(on_advice("always within_size [advise] never deny force\n"));
+        for other in ["always", "within_size", "never", "deny", "force"] {
+            let s =
+                "always within_size advise never deny force".replace(other, &format!("[{other}]"));
+            assert!(!on_advice(&s), "{s}");
+        }
+        assert!(!on_advice(""));
+        assert!(!on_advice("advise"), "no choice selected");
     }
 }
