@@ -685,7 +685,7 @@ pub(crate) fn mapped_bytes() -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -697,18 +697,21 @@ mod tests {
         assert_eq!(parse_cache_size(""), None);
     }
 
+    /// Bytes of a file that have pages (for tests).
+    pub(crate) fn allocated_bytes(fd: &OwnedFd) -> u64 {
+        // SAFETY: fstat writes only the struct it is given; the fd is open.
+        let st = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            assert_eq!(libc::fstat(fd.as_raw_fd(), &mut st), 0);
+            st
+        };
+        st.st_blocks as u64 * 512
+    }
+
     #[test]
     fn a_failed_populate_keeps_its_pages_until_punched() {
         let fd = memfd(4 << 20).unwrap();
-        let blocks = || {
-            // SAFETY: fstat writes only the struct it is given.
-            let st = unsafe {
-                let mut st: libc::stat = std::mem::zeroed();
-                assert_eq!(libc::fstat(fd.as_raw_fd(), &mut st), 0);
-                st
-            };
-            st.st_blocks as u64 * 512
-        };
+        let blocks = || allocated_bytes(&fd);
         let len = 8usize << 20;
         // SAFETY: a new shared mapping of our own memfd, twice its size: the
         // second half is past the end of the file.

@@ -422,17 +422,10 @@ pub(crate) mod registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
 
     /// Bytes of the memfd that have pages.
     fn allocated(r: &Region) -> u64 {
-        // SAFETY: fstat writes only the struct it is given; the fd is open.
-        let st = unsafe {
-            let mut st: libc::stat = std::mem::zeroed();
-            assert_eq!(libc::fstat(r.fd.as_raw_fd(), &mut st), 0);
-            st
-        };
-        st.st_blocks as u64 * 512
+        os::tests::allocated_bytes(&r.fd)
     }
 
     /// `ShmemPmdMapped` of this process's mapping that starts at `start`.
