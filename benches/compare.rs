@@ -3,6 +3,11 @@
 //! `benches/python/pool_bench.py`) when `python3` is installed. Under two
 //! minutes on the 2-core CI machine.
 //!
+//! Beside the targets it measures three floors, as context rows: rayon's own
+//! threads mapping out of place with streaming stores, the staging copy
+//! alone, and five bare processes forked and reaped in turn. They tell a
+//! target the machine cannot meet from one the library misses.
+//!
 //! `cargo bench --bench compare` (add `-- --csv out.csv` to write the
 //! throughput-against-size series that `benches/python/plot.py` draws).
 //!
@@ -40,6 +45,61 @@ fn heavy(mut x: f64) -> f64 {
         x = x.sin();
     }
     x
+}
+
+/// Forks a child that exits at once, and reaps it: the bare cost of one
+/// process, which the seed pays five times (the template and four workers).
+fn fork_exit_reap() {
+    // SAFETY: the child calls only `_exit`, which is async-signal-safe, so no
+    // lock another thread holds can matter to it.
+    match unsafe { libc::fork() } {
+        // SAFETY: as above.
+        0 => unsafe { libc::_exit(0) },
+        -1 => panic!("fork: {}", std::io::Error::last_os_error()),
+        pid => {
+            let mut status = 0;
+            // SAFETY: `pid` is our child and `status` a valid place to write.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+        }
+    }
+}
+
+/// `out[i] = input[i]²` with streaming stores, in rayon's threads: the best
+/// an out-of-place map can do on this machine without processes, for the
+/// same shared-memory buffers `map_into` writes.
+fn square_streaming(input: &[f64], out: &mut [f64]) {
+    out.par_chunks_mut(1 << 16)
+        .zip(input.par_chunks(1 << 16))
+        .for_each(|(o, i)| square_chunk(i, o));
+}
+
+#[cfg(target_arch = "x86_64")]
+fn square_chunk(input: &[f64], out: &mut [f64]) {
+    use std::arch::x86_64::{_mm_loadu_pd, _mm_mul_pd, _mm_sfence, _mm_stream_pd};
+    if out.as_ptr() as usize % 16 != 0 {
+        return out.iter_mut().zip(input).for_each(|(o, x)| *o = x * x);
+    }
+    let pairs = out.len().min(input.len()) / 2;
+    for k in 0..pairs {
+        // SAFETY: SSE2 is part of x86-64; `2k + 1` is in both slices, and
+        // `out + 2k` is 16-byte aligned (checked above, and `2k` elements are
+        // 16k bytes).
+        unsafe {
+            let x = _mm_loadu_pd(input.as_ptr().add(2 * k));
+            _mm_stream_pd(out.as_mut_ptr().add(2 * k), _mm_mul_pd(x, x));
+        }
+    }
+    for (o, x) in out[2 * pairs..].iter_mut().zip(&input[2 * pairs..]) {
+        *o = x * x;
+    }
+    // SAFETY: SSE is part of x86-64. Orders the streaming stores before the
+    // chunk counts as done.
+    unsafe { _mm_sfence() };
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn square_chunk(input: &[f64], out: &mut [f64]) {
+    out.iter_mut().zip(input).for_each(|(o, x)| *o = x * x);
 }
 
 fn ms(d: Duration) -> String {
@@ -151,6 +211,8 @@ fn main() {
         p.close();
         p.join().unwrap();
     });
+    // The seed's floor: its five processes, bare, forked and reaped in turn.
+    let t_seed_floor = median(3, 21, || (0..5).for_each(|_| fork_exit_reap()));
     let pool = Pool::new(w).unwrap();
     let k = 100_000;
     let t_apply = median(1, 3, || {
@@ -184,6 +246,10 @@ fn main() {
         "≤ 1.00",
         t_into <= t_rayon_in_place,
     ));
+    // The out-of-place floor, for the row above: rayon itself, with
+    // streaming stores, between the same two `ShmVec`s.
+    let t_rayon_stream = median(2, 9, || square_streaming(&shared, &mut out));
+    assert_eq!(out[n - 3], data[n - 3] * data[n - 3]);
     let t_map = median(2, 9, || {
         drop(black_box(pool.map(&shared, |x| x * x).unwrap()))
     });
@@ -296,6 +362,31 @@ fn main() {
         true,
     ));
 
+    rows.push(row(
+        "out-of-place floor: rayon, streaming stores, the same ShmVecs, vs rayon in place",
+        ms(t_rayon_stream),
+        format!("{} rayon in place", ms(t_rayon_in_place)),
+        t_rayon_stream.as_secs_f64() / t_rayon_in_place.as_secs_f64(),
+        "(context)",
+        true,
+    ));
+    rows.push(row(
+        "map_into vs that floor (the cost of processes)",
+        ms(t_into),
+        format!("{} rayon streaming", ms(t_rayon_stream)),
+        t_into.as_secs_f64() / t_rayon_stream.as_secs_f64(),
+        "(context)",
+        true,
+    ));
+    rows.push(row(
+        "the copy a staged map starts with, alone, vs the ShmVec map",
+        ms(staged_profile[0]),
+        format!("{} ShmVec map", ms(t_map)),
+        staged_profile[0].as_secs_f64() / t_map.as_secs_f64(),
+        "(context)",
+        true,
+    ));
+
     // The out-of-place map a rayon user writes: a zip into a reused Vec.
     // Without streaming stores it moves three streams, like map_into did.
     let t_rayon_zip = median(2, 9, || {
@@ -331,12 +422,26 @@ fn main() {
                 "≥ 10× faster",
                 p.seed_s >= 10.0 * t_seed.as_secs_f64(),
             ));
+            rows.push(row(
+                "the seed vs its floor: 5 bare fork + exit + reap in turn",
+                ms(t_seed),
+                format!(
+                    "{} bare (Python: {:.1}× that)",
+                    ms(t_seed_floor),
+                    p.seed_s / t_seed_floor.as_secs_f64()
+                ),
+                t_seed.as_secs_f64() / t_seed_floor.as_secs_f64(),
+                "(context)",
+                true,
+            ));
         }
         None => {
             println!("(python3 not found: the Python rows are skipped)");
             println!(
-                "100k apply_async + get: {apply_rate:.0} tasks/s; the seed end to end: {}",
-                ms(t_seed)
+                "100k apply_async + get: {apply_rate:.0} tasks/s; the seed end to end: {} \
+                 (5 bare processes: {})",
+                ms(t_seed),
+                ms(t_seed_floor)
             );
         }
     }
