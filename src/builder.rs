@@ -175,9 +175,8 @@ impl Builder {
     }
 
     /// Elements per claimed range in `map` jobs (default: automatic, about
-    /// 16 ranges per worker, claimed dynamically, and more for outputs over
-    /// 16 MiB per worker, so that no range holds more than 1 MiB of output;
-    /// large ranges end on page boundaries of the output). 0 is refused by [`build`](Self::build).
+    /// 16 ranges per worker, claimed dynamically; large ranges end on page
+    /// boundaries of the output). 0 is refused by [`build`](Self::build).
     pub fn chunk_size(mut self, elements: usize) -> Self {
         self.chunk_size = Some(elements);
         self

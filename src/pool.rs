@@ -26,11 +26,6 @@ use crate::worker::{in_task, run_as_caller};
 /// more ran 1.8× faster, uniform and memory-bound maps the same
 /// (`benches/tuning.rs`).
 const CHUNKS_PER_WORKER: usize = 16;
-/// ... and no more than this many bytes of output per range, so that the
-/// last ranges of a large memory-bound map end close together: `map_into`
-/// of 16 Mi `f64` ran 2.5-4.6% faster with 1 MiB ranges than with 16 per
-/// worker (4 MiB), pools interleaved in one process.
-const MAX_RANGE_BYTES: usize = 1 << 20;
 /// Guided ranges (`Builder::guided`): the smallest is about
 /// `1 / (this × workers)` of the job; the first about `1 / (2 × workers)`.
 const GUIDED_MIN_PER_WORKER: usize = 16;
@@ -196,12 +191,10 @@ impl Schedule {
     }
 }
 
-/// The default range size: about `CHUNKS_PER_WORKER` ranges per worker, or
-/// more so that none holds over `MAX_RANGE_BYTES` of output; large ranges
-/// end on page boundaries of the output.
+/// The default range size: about `CHUNKS_PER_WORKER` ranges per worker;
+/// large ranges end on page boundaries of the output.
 fn default_chunk(len: usize, workers: usize, out_size: usize) -> usize {
-    let by_bytes = len.saturating_mul(out_size).div_ceil(MAX_RANGE_BYTES);
-    chunk_of(len, (workers * CHUNKS_PER_WORKER).max(by_bytes), out_size)
+    chunk_of(len, workers * CHUNKS_PER_WORKER, out_size)
 }
 
 /// `len / parts`, rounded up, ending on page boundaries of the output when
@@ -705,7 +698,7 @@ impl Pool {
     }
 
     /// The fixed claim size of a job over `len` elements producing `U`s:
-    /// the pool's `chunk_size`, or `default_chunk`.
+    /// the pool's `chunk_size`, or about four ranges per worker.
     pub(crate) fn chunk_for<U>(&self, len: usize) -> usize {
         match self.inner.config.chunk_size {
             Some(c) => c.min(len).max(1),
@@ -716,8 +709,8 @@ impl Pool {
     /// The scheduling of a map over `len` elements producing `U`s: fixed
     /// ranges of the pool's `chunk_size` if it has one; guided ranges of at
     /// least `len / (16 × workers)` if the pool is `guided`; else fixed
-    /// ranges, about 16 per worker and at most 1 MiB of output each.
-    /// Outputs of at least the pool's streaming threshold are streamed.
+    /// ranges, about 16 per worker. Outputs of at least the pool's
+    /// streaming threshold are streamed.
     pub(crate) fn schedule_for<U>(&self, len: usize) -> Schedule {
         let config = &self.inner.config;
         let (chunk, guided) = match config.chunk_size {
@@ -958,10 +951,7 @@ mod tests {
         assert_eq!(default_chunk(100, 4, 4), 2);
         let big = default_chunk(16 << 20, 2, 8);
         assert_eq!(big % 512, 0, "large ranges end on page boundaries");
-        assert_eq!(big * 8, MAX_RANGE_BYTES, "and hold at most 1 MiB of output");
-        // A job whose 16 ranges per worker are under 1 MiB keeps them.
-        assert_eq!(default_chunk(1 << 20, 2, 8), (1 << 20) / 32);
-        assert_eq!(default_chunk(16 << 20, 2, 0), (16 << 20) / 32);
+        assert!(big >= (16 << 20) / 32);
         assert_eq!(default_chunk(10, 1, 0), 1);
     }
 
