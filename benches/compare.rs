@@ -82,8 +82,8 @@ fn square_chunk(input: &[f64], out: &mut [f64]) {
     let pairs = out.len().min(input.len()) / 2;
     for k in 0..pairs {
         // SAFETY: SSE2 is part of x86-64; `2k + 1` is in both slices, and
-        // `out + 2k` is 16-byte aligned (checked above, and `2k` elements are
-        // 16k bytes).
+        // `out + 2k` is 16-byte aligned: `out` is (checked above), and two
+        // `f64`s are 16 bytes.
         unsafe {
             let x = _mm_loadu_pd(input.as_ptr().add(2 * k));
             _mm_stream_pd(out.as_mut_ptr().add(2 * k), _mm_mul_pd(x, x));
