@@ -13,8 +13,8 @@ use crate::os;
 use crate::pool::Pool;
 use crate::region::Region;
 use crate::supervisor;
-use crate::template::Template;
-use crate::worker::{WorkerConfig, in_task, install_panic_hook};
+use crate::template::{StdioProbe, Template};
+use crate::worker::{WorkerConfig, in_task, install_caller_panic_hook};
 
 /// Spin rounds a worker polls for work before it sleeps.
 const DEFAULT_SPIN: u32 = 2000;
@@ -278,8 +278,13 @@ impl Builder {
         let ring = self.ring_size.unwrap_or((4 * workers).clamp(256, MAX_RING));
         let arena = self.arena_size.unwrap_or_else(default_arena_size);
         let layout = Layout::new(workers, ring, arena)?;
+        // Looks at the stdio locks while the region is created.
+        let stdio = StdioProbe::start();
         let region = Region::create(layout)?;
-        install_panic_hook();
+        if self.caller_runs {
+            // Tasks the caller runs panic in this process: record where.
+            install_caller_panic_hook();
+        }
         let worker = WorkerConfig {
             spin: self.spin,
             initializer: self.initializer,
@@ -300,7 +305,7 @@ impl Builder {
         let inner = Arc::new(Inner::new(region, config)?);
         // The one fork of this (possibly multi-threaded) process: every worker
         // is forked later by the single-threaded template.
-        let template = Template::fork(&inner.region, inner.done_fd.as_raw_fd(), worker, true)?;
+        let template = Template::fork(&inner.region, inner.done_fd.as_raw_fd(), worker, stdio)?;
         let supervisor = supervisor::start(inner.clone(), template)?;
         // The result thread starts with the first asynchronous job
         // (`Inner::submit`).

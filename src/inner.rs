@@ -3,6 +3,7 @@
 //! the drop of a borrowing `AsyncResult`) and collecting finished
 //! asynchronous jobs for the result thread.
 
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64};
@@ -16,7 +17,7 @@ use crate::region::Region;
 use crate::result::result_loop;
 use crate::ring::{Job, JobTimes, RawOut, Ring, Spec, Waiter};
 use crate::states::{NOTIFY_EVENT, SLOT_DONE, SLOT_RUNNING};
-use crate::worker::{WorkerConfig, in_task};
+use crate::worker::{WorkerConfig, in_task, in_worker};
 
 /// The most rounds a blocking caller polls its slot before it sleeps.
 const CALLER_SPIN_MAX: u32 = 1024;
@@ -101,10 +102,10 @@ pub(crate) struct Inner {
     pub(crate) stop: AtomicU8,
     pub(crate) stats: Counters,
     /// Workers write it when an asynchronous job finishes; the result thread
-    /// reads it.
-    pub(crate) done_fd: OwnedFd,
+    /// reads it. (Closed on drop except in a worker: see `Drop`.)
+    pub(crate) done_fd: ManuallyDrop<OwnedFd>,
     /// Wakes the supervisor.
-    pub(crate) ctl_fd: OwnedFd,
+    pub(crate) ctl_fd: ManuallyDrop<OwnedFd>,
     pub(crate) procs: Mutex<Procs>,
     pub(crate) procs_cv: Condvar,
     pub(crate) result_thread: OnceLock<ThreadId>,
@@ -112,6 +113,34 @@ pub(crate) struct Inner {
     pub(crate) results: Mutex<Option<JoinHandle<()>>>,
     /// Whether `results` holds it (read without the lock).
     results_started: AtomicBool,
+}
+
+impl Drop for Inner {
+    /// Normally runs in the owner once the pool and its threads are gone. A
+    /// copy in another process (a task reaching a pool through a static, a
+    /// child the user forked) holds the handle of a thread that does not
+    /// exist there: it is forgotten, not detached. In a worker, descriptor
+    /// numbers inherited from the owner were closed at start and may name
+    /// the task's own files now: they are forgotten too.
+    fn drop(&mut self) {
+        if os::fork_generation() != self.owner {
+            let results = self
+                .results
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner);
+            std::mem::forget(results.take());
+        }
+        if in_worker() {
+            let procs = self.procs.get_mut().unwrap_or_else(PoisonError::into_inner);
+            std::mem::forget(std::mem::take(&mut procs.workers));
+            return;
+        }
+        // SAFETY: dropped once, here; the descriptors are not used after.
+        unsafe {
+            ManuallyDrop::drop(&mut self.done_fd);
+            ManuallyDrop::drop(&mut self.ctl_fd);
+        }
+    }
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked.
@@ -132,8 +161,8 @@ impl Inner {
             life: AtomicU8::new(OPEN),
             stop: AtomicU8::new(STOP_NONE),
             stats: Counters::default(),
-            done_fd: os::new_eventfd()?,
-            ctl_fd: os::new_eventfd()?,
+            done_fd: ManuallyDrop::new(os::new_eventfd()?),
+            ctl_fd: ManuallyDrop::new(os::new_eventfd()?),
             procs: Mutex::new(Procs {
                 workers: (0..layout.workers).map(|_| None).collect(),
                 gone: false,

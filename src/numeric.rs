@@ -11,6 +11,7 @@ use crate::error::Error;
 use crate::job::{
     MoreInputs, RunFn, run_chunks, run_in_place, run_indexed, run_map2, run_map3, run_reduce,
 };
+use crate::place::Place;
 use crate::pool::{Output, Parts, Pool, Schedule, check_align, into_vec};
 use crate::ring::{InlineData, Loc, Waiter};
 use crate::shmvec::ShmVec;
@@ -224,18 +225,14 @@ impl Pool {
         if v.is_empty() {
             return Ok(());
         }
-        let Some(off) = self.arena_offset_of(v) else {
-            return Err(Error::invalid(
-                "map_in_place needs a vector in this pool's shared memory",
-            ));
-        };
+        let input = self.place_output(v, "map_in_place")?;
         let len = v.len();
         let sched = self.schedule_for::<T>(len);
         let (slot, seq) = self.submit_parts(Parts {
             len,
             sched,
             run: run_in_place::<T, F>,
-            input: (Loc::Arena(off), None),
+            input: (input, None),
             more: None,
             ctx: None,
             out: Output::Input,
@@ -367,9 +364,11 @@ impl Pool {
             return Ok(identity);
         }
         // Round two: one worker combines the partials in index order.
-        let off = self.arena_offset_of(&partials).ok_or(Error::Corrupted {
-            detail: "partials outside the arena",
-        })?;
+        let Place::Arena(off) = self.locate(&partials) else {
+            return Err(Error::Corrupted {
+                detail: "partials outside the arena",
+            });
+        };
         let total: ShmVec<A> = self.run_reduce_job(
             parts,
             parts,

@@ -333,6 +333,13 @@ pub(crate) fn fork_generation() -> u64 {
         // it only bumps an atomic, which is async-signal-safe.
         unsafe { libc::pthread_atfork(None, None, Some(forked)) };
     });
+    fork_generation_registered()
+}
+
+/// [`fork_generation`] without the registration check: for hot paths that
+/// only run once a region exists (creating one registered the handler).
+#[inline]
+pub(crate) fn fork_generation_registered() -> u64 {
     // ORDERING: Relaxed: each process only reads its own copy, which the
     // fork handler wrote in this thread before `fork` returned.
     FORKS.load(std::sync::atomic::Ordering::Relaxed)

@@ -4,7 +4,7 @@ use std::mem::{align_of, size_of};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytemuck::Pod;
 
@@ -87,62 +87,6 @@ pub struct Pool {
     /// The supervisor thread, joined on drop (with the result thread, if
     /// an asynchronous job started it).
     pub(crate) supervisor: Option<JoinHandle<()>>,
-}
-
-/// Inputs at least this large are staged by several threads at once: one
-/// thread cannot saturate the memory bus.
-const PARALLEL_COPY_FROM: usize = 8 << 20;
-
-fn input_bytes<T: Pod>(input: &[T]) -> &[u8] {
-    bytemuck::cast_slice(input)
-}
-
-/// Copies `src` to `dst`, split across up to `threads` threads when it is
-/// large (the calling thread copies the first piece), with streaming stores
-/// when `stream`.
-///
-/// # Safety
-/// `dst` is valid for writes of `src.len()` bytes that no one else reads or
-/// writes during the call, and does not overlap `src`.
-unsafe fn copy_in(src: &[u8], dst: *mut u8, threads: usize, stream: bool) {
-    let threads = threads.clamp(1, 8);
-    if src.len() < PARALLEL_COPY_FROM || threads == 1 {
-        // SAFETY: the caller's contract.
-        unsafe { crate::stream::copy(src.as_ptr(), dst, src.len(), stream) };
-        return;
-    }
-    let piece = src.len().div_ceil(threads).next_multiple_of(4096);
-    // Raw pointers are not Send; the address is.
-    let base = dst as usize;
-    let copy = move |i: usize, part: &[u8]| {
-        // SAFETY: the caller's contract; the pieces are disjoint slices of
-        // the block, each written by one thread, and the scope ends before
-        // the caller uses the block.
-        unsafe {
-            crate::stream::copy(
-                part.as_ptr(),
-                (base as *mut u8).add(i * piece),
-                part.len(),
-                stream,
-            )
-        }
-    };
-    std::thread::scope(|s| {
-        let mut parts = src.chunks(piece).enumerate();
-        let first = parts.next();
-        for (i, part) in parts {
-            // A thread that cannot be started: copy that piece here.
-            if std::thread::Builder::new()
-                .spawn_scoped(s, move || copy(i, part))
-                .is_err()
-            {
-                copy(i, part);
-            }
-        }
-        if let Some((i, part)) = first {
-            copy(i, part);
-        }
-    });
 }
 
 /// Where a job writes its results.
@@ -347,13 +291,9 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn to_shm<T: Pod>(&self, data: &[T]) -> Result<ShmVec<T>, Error> {
-        let (block, _) = self.alloc::<T>(data.len())?;
-        let bytes = input_bytes(data);
-        let stream = self.streams(bytes.len());
-        // SAFETY: the block has room for `data.len()` values and is ours
-        // alone (just allocated); `data` cannot overlap it for the same reason.
-        unsafe { copy_in(bytes, block.ptr(), self.inner.workers, stream) };
-        // SAFETY: the block now holds `data.len()` initialised `T`s.
+        let block = self.copy_to_arena(data)?;
+        // SAFETY: the block holds `data.len()` initialised `T`s, is aligned
+        // for `T`, and nothing else refers to it.
         Ok(unsafe { ShmVec::from_alloc(block, data.len()) })
     }
 
@@ -485,10 +425,8 @@ impl Pool {
         if input.is_empty() {
             return Ok(());
         }
-        let Some(off) = self.arena_offset_of(out) else {
-            return Err(Error::invalid(
-                "map_into needs an output vector in this pool's shared memory",
-            ));
+        let Loc::Arena(off) = self.place_output(out, "map_into")? else {
+            unreachable!("outputs are placed in the arena")
         };
         let len = input.len();
         let placed = self.place_input(input)?;
@@ -539,13 +477,7 @@ impl Pool {
         self.prologue(f)?;
         let (len, placed) = match input.source() {
             Source::Copy(slice) => (slice.len(), self.stage(slice)?),
-            Source::Own(owned) => {
-                let len = owned.len();
-                match owned.into_block() {
-                    Some(block) => (len, (Loc::Arena(block.off()), Some(block))),
-                    None => (len, (self.nowhere(), None)),
-                }
-            }
+            Source::Own(owned) => (owned.len(), self.take_input(owned)?),
         };
         let cell = Arc::new(Cell::new(into_vec::<U>, len));
         let ticket = if len == 0 {
@@ -615,63 +547,6 @@ impl Pool {
         self.inner.check_open()
     }
 
-    /// Places a by-value argument: in the slot if it fits, else in the arena.
-    pub(crate) fn place_value<V: Pod>(
-        &self,
-        v: &V,
-        inline: &mut InlineData,
-    ) -> Result<(Loc, Option<Alloc>), Error> {
-        if let Some(rel) = inline.put(v) {
-            return Ok((Loc::Inline(rel), None));
-        }
-        let (block, _) = self.alloc::<V>(1)?;
-        // SAFETY: the block holds one `V`, aligned, and is ours.
-        unsafe { block.ptr().cast::<V>().write(*v) };
-        Ok((Loc::Arena(block.off()), Some(block)))
-    }
-
-    /// The region offset of `data` if it lies in this pool's arena (a
-    /// `ShmVec` of this pool, or a slice of one).
-    pub(crate) fn arena_offset_of<T: Pod>(&self, data: &[T]) -> Option<u64> {
-        self.inner
-            .region
-            .arena_offset(data.as_ptr().cast(), size_of_val(data))
-    }
-
-    /// An offset for inputs that occupy no bytes.
-    pub(crate) fn nowhere(&self) -> Loc {
-        Loc::Arena(self.inner.region.layout().arena_off as u64)
-    }
-
-    /// For a blocking call: finds `input` in the arena (read in place, as the
-    /// call borrows it until the job is harvested), or copies it there.
-    pub(crate) fn place_input<T: Pod>(&self, input: &[T]) -> Result<(Loc, Option<Alloc>), Error> {
-        match self.arena_offset_of(input) {
-            Some(off) if !input.is_empty() => Ok((Loc::Arena(off), None)),
-            _ => self.stage(input),
-        }
-    }
-
-    /// Copies `input` into a block the job will own.
-    pub(crate) fn stage<T: Pod>(&self, input: &[T]) -> Result<(Loc, Option<Alloc>), Error> {
-        let bytes = size_of_val(input);
-        if bytes == 0 {
-            return Ok((self.nowhere(), None));
-        }
-        let (block, _) = self.alloc::<T>(input.len())?;
-        let started = Instant::now();
-        let stream = self.streams(bytes);
-        // SAFETY: the block has room for the input, is ours alone (just
-        // allocated, not yet published), and does not overlap the input.
-        unsafe { copy_in(input_bytes(input), block.ptr(), self.inner.workers, stream) };
-        let took = started.elapsed().as_nanos() as u64;
-        // ORDERING: Relaxed: statistics.
-        let c = &self.inner.stats;
-        c.bytes_staged.fetch_add(bytes as u64, Relaxed);
-        c.staging_ns.fetch_add(took, Relaxed);
-        Ok((Loc::Arena(block.off()), Some(block)))
-    }
-
     /// Submits a map over `len` elements whose input is already placed.
     fn submit_map<U: Pod>(
         &self,
@@ -730,7 +605,7 @@ impl Pool {
 
     /// Whether `bytes` of output (or of a staged input) are written with
     /// streaming stores (`Builder::stream_stores_from`).
-    fn streams(&self, bytes: usize) -> bool {
+    pub(crate) fn streams(&self, bytes: usize) -> bool {
         match self.inner.config.stream_from {
             Some(from) => bytes >= from,
             // No cache worth streaming past is smaller: skip the lookup.

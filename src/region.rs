@@ -9,8 +9,8 @@
 use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use memmap2::MmapMut;
@@ -19,7 +19,9 @@ use crate::arena::FreeList;
 use crate::error::Error;
 use crate::layout::{Control, LINE, Layout, MAGIC, Slot, WorkerRecord};
 use crate::os;
+use crate::registry;
 use crate::states::NO_SLOT;
+use crate::worker::in_worker;
 
 /// The slots whose pages a new region reserves; a job that finds them all
 /// busy reserves more (`Ring::take_free`).
@@ -49,9 +51,14 @@ pub(crate) struct Region {
     /// The start of the mapping, taken once from `map`.
     base: *mut u8,
     layout: Layout,
-    fd: OwnedFd,
+    /// Closed on drop in every process but a worker (see `Drop`).
+    fd: ManuallyDrop<OwnedFd>,
     heap: Mutex<Heap>,
-    registry_index: Option<usize>,
+    registry_entry: &'static registry::Entry,
+    /// The fork generation (`os::fork_generation`) of the process that
+    /// created the region: the only one that allocates, frees or unmaps in
+    /// it (design.md, "What safe code can do with a ShmVec").
+    owner: u64,
 }
 
 // SAFETY: `base` points into the mapping owned by `map`, which lives exactly
@@ -102,12 +109,13 @@ impl Region {
             map: ManuallyDrop::new(map),
             base,
             layout,
-            fd,
+            fd: ManuallyDrop::new(fd),
             heap: Mutex::new(Heap {
                 list: FreeList::new(layout.arena_off as u64, layout.len as u64),
                 reserved_to: layout.arena_off as u64,
             }),
-            registry_index: registry::register(base as usize, layout.len),
+            registry_entry: registry::register(&guard, base as usize, layout.len),
+            owner: os::fork_generation(),
         };
         drop(guard);
         for w in 0..layout.workers {
@@ -121,6 +129,13 @@ impl Region {
 
     pub(crate) fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// Whether this is the process that created the region. Everywhere else
+    /// (a worker, the template, a child the user forked) its blocks are not
+    /// ours to free, and its mapping not ours to unmap.
+    pub(crate) fn owned_here(&self) -> bool {
+        os::fork_generation_registered() == self.owner
     }
 
     pub(crate) fn base(&self) -> *mut u8 {
@@ -315,14 +330,27 @@ fn oom_or_io(e: io::Error, requested: usize, available: usize) -> Error {
 
 impl Drop for Region {
     fn drop(&mut self) {
-        // Unregistered and unmapped under the lock, so that no template is
-        // forked between the two with the mapping but not its entry.
-        let _guard = registry::lock();
-        if let Some(i) = self.registry_index {
-            registry::unregister(i);
+        if in_worker() {
+            // A copy inherited by a worker or the template, reached by a task
+            // (a pool kept in a static). The worker unmapped other pools'
+            // regions when it started, and closed their descriptors: their
+            // addresses and numbers may belong to something else now. Leave
+            // everything alone; the process ends with `_exit`.
+            return;
         }
-        // SAFETY: dropped once, here; `base` is not used after this.
-        unsafe { ManuallyDrop::drop(&mut self.map) };
+        // Unregistered and unmapped under the lock, so that no template is
+        // forked between the two with the mapping but not its entry. (In a
+        // child the user forked, the mapping is intact and ours to unmap;
+        // the lock is fork-aware, so a parent thread holding it at the fork
+        // cannot block us.)
+        let guard = registry::lock();
+        registry::unregister(&guard, self.registry_entry);
+        // SAFETY: dropped once, here; `base` and `fd` are not used after
+        // this.
+        unsafe {
+            ManuallyDrop::drop(&mut self.map);
+            ManuallyDrop::drop(&mut self.fd);
+        }
     }
 }
 
@@ -334,87 +362,22 @@ impl Alloc {
     pub(crate) fn ptr(&self) -> *mut u8 {
         self.region.ptr(self.off)
     }
+
+    /// The fork generation of the process that owns the block's region.
+    pub(crate) fn owner(&self) -> u64 {
+        self.region.owner
+    }
 }
 
 impl Drop for Alloc {
+    /// Gives the block back to the arena, in the process that owns it. A
+    /// copy in any other process (a forked child, a worker reaching a
+    /// `ShmVec` through a static) frees nothing: the arena's free list
+    /// belongs to the owner, and its lock may have been held by a thread
+    /// that does not exist here.
     fn drop(&mut self) {
-        if self.size > 0 {
+        if self.size > 0 && self.region.owned_here() {
             self.region.free(self.off, self.size);
-        }
-    }
-}
-
-/// Live regions of this process, so that a freshly forked worker can unmap
-/// the regions of *other* pools it inherited: otherwise their memory would
-/// stay allocated until this pool's workers exit.
-///
-/// A fixed array of atomics, because the child reads it after `fork`, where
-/// taking a lock another thread held at the time would deadlock. Regions past
-/// the first `LEN` are simply not unmapped in workers.
-pub(crate) mod registry {
-    use super::*;
-
-    const LEN: usize = 64;
-
-    struct Entry {
-        base: AtomicUsize,
-        len: AtomicUsize,
-        /// 0 free, 1 taken.
-        taken: AtomicU32,
-    }
-
-    static ENTRIES: [Entry; LEN] = [const {
-        Entry {
-            base: AtomicUsize::new(0),
-            len: AtomicUsize::new(0),
-            taken: AtomicU32::new(0),
-        }
-    }; LEN];
-
-    /// Serialises mapping and registering a region (and unregistering and
-    /// unmapping it) with forking a template: a fork then sees every region
-    /// it inherits in the registry. Forked children never take it.
-    static MAPPING: Mutex<()> = Mutex::new(());
-
-    pub(crate) fn lock() -> MutexGuard<'static, ()> {
-        MAPPING.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(crate) fn register(base: usize, len: usize) -> Option<usize> {
-        ENTRIES.iter().position(|e| {
-            // ORDERING: SeqCst on the claim; the fields are then written and
-            // read under the same total order by `unmap_others`.
-            let won = e.taken.compare_exchange(0, 1, SeqCst, Relaxed).is_ok();
-            if won {
-                // ORDERING: SeqCst, see above.
-                e.len.store(len, SeqCst);
-                // ORDERING: SeqCst, see above.
-                e.base.store(base, SeqCst);
-            }
-            won
-        })
-    }
-
-    pub(crate) fn unregister(i: usize) {
-        let e = &ENTRIES[i];
-        // ORDERING: SeqCst, as in `register`.
-        e.base.store(0, SeqCst);
-        // ORDERING: SeqCst: releases the entry after it is cleared.
-        e.taken.store(0, SeqCst);
-    }
-
-    /// In a freshly forked worker: unmaps every registered region but `own`.
-    pub(crate) fn unmap_others(own: usize) {
-        for e in &ENTRIES {
-            // ORDERING: SeqCst, as in `register`. The child is single-threaded;
-            // these values are the snapshot taken by fork.
-            let (base, len) = (e.base.load(SeqCst), e.len.load(SeqCst));
-            if base != 0 && base != own && len != 0 {
-                // SAFETY: the worker never touches other pools' regions: it
-                // runs only its own pool's jobs, whose offsets are validated
-                // against its own region.
-                unsafe { os::munmap(base, len) };
-            }
         }
     }
 }

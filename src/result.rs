@@ -549,7 +549,7 @@ pub(crate) fn result_loop(inner: Arc<Inner>) {
         }
         let timeout = if busy { 100 } else { 1000 };
         let mut fds = [libc::pollfd {
-            fd: std::os::fd::AsRawFd::as_raw_fd(&inner.done_fd),
+            fd: std::os::fd::AsRawFd::as_raw_fd(&*inner.done_fd),
             events: libc::POLLIN,
             revents: 0,
         }];

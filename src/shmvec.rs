@@ -9,6 +9,7 @@ use std::slice;
 
 use bytemuck::Pod;
 
+use crate::os;
 use crate::region::Alloc;
 
 /// An owned vector of `T` in a pool's shared memory.
@@ -20,6 +21,18 @@ use crate::region::Alloc;
 ///
 /// Its length is fixed; make one with [`Pool::alloc_zeroed`],
 /// [`Pool::to_shm`] or any `map`.
+///
+/// # One process only
+/// A `ShmVec` is read and written only in the process that allocated it.
+/// Tasks receive shared data through their arguments (a `map`'s input, a
+/// `map_with` context), never as a `ShmVec`. A `ShmVec` that a task reaches
+/// some other way, through a `static` filled before the pool's workers were
+/// forked, or one in a child process forked from the owner, is a copy of
+/// the owner's handle, not of its data: the memory behind it is the owner's,
+/// live (or, in a worker, not mapped at all). Using it there would alias the
+/// owner's `&mut` borrows, so it panics instead (the task then fails with
+/// [`Error::TaskPanicked`](crate::Error::TaskPanicked), naming the reason).
+/// Dropping such a copy does nothing: the block stays the owner's.
 ///
 /// [`Pool::alloc_zeroed`]: crate::Pool::alloc_zeroed
 /// [`Pool::to_shm`]: crate::Pool::to_shm
@@ -40,6 +53,9 @@ pub struct ShmVec<T: Pod> {
     /// The arena block, owned only to be freed on drop; `None` for vectors
     /// that own no memory (empty, or zero-sized `T`).
     block: Option<Alloc>,
+    /// The fork generation of the process that allocated the block: the
+    /// only process where its elements may be read or written.
+    owner: u64,
     _owns: PhantomData<T>,
 }
 
@@ -61,6 +77,7 @@ impl<T: Pod> ShmVec<T> {
             ptr: NonNull::dangling(),
             len: 0,
             block: None,
+            owner: 0,
             _owns: PhantomData,
         }
     }
@@ -81,6 +98,7 @@ impl<T: Pod> ShmVec<T> {
         ShmVec {
             ptr,
             len,
+            owner: alloc.owner(),
             block: Some(alloc),
             _owns: PhantomData,
         }
@@ -102,18 +120,59 @@ impl<T: Pod> ShmVec<T> {
     }
 
     /// The elements as a slice.
+    ///
+    /// # Panics
+    /// In any process but the one that allocated the vector: a worker that
+    /// reached it through a `static`, or a child forked from its owner (see
+    /// [the type's docs](ShmVec#one-process-only)).
+    #[inline]
+    #[track_caller]
     pub fn as_slice(&self) -> &[T] {
+        self.check_process();
         // SAFETY: `ptr` is aligned and valid for `len` initialised values
         // (shared memory always holds initialised bytes, and every bit
-        // pattern is a valid `T: Pod`); this vector owns them.
+        // pattern is a valid `T: Pod`); this vector owns them, and this is
+        // the process that allocated them (checked above), so no other
+        // process can reach them through a `ShmVec`.
         unsafe { slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
     /// The elements as a mutable slice.
+    ///
+    /// # Panics
+    /// As [`as_slice`](Self::as_slice).
+    #[inline]
+    #[track_caller]
     pub fn as_mut_slice(&mut self) -> &mut [T] {
+        self.check_process();
         // SAFETY: as in `as_slice`, and `&mut self` makes the access unique.
         unsafe { slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
+
+    /// Whether this process may read and write the elements: it allocated
+    /// them (or the vector owns no shared memory).
+    fn usable_here(&self) -> bool {
+        self.block.is_none() || self.owner == os::fork_generation_registered()
+    }
+
+    #[inline]
+    #[track_caller]
+    fn check_process(&self) {
+        if !self.usable_here() {
+            foreign_process();
+        }
+    }
+}
+
+/// The panic of a `ShmVec` used outside the process that allocated it.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn foreign_process() -> ! {
+    panic!(
+        "a ShmVec can only be used in the process that allocated it; this is a worker process \
+         or a forked child (pass shared data to a task through its arguments, not a static)"
+    )
 }
 
 impl<T: Pod> Default for ShmVec<T> {
@@ -124,12 +183,16 @@ impl<T: Pod> Default for ShmVec<T> {
 
 impl<T: Pod> Deref for ShmVec<T> {
     type Target = [T];
+    #[inline]
+    #[track_caller]
     fn deref(&self) -> &[T] {
         self.as_slice()
     }
 }
 
 impl<T: Pod> DerefMut for ShmVec<T> {
+    #[inline]
+    #[track_caller]
     fn deref_mut(&mut self) -> &mut [T] {
         self.as_mut_slice()
     }
@@ -149,6 +212,9 @@ impl<T: Pod> AsMut<[T]> for ShmVec<T> {
 
 impl<T: Pod + fmt::Debug> fmt::Debug for ShmVec<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.usable_here() {
+            return write!(f, "ShmVec(<{} elements of another process>)", self.len);
+        }
         fmt::Debug::fmt(self.as_slice(), f)
     }
 }

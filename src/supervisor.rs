@@ -21,7 +21,7 @@ use crate::layout::{LOC_CAP, MSG_CAP};
 use crate::os;
 use crate::ring::Retry;
 use crate::states::*;
-use crate::template::{Report, Template};
+use crate::template::{Report, StdioProbe, Template};
 
 /// How long workers get to exit after a graceful shutdown request before
 /// they are killed.
@@ -519,7 +519,7 @@ impl Supervisor {
                 &inner.region,
                 inner.done_fd.as_raw_fd(),
                 inner.config.worker,
-                false,
+                StdioProbe::start(),
             ) {
                 Ok(t) => self.template = Some(t),
                 Err(e) => self.respawn_error = Some(e),

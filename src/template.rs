@@ -23,15 +23,20 @@
 //! with the template (`PR_SET_PDEATHSIG`, bound to the template's only
 //! thread), so nothing outlives the parent.
 
-use std::io::{self, Write};
+use std::io::{self, StderrLock, StdoutLock, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::mpsc;
+use std::thread;
 use std::time::Duration;
 
 use nix::unistd::{ForkResult, fork};
 
 use crate::os;
-use crate::region::{Region, registry};
-use crate::worker::{WorkerConfig, WorkerCtx, set_in_worker, worker_main};
+use crate::region::Region;
+use crate::registry;
+use crate::worker::{
+    WorkerConfig, WorkerCtx, install_worker_panic_hook, set_in_worker, worker_main,
+};
 
 pub(crate) const SPAWN: u64 = 1;
 pub(crate) const SPAWNED: u64 = 2;
@@ -69,6 +74,48 @@ impl Drop for Template {
 /// How long a dropped template gets to reap its workers and exit.
 const DROP_GRACE: Duration = Duration::from_millis(200);
 
+/// How long `Pool::new` gives the stdio probe to find stdout's and stderr's
+/// locks free. Only a lock held by the calling thread itself, or held for a
+/// long time by another, makes it wait this long.
+const STDIO_PATIENCE: Duration = Duration::from_millis(10);
+
+/// Finds out, on a thread of its own, whether stdout's and stderr's locks can
+/// be taken now, so that `Pool::new` never waits for a lock that user code
+/// holds (a thread that holds stdout while it waits for the pool to be built
+/// would deadlock it). Started early in `Builder::build`, so it runs while the
+/// region is created.
+///
+/// A forked child inherits a lock held by another thread as locked forever,
+/// and a task that prints would then block; so when the probe finds both
+/// free, the forking thread takes them itself and holds them across the fork.
+/// When it does not answer in time (the calling thread holds stdout itself,
+/// which the child then owns and may use, or another thread holds it for
+/// long), the template is forked without them.
+pub(crate) struct StdioProbe(Option<mpsc::Receiver<()>>);
+
+impl StdioProbe {
+    /// Starts the probe thread (if it cannot be started, the fork goes ahead
+    /// without the locks).
+    pub(crate) fn start() -> StdioProbe {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let probe = thread::Builder::new()
+            .name("shmpool-stdio".into())
+            .stack_size(64 << 10)
+            .spawn(move || {
+                drop((io::stdout().lock(), io::stderr().lock()));
+                let _ = tx.send(());
+            });
+        StdioProbe(probe.ok().map(|_| rx))
+    }
+
+    /// Both locks, taken by this thread, if the probe found them free within
+    /// `patience`.
+    fn take(self, patience: Duration) -> Option<(StdoutLock<'static>, StderrLock<'static>)> {
+        self.0?.recv_timeout(patience).ok()?;
+        Some((io::stdout().lock(), io::stderr().lock()))
+    }
+}
+
 /// What the template reports.
 #[derive(Debug)]
 pub(crate) enum Report {
@@ -89,41 +136,39 @@ pub(crate) enum Report {
 }
 
 impl Template {
-    /// Forks the template. With `hold_stdio`, the stdout and stderr locks are
-    /// held across the fork, so the template (and every worker) starts with
-    /// them unlocked; the caller must not be waited on by a thread that holds
-    /// them.
+    /// Forks the template. If `stdio` found stdout's and stderr's locks
+    /// free, this thread takes them and holds them across the fork, so the
+    /// template (and every worker) starts with them unlocked; otherwise it
+    /// forks without them (see `StdioProbe`).
     pub(crate) fn fork(
         region: &Region,
         event_fd: RawFd,
         config: WorkerConfig,
-        hold_stdio: bool,
+        stdio: StdioProbe,
     ) -> io::Result<Template> {
         let (ours, theirs) = os::seqpacket_pair()?;
         let parent = os::getpid();
-        // Every region this fork inherits is in the registry, so that the
-        // template's workers can unmap the other pools' (`registry::lock`).
-        let mapping = registry::lock();
-        let mut stdio = hold_stdio.then(|| {
-            let out = io::stdout().lock();
-            let err = io::stderr().lock();
-            (out, err)
-        });
+        // Lock order: stdout, stderr, then the registry (design.md, "Lock
+        // order"). Nothing takes the registry lock and then a stdio lock.
+        let mut stdio = stdio.take(STDIO_PATIENCE);
         // Workers inherit the stdout buffer; flushing now keeps a task that
-        // prints from printing the parent's pending output again. Only with
-        // the lock held already: a re-fork must not wait for stdout.
+        // prints from printing the parent's pending output again.
         if let Some((out, _)) = &mut stdio {
             let _ = out.flush();
         }
+        // Every region this fork inherits is in the registry, so that the
+        // template's workers can unmap the other pools' (`registry::lock`).
+        let mapping = registry::lock();
         // SAFETY: the child runs only `serve`, which never returns and ends
         // with `_exit`. It takes no lock another thread could hold except
-        // stdout's and stderr's, which this thread holds across the fork and
-        // the child releases first (design.md, "Fork safety"). The registry's
-        // mapping lock, also held here, is never taken in the child.
+        // stdout's and stderr's, which this thread holds across the fork if
+        // they were free (the child releases them first), and the panic
+        // hook's (design.md, "Lock order across fork"). The registry's lock,
+        // also held here, is fork-aware: a child finds it free.
         let forked = unsafe { fork() };
         match forked.map_err(io::Error::from)? {
             ForkResult::Child => {
-                // Never touched in the child; not unlocked either.
+                // Held by the parent's thread; the child never takes it.
                 std::mem::forget(mapping);
                 drop(stdio);
                 let sock = theirs.as_raw_fd();
@@ -242,6 +287,7 @@ fn serve(region: &Region, event_fd: RawFd, sock: RawFd, parent: u32, config: Wor
     }
     os::close_fds_except(&[event_fd, sock]);
     registry::unmap_others(region.base() as usize);
+    install_worker_panic_hook();
     let me = os::getpid();
     let mut children: Vec<Child> = Vec::new();
     loop {

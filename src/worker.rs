@@ -20,7 +20,8 @@ use std::time::Duration;
 use crate::job::{BadDescriptor, JobArgs, RunFn};
 use crate::layout::{ErrorRecord, LOC_CAP, MSG_CAP, Slot};
 use crate::os;
-use crate::region::{Region, registry};
+use crate::region::Region;
+use crate::registry;
 use crate::ring::Spec;
 use crate::states::*;
 
@@ -664,16 +665,39 @@ fn take_panic_location() -> Option<String> {
     PANIC_LOCATION.with(Cell::take)
 }
 
-/// Installs, once per process, a panic hook that in a task (a worker, or a
-/// parent thread running ranges with `caller_runs`) records where the task
-/// panicked instead of printing to stderr (the message travels to the caller
-/// as `Error::TaskPanicked`), and otherwise defers to the hook that was
-/// installed before.
+/// Records where a task panicked (the message travels in the payload; the
+/// location only reaches a hook), for `Error::TaskPanicked`.
+fn record_panic_location(info: &panic::PanicHookInfo<'_>) {
+    let location = info.location().map(|l| l.to_string());
+    // Fails only while the thread's locals are being destroyed.
+    let _ = PANIC_LOCATION.try_with(|l| l.set(location));
+}
+
+/// In the template, before it forks any worker: makes the process's panic
+/// hook shmpool's own, which records where a task panicked and prints
+/// nothing (the caller gets the message and location in
+/// `Error::TaskPanicked`). Every worker inherits it, whatever hook the
+/// parent had when the pool was built or sets later; a program that wants
+/// its own hook in workers sets it in the pool's `initializer`, which runs
+/// in each worker after this.
 ///
-/// It is installed in the parent, before the first fork, because setting a
-/// hook in a forked child would take a lock that another parent thread may
-/// have held at the moment of the fork.
-pub(crate) fn install_panic_hook() {
+/// Set here, in the single-threaded template, rather than in the parent:
+/// setting a hook takes a lock that a thread running a panic hook holds, and
+/// `Pool::new` never waits for a lock user code may hold (design.md, "Lock
+/// order across fork"). The parent's hook is taken and forgotten, not
+/// dropped: dropping it would run a destructor of the user's in the
+/// template.
+pub(crate) fn install_worker_panic_hook() {
+    std::mem::forget(panic::take_hook());
+    panic::set_hook(Box::new(record_panic_location));
+}
+
+/// Installs, once per process, a panic hook for pools whose caller runs
+/// ranges (`Builder::caller_runs`): on a parent thread running ranges it
+/// records where the task panicked instead of printing; elsewhere it defers
+/// to the hook installed before. A hook the user sets later replaces it
+/// (then caller-run panics carry no location).
+pub(crate) fn install_caller_panic_hook() {
     static ONCE: Once = Once::new();
     if std::thread::panicking() {
         return;
@@ -682,9 +706,7 @@ pub(crate) fn install_panic_hook() {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
             if in_task() {
-                let location = info.location().map(|l| l.to_string());
-                // Fails only while the thread's locals are being destroyed.
-                let _ = PANIC_LOCATION.try_with(|l| l.set(location));
+                record_panic_location(info);
             } else {
                 previous(info);
             }

@@ -1,0 +1,206 @@
+//! Where a job's data lives: the one place that decides, for every map form,
+//! whether a slice is read in place or copied into the pool's arena first.
+//!
+//! Workers can read only memory they share with the parent at the same
+//! address: this pool's arena. [`Pool::locate`] answers "where does this slice
+//! live" for any slice, and every entry point asks it:
+//!
+//! - a blocking call's input ([`Pool::place_input`]): read in place if it
+//!   lies in this pool's arena (the call borrows it until the job is
+//!   harvested), else staged: copied into a block the job owns;
+//! - an asynchronous call's owned input ([`Pool::take_input`]): a `ShmVec`
+//!   of this pool is read in place and freed with the job; one of another
+//!   pool is staged like a slice (the job owns the copy) and then dropped;
+//! - an output written in place (`map_into`, `map_in_place`:
+//!   [`Pool::place_output`]): only this pool's arena will do, anything else
+//!   is refused.
+//!
+//! A `ShmVec` of *another* pool is "elsewhere": its bytes are at an offset of
+//! a different region, which this pool's workers do not map (they unmap
+//! other pools' regions when they start).
+
+use std::mem::size_of_val;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use bytemuck::Pod;
+
+use crate::error::Error;
+use crate::pool::Pool;
+use crate::region::Alloc;
+use crate::ring::{InlineData, Loc};
+use crate::shmvec::ShmVec;
+
+/// Where a slice lives, as far as one pool is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// In this pool's arena at this region offset: workers read it in place.
+    Arena(u64),
+    /// It occupies no bytes (empty, or of a zero-sized type): nothing to
+    /// read or write, nothing to copy.
+    Nowhere,
+    /// Anywhere else: a plain `Vec`, a stack array, another pool's arena.
+    /// Workers cannot see it; it must be copied in.
+    Elsewhere,
+}
+
+/// A job's placed input: where workers find it, and the block the job owns
+/// if it was copied (freed when the job is harvested).
+pub(crate) type Placed = (Loc, Option<Alloc>);
+
+/// Inputs at least this large are staged by several threads at once: one
+/// thread cannot saturate the memory bus.
+const PARALLEL_COPY_FROM: usize = 8 << 20;
+
+impl Pool {
+    /// Where `data` lives, for this pool. The one answer every map form
+    /// uses.
+    pub(crate) fn locate<T: Pod>(&self, data: &[T]) -> Place {
+        let bytes = size_of_val(data);
+        if bytes == 0 {
+            return Place::Nowhere;
+        }
+        match self.inner.region.arena_offset(data.as_ptr().cast(), bytes) {
+            Some(off) => Place::Arena(off),
+            None => Place::Elsewhere,
+        }
+    }
+
+    /// An offset for data that occupies no bytes.
+    pub(crate) fn nowhere(&self) -> Loc {
+        Loc::Arena(self.inner.region.layout().arena_off as u64)
+    }
+
+    /// For a blocking call, which borrows `input` until its job is
+    /// harvested: read in place if it lies in this pool's arena, else copied
+    /// into a block the job owns.
+    pub(crate) fn place_input<T: Pod>(&self, input: &[T]) -> Result<Placed, Error> {
+        match self.locate(input) {
+            Place::Arena(off) => Ok((Loc::Arena(off), None)),
+            Place::Nowhere => Ok((self.nowhere(), None)),
+            Place::Elsewhere => self.stage(input),
+        }
+    }
+
+    /// For an asynchronous call that takes `input` by value: a vector of this
+    /// pool is read in place and freed with the job; one of another pool is
+    /// copied in like a borrowed slice (counted in `Stats::bytes_staged`),
+    /// and the original dropped once copied.
+    pub(crate) fn take_input<T: Pod>(&self, input: ShmVec<T>) -> Result<Placed, Error> {
+        match self.locate(&input) {
+            Place::Arena(_) | Place::Nowhere => Ok(match input.into_block() {
+                Some(block) => (Loc::Arena(block.off()), Some(block)),
+                None => (self.nowhere(), None),
+            }),
+            Place::Elsewhere => self.stage(&input),
+        }
+    }
+
+    /// The region offset of an output that a call writes in place
+    /// (`map_into`, `map_in_place`): it must lie in this pool's arena.
+    ///
+    /// # Errors
+    /// `InvalidArgument` naming `what` when it does not (a vector of another
+    /// pool: its bytes are not in the memory this pool's workers map).
+    pub(crate) fn place_output<T: Pod>(&self, out: &[T], what: &str) -> Result<Loc, Error> {
+        match self.locate(out) {
+            Place::Arena(off) => Ok(Loc::Arena(off)),
+            Place::Nowhere => Ok(self.nowhere()),
+            Place::Elsewhere => Err(Error::invalid(format!(
+                "{what} needs a vector in this pool's shared memory (this one belongs to \
+                 another pool)"
+            ))),
+        }
+    }
+
+    /// Copies `input` into a block the job will own.
+    pub(crate) fn stage<T: Pod>(&self, input: &[T]) -> Result<Placed, Error> {
+        if size_of_val(input) == 0 {
+            return Ok((self.nowhere(), None));
+        }
+        let started = Instant::now();
+        let block = self.copy_to_arena(input)?;
+        let took = started.elapsed().as_nanos() as u64;
+        // ORDERING: Relaxed: statistics.
+        let c = &self.inner.stats;
+        c.bytes_staged.fetch_add(size_of_val(input) as u64, Relaxed);
+        c.staging_ns.fetch_add(took, Relaxed);
+        Ok((Loc::Arena(block.off()), Some(block)))
+    }
+
+    /// A new arena block holding a copy of `data` (streamed when large, as
+    /// `Builder::stream_stores_from` says).
+    pub(crate) fn copy_to_arena<T: Pod>(&self, data: &[T]) -> Result<Alloc, Error> {
+        let (block, _) = self.alloc::<T>(data.len())?;
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let stream = self.streams(bytes.len());
+        // SAFETY: the block has room for `data`, is ours alone (just
+        // allocated, not yet published), and cannot overlap `data` for the
+        // same reason.
+        unsafe { copy_in(bytes, block.ptr(), self.inner.workers, stream) };
+        Ok(block)
+    }
+
+    /// Places a by-value argument: in the slot if it fits, else in the arena.
+    pub(crate) fn place_value<V: Pod>(
+        &self,
+        v: &V,
+        inline: &mut InlineData,
+    ) -> Result<Placed, Error> {
+        if let Some(rel) = inline.put(v) {
+            return Ok((Loc::Inline(rel), None));
+        }
+        let (block, _) = self.alloc::<V>(1)?;
+        // SAFETY: the block holds one `V`, aligned, and is ours.
+        unsafe { block.ptr().cast::<V>().write(*v) };
+        Ok((Loc::Arena(block.off()), Some(block)))
+    }
+}
+
+/// Copies `src` to `dst`, split across up to `threads` threads when it is
+/// large (the calling thread copies the first piece), with streaming stores
+/// when `stream`.
+///
+/// # Safety
+/// `dst` is valid for writes of `src.len()` bytes that no one else reads or
+/// writes during the call, and does not overlap `src`.
+unsafe fn copy_in(src: &[u8], dst: *mut u8, threads: usize, stream: bool) {
+    let threads = threads.clamp(1, 8);
+    if src.len() < PARALLEL_COPY_FROM || threads == 1 {
+        // SAFETY: the caller's contract.
+        unsafe { crate::stream::copy(src.as_ptr(), dst, src.len(), stream) };
+        return;
+    }
+    let piece = src.len().div_ceil(threads).next_multiple_of(4096);
+    // Raw pointers are not Send; the address is.
+    let base = dst as usize;
+    let copy = move |i: usize, part: &[u8]| {
+        // SAFETY: the caller's contract; the pieces are disjoint slices of
+        // the block, each written by one thread, and the scope ends before
+        // the caller uses the block.
+        unsafe {
+            crate::stream::copy(
+                part.as_ptr(),
+                (base as *mut u8).add(i * piece),
+                part.len(),
+                stream,
+            )
+        }
+    };
+    std::thread::scope(|s| {
+        let mut parts = src.chunks(piece).enumerate();
+        let first = parts.next();
+        for (i, part) in parts {
+            // A thread that cannot be started: copy that piece here.
+            if std::thread::Builder::new()
+                .spawn_scoped(s, move || copy(i, part))
+                .is_err()
+            {
+                copy(i, part);
+            }
+        }
+        if let Some((i, part)) = first {
+            copy(i, part);
+        }
+    });
+}
