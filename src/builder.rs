@@ -13,8 +13,8 @@ use crate::os;
 use crate::pool::Pool;
 use crate::region::Region;
 use crate::supervisor;
-use crate::template::{StdioProbe, Template};
-use crate::worker::{WorkerConfig, in_task, install_caller_panic_hook};
+use crate::template::{PanicHook, StdioProbe, Template};
+use crate::worker::{WorkerConfig, in_task};
 
 /// Spin rounds a worker polls for work before it sleeps.
 const DEFAULT_SPIN: u32 = 2000;
@@ -281,10 +281,7 @@ impl Builder {
         // Looks at the stdio locks while the region is created.
         let stdio = StdioProbe::start();
         let region = Region::create(layout)?;
-        if self.caller_runs {
-            // Tasks the caller runs panic in this process: record where.
-            install_caller_panic_hook();
-        }
+
         let worker = WorkerConfig {
             spin: self.spin,
             initializer: self.initializer,
@@ -305,7 +302,13 @@ impl Builder {
         let inner = Arc::new(Inner::new(region, config)?);
         // The one fork of this (possibly multi-threaded) process: every worker
         // is forked later by the single-threaded template.
-        let template = Template::fork(&inner.region, inner.done_fd.as_raw_fd(), worker, stdio)?;
+        let template = Template::fork(
+            &inner.region,
+            inner.done_fd.as_raw_fd(),
+            worker,
+            stdio,
+            PanicHook::Own,
+        )?;
         let supervisor = supervisor::start(inner.clone(), template)?;
         // The result thread starts with the first asynchronous job
         // (`Inner::submit`).

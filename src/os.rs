@@ -338,18 +338,31 @@ pub(crate) fn fork_generation() -> u64 {
 
 /// [`fork_generation`] without the registration check: for hot paths that
 /// only run once a region exists (creating one registered the handler).
+/// A plain load, not an atomic one, so that a loop indexing a `ShmVec` can
+/// check it once rather than on every element (an atomic load each time
+/// kept such loops from being vectorised: 1.3-1.6x slower).
 #[inline]
 pub(crate) fn fork_generation_registered() -> u64 {
-    // ORDERING: Relaxed: each process only reads its own copy, which the
-    // fork handler wrote in this thread before `fork` returned.
-    FORKS.load(std::sync::atomic::Ordering::Relaxed)
+    // SAFETY: `FORKS` is written only by `forked`, in a child process right
+    // after `fork`, while that process has a single thread; every other
+    // thread of any process starts after that write (thread creation
+    // orders it), so no read races with it.
+    unsafe { *FORKS.0.get() }
 }
 
-static FORKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The fork generation of this process (see `fork_generation`).
+struct Generation(std::cell::UnsafeCell<u64>);
+
+// SAFETY: written only in a freshly forked child before it has a second
+// thread (see `fork_generation_registered`), so shared reads never race.
+unsafe impl Sync for Generation {}
+
+static FORKS: Generation = Generation(std::cell::UnsafeCell::new(0));
 
 extern "C" fn forked() {
-    // ORDERING: Relaxed: see `fork_generation`.
-    FORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: runs in the child right after `fork`, where this is the only
+    // thread (see `fork_generation_registered`).
+    unsafe { *FORKS.0.get() += 1 };
 }
 
 /// Ends this process at once: no destructors, no atexit handlers, no stdio
@@ -390,6 +403,30 @@ pub(crate) fn worker_process_setup(parent: u32) -> bool {
         libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut());
     }
     true
+}
+
+/// Arms a one-shot `SIGALRM` for this process in `after` (`Duration::ZERO`
+/// disarms it), with the signal's default action: the process ends, killed
+/// by `SIGALRM`. The template uses it as a watchdog around the one call that
+/// may block on a lock inherited from the parent (see `install_worker_panic_hook`).
+pub(crate) fn alarm_in(after: Duration) {
+    let value = libc::timeval {
+        tv_sec: after.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_usec: after.subsec_micros() as libc::suseconds_t,
+    };
+    let timer = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        it_value: value,
+    };
+    // SAFETY: signal and setitimer only change this process's disposition
+    // and its real-time timer; the itimerval is live for the call.
+    unsafe {
+        libc::signal(libc::SIGALRM, libc::SIG_DFL);
+        libc::setitimer(libc::ITIMER_REAL, &timer, ptr::null_mut());
+    }
 }
 
 /// Closes every inherited descriptor above stderr except those in `keep`,

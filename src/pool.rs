@@ -317,9 +317,26 @@ impl Pool {
     /// `f` applied to every element, in parallel across the workers; the
     /// results in a new [`ShmVec`], in input order. Blocks until done.
     ///
-    /// If `input` lies in this pool's shared memory (a [`ShmVec`] or a slice
-    /// of one) workers read it in place; otherwise it is copied in once
-    /// (counted in [`Stats::bytes_staged`]).
+    /// If `input` lies in this pool's shared memory (a [`ShmVec`] of this
+    /// pool or a slice of one) workers read it in place; otherwise (a plain
+    /// slice, a `ShmVec` of another pool) it is copied in once (counted in
+    /// [`Stats::bytes_staged`]).
+    ///
+    /// # What a task is
+    /// `f` runs in a worker process, forked from this one when the pool was
+    /// built. It must be a fn item or a closure that captures nothing of
+    /// size (a compile error otherwise); state reaches it as a `Pod` context
+    /// ([`map_with`](Self::map_with)) or a shared table
+    /// ([`map_indexed`](Self::map_indexed)). A closure that captures only
+    /// zero-sized values compiles, but the worker makes its own copy of
+    /// them from nothing: **captures are copied bytes, and a zero-sized
+    /// value proves nothing across the process boundary**. A capability
+    /// token (a zero-sized type whose constructor initialised something)
+    /// says nothing about the worker, where that constructor never ran if
+    /// it ran after the pool was built. The same holds for statics: a task
+    /// sees them as they were when the pool was built (the workers' fork),
+    /// never later changes, and a [`ShmVec`] reached through one panics
+    /// (see [`ShmVec`]'s "One process only").
     ///
     /// # Errors
     /// `TaskPanicked` if `f` panicked, `WorkerDied` if a worker died while
@@ -451,14 +468,20 @@ impl Pool {
     /// The job owns its input, so the caller may do anything with its own
     /// data meanwhile, and the result is `'static` (it can be spawned on an
     /// executor). A borrowed input (`&[T]`, `&Vec<T>`, `&ShmVec<T>`) is
-    /// copied into shared memory once; a [`ShmVec`] moved in is read in place.
-    /// See [`AsyncInput`](crate::AsyncInput).
+    /// copied into shared memory once; a [`ShmVec`] of this pool moved in is
+    /// read in place (one of another pool is copied, then dropped). See
+    /// [`AsyncInput`](crate::AsyncInput).
     ///
     /// # Errors
     /// `OutOfSharedMemory`, `Closed`, `WouldDeadlock` from inside a task;
     /// `Io` if this is the pool's first asynchronous job and its result
     /// thread cannot be started (`EAGAIN` past the process limit; a later
     /// call tries again). Task errors arrive through the `AsyncResult`.
+    ///
+    /// **A `ShmVec` moved in is dropped with the error**: the call took it
+    /// by value and has nothing to give it back in. To keep your data when
+    /// the pool may refuse the job (closed, out of shared memory), pass a
+    /// reference (`&vec`, copied once) instead of the vector.
     ///
     /// ```
     /// let pool = shmpool::Pool::new(2)?;

@@ -21,7 +21,7 @@ use crate::layout::{LOC_CAP, MSG_CAP};
 use crate::os;
 use crate::ring::Retry;
 use crate::states::*;
-use crate::template::{Report, StdioProbe, Template};
+use crate::template::{PanicHook, Report, StdioProbe, Template};
 
 /// How long workers get to exit after a graceful shutdown request before
 /// they are killed.
@@ -62,6 +62,8 @@ struct Supervisor {
     respawn_error: Option<io::Error>,
     /// When `Ring::repair` last ran.
     repaired: Instant,
+    /// The panic hook the next template gives its workers.
+    hook: PanicHook,
 }
 
 /// Starts every worker, waits until each runs, then starts the supervisor
@@ -81,6 +83,7 @@ pub(crate) fn start(
         started: vec![false; n],
         respawn_error: None,
         repaired: Instant::now(),
+        hook: PanicHook::Own,
     };
     // The workers are requested and awaited on this thread: the pool is
     // ready the moment the last one reports, with no hand-over from another
@@ -123,6 +126,7 @@ impl Supervisor {
             }
         }
         let deadline = Instant::now() + SPAWN_PATIENCE;
+        let mut reforked = false;
         while self
             .workers
             .iter()
@@ -131,6 +135,18 @@ impl Supervisor {
         {
             if let Some(e) = self.respawn_error.take() {
                 return Err(Error::Io(e));
+            }
+            if self.template.is_none() && self.hook == PanicHook::Inherited && !reforked {
+                // The template could not set its panic hook (see
+                // `PanicHook`): one more, keeping the parent's.
+                reforked = true;
+                self.fork_template();
+                for w in 0..self.workers.len() {
+                    if !matches!(self.workers[w], Worker::Live(_)) {
+                        self.workers[w] = Worker::Missing;
+                        self.request(w);
+                    }
+                }
             }
             let Some(template) = &self.template else {
                 return Err(Error::Io(io::Error::other(
@@ -439,7 +455,7 @@ impl Supervisor {
         let Some(template) = self.template.take() else {
             return;
         };
-        template.kill_and_reap();
+        self.hook = self.hook.after(template.kill_and_reap());
         let unknown = os::ExitStatus {
             signal: None,
             code: None,
@@ -472,6 +488,22 @@ impl Supervisor {
                 }
                 Worker::Missing => {}
             }
+        }
+    }
+
+    /// Forks a new template (the last one died); a failure is remembered
+    /// and retried.
+    fn fork_template(&mut self) {
+        let inner = &self.inner;
+        match Template::fork(
+            &inner.region,
+            inner.done_fd.as_raw_fd(),
+            inner.config.worker,
+            StdioProbe::start(),
+            self.hook,
+        ) {
+            Ok(t) => self.template = Some(t),
+            Err(e) => self.respawn_error = Some(e),
         }
     }
 
@@ -514,16 +546,7 @@ impl Supervisor {
             return;
         }
         if self.template.is_none() {
-            let inner = &self.inner;
-            match Template::fork(
-                &inner.region,
-                inner.done_fd.as_raw_fd(),
-                inner.config.worker,
-                StdioProbe::start(),
-            ) {
-                Ok(t) => self.template = Some(t),
-                Err(e) => self.respawn_error = Some(e),
-            }
+            self.fork_template();
         }
         for w in 0..self.workers.len() {
             match self.workers[w] {

@@ -116,6 +116,35 @@ impl StdioProbe {
     }
 }
 
+/// Which panic hook a template gives its workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PanicHook {
+    /// shmpool's own (`install_worker_panic_hook`): the normal case.
+    Own,
+    /// The parent's, as inherited: for a template forked after one whose
+    /// hook could not be set (a parent thread was running a panic hook at
+    /// the fork, so the hook's lock stays held there forever).
+    Inherited,
+}
+
+/// How long a template may take to set its panic hook before its alarm ends
+/// it (see `PanicHook::Inherited`).
+const HOOK_PATIENCE: Duration = Duration::from_millis(250);
+
+impl PanicHook {
+    /// The hook for the next template, after the last one ended with
+    /// `status`: one killed by its alarm could not set the hook.
+    pub(crate) fn after(self, status: Option<os::ExitStatus>) -> PanicHook {
+        match status {
+            Some(os::ExitStatus {
+                signal: Some(libc::SIGALRM),
+                ..
+            }) => PanicHook::Inherited,
+            _ => self,
+        }
+    }
+}
+
 /// What the template reports.
 #[derive(Debug)]
 pub(crate) enum Report {
@@ -145,6 +174,7 @@ impl Template {
         event_fd: RawFd,
         config: WorkerConfig,
         stdio: StdioProbe,
+        hook: PanicHook,
     ) -> io::Result<Template> {
         let (ours, theirs) = os::seqpacket_pair()?;
         let parent = os::getpid();
@@ -174,7 +204,7 @@ impl Template {
                 let sock = theirs.as_raw_fd();
                 std::mem::forget(ours);
                 std::mem::forget(theirs);
-                serve(region, event_fd, sock, parent, config)
+                serve(region, event_fd, sock, parent, config, hook)
             }
             ForkResult::Parent { child } => {
                 drop(mapping);
@@ -237,11 +267,13 @@ impl Template {
         }))
     }
 
-    /// Kills the template (its workers die with it) and reaps it.
-    pub(crate) fn kill_and_reap(mut self) {
+    /// Kills the template (its workers die with it), reaps it, and says
+    /// how it ended.
+    pub(crate) fn kill_and_reap(mut self) -> Option<os::ExitStatus> {
         os::pidfd_kill(&self.pidfd);
-        os::wait_raw(self.pid);
+        let status = os::wait_raw(self.pid).map(os::decode_status);
         self.reaped = true;
+        status
     }
 
     /// Closes the socket (the template then kills its workers and exits),
@@ -272,7 +304,14 @@ struct Child {
 
 /// The template's life: fork workers on request, report their deaths, and
 /// end (killing them) when the parent goes away.
-fn serve(region: &Region, event_fd: RawFd, sock: RawFd, parent: u32, config: WorkerConfig) -> ! {
+fn serve(
+    region: &Region,
+    event_fd: RawFd,
+    sock: RawFd,
+    parent: u32,
+    config: WorkerConfig,
+    hook: PanicHook,
+) -> ! {
     set_in_worker();
     // SAFETY: signal/sigprocmask only change this single-threaded process's
     // dispositions. The terminal's Ctrl-C is for the parent to handle; a
@@ -287,7 +326,15 @@ fn serve(region: &Region, event_fd: RawFd, sock: RawFd, parent: u32, config: Wor
     }
     os::close_fds_except(&[event_fd, sock]);
     registry::unmap_others(region.base() as usize);
-    install_worker_panic_hook();
+    if hook == PanicHook::Own {
+        // Setting the hook takes the lock a parent thread holds while it
+        // runs a panic hook; such a thread does not exist here, so the lock
+        // would never be released. The alarm ends the template instead, and
+        // the parent forks another that keeps the parent's hook.
+        os::alarm_in(HOOK_PATIENCE);
+        install_worker_panic_hook();
+        os::alarm_in(Duration::ZERO);
+    }
     let me = os::getpid();
     let mut children: Vec<Child> = Vec::new();
     loop {

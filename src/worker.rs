@@ -457,6 +457,10 @@ pub(crate) fn run_as_caller(region: &Region, s: usize, spec: &Spec) {
         stream: spec.stream,
     };
     let workers = region.layout().workers as u64;
+    // Record where a task run here panics. Set here, on first use, and not
+    // in `Pool::new`, which never waits for the hook's lock (design.md,
+    // "Lock order across fork").
+    install_caller_panic_hook();
     // Restored, not cleared, after: a task run here may itself make a
     // blocking call that runs ranges here.
     let outer = RUNNING_RANGES.with(|r| r.replace(true));
@@ -693,11 +697,12 @@ pub(crate) fn install_worker_panic_hook() {
 }
 
 /// Installs, once per process, a panic hook for pools whose caller runs
-/// ranges (`Builder::caller_runs`): on a parent thread running ranges it
+/// ranges (`Builder::caller_runs`), before the first range the caller runs
+/// (`run_as_caller`): on a parent thread running ranges it
 /// records where the task panicked instead of printing; elsewhere it defers
 /// to the hook installed before. A hook the user sets later replaces it
 /// (then caller-run panics carry no location).
-pub(crate) fn install_caller_panic_hook() {
+fn install_caller_panic_hook() {
     static ONCE: Once = Once::new();
     if std::thread::panicking() {
         return;
