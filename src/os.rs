@@ -518,13 +518,26 @@ pub(crate) fn send_message(
     }
 }
 
+/// What came with a received message besides its words.
+#[derive(Debug)]
+pub(crate) enum Attached {
+    /// No descriptor was sent.
+    Nothing,
+    /// The descriptor sent with it, now ours.
+    Fd(OwnedFd),
+    /// A descriptor was sent but the kernel could not install it here
+    /// (`MSG_CTRUNC`): this process is at its descriptor limit (`EMFILE`), or
+    /// the system at its own (`ENFILE`). The words arrived intact.
+    Lost,
+}
+
 /// Receives one message and the descriptor attached to it, if any. `Ok(None)`
 /// means the other end is closed; with `dont_wait`, an empty queue is
 /// `WouldBlock`.
 pub(crate) fn recv_message(
     sock: RawFd,
     dont_wait: bool,
-) -> io::Result<Option<(Message, Option<OwnedFd>)>> {
+) -> io::Result<Option<(Message, Attached)>> {
     let mut msg: Message = [0; 3];
     let mut iov = libc::iovec {
         iov_base: msg.as_mut_ptr().cast(),
@@ -549,7 +562,7 @@ pub(crate) fn recv_message(
             return Err(e);
         }
     };
-    let mut fd = None;
+    let mut attached = Attached::Nothing;
     // SAFETY: the kernel filled `control` and set `msg_controllen`; the CMSG
     // macros walk only within it. Each SCM_RIGHTS descriptor is new and ours.
     unsafe {
@@ -557,10 +570,16 @@ pub(crate) fn recv_message(
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
                 let raw = libc::CMSG_DATA(c).cast::<RawFd>().read_unaligned();
-                fd = Some(OwnedFd::from_raw_fd(raw));
+                attached = Attached::Fd(OwnedFd::from_raw_fd(raw));
             }
             c = libc::CMSG_NXTHDR(&hdr, c);
         }
+    }
+    // The control buffer has room for the one descriptor ever sent, so a
+    // truncation means the kernel could not give it a number here (it
+    // closed it). A descriptor that did arrive is still ours.
+    if hdr.msg_flags & libc::MSG_CTRUNC != 0 && matches!(attached, Attached::Nothing) {
+        attached = Attached::Lost;
     }
     if n == 0 {
         return Ok(None);
@@ -571,7 +590,22 @@ pub(crate) fn recv_message(
             "a short message from the template process",
         ));
     }
-    Ok(Some((msg, fd)))
+    Ok(Some((msg, attached)))
+}
+
+/// Whether this process can open one more descriptor now: `Err(EMFILE)`
+/// (or `ENFILE`) if not. Checked before a worker is asked for, whose pidfd
+/// the kernel would otherwise have to drop on arrival.
+pub(crate) fn descriptor_available(any: &OwnedFd) -> io::Result<()> {
+    // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor for an open one, which
+    // is closed at once below; it touches nothing else.
+    let fd = unsafe { libc::fcntl(any.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is ours alone.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(())
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the same clock in every process.
