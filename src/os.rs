@@ -353,8 +353,16 @@ pub(crate) fn exit_now(code: i32) -> ! {
 }
 
 /// Prepares a freshly forked worker: it dies with the thread that forked it,
-/// it ignores the terminal's Ctrl-C (the parent decides), and it unblocks
+/// it survives the terminal's Ctrl-C (the parent decides), and it unblocks
 /// every signal the forking thread may have blocked.
+///
+/// Ctrl-C is caught by a handler that does nothing, not ignored: an ignored
+/// signal stays ignored across `exec`, so a program a task started would
+/// survive Ctrl-C, orphaned once the pool is gone. A caught signal reverts
+/// to its default in the new program. `SA_RESTART` restarts most system
+/// calls it interrupts in the worker; the few the kernel never restarts
+/// (`nanosleep`, `poll`, ...) return `EINTR`, which the standard library's
+/// sleeps and waits retry.
 ///
 /// Returns `false` if the parent is already gone.
 pub(crate) fn worker_process_setup(parent: u32) -> bool {
@@ -374,16 +382,25 @@ pub(crate) fn worker_process_setup(parent: u32) -> bool {
     if unsafe { libc::getppid() } as u32 != parent {
         return false;
     }
-    // SAFETY: signal/sigprocmask only change this single-threaded process's
-    // dispositions; the set is initialised by sigemptyset before use.
+    // SAFETY: sigaction/sigprocmask only change this single-threaded
+    // process's dispositions; the structures are zeroed and their sets
+    // initialised by sigemptyset before use; the handler does nothing.
     unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as usize;
+        act.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut act.sa_mask);
+        libc::sigaction(libc::SIGINT, &act, ptr::null_mut());
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut());
     }
     true
 }
+
+/// A signal handler that does nothing: the signal is caught (and so reset
+/// to its default by `exec`), not ignored.
+extern "C" fn ignore_signal(_: libc::c_int) {}
 
 /// Closes every inherited descriptor above stderr except those in `keep`,
 /// so that a worker holds no pipe ends, sockets or other pools' files of its

@@ -256,9 +256,11 @@ struct Child {
 fn serve(region: &Region, event_fd: RawFd, sock: RawFd, parent: u32, config: WorkerConfig) -> ! {
     set_in_worker();
     // SAFETY: signal/sigprocmask only change this single-threaded process's
-    // dispositions. The terminal's Ctrl-C is for the parent to handle; a
-    // parent that ignores SIGCHLD would make the kernel reap our workers
-    // before we learn how they died.
+    // dispositions. The terminal's Ctrl-C is for the parent to handle (the
+    // template never `exec`s, so ignoring it here reaches no program; each
+    // worker catches it instead, see `os::worker_process_setup`); a parent
+    // that ignores SIGCHLD would make the kernel reap our workers before we
+    // learn how they died.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
