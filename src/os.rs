@@ -692,16 +692,123 @@ pub(crate) fn wait_raw(pid: u32) -> Option<i32> {
 }
 
 /// Caps this process's address space at what it maps now plus `extra` bytes
-/// (`RLIMIT_AS`). Returns the cap, or `None` if it could not be set.
+/// (`RLIMIT_AS`), never above the limit it already has. Returns the cap, or
+/// `None` if it could not be set.
+///
+/// What it maps now comes from `/proc/self/statm`, or, where `/proc` is not
+/// mounted, from [`probe_mapped_bytes`]. Only for a single-threaded process
+/// (a freshly forked worker): the probe lowers the limit for a moment.
 pub(crate) fn limit_address_space(extra: usize) -> Option<u64> {
-    let now = mapped_bytes()?;
-    let cap = now.saturating_add(extra as u64);
+    let now = match mapped_bytes() {
+        Some(now) => now,
+        None => probe_mapped_bytes()?,
+    };
+    let old = get_address_limit()?;
+    let cap = now.saturating_add(extra as u64).min(old.rlim_cur);
     let lim = libc::rlimit {
         rlim_cur: cap,
         rlim_max: cap,
     };
     // SAFETY: setrlimit reads a live rlimit.
     (unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) } == 0).then_some(cap)
+}
+
+fn get_address_limit() -> Option<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into a live rlimit.
+    (unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } == 0).then_some(lim)
+}
+
+/// The most pieces [`probe_mapped_bytes`] holds at once: at most two per
+/// power of two from 64 TiB down to a page.
+const PROBE_PIECES: usize = 96;
+
+/// The size of this process's address space, found without `/proc`: under
+/// an `RLIMIT_AS` of `L` bytes the kernel lets a process map exactly `L`
+/// minus what it maps. So it sets the soft limit to `L` (unless it is lower
+/// already), maps inaccessible, unreserved pieces (`PROT_NONE`,
+/// `MAP_NORESERVE`: no memory, no commit charge), halving their size each
+/// time the limit refuses one, down to a page, unmaps them and puts the
+/// limit back. No allocation: a freshly forked worker calls it.
+///
+/// Only for a single-threaded process: while it runs, the process can map
+/// nothing else.
+pub(crate) fn probe_mapped_bytes() -> Option<u64> {
+    let old = get_address_limit()?;
+    let page = page_size() as u64;
+    // 64 TiB: far more than anything a process maps, and within the
+    // 128 TiB of a 47-bit address space, so the pieces find room.
+    let ceiling = old.rlim_cur.min(1 << 46);
+    let probe = libc::rlimit {
+        rlim_cur: ceiling,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: setrlimit reads a live rlimit; the soft limit only goes down.
+    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &probe) } != 0 {
+        return None;
+    }
+    let mut pieces = [(ptr::null_mut::<libc::c_void>(), 0usize); PROBE_PIECES];
+    let mut held = 0;
+    let mut free = 0u64;
+    let mut size = (1u64 << 46).min(ceiling.next_power_of_two());
+    while size >= page && held < PROBE_PIECES {
+        // SAFETY: a new private anonymous mapping that nothing can touch
+        // (PROT_NONE) at an address of the kernel's choosing.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                size as usize,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            size /= 2;
+        } else {
+            pieces[held] = (p, size as usize);
+            held += 1;
+            free += size;
+        }
+    }
+    for &(p, len) in &pieces[..held] {
+        // SAFETY: each piece was mapped above and nothing uses it.
+        unsafe { libc::munmap(p, len) };
+    }
+    // SAFETY: setrlimit reads a live rlimit; it restores the old soft limit
+    // (the hard limit never changed).
+    unsafe { libc::setrlimit(libc::RLIMIT_AS, &old) };
+    Some(ceiling.saturating_sub(free))
+}
+
+/// Whether `bytes` more can still be mapped under this process's
+/// `RLIMIT_AS`: maps that much, inaccessible and unreserved, and unmaps it.
+/// Async-signal-safe (the worker's `SIGABRT` handler calls it).
+pub(crate) fn can_map(bytes: u64) -> bool {
+    let Ok(len) = usize::try_from(bytes.max(1)) else {
+        return false;
+    };
+    // SAFETY: a new private anonymous mapping that nothing can touch, at an
+    // address of the kernel's choosing, unmapped at once.
+    unsafe {
+        let p = libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return false;
+        }
+        libc::munmap(p, len);
+    }
+    true
 }
 
 /// The size of this process's address space, from `/proc/self/statm`, read

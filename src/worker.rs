@@ -105,12 +105,15 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
     let rec = ctx.region.record(ctx.index);
     if let Some(limit) = ctx.config.memory_limit {
         install_abort_handler(&rec.oom);
-        if let Some(cap) = os::limit_address_space(limit) {
-            // ORDERING: Relaxed: read by the handler in this thread.
-            AS_CAP.store(cap, Relaxed);
-            // ORDERING: Relaxed: as above.
-            AS_SLACK.store(limit as u64 / 8, Relaxed);
-        }
+        let Some(cap) = os::limit_address_space(limit) else {
+            // `Builder::build` checked that the limit can be set; a worker
+            // that cannot set it must not run tasks unlimited.
+            return EXIT_BUG;
+        };
+        // ORDERING: Relaxed: read by the handler in this thread.
+        AS_CAP.store(cap, Relaxed);
+        // ORDERING: Relaxed: as above.
+        AS_SLACK.store(limit as u64 / 8, Relaxed);
     }
     if let Some(init) = ctx.config.initializer {
         // ORDERING: Relaxed: the supervisor reads it after the process is
@@ -190,16 +193,16 @@ static AS_SLACK: AtomicU64 = AtomicU64::new(0);
 /// Rust aborts when an allocation fails. Two signs tell such an abort apart:
 /// `errno` still holds the `ENOMEM` of the failed `mmap`/`brk` (unless a
 /// backtrace was printed in between), or the address space is within an
-/// eighth of the limit of the cap (a leak that crept up to it). Returning lets `abort` go
-/// on to kill the process.
+/// eighth of the limit of the cap (a leak that crept up to it): mapping that
+/// eighth, inaccessible, fails. Returning lets `abort` go on to kill the
+/// process.
 extern "C" fn on_abort(_signal: libc::c_int) {
     // SAFETY: __errno_location returns this thread's errno; reading it is
     // async-signal-safe.
     let errno = unsafe { *libc::__errno_location() };
     // ORDERING: Relaxed: set before the handler was installed.
     let (cap, slack) = (AS_CAP.load(Relaxed), AS_SLACK.load(Relaxed));
-    let near_cap = || os::mapped_bytes().is_some_and(|now| now.saturating_add(slack) >= cap);
-    if errno == libc::ENOMEM || (cap != 0 && near_cap()) {
+    if errno == libc::ENOMEM || (cap != 0 && !os::can_map(slack)) {
         // ORDERING: Relaxed: set once before the handler can run.
         let flag = OOM_FLAG.load(Relaxed);
         if !flag.is_null() {
