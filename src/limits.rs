@@ -1,5 +1,6 @@
 //! The limits a pool fits itself to: the address space the process may map
-//! (`RLIMIT_AS`) and the memory its cgroup may use (cgroup v1 or v2).
+//! (`RLIMIT_AS`), the memory its cgroup may use (cgroup v1 or v2), and the
+//! CPUs it may run on.
 //!
 //! The memory cgroup is found once per process, from `/proc/self/cgroup`
 //! (and `/proc/self/mountinfo` where the hierarchy is not mounted at its
@@ -75,6 +76,22 @@ pub(crate) fn can_cap_address_space() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The number of CPUs this process may run on: the CPUs of its affinity
+/// mask (`sched_getaffinity`, one system call; `available_parallelism`
+/// also reads the cgroup's CPU quota from files, 50-100 µs here). At least
+/// 1.
+pub(crate) fn cpus() -> usize {
+    use nix::sched::{CpuSet, sched_getaffinity};
+    use nix::unistd::Pid;
+    match sched_getaffinity(Pid::from_raw(0)) {
+        Ok(set) => (0..CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .count()
+            .max(1),
+        Err(_) => 1,
+    }
 }
 
 /// Which cgroup interface holds the memory controller.

@@ -388,7 +388,7 @@ impl Supervisor {
             .region
             .control()
             .sem
-            .post(self.workers.len() as u32);
+            .post_all(self.workers.len() as u32);
     }
 
     /// Whether live worker `w` died within `DIED_AT_START` of its start,
@@ -474,7 +474,7 @@ impl Supervisor {
             .region
             .control()
             .sem
-            .post(self.workers.len() as u32);
+            .post_all(self.workers.len() as u32);
     }
 
     /// Applies the death of worker `w` (process `pid`, gone) to the job its
@@ -724,7 +724,7 @@ impl Supervisor {
         // ORDERING: SeqCst: pairs with the workers' SeqCst load after waking;
         // the post below wakes them.
         control.shutdown.0.store(1, SeqCst);
-        control.sem.post(2 * self.workers.len() as u32);
+        control.sem.post_all(2 * self.workers.len() as u32);
         let deadline = Instant::now() + GRACE;
         while self.workers.iter().any(|w| matches!(w, Worker::Live(_)))
             && self.inner.ring().busy_slots().next().is_some()
