@@ -109,6 +109,8 @@ pub(crate) struct MemoryCgroup {
     /// Innermost first.
     levels: Vec<PathBuf>,
     budget: Mutex<Budget>,
+    /// The smallest limit and when it was read (`limit`).
+    limit: Mutex<Option<(Instant, Option<u64>)>>,
 }
 
 /// What the last reading allows without another.
@@ -182,9 +184,9 @@ impl MemoryCgroup {
             })
     }
 
-    /// The cgroup whose directories are `levels`, if the innermost exists
-    /// and some level has a limit file (v2 without the memory controller
-    /// has none).
+    /// The cgroup whose directories are `levels`, if the innermost exists.
+    /// (v2 without the memory controller has no limit files: reading them
+    /// fails, at about a stat's cost.)
     fn at(version: Version, levels: Vec<PathBuf>) -> Option<MemoryCgroup> {
         let cg = MemoryCgroup {
             version,
@@ -193,10 +195,9 @@ impl MemoryCgroup {
                 read_at: None,
                 left: 0,
             }),
+            limit: Mutex::new(None),
         };
-        let found = cg.levels.first()?.is_dir()
-            && cg.levels.iter().any(|l| l.join(cg.limit_file()).exists());
-        found.then_some(cg)
+        cg.levels.first()?.is_dir().then_some(cg)
     }
 
     fn limit_file(&self) -> &'static str {
@@ -218,9 +219,8 @@ impl MemoryCgroup {
     /// alone leaves less than `want` bytes of room.
     fn usages(&self, want: u64) -> impl Iterator<Item = Usage> + '_ {
         self.levels.iter().filter_map(move |dir| {
-            let limit = parse_limit(&fs::read_to_string(dir.join(self.limit_file())).ok()?)?;
-            let usage = fs::read_to_string(dir.join(self.usage_file()))
-                .ok()?
+            let limit = parse_limit(&read_small(&dir.join(self.limit_file()))?)?;
+            let usage = read_small(&dir.join(self.usage_file()))?
                 .trim()
                 .parse()
                 .ok()?;
@@ -243,12 +243,22 @@ impl MemoryCgroup {
         })
     }
 
-    /// The smallest memory limit of this cgroup and its ancestors.
+    /// The smallest memory limit of this cgroup and its ancestors, read
+    /// again once the last reading is a second old.
     pub(crate) fn limit(&self) -> Option<u64> {
-        self.levels
+        let mut cached = self.limit.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, limit)) = *cached
+            && at.elapsed() < REREAD
+        {
+            return limit;
+        }
+        let limit = self
+            .levels
             .iter()
-            .filter_map(|dir| parse_limit(&fs::read_to_string(dir.join(self.limit_file())).ok()?))
-            .min()
+            .filter_map(|dir| parse_limit(&read_small(&dir.join(self.limit_file()))?))
+            .min();
+        *cached = Some((Instant::now(), limit));
+        limit
     }
 
     /// How many more bytes can be charged to this cgroup without reaching a
@@ -285,6 +295,16 @@ impl MemoryCgroup {
             }
         }
     }
+}
+
+/// A file of a few bytes (a cgroup's limit or usage), read with one `read`
+/// into the stack: `fs::read_to_string` adds an `fstat` and a second `read`,
+/// and each system call on a cgroup file costs microseconds here.
+fn read_small(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut buf = [0u8; 64];
+    let n = fs::File::open(path).ok()?.read(&mut buf).ok()?;
+    std::str::from_utf8(&buf[..n]).ok().map(str::to_owned)
 }
 
 /// `(v1 memory path, v2 path)` from `/proc/self/cgroup`.
@@ -356,7 +376,9 @@ fn unescape(s: &str) -> String {
 }
 
 /// The directories of cgroup `path` and its ancestors, innermost first,
-/// under a hierarchy whose cgroup `root` is mounted at `point`.
+/// under a hierarchy whose cgroup `root` is mounted at `point`. The mount
+/// point itself is included: inside a cgroup namespace (a container) it is
+/// the container's cgroup, limit included, though it reads as `/`.
 fn levels(point: &Path, root: &str, path: &str) -> Vec<PathBuf> {
     let root = root.trim_end_matches('/');
     // Outside a cgroup namespace the path names the cgroup from the
@@ -433,8 +455,9 @@ mod tests {
             levels(p, "/", "/a/b"),
             vec![p.join("a/b"), p.join("a"), p.to_path_buf()]
         );
+        // In a cgroup namespace, the container's own cgroup.
         assert_eq!(levels(p, "/", "/"), vec![p.to_path_buf()]);
-        // A container that mounts its own subtree.
+        // A container that mounts its own subtree, which may have a limit.
         assert_eq!(
             levels(p, "/docker/x", "/docker/x/job"),
             vec![p.join("job"), p.to_path_buf()]

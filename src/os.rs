@@ -813,7 +813,7 @@ pub(crate) fn can_map(bytes: u64) -> bool {
 
 /// The size of this process's address space, from `/proc/self/statm`, read
 /// with raw system calls: no allocation, async-signal-safe (a freshly forked
-/// worker and its `SIGABRT` handler call it).
+/// worker calls it). `None` without `/proc`.
 pub(crate) fn mapped_bytes() -> Option<u64> {
     // SAFETY: open with a NUL-terminated path; the result is checked.
     let fd = unsafe {
