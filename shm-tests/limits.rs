@@ -673,6 +673,68 @@ fn memory_cgroup_helper() {
     drop(pool);
 }
 
+// More workers than CPUs.
+
+#[test]
+fn an_oversubscribed_pool_on_one_cpu_runs_blocking_ranges_side_by_side() {
+    isolated("one_cpu_body", 120);
+}
+
+/// Counts itself in at the shared counter at `addr`, then waits (up to
+/// 20 s) until all `n` tasks of the job are in: it returns only if they
+/// all ran at once. Returns how many it saw.
+fn wait_for_all(addr: &u64, n: u64) -> u64 {
+    // SAFETY: `addr` is the address of a live `AtomicU64` in the pool's
+    // shared region, mapped at the same address in every worker; it is only
+    // accessed atomically.
+    let counter = unsafe { &*(*addr as *const std::sync::atomic::AtomicU64) };
+    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let start = Instant::now();
+    loop {
+        let seen = counter.load(std::sync::atomic::Ordering::SeqCst);
+        if seen >= n || start.elapsed() > Duration::from_secs(20) {
+            return seen;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+#[ignore = "run in a process of its own by an_oversubscribed_pool_on_one_cpu_runs_blocking_ranges_side_by_side"]
+fn one_cpu_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(100, || {
+        // `taskset -c 0`: the pool sees one CPU, so a job's post wakes at
+        // most two sleepers and the other ranges are reached by relays.
+        // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and
+        // sched_setaffinity only touch it and this process's affinity.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+                0
+            );
+        }
+        let pool = Pool::builder().workers(8).chunk_size(1).build().unwrap();
+        for round in 0..3 {
+            let counter = pool.alloc_zeroed::<u64>(1).unwrap();
+            let addr = counter.as_ptr() as u64;
+            let t = Instant::now();
+            let seen = pool.map_with(addr, &[8u64; 8], wait_for_all).unwrap();
+            println!(
+                "round {round}: 8 blocking ranges side by side in {:?}",
+                t.elapsed()
+            );
+            assert!(seen.iter().all(|&s| s == 8), "{seen:?}");
+            // Small jobs still come back right.
+            assert_maps(&pool, 16);
+        }
+    })
+}
+
 // 5. No /proc.
 
 #[test]
