@@ -9,7 +9,9 @@
 //! 4. streaming stores (`Builder::stream_stores_from`): `map_into` of `x*x`
 //!    with outputs from 8 to 128 MiB, streamed and plain;
 //! 5. `Builder::caller_runs`: the caller running ranges of its own blocking
-//!    jobs, against the isolated default, on small and large jobs.
+//!    jobs, against the isolated default, on small and large jobs;
+//! 6. more workers than CPUs: round-trip latency of a 16-element map with
+//!    1 to 64 workers (run it under `taskset -c 0` too, for one CPU).
 //!
 //! `cargo bench --bench tuning`. Compare ratios within one run.
 
@@ -229,6 +231,45 @@ fn caller_runs() {
     }
 }
 
+fn oversubscribed() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("\n## more workers than CPUs ({cpus} CPUs): a 16-element map, round trip\n");
+    println!("| workers | p50 | p90 | p99 | worker CPU per job |");
+    println!("|---|---|---|---|---|");
+    let xs: Vec<f64> = (0..16).map(f64::from).collect();
+    let sizes: Vec<usize> = std::env::var("SHMPOOL_BENCH_WORKERS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|w| w.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2, 4, 8, 16, 64]);
+    for workers in sizes {
+        let pool = Pool::builder().workers(workers).build().unwrap();
+        let sx = pool.to_shm(&xs).unwrap();
+        for _ in 0..500 {
+            drop(black_box(pool.map(&sx, |x| x * x).unwrap()));
+        }
+        let jobs = 5_001;
+        let cpu0 = worker_cpu(&pool);
+        let mut times = Vec::with_capacity(jobs);
+        let start = Instant::now();
+        while times.len() < jobs && start.elapsed() < Duration::from_secs(20) {
+            let t = Instant::now();
+            drop(black_box(pool.map(&sx, |x| x * x).unwrap()));
+            times.push(t.elapsed());
+        }
+        let cpu = worker_cpu(&pool) - cpu0;
+        let n = times.len();
+        times.sort_unstable();
+        let us = |q: f64| times[((n as f64 * q) as usize).min(n - 1)].as_secs_f64() * 1e6;
+        println!(
+            "| {workers} | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs |",
+            us(0.5),
+            us(0.9),
+            us(0.99),
+            cpu / n as f64 * 1e6
+        );
+    }
+}
+
 fn main() {
     let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     let run = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
@@ -246,5 +287,8 @@ fn main() {
     }
     if run("caller") {
         caller_runs();
+    }
+    if run("oversubscribed") {
+        oversubscribed();
     }
 }

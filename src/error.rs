@@ -90,12 +90,17 @@ pub enum Error {
         /// The panic message (and location).
         message: String,
     },
-    /// The shared-memory arena has no free block large enough.
+    /// The shared-memory arena has no free block large enough, or the
+    /// memory behind it is short: the kernel refused the pages, or they
+    /// would not fit under the process's memory cgroup limit. Nothing was
+    /// allocated; what was allocated before is untouched.
     #[non_exhaustive]
     OutOfSharedMemory {
         /// Bytes asked for.
         requested: usize,
-        /// The largest free block at the time, in bytes.
+        /// About the most that could be allocated at the time, in bytes:
+        /// the largest free block of the arena, or less where a memory
+        /// cgroup leaves less room.
         available: usize,
     },
     /// A worker left the shared control block in an impossible state. The
@@ -197,7 +202,7 @@ impl fmt::Display for Error {
                 available,
             } => write!(
                 f,
-                "out of shared memory: {requested} bytes requested, the largest free block is {available} bytes"
+                "out of shared memory: {requested} bytes requested, about {available} bytes available"
             ),
             Error::Corrupted { detail } => write!(f, "shared control block corrupted: {detail}"),
             Error::WouldDeadlock { reason } => write!(f, "operation would deadlock: {reason}"),

@@ -55,6 +55,7 @@ mod inner;
 mod input;
 mod job;
 mod layout;
+mod limits;
 #[cfg(feature = "ndarray")]
 mod nd;
 mod numeric;

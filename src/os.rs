@@ -373,8 +373,16 @@ pub(crate) fn exit_now(code: i32) -> ! {
 }
 
 /// Prepares a freshly forked worker: it dies with the thread that forked it,
-/// it ignores the terminal's Ctrl-C (the parent decides), and it unblocks
+/// it survives the terminal's Ctrl-C (the parent decides), and it unblocks
 /// every signal the forking thread may have blocked.
+///
+/// Ctrl-C is caught by a handler that does nothing, not ignored: an ignored
+/// signal stays ignored across `exec`, so a program a task started would
+/// survive Ctrl-C, orphaned once the pool is gone. A caught signal reverts
+/// to its default in the new program. `SA_RESTART` restarts most system
+/// calls it interrupts in the worker; the few the kernel never restarts
+/// (`nanosleep`, `poll`, ...) return `EINTR`, which the standard library's
+/// sleeps and waits retry.
 ///
 /// Returns `false` if the parent is already gone.
 pub(crate) fn worker_process_setup(parent: u32) -> bool {
@@ -394,10 +402,15 @@ pub(crate) fn worker_process_setup(parent: u32) -> bool {
     if unsafe { libc::getppid() } as u32 != parent {
         return false;
     }
-    // SAFETY: signal/sigprocmask only change this single-threaded process's
-    // dispositions; the set is initialised by sigemptyset before use.
+    // SAFETY: sigaction/sigprocmask only change this single-threaded
+    // process's dispositions; the structures are zeroed and their sets
+    // initialised by sigemptyset before use; the handler does nothing.
     unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as usize;
+        act.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut act.sa_mask);
+        libc::sigaction(libc::SIGINT, &act, ptr::null_mut());
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut());
@@ -428,6 +441,10 @@ pub(crate) fn alarm_in(after: Duration) {
         libc::setitimer(libc::ITIMER_REAL, &timer, ptr::null_mut());
     }
 }
+
+/// A signal handler that does nothing: the signal is caught (and so reset
+/// to its default by `exec`), not ignored.
+extern "C" fn ignore_signal(_: libc::c_int) {}
 
 /// Closes every inherited descriptor above stderr except those in `keep`,
 /// so that a worker holds no pipe ends, sockets or other pools' files of its
@@ -562,13 +579,26 @@ pub(crate) fn send_message(
     }
 }
 
+/// What came with a received message besides its words.
+#[derive(Debug)]
+pub(crate) enum Attached {
+    /// No descriptor was sent.
+    Nothing,
+    /// The descriptor sent with it, now ours.
+    Fd(OwnedFd),
+    /// A descriptor was sent but the kernel could not install it here
+    /// (`MSG_CTRUNC`): this process is at its descriptor limit (`EMFILE`), or
+    /// the system at its own (`ENFILE`). The words arrived intact.
+    Lost,
+}
+
 /// Receives one message and the descriptor attached to it, if any. `Ok(None)`
 /// means the other end is closed; with `dont_wait`, an empty queue is
 /// `WouldBlock`.
 pub(crate) fn recv_message(
     sock: RawFd,
     dont_wait: bool,
-) -> io::Result<Option<(Message, Option<OwnedFd>)>> {
+) -> io::Result<Option<(Message, Attached)>> {
     let mut msg: Message = [0; 3];
     let mut iov = libc::iovec {
         iov_base: msg.as_mut_ptr().cast(),
@@ -593,7 +623,7 @@ pub(crate) fn recv_message(
             return Err(e);
         }
     };
-    let mut fd = None;
+    let mut attached = Attached::Nothing;
     // SAFETY: the kernel filled `control` and set `msg_controllen`; the CMSG
     // macros walk only within it. Each SCM_RIGHTS descriptor is new and ours.
     unsafe {
@@ -601,10 +631,16 @@ pub(crate) fn recv_message(
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
                 let raw = libc::CMSG_DATA(c).cast::<RawFd>().read_unaligned();
-                fd = Some(OwnedFd::from_raw_fd(raw));
+                attached = Attached::Fd(OwnedFd::from_raw_fd(raw));
             }
             c = libc::CMSG_NXTHDR(&hdr, c);
         }
+    }
+    // The control buffer has room for the one descriptor ever sent, so a
+    // truncation means the kernel could not give it a number here (it
+    // closed it). A descriptor that did arrive is still ours.
+    if hdr.msg_flags & libc::MSG_CTRUNC != 0 && matches!(attached, Attached::Nothing) {
+        attached = Attached::Lost;
     }
     if n == 0 {
         return Ok(None);
@@ -615,7 +651,22 @@ pub(crate) fn recv_message(
             "a short message from the template process",
         ));
     }
-    Ok(Some((msg, fd)))
+    Ok(Some((msg, attached)))
+}
+
+/// Whether this process can open one more descriptor now: `Err(EMFILE)`
+/// (or `ENFILE`) if not. Checked before a worker is asked for, whose pidfd
+/// the kernel would otherwise have to drop on arrival.
+pub(crate) fn descriptor_available(any: &OwnedFd) -> io::Result<()> {
+    // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor for an open one, which
+    // is closed at once below; it touches nothing else.
+    let fd = unsafe { libc::fcntl(any.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is ours alone.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(())
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the same clock in every process.
@@ -685,10 +736,19 @@ pub(crate) fn wait_raw(pid: u32) -> Option<i32> {
 }
 
 /// Caps this process's address space at what it maps now plus `extra` bytes
-/// (`RLIMIT_AS`). Returns the cap, or `None` if it could not be set.
+/// (`RLIMIT_AS`), never above the limit it already has. Returns the cap, or
+/// `None` if it could not be set.
+///
+/// What it maps now comes from `/proc/self/statm`, or, where `/proc` is not
+/// mounted, from [`probe_mapped_bytes`]. Only for a single-threaded process
+/// (a freshly forked worker): the probe lowers the limit for a moment.
 pub(crate) fn limit_address_space(extra: usize) -> Option<u64> {
-    let now = mapped_bytes()?;
-    let cap = now.saturating_add(extra as u64);
+    let now = match mapped_bytes() {
+        Some(now) => now,
+        None => probe_mapped_bytes()?,
+    };
+    let old = get_address_limit()?;
+    let cap = now.saturating_add(extra as u64).min(old.rlim_cur);
     let lim = libc::rlimit {
         rlim_cur: cap,
         rlim_max: cap,
@@ -697,9 +757,107 @@ pub(crate) fn limit_address_space(extra: usize) -> Option<u64> {
     (unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) } == 0).then_some(cap)
 }
 
+fn get_address_limit() -> Option<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into a live rlimit.
+    (unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } == 0).then_some(lim)
+}
+
+/// The most pieces [`probe_mapped_bytes`] holds at once: at most two per
+/// power of two from 64 TiB down to a page.
+const PROBE_PIECES: usize = 96;
+
+/// The size of this process's address space, found without `/proc`: under
+/// an `RLIMIT_AS` of `L` bytes the kernel lets a process map exactly `L`
+/// minus what it maps. So it sets the soft limit to `L` (unless it is lower
+/// already), maps inaccessible, unreserved pieces (`PROT_NONE`,
+/// `MAP_NORESERVE`: no memory, no commit charge), halving their size each
+/// time the limit refuses one, down to a page, unmaps them and puts the
+/// limit back. No allocation: a freshly forked worker calls it.
+///
+/// Only for a single-threaded process: while it runs, the process can map
+/// nothing else.
+pub(crate) fn probe_mapped_bytes() -> Option<u64> {
+    let old = get_address_limit()?;
+    let page = page_size() as u64;
+    // 64 TiB: far more than anything a process maps, and within the
+    // 128 TiB of a 47-bit address space, so the pieces find room.
+    let ceiling = old.rlim_cur.min(1 << 46);
+    let probe = libc::rlimit {
+        rlim_cur: ceiling,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: setrlimit reads a live rlimit; the soft limit only goes down.
+    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &probe) } != 0 {
+        return None;
+    }
+    let mut pieces = [(ptr::null_mut::<libc::c_void>(), 0usize); PROBE_PIECES];
+    let mut held = 0;
+    let mut free = 0u64;
+    let mut size = (1u64 << 46).min(ceiling.next_power_of_two());
+    while size >= page && held < PROBE_PIECES {
+        // SAFETY: a new private anonymous mapping that nothing can touch
+        // (PROT_NONE) at an address of the kernel's choosing.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                size as usize,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            size /= 2;
+        } else {
+            pieces[held] = (p, size as usize);
+            held += 1;
+            free += size;
+        }
+    }
+    for &(p, len) in &pieces[..held] {
+        // SAFETY: each piece was mapped above and nothing uses it.
+        unsafe { libc::munmap(p, len) };
+    }
+    // SAFETY: setrlimit reads a live rlimit; it restores the old soft limit
+    // (the hard limit never changed).
+    unsafe { libc::setrlimit(libc::RLIMIT_AS, &old) };
+    Some(ceiling.saturating_sub(free))
+}
+
+/// Whether `bytes` more can still be mapped under this process's
+/// `RLIMIT_AS`: maps that much, inaccessible and unreserved, and unmaps it.
+/// Async-signal-safe (the worker's `SIGABRT` handler calls it).
+pub(crate) fn can_map(bytes: u64) -> bool {
+    let Ok(len) = usize::try_from(bytes.max(1)) else {
+        return false;
+    };
+    // SAFETY: a new private anonymous mapping that nothing can touch, at an
+    // address of the kernel's choosing, unmapped at once.
+    unsafe {
+        let p = libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return false;
+        }
+        libc::munmap(p, len);
+    }
+    true
+}
+
 /// The size of this process's address space, from `/proc/self/statm`, read
 /// with raw system calls: no allocation, async-signal-safe (a freshly forked
-/// worker and its `SIGABRT` handler call it).
+/// worker calls it). `None` without `/proc`.
 pub(crate) fn mapped_bytes() -> Option<u64> {
     // SAFETY: open with a NUL-terminated path; the result is checked.
     let fd = unsafe {

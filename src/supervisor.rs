@@ -26,8 +26,15 @@ use crate::template::{PanicHook, Report, StdioProbe, Template};
 /// How long workers get to exit after a graceful shutdown request before
 /// they are killed.
 const GRACE: Duration = Duration::from_secs(5);
-/// How often to retry starting a worker that could not be started.
+/// How often to retry starting a worker that could not be started, at
+/// first; each failure in a row doubles the wait, up to `MAX_BACKOFF`.
 const RESPAWN_RETRY: Duration = Duration::from_millis(100);
+/// The longest wait between attempts to start workers.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// A worker that dies this soon after it started, outside any job and its
+/// initializer, may be killed by whatever kills every new worker: its
+/// replacement waits for the backoff, so that such a loop never spins.
+const DIED_AT_START: Duration = Duration::from_millis(100);
 /// How long a spawn request may go unanswered before the template is taken
 /// for wedged and replaced.
 const SPAWN_PATIENCE: Duration = Duration::from_secs(10);
@@ -45,6 +52,15 @@ enum Worker {
     Missing,
     Requested(Instant),
     Live(u32),
+    /// Forked, but its pidfd never reached us (our descriptor limit): the
+    /// template is asked to kill process `pid` (once `asked`), and index `w`
+    /// is not asked for again until its death is reported, so that two
+    /// workers never share a record.
+    Discarding {
+        pid: u32,
+        since: Instant,
+        asked: bool,
+    },
 }
 
 struct Supervisor {
@@ -56,10 +72,17 @@ struct Supervisor {
     timed_out: Vec<Option<(u32, u64, u64)>>,
     /// The next start of worker `w` replaces a crashed one.
     replacing: Vec<bool>,
-    /// Worker `w` has been started at least once.
-    started: Vec<bool>,
     /// The error of the last failed start, while some worker is missing.
     respawn_error: Option<io::Error>,
+    /// Failed starts in a row (the backoff doubles with each).
+    failures: u32,
+    /// No worker or template is started before this.
+    retry_at: Instant,
+    /// When worker `w`'s start was reported.
+    spawned_at: Vec<Instant>,
+    /// Worker `w` was discarded by us (its pidfd was lost): a range it was
+    /// running gets one more try than `max_retries`.
+    discarded: Vec<bool>,
     /// When `Ring::repair` last ran.
     repaired: Instant,
     /// The panic hook the next template gives its workers.
@@ -80,8 +103,11 @@ pub(crate) fn start(
         workers: vec![Worker::Missing; n],
         timed_out: vec![None; n],
         replacing: vec![false; n],
-        started: vec![false; n],
         respawn_error: None,
+        failures: 0,
+        retry_at: Instant::now(),
+        spawned_at: vec![Instant::now(); n],
+        discarded: vec![false; n],
         repaired: Instant::now(),
         hook: PanicHook::Own,
     };
@@ -116,23 +142,19 @@ impl Supervisor {
         self.inner.stop.load(SeqCst)
     }
 
-    /// Requests every worker not yet requested and waits until each has been
-    /// started once (one that already died, say in a failing initializer, is
-    /// handled as any death).
+    /// Requests every worker and waits until all of them run (a pool whose
+    /// initializer failed is built broken: its jobs fail with that error).
+    /// Any failed start fails the build: the caller then kills and reaps
+    /// whatever was started, so a pool is built with all its workers or not
+    /// at all.
     fn start_all(&mut self) -> Result<(), Error> {
-        for w in 0..self.workers.len() {
-            if self.workers[w] == Worker::Missing {
-                self.request(w);
-            }
-        }
         let deadline = Instant::now() + SPAWN_PATIENCE;
         let mut reforked = false;
-        while self
-            .workers
-            .iter()
-            .any(|w| matches!(w, Worker::Requested(_)))
-            && self.inner.broken.get().is_none()
-        {
+        loop {
+            let all_live = self.workers.iter().all(|w| matches!(w, Worker::Live(_)));
+            if all_live || self.inner.broken.get().is_some() {
+                return Ok(());
+            }
             if let Some(e) = self.respawn_error.take() {
                 return Err(Error::Io(e));
             }
@@ -141,18 +163,13 @@ impl Supervisor {
                 // `PanicHook`): one more, keeping the parent's.
                 reforked = true;
                 self.fork_template();
-                for w in 0..self.workers.len() {
-                    if !matches!(self.workers[w], Worker::Live(_)) {
-                        self.workers[w] = Worker::Missing;
-                        self.request(w);
-                    }
-                }
+                continue;
             }
-            let Some(template) = &self.template else {
+            if self.template.is_none() {
                 return Err(Error::Io(io::Error::other(
                     "the template process died while starting the workers",
                 )));
-            };
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(Error::Io(io::Error::new(
@@ -160,19 +177,24 @@ impl Supervisor {
                     "the template process did not start the workers",
                 )));
             }
+            for w in 0..self.workers.len() {
+                if self.workers[w] == Worker::Missing && Instant::now() >= self.retry_at {
+                    self.request(w);
+                }
+            }
+            if self.respawn_error.is_some() {
+                continue;
+            }
+            let Some(template) = &self.template else {
+                continue;
+            };
             let mut fds = [pollfd(&template.sock), pollfd(&template.pidfd)];
             let _ = os::poll(&mut fds, left.as_millis().clamp(1, 100) as i32);
             self.read_reports();
             if fds[1].revents != 0 {
                 self.template_died();
             }
-            for w in 0..self.workers.len() {
-                if self.workers[w] == Worker::Missing && !self.started[w] {
-                    self.request(w);
-                }
-            }
         }
-        Ok(())
     }
 
     fn run(&mut self) {
@@ -238,6 +260,10 @@ impl Supervisor {
             match template.receive() {
                 Ok(Some(report)) => self.on_report(report),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // Short of kernel memory: the report waits for next round.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOMEM | libc::ENOBUFS)) => {
+                    return;
+                }
                 // End of file, or garbage: the template is gone or broken.
                 Ok(None) | Err(_) => return self.template_died(),
             }
@@ -253,27 +279,142 @@ impl Supervisor {
                     return;
                 }
                 self.workers[index] = Worker::Live(pid);
-                self.started[index] = true;
+                self.spawned_at[index] = Instant::now();
                 lock(&self.inner.procs).workers[index] = Some((pid, pidfd));
                 self.respawn_error = None;
+                self.failures = 0;
                 if std::mem::take(&mut self.replacing[index]) {
                     // ORDERING: Relaxed: a statistic; the pid was published
                     // under the procs lock before this.
                     self.inner.stats.worker_restarts.fetch_add(1, Relaxed);
                 }
             }
+            Report::PidfdLost { index, pid } => self.pidfd_lost(index, pid),
             Report::SpawnFailed { index, error } => {
                 if let Some(w @ Worker::Requested(_)) = self.workers.get_mut(index) {
                     *w = Worker::Missing;
                 }
-                self.respawn_error = Some(error);
+                self.start_failed(error);
             }
-            Report::Died { index, pid, status } => {
-                if self.workers.get(index) == Some(&Worker::Live(pid)) {
+            Report::Died { index, pid, status } => match self.workers.get(index) {
+                Some(&Worker::Live(p)) if p == pid => {
+                    if self.died_at_start(index, status) {
+                        self.delay_starts();
+                    }
                     self.on_death(index, pid, status);
                 }
-            }
+                Some(&Worker::Discarding { pid: p, .. }) if p == pid => {
+                    self.on_discarded(index, pid, status);
+                }
+                _ => {}
+            },
         }
+    }
+
+    /// A start failed: no worker (or template) is started until the
+    /// backoff has passed, and if no worker is alive, unfinished jobs fail
+    /// with `error` (`respawn_missing`).
+    fn start_failed(&mut self, error: io::Error) {
+        self.delay_starts();
+        self.respawn_error = Some(error);
+    }
+
+    /// Puts off the next start: 100 ms after the first failure in a row,
+    /// doubling up to `MAX_BACKOFF`, so that a limit that refuses every
+    /// start costs a few attempts a second, never a spin.
+    fn delay_starts(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+        let wait = RESPAWN_RETRY
+            .saturating_mul(1 << (self.failures - 1).min(8))
+            .min(MAX_BACKOFF);
+        self.retry_at = Instant::now() + wait;
+    }
+
+    /// Worker `w` (process `pid`) was forked, but its pidfd could not be
+    /// received: this process is at its descriptor limit. Without the
+    /// pidfd it cannot be signalled safely, so it is not kept: the template
+    /// is asked to kill it, and the start counts as failed (with the
+    /// descriptor error) and is retried after the backoff. Never a template
+    /// death.
+    fn pidfd_lost(&mut self, w: usize, pid: u32) {
+        if !matches!(self.workers.get(w), Some(Worker::Requested(_))) {
+            // Not asked for (cannot happen): have it killed anyway.
+            if let Some(template) = &self.template {
+                let _ = template.kill_worker(w, pid);
+            }
+            return;
+        }
+        self.workers[w] = Worker::Discarding {
+            pid,
+            since: Instant::now(),
+            asked: false,
+        };
+        self.discard(w);
+        let error = match &self.template {
+            Some(t) => os::descriptor_available(&t.sock).err(),
+            None => None,
+        };
+        self.start_failed(error.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EMFILE)));
+    }
+
+    /// Asks the template to kill discarded worker `w`, unless it was asked
+    /// already; a full socket is tried again next round.
+    fn discard(&mut self, w: usize) {
+        let Worker::Discarding {
+            pid,
+            since,
+            asked: false,
+        } = self.workers[w]
+        else {
+            return;
+        };
+        let Some(template) = &self.template else {
+            return;
+        };
+        // Any error but a full socket means the socket is broken: the
+        // template's death, which takes the worker along, follows.
+        if !matches!(template.kill_worker(w, pid), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        {
+            self.workers[w] = Worker::Discarding {
+                pid,
+                since,
+                asked: true,
+            };
+        }
+    }
+
+    /// Discarded worker `w` (process `pid`) is dead. It ran as a worker
+    /// until it was killed, so a range it had claimed is settled like any
+    /// death's (with one more try, since no task failed); it is not counted
+    /// as a crash. Its index is asked for again after the backoff.
+    fn on_discarded(&mut self, w: usize, pid: u32, status: os::ExitStatus) {
+        self.workers[w] = Worker::Missing;
+        if self.stop() == STOP_KILL {
+            return;
+        }
+        self.discarded[w] = true;
+        self.settle(w, pid, status);
+        self.repair();
+        self.inner
+            .region
+            .control()
+            .sem
+            .post_all(self.workers.len() as u32);
+    }
+
+    /// Whether live worker `w` died within `DIED_AT_START` of its start,
+    /// outside any job and its initializer, and not recycled: then its
+    /// replacement waits for the backoff (a kill from outside, or a worker
+    /// that cannot set itself up, must not make restarts spin). Jobs are
+    /// not failed for it: the next worker may live.
+    fn died_at_start(&self, w: usize, status: os::ExitStatus) -> bool {
+        if self.stop() != STOP_NONE || self.spawned_at[w].elapsed() >= DIED_AT_START {
+            return false;
+        }
+        let rec = self.inner.region.record(w);
+        // ORDERING: Relaxed: the process is gone; its stores are visible.
+        let idle = rec.slot.load(Relaxed) == NO_SLOT && rec.init.load(Relaxed) != INIT_MARK;
+        idle && status.code != Some(EXIT_RECYCLED)
     }
 
     /// Asks the template for worker `w`, unless `MAX_REQUESTS` requests are
@@ -292,11 +433,16 @@ impl Supervisor {
         let Some(template) = &self.template else {
             return;
         };
+        // The worker's pidfd will need a descriptor here: with none free,
+        // the kernel would drop it on arrival, so do not fork the worker.
+        if let Err(e) = os::descriptor_available(&template.sock) {
+            return self.start_failed(e);
+        }
         match template.request(w) {
             Ok(()) => self.workers[w] = Worker::Requested(Instant::now()),
             // The socket is full of requests: ask again next round.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => self.respawn_error = Some(e),
+            Err(e) => self.start_failed(e),
         }
     }
 
@@ -328,7 +474,7 @@ impl Supervisor {
             }
             _ => self.replacing[w] = true,
         }
-        if self.stop() == STOP_NONE {
+        if self.stop() == STOP_NONE && Instant::now() >= self.retry_at {
             self.request(w);
         }
         // A scribbling worker may have left damage behind.
@@ -339,13 +485,14 @@ impl Supervisor {
             .region
             .control()
             .sem
-            .post(self.workers.len() as u32);
+            .post_all(self.workers.len() as u32);
     }
 
     /// Applies the death of worker `w` (process `pid`, gone) to the job its
     /// record names, if any, then clears the record for its successor.
     fn settle(&mut self, w: usize, pid: u32, status: os::ExitStatus) {
         let deadline = self.timed_out[w].take();
+        let spare = u32::from(std::mem::take(&mut self.discarded[w]));
         let inner = self.inner.clone();
         let region = &*inner.region;
         let rec = region.record(w);
@@ -389,7 +536,7 @@ impl Supervisor {
                     },
                 };
                 match range {
-                    Some(r) => Retry::Range(r, config.max_retries, error),
+                    Some(r) => Retry::Range(r, config.max_retries.saturating_add(spare), error),
                     None => Retry::Fail(error),
                 }
             });
@@ -455,19 +602,27 @@ impl Supervisor {
         let Some(template) = self.template.take() else {
             return;
         };
-        self.hook = self.hook.after(template.kill_and_reap());
+        let hook = self.hook.after(template.kill_and_reap());
+        let hook_failed = hook != self.hook;
+        self.hook = hook;
+        // A template that dies before all its workers run (killed again
+        // and again, or broken) is replaced after the backoff, not at once;
+        // one that could not set its panic hook is replaced at once.
+        if !hook_failed && self.workers.iter().any(|w| !matches!(w, Worker::Live(_))) {
+            self.delay_starts();
+        }
         let unknown = os::ExitStatus {
             signal: None,
             code: None,
         };
-        // A requested worker may have been forked and be running, but its
-        // pidfd went down with the socket: it got its death signal when the
-        // template exited; give it a moment to be gone, then settle its
+        // A requested (or discarded) worker may have been forked and be
+        // running, but we hold no pidfd for it: it got its death signal when
+        // the template exited; give it a moment to be gone, then settle its
         // record like any other.
         if self
             .workers
             .iter()
-            .any(|w| matches!(w, Worker::Requested(_)))
+            .any(|w| matches!(w, Worker::Requested(_) | Worker::Discarding { .. }))
         {
             thread::sleep(Duration::from_millis(20));
         }
@@ -482,7 +637,7 @@ impl Supervisor {
                     }
                     self.on_death(w, pid, unknown);
                 }
-                Worker::Requested(_) => {
+                Worker::Requested(_) | Worker::Discarding { .. } => {
                     self.workers[w] = Worker::Missing;
                     self.settle(w, 0, unknown);
                 }
@@ -503,7 +658,7 @@ impl Supervisor {
             self.hook,
         ) {
             Ok(t) => self.template = Some(t),
-            Err(e) => self.respawn_error = Some(e),
+            Err(e) => self.start_failed(e),
         }
     }
 
@@ -538,23 +693,27 @@ impl Supervisor {
         }
     }
 
-    /// Starts missing workers (and a template, if there is none). If no
-    /// worker is alive and none can be started, unfinished jobs can never
-    /// run: fail them.
+    /// Starts missing workers (and a template, if there is none), once the
+    /// backoff after a failed start has passed. If no worker is alive and
+    /// none can be started, unfinished jobs can never run: fail them.
     fn respawn_missing(&mut self) {
         if self.stop() != STOP_NONE || self.inner.broken.get().is_some() {
             return;
         }
-        if self.template.is_none() {
+        if self.template.is_none() && Instant::now() >= self.retry_at {
             self.fork_template();
         }
         for w in 0..self.workers.len() {
             match self.workers[w] {
-                Worker::Missing => self.request(w),
-                Worker::Requested(at) if at.elapsed() > SPAWN_PATIENCE => {
+                // A failed request moves `retry_at`: the rest wait too.
+                Worker::Missing if Instant::now() >= self.retry_at => self.request(w),
+                Worker::Requested(at) | Worker::Discarding { since: at, .. }
+                    if at.elapsed() > SPAWN_PATIENCE =>
+                {
                     // The template does not answer: replace it.
                     return self.template_died();
                 }
+                Worker::Discarding { asked: false, .. } => self.discard(w),
                 _ => {}
             }
         }
@@ -586,7 +745,7 @@ impl Supervisor {
         // ORDERING: SeqCst: pairs with the workers' SeqCst load after waking;
         // the post below wakes them.
         control.shutdown.0.store(1, SeqCst);
-        control.sem.post(2 * self.workers.len() as u32);
+        control.sem.post_all(2 * self.workers.len() as u32);
         let deadline = Instant::now() + GRACE;
         while self.workers.iter().any(|w| matches!(w, Worker::Live(_)))
             && self.inner.ring().busy_slots().next().is_some()

@@ -13,6 +13,18 @@
 //! sleeper and wakes it, or the sleeper sees the tokens and does not sleep.
 //! `FUTEX_WAIT` re-checks the count atomically in the kernel, which closes the
 //! window between the sleeper's check and its sleep.
+//!
+//! ## How many a post wakes
+//! A post of `n` tokens wakes at most `wake_cap` sleepers (the CPUs the
+//! pool may run on, at least two), at least one. With more workers than CPUs, waking one
+//! per token only queued the woken workers for the CPUs, each to find the
+//! work gone (a 16-range map woke 14 of them). The tokens left over stay in
+//! the count, for the next worker that waits; and a worker that claims a
+//! range and leaves more behind `relay`s: it posts one more token, which
+//! wakes one more sleeper, so ranges that block still reach as many workers
+//! as before, one wake-up after another. Liveness is the same argument as
+//! above: every post, relays included, wakes a sleeper or is seen by one
+//! (at least one wake-up, whatever the cap word holds).
 
 use std::hint::spin_loop;
 use std::sync::atomic::AtomicU32;
@@ -26,11 +38,46 @@ use crate::os::{futex_wait, futex_wake};
 pub(crate) struct Semaphore {
     count: AtomicU32,
     sleepers: AtomicU32,
+    /// The most sleepers one `post` wakes; 0 reads as 1. Written by the
+    /// parent before any worker exists. Untrusted like every shared word: a
+    /// scribbled value costs wake-ups, never a lost token.
+    wake_cap: AtomicU32,
 }
 
 impl Semaphore {
-    /// Adds `n` tokens and wakes up to `n` sleeping workers.
+    /// Sets how many sleepers one `post` wakes at most (see the module
+    /// docs).
+    pub(crate) fn set_wake_cap(&self, cap: u32) {
+        // ORDERING: Relaxed: written before the workers are forked, which
+        // publishes it; a hint after that.
+        self.wake_cap.store(cap, Relaxed);
+    }
+
+    /// The most sleepers a `post` wakes, at least 1.
+    pub(crate) fn wake_cap(&self) -> u32 {
+        // ORDERING: Relaxed: a hint (see the field).
+        self.wake_cap.load(Relaxed).max(1)
+    }
+
+    /// Adds `n` tokens and wakes up to `n` sleeping workers, but no more
+    /// than the wake cap.
     pub(crate) fn post(&self, n: u32) {
+        self.post_waking(n, n.min(self.wake_cap()));
+    }
+
+    /// Adds `n` tokens and wakes up to `n` sleeping workers, whatever the
+    /// cap: for posts every worker must see (shutdown, a death).
+    pub(crate) fn post_all(&self, n: u32) {
+        self.post_waking(n, n);
+    }
+
+    /// Adds one token and wakes one sleeper: a worker that took a range of
+    /// a job with more left behind passes the wake-up on.
+    pub(crate) fn relay(&self) {
+        self.post_waking(1, 1);
+    }
+
+    fn post_waking(&self, n: u32, wake: u32) {
         if n == 0 {
             return;
         }
@@ -40,7 +87,7 @@ impl Semaphore {
         self.count.fetch_add(n, SeqCst);
         // ORDERING: SeqCst, the second half of the Dekker pair.
         if self.sleepers.load(SeqCst) != 0 {
-            futex_wake(&self.count, n);
+            futex_wake(&self.count, wake.max(1));
         }
     }
 
@@ -101,6 +148,7 @@ mod tests {
         Semaphore {
             count: AtomicU32::new(0),
             sleepers: AtomicU32::new(0),
+            wake_cap: AtomicU32::new(0),
         }
     }
 
@@ -150,5 +198,64 @@ mod tests {
         }
         let total: u32 = takers.into_iter().map(|t| t.join().unwrap()).sum();
         assert_eq!(total, 1000);
+    }
+
+    /// Four sleepers, a cap of one: a post of four tokens wakes one, and
+    /// each taker that blocks (as a worker in a long task would) relays, so
+    /// all four tokens reach four different sleepers.
+    #[test]
+    fn a_capped_post_reaches_every_sleeper_through_relays() {
+        let s = Arc::new(sem());
+        s.set_wake_cap(1);
+        let takers: Vec<_> = (0..4)
+            .map(|_| {
+                let s = s.clone();
+                thread::spawn(move || {
+                    let got = s.wait(0, Duration::from_secs(10));
+                    if got {
+                        s.relay();
+                    }
+                    got
+                })
+            })
+            .collect();
+        while s.sleepers.load(SeqCst) < 4 {
+            thread::yield_now();
+        }
+        let start = Instant::now();
+        s.post(4);
+        let woken = takers
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|&g| g)
+            .count();
+        assert_eq!(woken, 4);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        // Four tokens posted, four relayed, four taken: four left over, for
+        // the next worker that waits.
+        assert_eq!(s.count.load(SeqCst), 4);
+    }
+
+    #[test]
+    fn post_all_wakes_past_the_cap() {
+        let s = Arc::new(sem());
+        s.set_wake_cap(1);
+        let takers: Vec<_> = (0..3)
+            .map(|_| {
+                let s = s.clone();
+                thread::spawn(move || s.wait(0, Duration::from_secs(10)))
+            })
+            .collect();
+        while s.sleepers.load(SeqCst) < 3 {
+            thread::yield_now();
+        }
+        let start = Instant::now();
+        s.post_all(3);
+        assert!(takers.into_iter().all(|t| t.join().unwrap()));
+        assert!(start.elapsed() < Duration::from_secs(5));
     }
 }

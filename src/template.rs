@@ -13,10 +13,17 @@
 //!
 //! The protocol, over a `SOCK_SEQPACKET` socket pair, is three-word messages:
 //!
-//! - supervisor → template: `[SPAWN, index, 0]`;
+//! - supervisor → template: `[SPAWN, index, 0]`, and `[KILL, index, pid]`
+//!   for a worker whose pidfd never reached the parent;
 //! - template → supervisor: `[SPAWNED, index, pid]` with the worker's pidfd
 //!   attached (`SCM_RIGHTS`), `[SPAWN_FAILED, index, errno]`, and
 //!   `[DIED, index, pid | raw_status << 32]` once it has reaped a worker.
+//!
+//! A parent at its descriptor limit receives `SPAWNED` without the pidfd
+//! (the kernel drops it and sets `MSG_CTRUNC`). The worker exists all the
+//! same; the parent asks the template to `KILL` it and does not ask for that
+//! index again until its `DIED` arrives, so two workers never share a
+//! record.
 //!
 //! The template watches the socket: when the parent process dies, its end
 //! closes, and the template kills its workers and exits at once. Workers die
@@ -42,6 +49,7 @@ pub(crate) const SPAWN: u64 = 1;
 pub(crate) const SPAWNED: u64 = 2;
 pub(crate) const SPAWN_FAILED: u64 = 3;
 pub(crate) const DIED: u64 = 4;
+pub(crate) const KILL: u64 = 5;
 /// The status word of a `DIED` report when `waitpid` could not tell.
 const STATUS_UNKNOWN: u32 = u32::MAX;
 
@@ -153,6 +161,12 @@ pub(crate) enum Report {
         pid: u32,
         pidfd: OwnedFd,
     },
+    /// Forked, but its pidfd could not be given a descriptor here (this
+    /// process is at its limit): the worker runs, unseen.
+    PidfdLost {
+        index: usize,
+        pid: u32,
+    },
     SpawnFailed {
         index: usize,
         error: io::Error,
@@ -234,20 +248,32 @@ impl Template {
         os::send_message(self.sock.as_raw_fd(), &[SPAWN, index as u64, 0], None, true)
     }
 
+    /// Asks the template to kill worker `index` (process `pid`), whose
+    /// pidfd was lost on its way here; its death is reported as any other.
+    /// Never blocks: a full socket is `WouldBlock` (ask again later).
+    pub(crate) fn kill_worker(&self, index: usize, pid: u32) -> io::Result<()> {
+        let msg = [KILL, index as u64, u64::from(pid)];
+        os::send_message(self.sock.as_raw_fd(), &msg, None, true)
+    }
+
     /// Reads one report without blocking. `Ok(None)`: the template is gone;
     /// `WouldBlock`: no report is waiting. A malformed message is an error.
     pub(crate) fn receive(&self) -> io::Result<Option<Report>> {
-        let Some(([op, index, arg], fd)) = os::recv_message(self.sock.as_raw_fd(), true)? else {
+        let Some(([op, index, arg], attached)) = os::recv_message(self.sock.as_raw_fd(), true)?
+        else {
             return Ok(None);
         };
         let index = usize::try_from(index).unwrap_or(usize::MAX);
         let bad = || io::Error::new(io::ErrorKind::InvalidData, "a malformed template report");
         Ok(Some(match op {
-            SPAWNED => Report::Spawned {
-                index,
-                pid: u32::try_from(arg).map_err(|_| bad())?,
-                pidfd: fd.ok_or_else(bad)?,
-            },
+            SPAWNED => {
+                let pid = u32::try_from(arg).map_err(|_| bad())?;
+                match attached {
+                    os::Attached::Fd(pidfd) => Report::Spawned { index, pid, pidfd },
+                    os::Attached::Lost => Report::PidfdLost { index, pid },
+                    os::Attached::Nothing => return Err(bad()),
+                }
+            }
             SPAWN_FAILED => Report::SpawnFailed {
                 index,
                 error: io::Error::from_raw_os_error(arg as i32),
@@ -314,9 +340,11 @@ fn serve(
 ) -> ! {
     set_in_worker();
     // SAFETY: signal/sigprocmask only change this single-threaded process's
-    // dispositions. The terminal's Ctrl-C is for the parent to handle; a
-    // parent that ignores SIGCHLD would make the kernel reap our workers
-    // before we learn how they died.
+    // dispositions. The terminal's Ctrl-C is for the parent to handle (the
+    // template never `exec`s, so ignoring it here reaches no program; each
+    // worker catches it instead, see `os::worker_process_setup`); a parent
+    // that ignores SIGCHLD would make the kernel reap our workers before we
+    // learn how they died.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
@@ -379,26 +407,32 @@ fn serve(
             Ok(Some(([SPAWN, index, _], _))) => {
                 let index = index as usize;
                 let reply = match spawn(region, event_fd, sock, me, config, index) {
-                    Ok(child) => {
-                        let sent = os::send_message(
-                            sock,
-                            &[SPAWNED, index as u64, u64::from(child.pid)],
-                            Some(child.pidfd.as_raw_fd()),
-                            false,
-                        );
-                        children.push(child);
-                        sent
-                    }
-                    Err(e) => {
-                        let errno = e.raw_os_error().unwrap_or(libc::EIO) as u64;
-                        os::send_message(sock, &[SPAWN_FAILED, index as u64, errno], None, false)
-                    }
+                    Ok(child) => report_spawned(sock, child, &mut children),
+                    Err(e) => spawn_failed(sock, index, &e),
                 };
                 if reply.is_err() {
                     break;
                 }
             }
+            Ok(Some(([KILL, index, pid], _))) => {
+                // A worker whose pidfd the parent could not receive. Its
+                // death is reported (DIED) when the poll sees it.
+                if let Some(c) = children
+                    .iter()
+                    .find(|c| c.index as u64 == index && u64::from(c.pid) == pid)
+                {
+                    os::pidfd_kill(&c.pidfd);
+                }
+            }
+            // Unknown or malformed requests are ignored: the parent never
+            // sends them.
             Ok(Some(_)) => {}
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {}
+            // Short of kernel memory for the moment: look again shortly
+            // rather than take the workers down.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOMEM | libc::ENOBUFS)) => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             Ok(None) | Err(_) => break,
         }
     }
@@ -410,6 +444,41 @@ fn serve(
         os::wait_raw(c.pid);
     }
     os::exit_now(0)
+}
+
+/// Sends `SPAWNED` with the new worker's pidfd attached and keeps the
+/// worker. If the message cannot be sent for a reason other than the parent
+/// hanging up (a descriptor in flight past the sender's limit,
+/// `ETOOMANYREFS`; no kernel memory), the worker is killed and reaped and
+/// the parent told `SPAWN_FAILED` instead. An error means the socket is
+/// gone.
+fn report_spawned(sock: RawFd, child: Child, children: &mut Vec<Child>) -> io::Result<()> {
+    let msg = [SPAWNED, child.index as u64, u64::from(child.pid)];
+    match os::send_message(sock, &msg, Some(child.pidfd.as_raw_fd()), false) {
+        Ok(()) => {
+            children.push(child);
+            Ok(())
+        }
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN)
+            ) =>
+        {
+            children.push(child);
+            Err(e)
+        }
+        Err(e) => {
+            os::pidfd_kill(&child.pidfd);
+            os::wait_raw(child.pid);
+            spawn_failed(sock, child.index, &e)
+        }
+    }
+}
+
+fn spawn_failed(sock: RawFd, index: usize, e: &io::Error) -> io::Result<()> {
+    let errno = e.raw_os_error().unwrap_or(libc::EIO) as u64;
+    os::send_message(sock, &[SPAWN_FAILED, index as u64, errno], None, false)
 }
 
 /// Forks worker `index` from the template.
