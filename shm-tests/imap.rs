@@ -391,10 +391,7 @@ fn a_slow_source_yields_its_first_result_early() {
         let pool = Pool::new(2).unwrap();
         // One item every 20 ms, 8 per chunk, the default window (6 chunks):
         // reading the whole window before yielding took about 970 ms.
-        let slow = (0..64u64).map(|x| {
-            std::thread::sleep(Duration::from_millis(20));
-            x
-        });
+        let slow = (0..64u64).inspect(|_| std::thread::sleep(Duration::from_millis(20)));
         let t = Instant::now();
         let mut it = pool.imap(slow, |x| x + 1).unwrap().chunksize(8);
         assert_eq!(it.next().unwrap().unwrap(), 1);
@@ -499,12 +496,11 @@ fn items_read_before_the_source_panicked_are_not_lost() {
         for ordered in [true, false] {
             let mut armed = true;
             // Panics once, instead of yielding 2550.
-            let source = (0..5_000u64).map(move |x| {
+            let source = (0..5_000u64).inspect(move |&x| {
                 if x == 2550 && armed {
                     armed = false;
                     panic!("the source failed at {x}");
                 }
-                x
             });
             let it = if ordered {
                 pool.imap(source, times_ten).unwrap()
