@@ -37,6 +37,21 @@ fn a_task_that_uses_its_own_lazylock_pool_is_would_deadlock() {
         // The job's other form, and the pool carries on.
         let r = LAZY.map_async(&[1u32, 2, 3], uses_lazy).unwrap().get();
         assert!(matches!(r, Err(Error::WouldDeadlock { .. })), "{r:?}");
+        // A stream: each element gets the error, without running each on
+        // its own (each would block, and be found, again).
+        let t = Instant::now();
+        let items: Vec<_> = LAZY
+            .imap(0..100u32, uses_lazy)
+            .unwrap()
+            .chunksize(50)
+            .collect();
+        assert_eq!(items.len(), 100);
+        assert!(
+            items
+                .iter()
+                .all(|r| matches!(r, Err(Error::WouldDeadlock { .. })))
+        );
+        assert!(t.elapsed() < 2 * PROMPT, "took {:?}", t.elapsed());
         common::assert_healthy(&LAZY);
     })
 }

@@ -116,6 +116,11 @@ impl Finished {
 /// timeout) is run again one element per job, so that only the failing
 /// elements yield `Err`, in their place: the elements of that chunk that had
 /// already succeeded run a second time (their side effects happen twice).
+/// A chunk whose tasks would deadlock (`WouldDeadlock`) is not run again:
+/// each of its elements yields that error. [`Builder::task_timeout`] limits
+/// one claimed range of a chunk's job, not one element.
+///
+/// [`Builder::task_timeout`]: crate::Builder::task_timeout
 /// If the source panics, the panic reaches the caller of `next`; the items
 /// it had already yielded stay in the stream and are submitted if iteration
 /// goes on.
@@ -405,6 +410,15 @@ where
                     self.stop();
                     Chunk::Failed(Some(e))
                 }
+                // Its tasks block forever on an inherited lock: run again,
+                // each would block (and be found) again. Every element of
+                // the chunk gets the error, in its place.
+                Err(Error::WouldDeadlock { reason }) => Chunk::Singles(
+                    input
+                        .iter()
+                        .map(|_| Err(Error::WouldDeadlock { reason }))
+                        .collect(),
+                ),
                 Err(_) => Chunk::Singles(self.singles(&input)),
             },
             other => other,
