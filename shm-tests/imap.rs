@@ -447,6 +447,7 @@ fn join_waits_for_a_stream_iterated_by_another_thread() {
     deadline(60, || {
         let pool = Pool::new(2).unwrap();
         let done = std::sync::atomic::AtomicBool::new(false);
+        let seen = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
             let it = pool
                 .imap(0..2_000u64, |x| {
@@ -455,12 +456,19 @@ fn join_waits_for_a_stream_iterated_by_another_thread() {
                 })
                 .unwrap()
                 .chunksize(50);
+            // Created here, iterated there: once the consumer has asked for
+            // a chunk, it is the stream's thread, and this one may join.
             let consumer = s.spawn(|| {
-                let n = it.map(Result::unwrap).count();
+                let n = it
+                    .map(Result::unwrap)
+                    .inspect(|_| _ = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+                    .count();
                 done.store(true, std::sync::atomic::Ordering::SeqCst);
                 n
             });
-            std::thread::sleep(Duration::from_millis(20));
+            assert!(common::wait_until(Duration::from_secs(10), || seen
+                .load(std::sync::atomic::Ordering::SeqCst)
+                > 0));
             pool.close();
             pool.join().unwrap();
             assert!(

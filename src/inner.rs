@@ -74,7 +74,8 @@ pub(crate) fn admitted<T>(f: impl FnOnce() -> T) -> T {
             let _ = ADMITTED.try_with(|a| a.set(self.0));
         }
     }
-    let _restore = Restore(ADMITTED.with(|a| a.replace(true)));
+    // Without the thread's locals (being destroyed), no admission.
+    let _restore = ADMITTED.try_with(|a| a.replace(true)).map(Restore);
     f()
 }
 
@@ -287,6 +288,11 @@ impl Inner {
     /// Cancels the asynchronous job `seq` in slot `s` if it is unfinished,
     /// answering its cell with `Cancelled` at once.
     pub(crate) fn cancel(&self, s: usize, seq: u64) {
+        // A copy of the pool in a worker or a forked child owns no job (and
+        // the ring lock may have been held at the fork).
+        if !self.in_owner() {
+            return;
+        }
         let cell = self.ring().cancel(&self.region, s, seq);
         if let Some(cell) = cell {
             // ORDERING: Relaxed: statistics.

@@ -868,8 +868,8 @@ impl Pool {
     /// # Errors
     /// `InvalidArgument` if the pool is still open; `WouldDeadlock` from a
     /// completion callback (on any thread), from a task, or from the thread
-    /// that is iterating an unfinished stream of this pool (only it can
-    /// finish the stream).
+    /// that created or last iterated an unfinished stream of this pool (only
+    /// the iterating thread can finish the stream: finish or drop it first).
     ///
     /// ```
     /// let pool = shmpool::Pool::new(2)?;

@@ -67,19 +67,25 @@ thread_local! {
 
 /// Marks this thread as running the callbacks of one cell, for as long as
 /// it lives (a guard, so a panic that escapes cannot leave the mark behind).
-struct CallbackScope;
+/// Holds whether the mark was set: not while the thread's locals are being
+/// destroyed (a result dropped by a thread-local destructor).
+struct CallbackScope(bool);
 
 impl CallbackScope {
     fn enter(cell: usize) -> CallbackScope {
-        RUNNING_CALLBACKS.with(|r| r.borrow_mut().push(cell));
-        CallbackScope
+        CallbackScope(
+            RUNNING_CALLBACKS
+                .try_with(|r| r.borrow_mut().push(cell))
+                .is_ok(),
+        )
     }
 }
 
 impl Drop for CallbackScope {
     fn drop(&mut self) {
-        // Fails only while the thread's locals are being destroyed.
-        let _ = RUNNING_CALLBACKS.try_with(|r| r.borrow_mut().pop());
+        if self.0 {
+            let _ = RUNNING_CALLBACKS.try_with(|r| r.borrow_mut().pop());
+        }
     }
 }
 
@@ -452,7 +458,6 @@ impl<R: Send + 'static> AsyncResult<R> {
     /// assert_eq!(rx.recv().unwrap(), vec![10, 20, 30]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    ///
     ///
     /// ```
     /// use std::sync::atomic::{AtomicU32, Ordering};

@@ -16,7 +16,8 @@
 //! timeout* can therefore never wake up (short of a signal handler, which
 //! tasks do not install to release locks). The supervisor reads
 //! `/proc/<pid>/syscall` and `/proc/<pid>/status` of a worker that has been
-//! in the same range for a whole tick; two looks at least `CONFIRM_AFTER`
+//! in the same range for a whole tick (then at most once a second while it
+//! is found busy); two looks at least `CONFIRM_AFTER`
 //! apart that agree (same futex word, asleep, no voluntary context switch in
 //! between, so it never woke) make the verdict. The worker is then killed,
 //! and its job fails with `Error::WouldDeadlock` (not retried: it would
@@ -51,6 +52,10 @@ struct Look {
 
 /// Two agreeing looks must be at least this far apart.
 const CONFIRM_AFTER: Duration = Duration::from_millis(100);
+/// After a look that found the worker not blocked, the next look at the
+/// same range waits this long: a long range costs one read of /proc a
+/// second, not one a tick.
+const LOOK_AGAIN_AFTER: Duration = Duration::from_secs(1);
 
 /// How often the supervisor looks while any worker runs a range or an
 /// initializer: a worker blocked forever is found within about two ticks.
@@ -71,7 +76,10 @@ pub(crate) const INIT_REASON: &str = "the initializer blocked forever on a lock 
 #[derive(Debug, Default)]
 pub(crate) struct Watch {
     subject: Option<Subject>,
+    /// The last look, if it found the worker blocked forever, and when.
     look: Option<(Look, Instant)>,
+    /// No look before this (the last one found the worker busy).
+    quiet_until: Option<Instant>,
 }
 
 impl Watch {
@@ -83,14 +91,19 @@ impl Watch {
             // that short ranges never cost a read of /proc.
             *self = Watch {
                 subject,
-                look: None,
+                ..Watch::default()
             };
+            return false;
+        }
+        if self.quiet_until.is_some_and(|t| Instant::now() < t) {
             return false;
         }
         let Some(now) = blocked_forever(pid) else {
             self.look = None;
+            self.quiet_until = Instant::now().checked_add(LOOK_AGAIN_AFTER);
             return false;
         };
+        self.quiet_until = None;
         match self.look {
             Some((earlier, at)) if earlier == now && at.elapsed() >= CONFIRM_AFTER => true,
             Some((earlier, _)) if earlier == now => false,
