@@ -446,7 +446,6 @@ fn a_stream_created_before_close_delivers_every_result() {
 fn join_waits_for_a_stream_iterated_by_another_thread() {
     deadline(60, || {
         let pool = Pool::new(2).unwrap();
-        let done = std::sync::atomic::AtomicBool::new(false);
         let seen = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
             let it = pool
@@ -459,20 +458,20 @@ fn join_waits_for_a_stream_iterated_by_another_thread() {
             // Created here, iterated there: once the consumer has asked for
             // a chunk, it is the stream's thread, and this one may join.
             let consumer = s.spawn(|| {
-                let n = it
-                    .map(Result::unwrap)
+                it.map(Result::unwrap)
                     .inspect(|_| _ = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
-                    .count();
-                done.store(true, std::sync::atomic::Ordering::SeqCst);
-                n
+                    .count()
             });
             assert!(common::wait_until(Duration::from_secs(10), || seen
                 .load(std::sync::atomic::Ordering::SeqCst)
                 > 0));
             pool.close();
             pool.join().unwrap();
-            assert!(
-                done.load(std::sync::atomic::Ordering::SeqCst),
+            // The stream finishes in the `next` that returns `None`, after
+            // every item was yielded (and counted).
+            assert_eq!(
+                seen.load(std::sync::atomic::Ordering::SeqCst),
+                2_000,
                 "join() returned before the stream was finished"
             );
             assert_eq!(consumer.join().unwrap(), 2_000);
