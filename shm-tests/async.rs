@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -332,5 +333,213 @@ fn callbacks_may_submit_more_work_even_when_the_ring_is_full() {
         let mut got = results.lock().unwrap().clone();
         got.sort_unstable();
         assert_eq!(got, (0..20u64).map(|i| (i + 100) * 2).collect::<Vec<_>>());
+    })
+}
+
+#[test]
+fn a_wait_inside_a_callback_run_by_cancel_returns_at_once() {
+    deadline(60, || {
+        let pool = Arc::new(Pool::new(2).unwrap());
+        let xs = vec![50u64; 1000];
+        let r = Arc::new(pool.map_async(&xs, sleepy).unwrap());
+        let (me, p) = (r.clone(), pool.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        r.on_complete(move |out| {
+            // This callback runs in the thread that cancels, while the
+            // outcome is not yet visible: waiting on its own result, or for
+            // the pool, would wait for this very thread.
+            me.wait();
+            let timed = me.wait_timeout(Duration::from_secs(30));
+            let forever = me.wait_timeout(Duration::MAX);
+            let joined = p.join();
+            let name = thread::current().name().map(str::to_owned);
+            tx.send((
+                matches!(out, Err(Error::Cancelled)),
+                timed,
+                forever,
+                matches!(joined, Err(Error::WouldDeadlock { .. })),
+                name,
+            ))
+            .unwrap();
+        });
+        let canceller = thread::Builder::new()
+            .name("canceller".into())
+            .spawn({
+                let r = r.clone();
+                move || r.cancel()
+            })
+            .unwrap();
+        let (cancelled, timed, forever, join_refused, name) =
+            rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        canceller.join().unwrap();
+        assert!(cancelled);
+        assert_eq!(
+            name.as_deref(),
+            Some("canceller"),
+            "premise: the cancelling thread ran it"
+        );
+        assert!(
+            !timed && !forever,
+            "the outcome is not visible inside its own callback"
+        );
+        assert!(
+            join_refused,
+            "join() from a callback is WouldDeadlock on any thread"
+        );
+        assert!(r.ready());
+        assert!(matches!(
+            Arc::try_unwrap(r).unwrap().get(),
+            Err(Error::Cancelled)
+        ));
+    })
+}
+
+#[test]
+fn join_waits_for_the_callbacks_of_a_cancelled_job() {
+    deadline(60, || {
+        let pool = Arc::new(Pool::new(2).unwrap());
+        let xs = vec![5u64; 1000];
+        let r = pool.map_async(&xs, sleepy).unwrap();
+        let (started, finished) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (s, f) = (started.clone(), finished.clone());
+        // Far longer than the job's running ranges take to drain and the
+        // workers to exit.
+        r.on_complete(move |_| {
+            s.store(1, SeqCst);
+            thread::sleep(Duration::from_millis(2_000));
+            f.store(1, SeqCst);
+        });
+        let canceller = thread::spawn(move || r.cancel());
+        assert!(common::wait_until(Duration::from_secs(10), || started
+            .load(SeqCst)
+            == 1));
+        pool.close();
+        pool.join().unwrap();
+        assert_eq!(
+            finished.load(SeqCst),
+            1,
+            "join() returned while the cancelled job's callback was still running"
+        );
+        canceller.join().unwrap();
+    })
+}
+
+#[test]
+fn a_callback_on_a_dropped_result_sees_the_real_outcome() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..20u64 {
+            let tx = tx.clone();
+            // Python's map_async(f, xs, callback=cb): the result is dropped at
+            // once, long before the job (20 ms a task) completes.
+            pool.map_async(&[20u64, 20, 20 + i], sleepy)
+                .unwrap()
+                .on_complete(move |out| {
+                    tx.send((i, out.as_ref().map(|v| v.to_vec()).ok())).unwrap()
+                });
+        }
+        let tx2 = tx.clone();
+        pool.apply_async(30u64, sleepy)
+            .unwrap()
+            .on_complete(move |out| tx2.send((99, out.as_ref().map(|v| vec![*v]).ok())).unwrap());
+        drop(tx);
+        let mut got: Vec<_> = rx.iter().collect();
+        got.sort_unstable();
+        assert_eq!(got.len(), 21, "every callback ran exactly once");
+        for (i, out) in &got[..20] {
+            assert_eq!(out.as_deref(), Some(&[20, 20, 20 + i][..]), "job {i}");
+        }
+        assert_eq!(got[20], (99, Some(vec![30])));
+        assert_eq!(pool.stats().jobs_cancelled, 0);
+        // Without a callback, dropping still cancels.
+        drop(pool.map_async(&[1_000u64; 64], sleepy).unwrap());
+        assert!(common::wait_until(Duration::from_secs(5), || pool
+            .stats()
+            .jobs_cancelled
+            == 1));
+    })
+}
+
+#[test]
+fn huge_timeouts_mean_forever() {
+    deadline(60, || {
+        let pool = Pool::builder()
+            .workers(2)
+            .task_timeout(Duration::MAX)
+            .build()
+            .unwrap();
+        let mut r = pool.apply_async(50u64, sleepy).unwrap();
+        assert!(r.wait_timeout(Duration::MAX));
+        assert_eq!(r.get_timeout(Duration::MAX).unwrap(), 50);
+        let mut r = pool.apply_async(50u64, sleepy).unwrap();
+        assert_eq!(r.get_timeout(Duration::from_secs(u64::MAX)).unwrap(), 50);
+        let r = pool.map_async(&[10u64; 4], sleepy).unwrap();
+        assert!(r.wait_timeout(Duration::new(u64::MAX, 999_999_999)));
+        assert_eq!(pool.map(&[1u64, 2], |x| x + 1).unwrap(), vec![2, 3]);
+        // A timeout beyond any clock, and the next smaller ones: forever too.
+        for t in [
+            Duration::from_secs(u64::MAX / 2),
+            Duration::from_secs(1 << 40),
+        ] {
+            let mut r = pool.apply_async(1u64, sleepy).unwrap();
+            assert_eq!(r.get_timeout(t).unwrap(), 1);
+        }
+    })
+}
+
+/// A panic payload whose own drop panics.
+struct Grenade;
+
+impl Drop for Grenade {
+    fn drop(&mut self) {
+        panic!("the payload's drop panicked too");
+    }
+}
+
+#[test]
+fn a_callback_whose_panic_payload_panics_on_drop_is_contained() {
+    common::isolated("payload_drop_body", 60);
+}
+
+#[test]
+#[ignore = "run by a_callback_whose_panic_payload_panics_on_drop_is_contained"]
+fn payload_drop_body() {
+    if !common::in_isolation() {
+        return;
+    }
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        // On the result thread.
+        let r = pool.apply_async(100u64, sleepy).unwrap();
+        r.on_complete(|_| std::panic::panic_any(Grenade));
+        assert_eq!(r.get().unwrap(), 100);
+        // A late callback, in this thread.
+        let r = pool.apply_async(1u64, sleepy).unwrap();
+        r.wait();
+        r.on_complete(|_| std::panic::panic_any(Grenade));
+        assert_eq!(r.get().unwrap(), 1);
+        // On the cancel path, in this thread.
+        let r = pool.apply_async(5_000u64, sleepy).unwrap();
+        r.on_complete(|_| std::panic::panic_any(Grenade));
+        r.cancel();
+        assert!(matches!(r.get(), Err(Error::Cancelled)));
+        // A waker that panics the same way.
+        struct Bomb;
+        impl std::task::Wake for Bomb {
+            fn wake(self: Arc<Self>) {
+                std::panic::panic_any(Grenade);
+            }
+        }
+        let mut fut = pool.apply_async(100u64, sleepy).unwrap();
+        let waker = std::task::Waker::from(Arc::new(Bomb));
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(std::pin::Pin::new(&mut fut).poll(&mut cx).is_pending());
+        fut.wait();
+        // The result thread survived all of it.
+        let after = pool.apply_async(2u64, |x| x * 2).unwrap();
+        assert_eq!(after.get().unwrap(), 4);
+        pool.close();
+        pool.join().unwrap();
     })
 }

@@ -144,6 +144,11 @@ fn judge(f: &Fault, n: u64, outcome: &Result<Vec<u64>, Error>) -> Result<&'stati
                 ..
             }),
         ) if has(range) && backtraces_on() => "WorkerDied (SIGABRT, backtrace printed)",
+        // Symbolising that backtrace can outlast the task timeout on a busy
+        // machine: the worker is then killed as a runaway.
+        (5, Err(Error::Timeout { range, .. })) if has(range) && backtraces_on() => {
+            "Timeout (backtrace printed)"
+        }
         (6, Err(Error::Corrupted { .. })) => "Corrupted",
         (6, Err(Error::WorkerDied { .. })) => "WorkerDied",
         (6, Err(Error::TaskPanicked { .. })) => "TaskPanicked",

@@ -296,3 +296,248 @@ fn imap_inside_a_completion_callback_would_deadlock() {
         );
     })
 }
+
+fn plus_1000(x: u64) -> u64 {
+    x + 1000
+}
+
+fn triple(x: u32) -> u32 {
+    x * 3
+}
+
+fn times_ten(x: u64) -> u64 {
+    x * 10
+}
+
+#[test]
+fn a_work_queue_fed_by_its_own_results_does_not_deadlock() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        for (ordered, window) in [(true, None), (false, None), (true, Some(64))] {
+            // A tree walk: each result may send more work; the queue ends when
+            // the sender is dropped. The default window throughout.
+            let (tx, rx) = std::sync::mpsc::channel::<u64>();
+            tx.send(1).unwrap();
+            tx.send(2).unwrap();
+            let mut tx = Some(tx);
+            let (mut sent, mut got) = (2, Vec::new());
+            let it = if ordered {
+                pool.imap(rx.iter(), plus_1000).unwrap()
+            } else {
+                pool.imap_unordered(rx.iter(), plus_1000).unwrap()
+            };
+            // Chunks of one item, as Python needs for a work queue (a chunk
+            // is submitted once full); the default window, and a wide one.
+            let it = it.chunksize(1);
+            let it = match window {
+                Some(w) => it.window(w),
+                None => it,
+            };
+            for r in it {
+                let y = r.unwrap();
+                got.push(y);
+                let next = y - 1000;
+                if let Some(t) = &tx {
+                    for child in [2 * next + 1, 2 * next + 2] {
+                        if child < 200 {
+                            t.send(child).unwrap();
+                            sent += 1;
+                        }
+                    }
+                    if sent >= 150 {
+                        tx = None;
+                    }
+                }
+                if tx.is_some() && got.len() == sent {
+                    // Nothing left to wait for: end the queue.
+                    tx = None;
+                }
+            }
+            assert_eq!(got.len(), sent, "ordered {ordered}, window {window:?}");
+            got.sort_unstable();
+            got.dedup();
+            assert_eq!(got.len(), sent, "each once");
+        }
+    })
+}
+
+#[test]
+fn finished_results_are_yielded_without_waiting_for_more_input() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        // A source with 10 items and then nothing, for as long as the sender
+        // lives: results of what was read must still come out.
+        for ordered in [true, false] {
+            let (tx, rx) = std::sync::mpsc::channel::<u32>();
+            for i in 0..10 {
+                tx.send(i).unwrap();
+            }
+            let it = if ordered {
+                pool.imap(rx.iter(), triple).unwrap()
+            } else {
+                pool.imap_unordered(rx.iter(), triple).unwrap()
+            };
+            let mut got: Vec<u32> = it.chunksize(1).take(10).map(Result::unwrap).collect();
+            got.sort_unstable();
+            assert_eq!(got, (0..10).map(|x| x * 3).collect::<Vec<_>>());
+            drop(tx);
+        }
+    })
+}
+
+#[test]
+fn a_slow_source_yields_its_first_result_early() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        // One item every 20 ms, 8 per chunk, the default window (6 chunks):
+        // reading the whole window before yielding took about 970 ms.
+        let slow = (0..64u64).inspect(|_| std::thread::sleep(Duration::from_millis(20)));
+        let t = Instant::now();
+        let mut it = pool.imap(slow, |x| x + 1).unwrap().chunksize(8);
+        assert_eq!(it.next().unwrap().unwrap(), 1);
+        let first = t.elapsed();
+        assert!(
+            first < Duration::from_millis(600),
+            "first result after {first:?}"
+        );
+        let rest: Vec<u64> = it.map(Result::unwrap).collect();
+        assert_eq!(rest, (2..=64).collect::<Vec<_>>());
+        // A source that cannot tell its length, the same.
+        let slow = std::iter::from_fn({
+            let mut n = 0u64;
+            move || {
+                std::thread::sleep(Duration::from_millis(20));
+                n += 1;
+                (n <= 32).then_some(n)
+            }
+        });
+        let t = Instant::now();
+        let mut it = pool.imap_unordered(slow, |x| x * 2).unwrap().chunksize(8);
+        assert_eq!(it.next().unwrap().unwrap(), 2);
+        let first = t.elapsed();
+        assert!(
+            first < Duration::from_millis(600),
+            "first result after {first:?}"
+        );
+        assert_eq!(it.count(), 31);
+    })
+}
+
+#[test]
+fn a_stream_created_before_close_delivers_every_result() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        // Python's `it = p.imap(f, xs); p.close(); for r in it: ...; p.join()`.
+        let it = pool.imap(0..10_000u64, |x| x * 2).unwrap().chunksize(100);
+        let un = pool.imap_unordered(0..5_000u64, |x| x + 1).unwrap();
+        pool.close();
+        assert!(matches!(pool.imap(0..1u8, |x| x), Err(Error::Closed)));
+        let got: Vec<u64> = it.map(Result::unwrap).collect();
+        assert_eq!(got, (0..10_000).map(|x| x * 2).collect::<Vec<_>>());
+        let mut got: Vec<u64> = un.map(Result::unwrap).collect();
+        got.sort_unstable();
+        assert_eq!(got, (1..=5_000).collect::<Vec<_>>());
+        pool.join().unwrap();
+        assert!(pool.worker_pids().is_empty());
+    })
+}
+
+#[test]
+fn join_waits_for_a_stream_iterated_by_another_thread() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        let seen = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            let it = pool
+                .imap(0..2_000u64, |x| {
+                    std::thread::sleep(Duration::from_micros(500));
+                    x
+                })
+                .unwrap()
+                .chunksize(50);
+            // Created here, iterated there: once the consumer has asked for
+            // a chunk, it is the stream's thread, and this one may join.
+            let consumer = s.spawn(|| {
+                it.map(Result::unwrap)
+                    .inspect(|_| _ = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+                    .count()
+            });
+            assert!(common::wait_until(Duration::from_secs(10), || seen
+                .load(std::sync::atomic::Ordering::SeqCst)
+                > 0));
+            pool.close();
+            pool.join().unwrap();
+            // The stream finishes in the `next` that returns `None`, after
+            // every item was yielded (and counted).
+            assert_eq!(
+                seen.load(std::sync::atomic::Ordering::SeqCst),
+                2_000,
+                "join() returned before the stream was finished"
+            );
+            assert_eq!(consumer.join().unwrap(), 2_000);
+        });
+        // Joining from the thread that holds an unfinished stream would wait
+        // for itself.
+        let pool = Pool::new(1).unwrap();
+        let mut it = pool.imap(0..100u32, |x| x).unwrap().chunksize(10);
+        assert_eq!(it.next().unwrap().unwrap(), 0);
+        pool.close();
+        assert!(matches!(pool.join(), Err(Error::WouldDeadlock { .. })));
+        assert_eq!(it.by_ref().count(), 99);
+        pool.join().unwrap();
+        drop(it);
+        // A stream dropped unfinished is finished too.
+        let pool = Pool::new(1).unwrap();
+        let mut it = pool.imap(0..100u32, |x| x).unwrap().chunksize(10);
+        assert_eq!(it.next().unwrap().unwrap(), 0);
+        pool.close();
+        drop(it);
+        pool.join().unwrap();
+    })
+}
+
+#[test]
+fn items_read_before_the_source_panicked_are_not_lost() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        for ordered in [true, false] {
+            let mut armed = true;
+            // Panics once, instead of yielding 2550.
+            let source = (0..5_000u64).inspect(move |&x| {
+                if x == 2550 && armed {
+                    armed = false;
+                    panic!("the source failed at {x}");
+                }
+            });
+            let it = if ordered {
+                pool.imap(source, times_ten).unwrap()
+            } else {
+                pool.imap_unordered(source, times_ten).unwrap()
+            };
+            let mut it = it.chunksize(100);
+            let (mut got, mut panics) = (Vec::new(), 0);
+            loop {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| it.next())) {
+                    Ok(Some(r)) => got.push(r.unwrap()),
+                    Ok(None) => break,
+                    Err(_) => panics += 1,
+                }
+            }
+            assert_eq!(panics, 1);
+            if !ordered {
+                got.sort_unstable();
+            }
+            let want: Vec<u64> = (0..5_000).filter(|&x| x != 2550).map(|x| x * 10).collect();
+            let missing: Vec<u64> = want
+                .iter()
+                .filter(|w| got.binary_search(w).is_err())
+                .map(|w| w / 10)
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "ordered {ordered}: lost inputs {missing:?}"
+            );
+            assert_eq!(got, want, "ordered {ordered}");
+        }
+    })
+}

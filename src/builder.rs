@@ -116,8 +116,13 @@ impl Builder {
     /// The longest one claimed range of a job may run (default: no limit).
     /// A worker that runs past it is killed (`SIGKILL`) and replaced, and its
     /// job fails with [`Error::Timeout`] naming the range. A range is
-    /// [`chunk_size`](Self::chunk_size) elements of a map, or one `apply`.
-    /// The deadline is checked every `timeout / 8` (at least every 50 ms).
+    /// [`chunk_size`](Self::chunk_size) elements of a map (by default about
+    /// `len / (16 × workers)`), or one `apply`: the deadline covers all the
+    /// tasks of a range together, not each task, so 100 tasks of 20 ms in one
+    /// range overrun a 1 s timeout. Set `chunk_size(1)` for a deadline per
+    /// element. The deadline is checked every `timeout / 8` (at least every
+    /// 50 ms). A timeout too large for the clock (`Duration::MAX`) is no
+    /// limit.
     ///
     /// ```
     /// use std::time::Duration;

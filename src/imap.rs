@@ -1,29 +1,52 @@
 //! `imap` and `imap_unordered`: maps over a stream, through a bounded window
 //! of jobs in the slot ring.
 //!
-//! The source iterator is read `chunksize` items at a time into a shared
-//! block, which is moved into a `map_async` job (no second copy). At most
-//! `window` chunks are in flight; the next chunk is read only when the
-//! consumer has taken a finished one, so memory (arena and heap) is bounded by
-//! `window × chunksize` elements whatever the stream's length. `imap` yields
-//! chunks in input order; `imap_unordered` as they finish. A chunk whose job
-//! fails is run again one element per job, so only the elements that fail
-//! yield `Err`, in their place, and the stream goes on.
+//! The source iterator is read on the consumer's thread (it need not be
+//! `Send`), into a buffer of up to `chunksize` items, which is copied into a
+//! shared block and moved into a `map_async` job (no second copy). At most
+//! `window` chunks are in flight, plus the one being read, so memory (arena
+//! and heap) is bounded whatever the stream's length. `imap` yields chunks in
+//! input order; `imap_unordered` as they finish. A chunk whose job fails is
+//! run again one element per job, so only the elements that fail yield
+//! `Err`, in their place, and the stream goes on.
+//!
+//! When the source is read is the whole protocol (design.md, "imap and the
+//! ring"): never while a finished result waits to be yielded; while chunks
+//! are in flight, only items the source guarantees (`size_hint`'s lower
+//! bound) unless the caller opted into `read_ahead`, because a source may
+//! wait for the stream's own results (a work queue fed by the consumer); and
+//! a partly read chunk is submitted as it is when the workers are idle and
+//! the source is slow.
 
-use std::collections::VecDeque;
-use std::iter::Fuse;
+use std::collections::{HashSet, VecDeque};
 use std::marker::PhantomData;
-use std::sync::mpsc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::{self, ThreadId};
+use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 
 use crate::error::Error;
+use crate::inner::{admitted, lock};
 use crate::pool::Pool;
 use crate::result::AsyncResult;
 use crate::shmvec::ShmVec;
 
 /// The default number of elements per job.
 const DEFAULT_CHUNKSIZE: usize = 1024;
+/// With nothing in flight (the workers idle), a partly read chunk is
+/// submitted as it is once reading it has taken this long: the source is
+/// slow, and waiting for a full chunk would only delay its first results.
+const IDLE_FLUSH: Duration = Duration::from_millis(1);
+/// The source is read in timed blocks, and between blocks the iterator
+/// looks for a finished chunk. A block read faster than this doubles the
+/// next one (up to `MAX_BLOCK` items); a slower one shrinks it to one item,
+/// so a slow source is looked at between every two items.
+const FAST_BLOCK: Duration = Duration::from_micros(100);
+/// The most items read between two looks for a finished chunk.
+const MAX_BLOCK: usize = 1024;
 
 /// One chunk of the stream, in flight or being yielded.
 enum Chunk<T: Pod, U: Pod> {
@@ -33,20 +56,74 @@ enum Chunk<T: Pod, U: Pod> {
         job: AsyncResult<ShmVec<U>>,
         input: Vec<T>,
     },
-    /// Run one element per job, after the batch failed.
+    /// Run one element per job: after the batch failed, or because the
+    /// chunk could never fit in the arena as a whole.
     Singles(VecDeque<Result<AsyncResult<U>, Error>>),
     /// The outputs, being yielded.
     Done { out: ShmVec<U>, next: usize },
-    /// A chunk that could not be submitted: yields its error once.
+    /// A chunk that could not be submitted: yields its error once, and the
+    /// stream ends.
     Failed(Option<Error>),
+}
+
+/// The sequence numbers of chunks whose jobs finished, reported by their
+/// completion callbacks (on the result thread, or wherever they run).
+#[derive(Default)]
+struct Finished {
+    seqs: Mutex<Vec<u64>>,
+    /// Notified on every report.
+    cv: Condvar,
+    /// Whether `seqs` is non-empty, for a look without the lock.
+    any: AtomicBool,
+}
+
+impl Finished {
+    fn report(&self, seq: u64) {
+        let mut seqs = self.seqs.lock().unwrap_or_else(PoisonError::into_inner);
+        seqs.push(seq);
+        // ORDERING: Release: pairs with the Acquire in `Imap::collect`; the
+        // lock orders the rest.
+        self.any.store(true, Release);
+        drop(seqs);
+        self.cv.notify_all();
+    }
 }
 
 /// The iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: yields
 /// `Ok(f(x))`, or the error of the element `x`, for each item of the input.
 ///
-/// Nothing is submitted until the first call of `next`; set
-/// [`chunksize`](Self::chunksize) and [`window`](Self::window) before.
-/// Dropping it cancels the jobs in flight.
+/// Nothing is read or submitted until the first call of `next`; set
+/// [`chunksize`](Self::chunksize), [`window`](Self::window) and
+/// [`read_ahead`](Self::read_ahead) before. The stream was accepted when it
+/// was created: it delivers every result even if the pool is
+/// [`close`](Pool::close)d meanwhile, and [`Pool::join`] waits until it is
+/// exhausted or dropped. Dropping it cancels the jobs in flight.
+///
+/// **When the source is read.** On the thread that iterates, and never while
+/// a finished result waits to be yielded: a result is yielded as soon as it
+/// is asked for. To keep the workers busy, up to `window` chunks are read
+/// ahead, but only as far as the source guarantees items
+/// ([`Iterator::size_hint`]'s lower bound: ranges, slices, vectors and maps
+/// over them), because a source may wait for this stream's own results (a
+/// work queue fed by the loop that consumes the stream), and reading it
+/// then would wait forever. A source that cannot say (a channel, `filter`,
+/// `lines`) is read only when nothing is in flight, one chunk at a time,
+/// unless [`read_ahead`](Self::read_ahead) says it never waits for the
+/// stream. When the workers are idle and the source is slow, a partly read
+/// chunk is submitted as it is.
+///
+/// **Failures.** A chunk whose job fails (a panic, a dead worker, a
+/// timeout) is run again one element per job, so that only the failing
+/// elements yield `Err`, in their place: the elements of that chunk that had
+/// already succeeded run a second time (their side effects happen twice).
+/// A chunk whose tasks would deadlock (`WouldDeadlock`) is not run again:
+/// each of its elements yields that error. [`Builder::task_timeout`] limits
+/// one claimed range of a chunk's job, not one element.
+///
+/// [`Builder::task_timeout`]: crate::Builder::task_timeout
+/// If the source panics, the panic reaches the caller of `next`; the items
+/// it had already yielded stay in the stream and are submitted if iteration
+/// goes on.
 #[must_use = "an imap iterator does nothing until it is iterated"]
 pub struct Imap<'p, I, U, F>
 where
@@ -55,24 +132,36 @@ where
     U: Pod,
 {
     pool: &'p Pool,
-    source: Fuse<I>,
+    source: I,
     ordered: bool,
     chunksize: usize,
     window: usize,
+    read_ahead: bool,
     /// Chunks in flight, oldest first, with their sequence numbers.
     flight: VecDeque<(u64, Chunk<I::Item, U>)>,
     /// The chunk being yielded.
     current: Option<Chunk<I::Item, U>>,
-    /// Sequence numbers of finished chunks (`imap_unordered`).
-    finished: (mpsc::Sender<u64>, mpsc::Receiver<u64>),
+    /// Reports from the completion callbacks of the chunks in flight.
+    finished: Arc<Finished>,
+    /// Chunks in flight known to have finished.
+    done: HashSet<u64>,
     next_seq: u64,
-    /// A reusable buffer for reading the source.
+    /// Items read from the source and not yet submitted. Kept across calls
+    /// (and across a panic of the source), so no item read is ever lost.
     buffer: Vec<I::Item>,
-    /// A chunk read from the source that the arena had no room for yet: it
-    /// is submitted once a chunk in flight has been taken (back-pressure).
-    held: bool,
-    /// Set once the stream must end (the pool refused a chunk).
+    /// How long reading the items in `buffer` took.
+    reading: Duration,
+    /// Items to read in the next block (see `FAST_BLOCK`).
+    block: usize,
+    /// The source returned `None`.
+    exhausted: bool,
+    /// The stream ends: the pool refused a chunk, or is gone.
     stopped: bool,
+    /// The stream's registration with the pool (`join` waits for it);
+    /// `None` once it is finished.
+    stream: Option<u64>,
+    /// The thread that last asked for a chunk.
+    owner: ThreadId,
     _f: PhantomData<F>,
 }
 
@@ -86,134 +175,325 @@ where
     fn new(pool: &'p Pool, source: I, ordered: bool) -> Self {
         Imap {
             pool,
-            source: source.fuse(),
+            source,
             ordered,
             chunksize: DEFAULT_CHUNKSIZE,
             window: 2 * pool.workers() + 2,
+            read_ahead: false,
             flight: VecDeque::new(),
             current: None,
-            finished: mpsc::channel(),
+            finished: Arc::default(),
+            done: HashSet::new(),
             next_seq: 0,
             buffer: Vec::new(),
-            held: false,
+            reading: Duration::ZERO,
+            block: 1,
+            exhausted: false,
             stopped: false,
+            stream: Some(pool.inner.open_stream()),
+            owner: thread::current().id(),
             _f: PhantomData,
         }
     }
 
     /// Elements per job, like Python's `chunksize` (default 1024). Larger
     /// chunks cost less per element; smaller ones start yielding sooner. A
-    /// value of 0 is taken as 1.
+    /// value of 0 is taken as 1. A source that waits for this stream's own
+    /// results needs 1 (as in Python): a chunk is submitted once it is full
+    /// (or the source is slow and the workers idle), and such a source never
+    /// fills one.
     pub fn chunksize(mut self, n: usize) -> Self {
         self.chunksize = n.max(1);
         self
     }
 
     /// Chunks in flight at once (default: twice the workers, plus two). The
-    /// bound on memory: `window × chunksize` elements. 0 is taken as 1.
+    /// bound on memory: `window × chunksize` elements in shared memory, plus
+    /// one chunk being read. 0 is taken as 1.
     pub fn window(mut self, n: usize) -> Self {
         self.window = n.max(1);
         self
     }
 
-    /// Reads one chunk from the source and submits it. Returns false when the
-    /// source is exhausted.
-    fn submit_one(&mut self) -> bool {
-        if !std::mem::take(&mut self.held) {
-            self.buffer.clear();
-            self.buffer
-                .extend(self.source.by_ref().take(self.chunksize));
+    /// Whether to read ahead (keep `window` chunks in flight) a source that
+    /// cannot say how many items it has left, such as `filter`, `lines` or
+    /// a channel (default: `false`). Set it when the source never waits for
+    /// this stream's results: reading then overlaps the workers, as it
+    /// always does for a source whose `size_hint` guarantees its items. A
+    /// source that does wait for them (a work queue fed by the consuming
+    /// loop) would wait forever with it set.
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let text = "1\n2\n3\n4\n";
+    /// let numbers = std::io::BufRead::lines(text.as_bytes()).map(|l| l.unwrap().parse::<u64>().unwrap());
+    /// let squares: Vec<u64> =
+    ///     pool.imap(numbers, |x| x * x)?.read_ahead(true).collect::<Result<_, _>>()?;
+    /// assert_eq!(squares, [1, 4, 9, 16]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn read_ahead(mut self, yes: bool) -> Self {
+        self.read_ahead = yes;
+        self
+    }
+
+    /// Moves reports of finished chunks into `done`.
+    fn collect(&mut self) {
+        // ORDERING: Acquire: pairs with the Release in `Finished::report`.
+        if self.finished.any.load(Acquire) {
+            let mut seqs = lock(&self.finished.seqs);
+            self.done.extend(seqs.drain(..));
+            // ORDERING: Relaxed: under the lock, which orders it with the
+            // next report.
+            self.finished.any.store(false, Relaxed);
         }
-        if self.buffer.is_empty() {
-            return false;
+    }
+
+    /// Where the next chunk to yield is in `flight`, if it can be yielded
+    /// now without waiting: the oldest (`imap`) or any (`imap_unordered`)
+    /// that finished, failed to submit, or runs element by element.
+    fn ready_at(&mut self) -> Option<usize> {
+        self.collect();
+        let done = &self.done;
+        let ready = |(seq, c): &(u64, Chunk<I::Item, U>)| {
+            !matches!(c, Chunk::Batch { .. }) || done.contains(seq)
+        };
+        if self.ordered {
+            self.flight.front().filter(|c| ready(c)).map(|_| 0)
+        } else {
+            self.flight.iter().position(ready)
         }
+    }
+
+    /// Reads the source and submits chunks as far as the rules allow (see
+    /// the type's documentation). Returns whether a chunk became ready to
+    /// yield: then it is yielded before anything more is read.
+    fn feed(&mut self) -> bool {
+        loop {
+            if self.stopped {
+                return false;
+            }
+            if self.ready_at().is_some() {
+                return true;
+            }
+            let idle = self.flight.is_empty();
+            let pending = !self.buffer.is_empty();
+            let flush = self.buffer.len() >= self.chunksize
+                || (self.exhausted && pending)
+                || (idle && pending && self.reading >= IDLE_FLUSH);
+            if flush {
+                if self.flight.len() >= self.window || !self.submit_buffer() {
+                    // No room (in the window, or in the arena): the buffer
+                    // waits for a chunk in flight to be taken.
+                    return false;
+                }
+                continue;
+            }
+            if self.exhausted {
+                return false;
+            }
+            let mut n = (self.chunksize - self.buffer.len()).min(self.block);
+            if !idle && !self.read_ahead {
+                // Chunks are in flight: read only the items the source
+                // guarantees. Anything more may wait for their results.
+                n = n.min(self.source.size_hint().0);
+                if n == 0 {
+                    return false;
+                }
+            }
+            self.read(n);
+        }
+    }
+
+    /// Reads up to `n` items into the buffer, timing the read. A panic of the
+    /// source leaves the items already read in the buffer.
+    fn read(&mut self, n: usize) {
+        let started = Instant::now();
+        let before = self.buffer.len();
+        self.buffer.extend(self.source.by_ref().take(n));
+        if self.buffer.len() - before < n {
+            self.exhausted = true;
+        }
+        let took = started.elapsed();
+        self.reading += took;
+        self.block = if took < FAST_BLOCK {
+            (self.block * 2).min(MAX_BLOCK)
+        } else {
+            1
+        };
+    }
+
+    /// Submits the buffer as the next chunk. Returns false, keeping the
+    /// buffer, if the arena has no room while chunks are in flight
+    /// (back-pressure: their memory comes back as they are taken).
+    fn submit_buffer(&mut self) -> bool {
         let seq = self.next_seq;
         let chunk = match self.submit_batch(seq) {
             Ok(job) => Chunk::Batch {
                 job,
                 input: std::mem::take(&mut self.buffer),
             },
-            // The arena is full of chunks in flight: keep this one until the
-            // consumer has taken one of them.
-            Err(Error::OutOfSharedMemory { .. }) if !self.flight.is_empty() => {
-                self.held = true;
-                return false;
+            Err(Error::OutOfSharedMemory { .. }) if !self.flight.is_empty() => return false,
+            // It cannot fit even in an empty window: run it element by
+            // element, each failing (or not) on its own.
+            Err(Error::OutOfSharedMemory { .. }) => {
+                let input = std::mem::take(&mut self.buffer);
+                Chunk::Singles(self.singles(&input))
             }
+            // The pool refuses work (terminated, broken, a forked copy...):
+            // this error reports the chunk, and the stream ends after the
+            // chunks already in flight.
             Err(e) => {
                 self.stopped = true;
+                self.buffer.clear();
                 Chunk::Failed(Some(e))
             }
         };
         self.next_seq += 1;
+        self.reading = Duration::ZERO;
         self.flight.push_back((seq, chunk));
         true
     }
 
     fn submit_batch(&self, seq: u64) -> Result<AsyncResult<ShmVec<U>>, Error> {
         let shared = self.pool.to_shm(&self.buffer)?;
-        let job = self.pool.map_async(shared, conjure_f::<I::Item, U, F>())?;
-        if !self.ordered {
-            let tx = self.finished.0.clone();
-            job.on_complete(move |_| {
-                let _ = tx.send(seq);
-            });
-        }
+        let job = admitted(|| self.pool.map_async(shared, conjure_f::<I::Item, U, F>()))?;
+        let finished = self.finished.clone();
+        job.on_complete(move |_| finished.report(seq));
         Ok(job)
     }
 
-    /// Keeps the window full.
-    fn fill(&mut self) {
-        while !self.stopped && self.flight.len() < self.window && self.submit_one() {}
-    }
-
-    /// The next chunk to yield from, waiting for it if need be.
-    fn next_chunk(&mut self) -> Option<Chunk<I::Item, U>> {
-        if self.flight.is_empty() {
-            return None;
-        }
-        let at = if self.ordered {
-            0
-        } else {
-            // A chunk that cannot report completion (failed to submit, or
-            // already running element by element) is ready now.
-            match self
-                .flight
+    /// Runs `input` one element per job.
+    fn singles(&self, input: &[I::Item]) -> VecDeque<Result<AsyncResult<U>, Error>> {
+        admitted(|| {
+            input
                 .iter()
-                .position(|(_, c)| !matches!(c, Chunk::Batch { .. }))
-            {
-                Some(i) => i,
-                None => loop {
-                    let seq = self.finished.1.recv().ok()?;
-                    if let Some(i) = self.flight.iter().position(|(s, _)| *s == seq) {
-                        break i;
-                    }
-                },
-            }
-        };
-        let (_, chunk) = self.flight.remove(at)?;
-        Some(self.settle(chunk))
+                .map(|&x| self.pool.apply_async(x, conjure_f::<I::Item, U, F>()))
+                .collect()
+        })
     }
 
-    /// Waits for a batch; on failure, runs its elements one per job.
+    /// Waits until a chunk in flight reports that it finished.
+    fn wait_finished(&mut self) -> Result<(), Error> {
+        if self.pool.inner.on_result_thread() {
+            // The chunks report on this very thread.
+            return Err(Error::WouldDeadlock {
+                reason: "imap iterated inside a completion callback: its chunks complete on that thread",
+            });
+        }
+        let mut seqs = lock(&self.finished.seqs);
+        // Every chunk in flight reports exactly once (its callback runs
+        // whatever the outcome), and one that has not is in flight: the
+        // wait ends. The tick is a belt and braces.
+        while seqs.is_empty() {
+            seqs = self
+                .finished
+                .cv
+                .wait_timeout(seqs, Duration::from_secs(1))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        self.done.extend(seqs.drain(..));
+        // ORDERING: Relaxed: under the lock, see `collect`.
+        self.finished.any.store(false, Relaxed);
+        Ok(())
+    }
+
+    /// Takes a finished batch's outcome; on failure, runs its elements one
+    /// per job.
     fn settle(&mut self, chunk: Chunk<I::Item, U>) -> Chunk<I::Item, U> {
         match chunk {
             Chunk::Batch { job, input } => match job.get() {
                 Ok(out) => Chunk::Done { out, next: 0 },
-                // The pool is gone: nothing more can run. One error, then
-                // the stream ends (the chunks in flight are dropped).
-                Err(e @ (Error::Closed | Error::Terminated)) => {
-                    self.stopped = true;
-                    self.flight.clear();
+                // The pool can run nothing more: one error, then the end.
+                Err(e @ (Error::Closed | Error::Terminated | Error::InitializerFailed { .. })) => {
+                    self.stop();
                     Chunk::Failed(Some(e))
                 }
-                Err(_) => Chunk::Singles(
+                // Its tasks block forever on an inherited lock: run again,
+                // each would block (and be found) again. Every element of
+                // the chunk gets the error, in its place.
+                Err(Error::WouldDeadlock { reason }) => Chunk::Singles(
                     input
                         .iter()
-                        .map(|&x| self.pool.apply_async(x, conjure_f::<I::Item, U, F>()))
+                        .map(|_| Err(Error::WouldDeadlock { reason }))
                         .collect(),
                 ),
+                Err(_) => Chunk::Singles(self.singles(&input)),
             },
             other => other,
+        }
+    }
+
+    /// Ends the stream: cancels the chunks in flight.
+    fn stop(&mut self) {
+        self.stopped = true;
+        self.buffer.clear();
+        for (_, chunk) in self.flight.drain(..) {
+            if let Chunk::Batch { job, .. } = chunk {
+                job.cancel();
+            }
+        }
+    }
+
+    /// Notes which thread iterates the stream (for `join`).
+    fn note_owner(&mut self) {
+        let me = thread::current().id();
+        if me != self.owner {
+            self.owner = me;
+            if let Some(id) = self.stream {
+                if self.pool.inner.in_owner() {
+                    self.pool.inner.stream_owner(id, me);
+                }
+            }
+        }
+    }
+
+    /// The slow path of `next`: the current chunk is used up.
+    fn next_chunk_item(&mut self) -> Option<Result<U, Error>> {
+        self.note_owner();
+        loop {
+            match &mut self.current {
+                Some(Chunk::Done { out, next }) if *next < out.len() => {
+                    *next += 1;
+                    return Some(Ok(out[*next - 1]));
+                }
+                Some(Chunk::Singles(jobs)) if !jobs.is_empty() => {
+                    let job = jobs.pop_front().expect("not empty");
+                    return Some(job.and_then(AsyncResult::get));
+                }
+                Some(Chunk::Failed(e)) if e.is_some() => return e.take().map(Err),
+                _ => {}
+            }
+            self.current = None;
+            // A finished result first: never read input before yielding it.
+            if let Some(at) = self.ready_at() {
+                let (seq, chunk) = self.flight.remove(at).expect("ready_at is in range");
+                self.done.remove(&seq);
+                self.current = Some(self.settle(chunk));
+                continue;
+            }
+            if self.feed() {
+                continue;
+            }
+            if self.flight.is_empty() {
+                // Nothing in flight and nothing left to read or submit.
+                self.end_stream();
+                return None;
+            }
+            if let Err(e) = self.wait_finished() {
+                self.stop();
+                return Some(Err(e));
+            }
+        }
+    }
+
+    /// The stream is finished: `join` no longer waits for it.
+    fn end_stream(&mut self) {
+        if let Some(id) = self.stream.take() {
+            if self.pool.inner.in_owner() {
+                self.pool.inner.close_stream(id);
+            }
         }
     }
 }
@@ -238,23 +518,36 @@ where
     type Item = Result<U, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            match &mut self.current {
-                Some(Chunk::Done { out, next }) if *next < out.len() => {
-                    *next += 1;
-                    return Some(Ok(out[*next - 1]));
-                }
-                Some(Chunk::Singles(jobs)) if !jobs.is_empty() => {
-                    let job = jobs.pop_front().expect("not empty");
-                    return Some(job.and_then(AsyncResult::get));
-                }
-                Some(Chunk::Failed(e)) if e.is_some() => return e.take().map(Err),
-                _ => {}
+        // The common case, kept small: the next output of a finished chunk.
+        if let Some(Chunk::Done { out, next }) = &mut self.current {
+            if *next < out.len() {
+                *next += 1;
+                return Some(Ok(out[*next - 1]));
             }
-            // The current chunk is used up: refill the window, take the next.
-            self.current = None;
-            self.fill();
-            self.current = Some(self.next_chunk()?);
+        }
+        self.next_chunk_item()
+    }
+}
+
+impl<I, U, F> Drop for Imap<'_, I, U, F>
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
+    /// Cancels the chunks in flight (their callbacks see `Cancelled`; the
+    /// element-by-element jobs are cancelled by their own drop) and tells
+    /// the pool the stream is finished.
+    fn drop(&mut self) {
+        for (_, chunk) in &self.flight {
+            if let Chunk::Batch { job, .. } = chunk {
+                job.cancel();
+            }
+        }
+        if let Some(id) = self.stream.take() {
+            if self.pool.inner.in_owner() {
+                self.pool.inner.close_stream(id);
+            }
         }
     }
 }
@@ -277,21 +570,53 @@ impl Pool {
     ///
     /// Items are read and submitted [`chunksize`](Imap::chunksize) at a time
     /// (default 1024), with at most [`window`](Imap::window) chunks in flight:
-    /// memory stays bounded however long the stream (back-pressure: the
-    /// source is read only as fast as results are consumed).
+    /// memory stays bounded however long the stream. A finished result is
+    /// yielded as soon as it is asked for; the source is read on the
+    /// iterating thread, ahead of the results only as far as it guarantees
+    /// items (see [`Imap`] for the rule, and [`read_ahead`](Imap::read_ahead)).
+    /// So a work queue that feeds the stream from its own results works:
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// tx.send(1u64)?;
+    /// let mut tx = Some(tx);
+    /// let mut seen = Vec::new();
+    /// for r in pool.imap(rx.iter(), |x| x * 2)?.chunksize(1) {
+    ///     let x = r?;
+    ///     seen.push(x);
+    ///     match x {
+    ///         x if x < 1000 => tx.as_ref().unwrap().send(x)?,
+    ///         _ => drop(tx.take()), // the queue ends
+    ///     }
+    /// }
+    /// assert_eq!(seen, [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// The stream is accepted when it is created: after
+    /// [`close`](Self::close) it still delivers every result, and
+    /// [`join`](Self::join) waits for it (Python's `it = p.imap(f, xs);
+    /// p.close(); for r in it: ...; p.join()`).
     ///
     /// # Errors
     /// `Closed`, or `WouldDeadlock` from inside a task or a completion
     /// callback, at once. Later failures arrive as items: an element's own
-    /// error in its place; `Closed`/`Terminated` once, ending the stream
-    /// (or `Io`, if the pool's result thread cannot be started for its
-    /// first asynchronous job). A full arena only slows the stream (chunks
-    /// wait for room).
+    /// error in its place; `Terminated` (or `InitializerFailed`) once, ending
+    /// the stream (or `Io`, if the pool's result thread cannot be started for
+    /// its first asynchronous job). A full arena only slows the stream
+    /// (chunks wait for room); a chunk that could never fit runs element by
+    /// element.
     ///
     /// ```
     /// let pool = shmpool::Pool::new(2)?;
     /// let evens = (0..10_000u64).filter(|x| x % 2 == 0);
-    /// let total: u64 = pool.imap(evens, |x| x * 3)?.chunksize(256).map(Result::unwrap).sum();
+    /// let total: u64 = pool
+    ///     .imap(evens, |x| x * 3)?
+    ///     .chunksize(256)
+    ///     .read_ahead(true) // `filter` cannot say how many items are left
+    ///     .map(Result::unwrap)
+    ///     .sum();
     /// assert_eq!(total, 3 * (0..10_000u64).filter(|x| x % 2 == 0).sum::<u64>());
     /// # Ok::<(), shmpool::Error>(())
     /// ```

@@ -3,13 +3,14 @@
 //! the drop of a borrowing `AsyncResult`) and collecting finished
 //! asynchronous jobs for the result thread.
 
+use std::cell::Cell;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::{self, JoinHandle, ThreadId};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::os::{self, Wake};
@@ -26,6 +27,23 @@ const CALLER_SPIN_MAX: u32 = 1024;
 /// (a lost wake-up, a stalled job). Wake-ups normally come much sooner.
 pub(crate) const WAIT_TICK: Duration = Duration::from_millis(50);
 
+/// A deadline `timeout` from now, or `None` (no deadline: wait forever) if
+/// it lies beyond what `Instant` can represent. A huge timeout saturates;
+/// `Instant + Duration` would panic.
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
+/// `now + timeout`, saturating at a century from now (for internal waits
+/// that need an `Instant`; none is that long).
+pub(crate) fn saturating_deadline(timeout: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = Instant::now();
+    now.checked_add(timeout.min(CENTURY))
+        .or_else(|| now.checked_add(Duration::from_secs(3600)))
+        .unwrap_or(now)
+}
+
 /// `Inner::life`: accepting work.
 pub(crate) const OPEN: u8 = 0;
 /// `Inner::life`: `close()` was called; outstanding jobs still run.
@@ -39,6 +57,37 @@ pub(crate) const STOP_NONE: u8 = 0;
 pub(crate) const STOP_GRACEFUL: u8 = 1;
 /// `Inner::stop`: kill every worker now.
 pub(crate) const STOP_KILL: u8 = 2;
+
+thread_local! {
+    /// Set while this thread submits a chunk of a stream (`imap`) that the
+    /// pool accepted while it was open: such a chunk is admitted after
+    /// `close()` (not after `terminate()`), so the stream delivers every
+    /// result. Only the stream's own submission code runs while it is set.
+    static ADMITTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` (a stream's own submission) with the stream's admission: a
+/// closed pool accepts its jobs. Restored on the way out, unwinding too.
+pub(crate) fn admitted<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = ADMITTED.try_with(|a| a.set(self.0));
+        }
+    }
+    // Without the thread's locals (being destroyed), no admission.
+    let _restore = ADMITTED.try_with(|a| a.replace(true)).map(Restore);
+    f()
+}
+
+/// The streams (`imap`) a pool accepted and that are not finished yet:
+/// `join` waits for them.
+#[derive(Default)]
+pub(crate) struct Streams {
+    next_id: u64,
+    /// Each open stream, with the thread that last asked it for a chunk.
+    open: Vec<(u64, ThreadId)>,
+}
 
 /// Running totals behind `Pool::stats`.
 #[derive(Default)]
@@ -113,6 +162,8 @@ pub(crate) struct Inner {
     pub(crate) results: Mutex<Option<JoinHandle<()>>>,
     /// Whether `results` holds it (read without the lock).
     results_started: AtomicBool,
+    /// Streams accepted while the pool was open, not yet finished.
+    streams: Mutex<Streams>,
 }
 
 impl Drop for Inner {
@@ -171,6 +222,7 @@ impl Inner {
             result_thread: OnceLock::new(),
             results: Mutex::new(None),
             results_started: AtomicBool::new(false),
+            streams: Mutex::new(Streams::default()),
             region,
         })
     }
@@ -205,10 +257,36 @@ impl Inner {
         if self.broken.get().is_some() {
             return Err(self.broken_error());
         }
-        if self.life() != OPEN {
-            return Err(Error::Closed);
+        match self.life() {
+            OPEN => Ok(()),
+            // A chunk of a stream accepted while the pool was open.
+            CLOSED if ADMITTED.try_with(Cell::get).unwrap_or(false) => Ok(()),
+            _ => Err(Error::Closed),
         }
-        Ok(())
+    }
+
+    /// Registers a stream accepted now (the pool is open), iterated by this
+    /// thread; `join` waits until `close_stream`.
+    pub(crate) fn open_stream(&self) -> u64 {
+        let mut streams = lock(&self.streams);
+        streams.next_id += 1;
+        let id = streams.next_id;
+        streams.open.push((id, thread::current().id()));
+        id
+    }
+
+    /// Stream `id` is being iterated by `owner` now.
+    pub(crate) fn stream_owner(&self, id: u64, owner: ThreadId) {
+        let mut streams = lock(&self.streams);
+        if let Some(entry) = streams.open.iter_mut().find(|(i, _)| *i == id) {
+            entry.1 = owner;
+        }
+    }
+
+    /// Stream `id` is finished (exhausted, ended by an error, or dropped).
+    pub(crate) fn close_stream(&self, id: u64) {
+        lock(&self.streams).open.retain(|(i, _)| *i != id);
+        self.ring_cv.notify_all();
     }
 
     /// Whether this is the process that built the pool (not a worker, not a
@@ -239,13 +317,21 @@ impl Inner {
     /// Cancels the asynchronous job `seq` in slot `s` if it is unfinished,
     /// answering its cell with `Cancelled` at once.
     pub(crate) fn cancel(&self, s: usize, seq: u64) {
+        // A copy of the pool in a worker or a forked child owns no job (and
+        // the ring lock may have been held at the fork).
+        if !self.in_owner() {
+            return;
+        }
         let cell = self.ring().cancel(&self.region, s, seq);
         if let Some(cell) = cell {
             // ORDERING: Relaxed: statistics.
             self.stats.jobs_cancelled.fetch_add(1, Relaxed);
             self.stats.jobs_failed.fetch_add(1, Relaxed);
-            self.ring_cv.notify_all();
+            // Its callbacks run here, in the cancelling thread; the job
+            // counts as in flight until they have returned, so `join` waits
+            // for them as for any other job's.
             cell.deliver(Err(Error::Cancelled));
+            self.delivered(1);
             // Workers skip its remaining ranges; the result thread frees it
             // once the last one leaves.
             self.poke_result_thread();
@@ -431,15 +517,35 @@ impl Inner {
         self.ring_cv.notify_all();
     }
 
-    /// Blocks until every submitted job has been handed to its waiter.
-    pub(crate) fn wait_idle(&self) {
-        let mut ring = self.ring();
-        while ring.in_flight > 0 {
-            ring = self
-                .ring_cv
-                .wait_timeout(ring, WAIT_TICK)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+    /// Blocks until every submitted job has been handed to its waiter (its
+    /// callbacks have returned) and every stream accepted while the pool was
+    /// open is finished. A stream this thread iterates can only finish if
+    /// this thread goes on iterating it: then `WouldDeadlock`.
+    pub(crate) fn wait_idle(&self) -> Result<(), Error> {
+        let me = thread::current().id();
+        loop {
+            let streams_open = {
+                let streams = lock(&self.streams);
+                if streams.open.iter().any(|(_, owner)| *owner == me) {
+                    return Err(Error::WouldDeadlock {
+                        reason: "join() would wait for an imap stream that this thread has not \
+                                 finished iterating; finish or drop it first",
+                    });
+                }
+                !streams.open.is_empty()
+            };
+            let ring = self.ring();
+            if ring.in_flight == 0 && !streams_open {
+                return Ok(());
+            }
+            // A stream's end notifies without the ring lock: the tick
+            // catches a wake-up lost in between.
+            drop(
+                self.ring_cv
+                    .wait_timeout(ring, WAIT_TICK)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0,
+            );
         }
     }
 

@@ -70,6 +70,7 @@ mod shmvec;
 mod states;
 mod stats;
 mod stream;
+mod stuck;
 mod supervisor;
 mod sync;
 mod template;

@@ -15,7 +15,7 @@ use crate::input::AsyncInput;
 use crate::input::sealed::Source;
 use crate::job::{RunFn, assert_no_captures, run_map, run_map_with};
 use crate::region::Alloc;
-use crate::result::{AsyncResult, Cell};
+use crate::result::{AsyncResult, Cell, in_callback};
 use crate::ring::{Deliver, InlineData, Job, Loc, Out, RawOut, Spec, Waiter};
 use crate::shmvec::ShmVec;
 use crate::stats::{Profile, Stats};
@@ -472,6 +472,12 @@ impl Pool {
     /// read in place (one of another pool is copied, then dropped). See
     /// [`AsyncInput`](crate::AsyncInput).
     ///
+    /// Python's `map_async(f, xs, callback=cb)` is
+    /// `pool.map_async(&xs, f)?.on_complete(cb)`: a result with a callback
+    /// may be dropped, and the callback still runs with the real outcome.
+    /// **Dropping a result with no callback cancels its job** (nobody could
+    /// see its outcome); [`detach`](AsyncResult::detach) it to let it run.
+    ///
     /// # Errors
     /// `OutOfSharedMemory`, `Closed`, `WouldDeadlock` from inside a task;
     /// `Io` if this is the pool's first asynchronous job and its result
@@ -489,6 +495,12 @@ impl Pool {
     /// let pending = pool.map_async(xs, |x| x + 1)?; // moved in: no copy
     /// let ys = futures::executor::block_on(pending)?;
     /// assert_eq!(ys, vec![2, 3, 4]);
+    ///
+    /// // Fire and forget, with a callback (the result is dropped at once).
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// pool.map_async(&[1u32, 2], |x| x * 2)?
+    ///     .on_complete(move |out| tx.send(out.as_ref().map(|v| v.to_vec()).ok()).unwrap());
+    /// assert_eq!(rx.recv().unwrap(), Some(vec![2, 4]));
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn map_async<'a, I, U, F>(&self, input: I, f: F) -> Result<AsyncResult<ShmVec<U>>, Error>
@@ -538,6 +550,11 @@ impl Pool {
     /// Starts `f(arg)` in one worker and returns at once with an
     /// [`AsyncResult`].
     ///
+    /// As with [`map_async`](Self::map_async), a result with a callback
+    /// ([`on_complete`](AsyncResult::on_complete)) may be dropped and the
+    /// callback still runs; **dropping a result with no callback cancels the
+    /// job** unless it was [`detach`](AsyncResult::detach)ed.
+    ///
     /// # Errors
     /// As [`map_async`](Self::map_async).
     ///
@@ -546,6 +563,11 @@ impl Pool {
     /// let pending: Vec<_> = (0..10u32).map(|i| pool.apply_async(i, |x| x * 2)).collect::<Result<_, _>>()?;
     /// let doubled: Vec<u32> = pending.into_iter().map(|r| r.get()).collect::<Result<_, _>>()?;
     /// assert_eq!(doubled[9], 18);
+    ///
+    /// // Python's apply_async(f, (x,), callback=cb):
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// pool.apply_async(20u32, |x| x + 1)?.on_complete(move |out| tx.send(*out.as_ref().unwrap()).unwrap());
+    /// assert_eq!(rx.recv().unwrap(), 21);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn apply_async<T, U, F>(&self, arg: T, f: F) -> Result<AsyncResult<U>, Error>
@@ -735,12 +757,17 @@ impl Pool {
     }
 
     /// After [`close`](Self::close) (or [`terminate`](Self::terminate)):
-    /// waits until every submitted job is complete and its callbacks have run,
-    /// then lets the workers exit and reaps them.
+    /// waits until every submitted job is complete and its callbacks have run
+    /// (a cancelled job's too), and every [`imap`](Self::imap) stream created
+    /// before `close` is exhausted or dropped; then lets the workers exit and
+    /// reaps them. Callbacks registered on a result that had already
+    /// completed run in the registering thread and are not waited for.
     ///
     /// # Errors
     /// `InvalidArgument` if the pool is still open; `WouldDeadlock` from a
-    /// completion callback or a task.
+    /// completion callback (on any thread), from a task, or from the thread
+    /// that created or last iterated an unfinished stream of this pool (only
+    /// the iterating thread can finish the stream: finish or drop it first).
     ///
     /// ```
     /// let pool = shmpool::Pool::new(2)?;
@@ -752,7 +779,7 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn join(&self) -> Result<(), Error> {
-        if !self.inner.in_owner() || self.inner.on_result_thread() {
+        if !self.inner.in_owner() || self.inner.on_result_thread() || in_callback() {
             return Err(Error::WouldDeadlock {
                 reason: "join() waits for the callbacks of the thread or process that called it",
             });
@@ -762,7 +789,7 @@ impl Pool {
                 "join() called before close() or terminate()",
             ));
         }
-        self.inner.wait_idle();
+        self.inner.wait_idle()?;
         // ORDERING: SeqCst: read by the supervisor after we poke it.
         let _ = self
             .inner

@@ -8,18 +8,18 @@
 //! then marks the cell done, notifies blocked threads and wakes the task that
 //! polled it. Nothing here depends on a particular async runtime.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
-use crate::inner::{Inner, OPEN, lock};
+use crate::inner::{Inner, OPEN, deadline_after, lock};
 use crate::os;
 use crate::ring::{Deliver, RawOut};
 
@@ -33,13 +33,11 @@ enum State<R> {
     Done(Result<R, Error>),
     /// Complete, but the outcome is lent to a callback registered after
     /// completion; callbacks registered meanwhile wait in `late`. Waiters
-    /// treat it as not yet available.
+    /// treat it as not yet available (the thread running the late
+    /// callbacks is marked, see `CallbackScope`, and does not wait).
     Lent {
         ok: bool,
         late: Vec<Callback<R>>,
-        /// The thread running the late callbacks: it must not wait for
-        /// itself.
-        lender: ThreadId,
     },
     /// The outcome was handed out; `ok` remembers whether it succeeded.
     Taken {
@@ -56,6 +54,65 @@ pub(crate) struct Cell<R> {
     len: usize,
     /// The most elements seen done, so `progress` never goes backwards.
     progress: AtomicU64,
+    /// Set once a callback is registered: dropping the `AsyncResult` then
+    /// no longer cancels the job (the callback gets the real outcome).
+    listened: AtomicBool,
+}
+
+thread_local! {
+    /// The cells whose callbacks this thread is running now, innermost
+    /// last. A wait on one of them from this thread would wait for itself.
+    static RUNNING_CALLBACKS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Marks this thread as running the callbacks of one cell, for as long as
+/// it lives (a guard, so a panic that escapes cannot leave the mark behind).
+/// Holds whether the mark was set: not while the thread's locals are being
+/// destroyed (a result dropped by a thread-local destructor).
+struct CallbackScope(bool);
+
+impl CallbackScope {
+    fn enter(cell: usize) -> CallbackScope {
+        CallbackScope(
+            RUNNING_CALLBACKS
+                .try_with(|r| r.borrow_mut().push(cell))
+                .is_ok(),
+        )
+    }
+}
+
+impl Drop for CallbackScope {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = RUNNING_CALLBACKS.try_with(|r| r.borrow_mut().pop());
+        }
+    }
+}
+
+/// Whether this thread is running completion callbacks (of any result).
+pub(crate) fn in_callback() -> bool {
+    RUNNING_CALLBACKS
+        .try_with(|r| !r.borrow().is_empty())
+        .unwrap_or(false)
+}
+
+/// Whether this thread is running the callbacks of `cell`.
+fn running_callbacks_of(cell: usize) -> bool {
+    RUNNING_CALLBACKS
+        .try_with(|r| r.borrow().contains(&cell))
+        .unwrap_or(false)
+}
+
+/// Runs user code (a callback, a waker) so that nothing it does can unwind
+/// into the thread that runs it: its panic is caught (the panic hook has
+/// reported it), and so is a panic from dropping the panic's payload, whose
+/// own payload is then leaked rather than risk a third.
+pub(crate) fn run_contained(f: impl FnOnce()) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
+        if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+            std::mem::forget(again);
+        }
+    }
 }
 
 impl<R> Cell<R> {
@@ -69,13 +126,23 @@ impl<R> Cell<R> {
             convert,
             len,
             progress: AtomicU64::new(0),
+            listened: AtomicBool::new(false),
         }
+    }
+
+    /// An identity for `RUNNING_CALLBACKS`: the cell's address.
+    fn id(&self) -> usize {
+        std::ptr::from_ref(self) as usize
     }
 }
 
 impl<R: Send + 'static> Deliver for Cell<R> {
     fn deliver(&self, outcome: Result<RawOut, Error>) {
         let outcome = outcome.map(|raw| (self.convert)(raw, self.len));
+        // Whichever thread delivers (the result thread, a cancelling thread)
+        // is marked while it runs this cell's callbacks: a wait on this cell
+        // from one of them returns at once instead of waiting for itself.
+        let _scope = CallbackScope::enter(self.id());
         // Callbacks run outside the lock (they may call `ready()`), before the
         // outcome becomes visible; ones registered meanwhile run next round.
         loop {
@@ -91,7 +158,8 @@ impl<R: Send + 'static> Deliver for Cell<R> {
                         drop(state);
                         self.done.notify_all();
                         if let Some(w) = waker {
-                            w.wake();
+                            // A waker is foreign code too.
+                            run_contained(|| w.wake());
                         }
                         return;
                     }
@@ -99,9 +167,9 @@ impl<R: Send + 'static> Deliver for Cell<R> {
                 }
             };
             for cb in callbacks {
-                // A panicking callback must not take the result thread down;
-                // the panic hook has already reported it.
-                let _ = catch_unwind(AssertUnwindSafe(|| cb(&outcome)));
+                // A panicking callback must not take the delivering thread
+                // down (the result thread serves every job of the pool).
+                run_contained(|| cb(&outcome));
             }
         }
     }
@@ -116,11 +184,15 @@ impl<R: Send + 'static> Deliver for Cell<R> {
 /// It owns everything the job needs, so it is `'static` and `Send`: it can be
 /// spawned or stored freely.
 ///
-/// **Dropping an unfinished `AsyncResult` cancels its job** (see
-/// [`cancel`](Self::cancel)), as dropping a future does in async Rust; its
-/// callbacks then see `Err(Error::Cancelled)`. To let a job run on unwatched
-/// (Python's fire-and-forget `apply_async` with a callback), call
-/// [`detach`](Self::detach).
+/// **A registered callback always runs**, exactly once, with the job's real
+/// outcome, whether or not the `AsyncResult` is kept: Python's
+/// `map_async(f, xs, callback=cb)` is `pool.map_async(&xs, f)?.on_complete(cb)`.
+///
+/// **Dropping an unfinished `AsyncResult` that has no callback cancels its
+/// job** (see [`cancel`](Self::cancel)), as dropping a future does in async
+/// Rust: nobody could learn its outcome. To let such a job run on
+/// unwatched, call [`detach`](Self::detach). [`cancel`](Self::cancel) cancels
+/// a job with callbacks too; they then see `Err(Error::Cancelled)`.
 ///
 /// [`Pool::apply_async`]: crate::Pool::apply_async
 /// [`Pool::map_async`]: crate::Pool::map_async
@@ -133,7 +205,8 @@ impl<R: Send + 'static> Deliver for Cell<R> {
 /// assert_eq!(r.get()?, 42);
 /// # Ok::<(), shmpool::Error>(())
 /// ```
-#[must_use = "dropping an unfinished AsyncResult cancels its job; call detach() to let it run"]
+#[must_use = "dropping an unfinished AsyncResult with no callback cancels its job; \
+              register on_complete() or call detach() to let it run"]
 pub struct AsyncResult<R> {
     cell: Arc<Cell<R>>,
     inner: Arc<Inner>,
@@ -151,18 +224,11 @@ impl<R> std::fmt::Debug for AsyncResult<R> {
     }
 }
 
-impl<R: Send + 'static> AsyncResult<R> {
-    pub(crate) fn new(cell: Arc<Cell<R>>, inner: Arc<Inner>, ticket: Option<(usize, u64)>) -> Self {
-        AsyncResult {
-            cell,
-            inner,
-            ticket,
-        }
-    }
-
+impl<R> AsyncResult<R> {
     /// Cancels the job, unless it is already complete: it completes at once
-    /// with `Err(Error::Cancelled)` (callbacks run now, in this thread, and
-    /// waiters wake). Workers claim none of its remaining ranges. A range
+    /// with `Err(Error::Cancelled)` (its callbacks run now, in this thread,
+    /// and waiters wake; [`Pool::join`](crate::Pool::join) waits for those
+    /// callbacks too). Workers claim none of its remaining ranges. A range
     /// that is already running is left to finish, its output discarded: no
     /// worker is killed (a kill costs a fork and the worker's warm state, and
     /// would cut a task off mid-write; [`Builder::task_timeout`] is the tool
@@ -183,6 +249,16 @@ impl<R: Send + 'static> AsyncResult<R> {
     pub fn cancel(&self) {
         if let Some((s, seq)) = self.ticket {
             self.inner.cancel(s, seq);
+        }
+    }
+}
+
+impl<R: Send + 'static> AsyncResult<R> {
+    pub(crate) fn new(cell: Arc<Cell<R>>, inner: Arc<Inner>, ticket: Option<(usize, u64)>) -> Self {
+        AsyncResult {
+            cell,
+            inner,
+            ticket,
         }
     }
 
@@ -217,7 +293,9 @@ impl<R: Send + 'static> AsyncResult<R> {
     }
 
     /// Lets the job run to completion unwatched: dropping this result no
-    /// longer cancels it, and its callbacks run when it completes.
+    /// longer cancels it, and its callbacks (if any) run when it completes.
+    /// (A result with a callback is never cancelled by its drop; `detach`
+    /// is for results without one.)
     ///
     /// ```
     /// use std::sync::mpsc;
@@ -237,9 +315,12 @@ impl<R: Send + 'static> AsyncResult<R> {
     ///
     /// # Errors
     /// The job's error (`TaskPanicked`, `WorkerDied`, `Terminated`, ...), or
-    /// `WouldDeadlock` when called from a completion callback on a job that is
-    /// not yet complete (only the result thread, which runs callbacks, could
-    /// complete it), or from a late callback of this same result.
+    /// `WouldDeadlock` when waiting would wait for the calling thread itself:
+    /// from a callback of this same result (whichever thread runs it: the
+    /// result thread, a thread that called [`cancel`](Self::cancel), or one
+    /// that registered a callback on a finished result), or from any
+    /// callback on the pool's result thread while the job is unfinished
+    /// (only that thread could deliver it).
     ///
     /// # Example
     /// ```
@@ -259,7 +340,8 @@ impl<R: Send + 'static> AsyncResult<R> {
 
     /// Blocks until the job is complete, or until `timeout` passes; then
     /// returns the result, or `Error::Timeout` leaving the job running. After
-    /// it has returned the result once, it returns `InvalidArgument`.
+    /// it has returned the result once, it returns `InvalidArgument`. A
+    /// timeout too large to represent (`Duration::MAX`) waits forever.
     ///
     /// # Errors
     /// As [`get`](Self::get), plus `Timeout`.
@@ -290,9 +372,9 @@ impl<R: Send + 'static> AsyncResult<R> {
         })
     }
 
-    /// Blocks until the job is complete. Called from a completion callback on
-    /// a job that is not complete, returns at once (waiting there would
-    /// deadlock).
+    /// Blocks until the job is complete. Where waiting would wait for the
+    /// calling thread itself (see [`get`](Self::get)), returns at once with
+    /// the job still incomplete.
     ///
     /// ```
     /// let pool = shmpool::Pool::new(1)?;
@@ -306,7 +388,9 @@ impl<R: Send + 'static> AsyncResult<R> {
     }
 
     /// Blocks until the job is complete or `timeout` passes; returns whether
-    /// it is complete. A timeout does not cancel the job.
+    /// it is complete. A timeout does not cancel the job; one too large to
+    /// represent (`Duration::MAX`) waits forever. Returns at once where
+    /// [`wait`](Self::wait) does.
     ///
     /// ```
     /// use std::time::Duration;
@@ -351,11 +435,29 @@ impl<R: Send + 'static> AsyncResult<R> {
     }
 
     /// Runs `callback` with the job's outcome exactly once: in the pool's
-    /// result thread when the job completes, or at once, in this thread, if it
-    /// already has. Callbacks run before blocked `get`/`wait` calls return,
-    /// and `get` still returns the result afterwards. Keep callbacks short:
-    /// they hold up the delivery of other results. A panicking callback is
-    /// caught and ignored.
+    /// result thread when the job completes, in the thread that calls
+    /// [`cancel`](Self::cancel), or at once, in this thread, if the job is
+    /// already complete. Callbacks run before blocked `get`/`wait` calls
+    /// return, and `get` still returns the result afterwards. Keep callbacks
+    /// short: they hold up the delivery of other results. A panicking
+    /// callback is caught and ignored (even one whose panic payload panics
+    /// when dropped).
+    ///
+    /// Registering a callback means someone listens: dropping this result
+    /// no longer cancels the job, so the callback sees its real outcome
+    /// (Python's `callback=`). [`Pool::join`](crate::Pool::join) waits for
+    /// every callback registered before the job completed.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let (tx, rx) = mpsc::channel();
+    /// // The result is dropped at once; the job still runs, the callback too.
+    /// pool.map_async(&[1u32, 2, 3], |x| x * 10)?
+    ///     .on_complete(move |out| tx.send(out.as_ref().unwrap().to_vec()).unwrap());
+    /// assert_eq!(rx.recv().unwrap(), vec![10, 20, 30]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     ///
     /// ```
     /// use std::sync::atomic::{AtomicU32, Ordering};
@@ -370,6 +472,9 @@ impl<R: Send + 'static> AsyncResult<R> {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn on_complete(&self, callback: impl FnOnce(&Result<R, Error>) + Send + 'static) {
+        // ORDERING: SeqCst: read by this result's own drop, on this or a
+        // later owner's thread (ownership moved with a happens-before).
+        self.cell.listened.store(true, SeqCst);
         let mut state = lock(&self.cell.state);
         let outcome = match &mut *state {
             State::Pending { callbacks, .. } => return callbacks.push(Box::new(callback)),
@@ -383,7 +488,8 @@ impl<R: Send + 'static> AsyncResult<R> {
                     "the error was already taken"
                 };
                 drop(state);
-                let _ = catch_unwind(AssertUnwindSafe(|| callback(&Err(Error::invalid(reason)))));
+                let _scope = CallbackScope::enter(self.cell.id());
+                run_contained(|| callback(&Err(Error::invalid(reason))));
                 return;
             }
             State::Done(outcome) => {
@@ -391,7 +497,6 @@ impl<R: Send + 'static> AsyncResult<R> {
                 let lent = State::Lent {
                     ok,
                     late: Vec::new(),
-                    lender: thread::current().id(),
                 };
                 match std::mem::replace(&mut *state, lent) {
                     State::Done(outcome) => outcome,
@@ -402,10 +507,12 @@ impl<R: Send + 'static> AsyncResult<R> {
         drop(state);
         // Run outside the lock (the callback may use this result), then run
         // any callback registered meanwhile, then give the outcome back.
+        // This thread is marked meanwhile: its waits on this result return.
+        let _scope = CallbackScope::enter(self.cell.id());
         let mut next: Vec<Callback<R>> = vec![Box::new(callback)];
         loop {
             for cb in next {
-                let _ = catch_unwind(AssertUnwindSafe(|| cb(&outcome)));
+                run_contained(|| cb(&outcome));
             }
             let mut state = lock(&self.cell.state);
             match &mut *state {
@@ -421,22 +528,29 @@ impl<R: Send + 'static> AsyncResult<R> {
     }
 
     /// Waits for completion (forever, or up to `timeout`). Returns `false`
-    /// only when waiting would deadlock.
+    /// only when waiting would deadlock: this thread is running this
+    /// result's callbacks (so the outcome cannot become visible before it
+    /// returns), or it is the result thread (the only one that could
+    /// deliver an unfinished job).
     fn block(&self, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A deadline too far away to represent is no deadline: wait forever.
+        let deadline = timeout.and_then(deadline_after);
         let mut state = lock(&self.cell.state);
-        let me = thread::current().id();
         loop {
             match &*state {
-                State::Pending { .. } if self.inner.on_result_thread() => return false,
-                State::Lent { lender, .. } if *lender == me => return false,
-                State::Pending { .. } | State::Lent { .. } => {}
                 State::Done(_) | State::Taken { .. } => break,
+                State::Pending { .. } if self.inner.on_result_thread() => return false,
+                State::Pending { .. } | State::Lent { .. }
+                    if running_callbacks_of(self.cell.id()) =>
+                {
+                    return false;
+                }
+                State::Pending { .. } | State::Lent { .. } => {}
             }
             let wait = match deadline {
                 None => Duration::from_secs(1),
                 Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => left,
+                    Some(left) if !left.is_zero() => left.min(Duration::from_secs(1)),
                     _ => break,
                 },
             };
@@ -476,10 +590,13 @@ impl<R: Send + 'static> AsyncResult<R> {
 }
 
 impl<R> Drop for AsyncResult<R> {
-    /// Cancels the job if it is unfinished and not detached.
+    /// Cancels the job if it is unfinished, not detached, and nobody
+    /// listens (no callback was registered: a callback gets the real
+    /// outcome).
     fn drop(&mut self) {
         if let Some((s, seq)) = self.ticket {
-            if self.inner.in_owner() {
+            // ORDERING: SeqCst: see `on_complete`.
+            if self.inner.in_owner() && !self.cell.listened.load(SeqCst) {
                 self.inner.cancel(s, seq);
             }
         }

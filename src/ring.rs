@@ -421,8 +421,9 @@ impl Ring {
 
     /// Cancels the asynchronous job `seq` in slot `s` if it is unfinished:
     /// its failure becomes `Cancelled`, workers claim no more of its ranges,
-    /// and its cell is returned, to be answered at once. The slot stays busy
-    /// (its memory in use) until no worker is in it.
+    /// and its cell is returned, to be answered at once (the caller then
+    /// lowers `in_flight`). The slot stays busy (its memory in use) until no
+    /// worker is in it.
     pub(crate) fn cancel(
         &mut self,
         region: &Region,
@@ -447,7 +448,8 @@ impl Ring {
         let slot = region.slot(s);
         // ORDERING: SeqCst: as in `fail`.
         slot.desc.abort.store(1, SeqCst);
-        self.in_flight -= 1;
+        // `in_flight` drops once the cell is answered and its callbacks have
+        // run (`Inner::cancel`): `join` waits for them.
         Some(cell)
     }
 

@@ -16,11 +16,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
-use crate::inner::{Inner, STOP_GRACEFUL, STOP_KILL, STOP_NONE, lock};
+use crate::inner::{Inner, STOP_GRACEFUL, STOP_KILL, STOP_NONE, lock, saturating_deadline};
 use crate::layout::{LOC_CAP, MSG_CAP};
 use crate::os;
 use crate::ring::Retry;
 use crate::states::*;
+use crate::stuck::{self, Subject, Watch};
 use crate::template::{PanicHook, Report, StdioProbe, Template};
 
 /// How long workers get to exit after a graceful shutdown request before
@@ -87,6 +88,11 @@ struct Supervisor {
     repaired: Instant,
     /// The panic hook the next template gives its workers.
     hook: PanicHook,
+    /// Worker `w` as last seen by the watch for waits nothing can end.
+    watch: Vec<Watch>,
+    /// Worker `w` was killed blocked forever in this range (slot, start,
+    /// end): its job fails with `WouldDeadlock`.
+    stuck: Vec<Option<(u32, u64, u64)>>,
 }
 
 /// Starts every worker, waits until each runs, then starts the supervisor
@@ -110,6 +116,8 @@ pub(crate) fn start(
         discarded: vec![false; n],
         repaired: Instant::now(),
         hook: PanicHook::Own,
+        watch: (0..n).map(|_| Watch::default()).collect(),
+        stuck: vec![None; n],
     };
     // The workers are requested and awaited on this thread: the pool is
     // ready the moment the last one reports, with no hand-over from another
@@ -148,7 +156,7 @@ impl Supervisor {
     /// whatever was started, so a pool is built with all its workers or not
     /// at all.
     fn start_all(&mut self) -> Result<(), Error> {
-        let deadline = Instant::now() + SPAWN_PATIENCE;
+        let deadline = saturating_deadline(SPAWN_PATIENCE);
         let mut reforked = false;
         loop {
             let all_live = self.workers.iter().all(|w| matches!(w, Worker::Live(_)));
@@ -220,6 +228,9 @@ impl Supervisor {
                 timeout =
                     timeout.min((t / 8).clamp(Duration::from_millis(1), Duration::from_millis(50)));
             }
+            if self.any_busy() {
+                timeout = timeout.min(stuck::WATCH_TICK);
+            }
             if os::poll(&mut fds, timeout.as_millis().max(1) as i32).is_err() {
                 thread::sleep(RESPAWN_RETRY);
             }
@@ -237,6 +248,7 @@ impl Supervisor {
                 self.template_died();
             }
             self.enforce_timeouts();
+            self.watch_stuck();
             if self.repaired.elapsed() >= REPAIR_EVERY {
                 self.repair();
             }
@@ -327,7 +339,7 @@ impl Supervisor {
         let wait = RESPAWN_RETRY
             .saturating_mul(1 << (self.failures - 1).min(8))
             .min(MAX_BACKOFF);
-        self.retry_at = Instant::now() + wait;
+        self.retry_at = saturating_deadline(wait);
     }
 
     /// Worker `w` (process `pid`) was forked, but its pidfd could not be
@@ -506,6 +518,8 @@ impl Supervisor {
         // Killed for a timeout, and still in the range that overran (it may
         // have moved on between the check and the kill).
         let timed_out = deadline == Some((slot, start, started)) && running;
+        // Killed blocked forever in this very range.
+        let stuck = self.stuck[w].take() == Some((slot, start, end)) && running;
         let mut ring = inner.ring();
         // A slot the ring has not reserved yet never held a job (the record
         // was scribbled), and touching its pages would allocate them.
@@ -520,6 +534,12 @@ impl Supervisor {
                     return Retry::Fail(Error::Timeout {
                         after: config.task_timeout.unwrap_or_default(),
                         range,
+                    });
+                }
+                if stuck {
+                    // Not retried: it would block again.
+                    return Retry::Fail(Error::WouldDeadlock {
+                        reason: stuck::TASK_REASON,
                     });
                 }
                 let error = match config.memory_limit {
@@ -693,6 +713,61 @@ impl Supervisor {
         }
     }
 
+    /// Whether any worker records a range or an initializer in progress:
+    /// then the supervisor looks at least every `stuck::WATCH_TICK`.
+    fn any_busy(&self) -> bool {
+        (0..self.workers.len()).any(|w| self.subject(w).is_some())
+    }
+
+    /// What worker `w`'s record says it is doing, for the watch.
+    fn subject(&self, w: usize) -> Option<Subject> {
+        let rec = self.inner.region.record(w);
+        // ORDERING: Relaxed: a heuristic; a verdict needs two agreeing looks
+        // at the process itself, and the death is settled from the record
+        // after the process is gone.
+        if rec.phase.load(Relaxed) == PHASE_RUNNING {
+            return Some(Subject::Range {
+                slot: rec.slot.load(Relaxed),
+                start: rec.start.load(Relaxed),
+                end: rec.end.load(Relaxed),
+            });
+        }
+        // ORDERING: Relaxed, as above.
+        let init = rec.init.load(Relaxed) == INIT_MARK;
+        (init && self.inner.config.worker.initializer.is_some()).then_some(Subject::Init)
+    }
+
+    /// Kills workers blocked forever on a lock they inherited locked
+    /// (`stuck.rs`): a task's job then fails with `WouldDeadlock`, an
+    /// initializer's pool is broken with that reason.
+    fn watch_stuck(&mut self) {
+        for w in 0..self.workers.len() {
+            let Worker::Live(pid) = self.workers[w] else {
+                self.watch[w] = Watch::default();
+                continue;
+            };
+            let subject = self.subject(w);
+            if self.stuck[w].is_some() || !self.watch[w].step(subject, pid) {
+                continue;
+            }
+            match subject {
+                Some(Subject::Range { slot, start, end }) => {
+                    self.stuck[w] = Some((slot, start, end));
+                }
+                Some(Subject::Init) => {
+                    // Set before the death, which then breaks the pool with
+                    // this message (`initializer_failed`).
+                    let _ = self.inner.broken.set(stuck::INIT_REASON.to_owned());
+                }
+                None => continue,
+            }
+            if let Some((_, pidfd)) = &lock(&self.inner.procs).workers[w] {
+                os::pidfd_kill(pidfd);
+            }
+            self.watch[w] = Watch::default();
+        }
+    }
+
     /// Starts missing workers (and a template, if there is none), once the
     /// backoff after a failed start has passed. If no worker is alive and
     /// none can be started, unfinished jobs can never run: fail them.
@@ -746,7 +821,7 @@ impl Supervisor {
         // the post below wakes them.
         control.shutdown.0.store(1, SeqCst);
         control.sem.post_all(2 * self.workers.len() as u32);
-        let deadline = Instant::now() + GRACE;
+        let deadline = saturating_deadline(GRACE);
         while self.workers.iter().any(|w| matches!(w, Worker::Live(_)))
             && self.inner.ring().busy_slots().next().is_some()
         {
@@ -795,7 +870,7 @@ impl Supervisor {
         if let Some(template) = self.template.take() {
             template.dismiss(Duration::from_secs(1));
         }
-        let deadline = Instant::now() + KILL_PATIENCE;
+        let deadline = saturating_deadline(KILL_PATIENCE);
         for (_, pidfd) in &workers {
             let left = deadline.saturating_duration_since(Instant::now());
             os::pidfd_exited(pidfd, left.as_millis() as i32);

@@ -119,17 +119,24 @@ impl Semaphore {
         }
         // ORDERING: SeqCst, the sleeper's half of the Dekker pair with `post`.
         self.sleepers.fetch_add(1, SeqCst);
-        let deadline = Instant::now() + timeout;
+        // A timeout too long to represent waits without one (`post` wakes).
+        let deadline = Instant::now().checked_add(timeout);
         let got = loop {
             // ORDERING: SeqCst load after the SeqCst increment above.
             if self.count.load(SeqCst) != 0 && self.try_acquire() {
                 break true;
             }
-            let now = Instant::now();
-            if now >= deadline {
-                break false;
-            }
-            futex_wait(&self.count, 0, Some(deadline - now));
+            let left = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break false;
+                    }
+                    Some(d - now)
+                }
+                None => None,
+            };
+            futex_wait(&self.count, 0, left);
         };
         // ORDERING: Relaxed would do (it only suppresses wake-ups), SeqCst
         // keeps the counter's story simple.
