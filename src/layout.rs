@@ -88,6 +88,15 @@ pub(crate) struct WorkerRecord {
     /// `CLOCK_MONOTONIC` nanoseconds when the range started (only written
     /// when the pool has a task timeout).
     pub(crate) started_ns: AtomicU64,
+    /// The slot whose range the worker is running (or skipping), stored
+    /// with SeqCst before it checks `abort` and `state`; `NO_SLOT` between
+    /// ranges. The harvest of a job that said DONE hands its output over
+    /// only if no worker in the slot is in one of its ranges.
+    pub(crate) in_range: AtomicU32,
+    /// `RETIRE_MARK` once the parent asks the worker to exit and be
+    /// replaced (it ran a job whose slot was found corrupt). Set by the
+    /// parent; cleared by each worker when it starts.
+    pub(crate) retire: AtomicU32,
 }
 
 /// The job descriptor: written by the parent while the slot is empty and no
@@ -154,14 +163,37 @@ pub(crate) struct Inline(UnsafeCell<[u8; INLINE_CAP]>);
 // offsets, under the slot protocol's ownership rules.
 unsafe impl Sync for Inline {}
 
+/// How much of a job has been accounted for, in two independent sums over
+/// the same ranges. A runner adds to both after each range (`squares`
+/// first), so the pair moves together; a scribble that sets one word to
+/// "finished" leaves the other short.
+#[repr(C, align(128))]
+pub(crate) struct Counts {
+    /// Elements finished (run, or skipped after an abort): `end - start`
+    /// per range.
+    pub(crate) done: AtomicU64,
+    /// `end² - start²` per range, wrapping. Over any partition of `0..len`
+    /// into ranges the sum telescopes to `len²` (mod 2^64), in any order;
+    /// a range missing or counted twice leaves it off.
+    pub(crate) squares: AtomicU64,
+}
+
+/// Words of a slot's visitor bitmap: one bit per worker, one line.
+pub(crate) const VISITOR_WORDS: usize = 16;
+/// The most workers a region has room for (the builder allows as many).
+pub(crate) const MAX_WORKERS: usize = VISITOR_WORDS * 64;
+
 /// One entry of the job ring.
 #[repr(C)]
 pub(crate) struct Slot {
     pub(crate) desc: Desc,
     /// The next unclaimed element index; workers `fetch_add` the chunk size.
     pub(crate) claim: Line<AtomicU64>,
-    /// Elements finished (run, or skipped after an abort).
-    pub(crate) done: Line<AtomicU64>,
+    pub(crate) counts: Counts,
+    /// The workers that ran ranges of the job (set once per visit, before
+    /// the first range): those the parent replaces if the slot is found
+    /// corrupt. Cleared by the parent on publish.
+    pub(crate) visitors: Line<[AtomicU64; VISITOR_WORDS]>,
     pub(crate) err: ErrorRecord,
     /// Ranges queued for another attempt (`Builder::max_retries`).
     pub(crate) redo: Line<[RedoEntry; REDO_CAP]>,
@@ -191,6 +223,11 @@ impl Layout {
     pub(crate) fn new(workers: usize, ring: usize, arena_bytes: usize) -> Result<Self, Error> {
         if workers == 0 {
             return Err(Error::invalid("a pool needs at least one worker"));
+        }
+        if workers > MAX_WORKERS {
+            return Err(Error::invalid(format!(
+                "{workers} workers requested, at most {MAX_WORKERS} are supported"
+            )));
         }
         if !(1..=MAX_RING).contains(&ring) {
             return Err(Error::invalid(format!(
@@ -237,7 +274,10 @@ mod tests {
         assert_eq!(size_of::<WorkerRecord>(), LINE);
         assert_eq!(size_of::<Desc>(), LINE);
         assert_eq!(offset_of!(Slot, claim) % LINE, 0);
-        assert_eq!(offset_of!(Slot, done) - offset_of!(Slot, claim), LINE);
+        assert_eq!(offset_of!(Slot, counts) - offset_of!(Slot, claim), LINE);
+        assert_eq!(size_of::<Counts>(), LINE);
+        assert_eq!(size_of::<[AtomicU64; VISITOR_WORDS]>(), LINE);
+        assert_eq!(VISITOR_WORDS * 64, MAX_WORKERS);
         assert_eq!(size_of::<Slot>() % LINE, 0);
         assert_eq!(align_of::<Slot>(), LINE);
         assert_eq!(size_of::<Semaphore>(), LINE);
@@ -253,6 +293,8 @@ mod tests {
         assert_eq!(l.len, l.arena_off + (1 << 20));
         assert_eq!(l.inline_off(1) - l.inline_off(0), size_of::<Slot>() as u64);
         assert!(Layout::new(0, 8, 0).is_err());
+        assert!(Layout::new(MAX_WORKERS, 8, 0).is_ok());
+        assert!(Layout::new(MAX_WORKERS + 1, 8, 0).is_err());
         assert!(Layout::new(1, MAX_RING + 1, 0).is_err());
         assert!(Layout::new(1, 8, usize::MAX).is_err());
     }
