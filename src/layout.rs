@@ -178,22 +178,32 @@ pub(crate) struct Counts {
     pub(crate) squares: AtomicU64,
 }
 
-/// Words of a slot's visitor bitmap: one bit per worker, one line.
+/// Words of a slot's visitor bitmap: one bit per worker.
 pub(crate) const VISITOR_WORDS: usize = 16;
 /// The most workers a region has room for (the builder allows as many).
 pub(crate) const MAX_WORKERS: usize = VISITOR_WORDS * 64;
+
+/// The claim counter, and the workers that ran ranges of the job.
+#[repr(C, align(128))]
+pub(crate) struct Claim {
+    /// The next unclaimed element index; workers `fetch_add` the chunk size.
+    pub(crate) next: AtomicU64,
+    /// Bit `w % 64` of word `w / 64`: worker `w` ran ranges of the job (set
+    /// once per visit, before its first range; cleared by the parent on
+    /// publish). Those are the workers the parent replaces if the slot is
+    /// found corrupt. On the counter's line, which the parent's publish and
+    /// every runner's claim write anyway, so the bitmap costs no line
+    /// transfer of its own (the sixteenth word, for workers 960 and up,
+    /// spills onto the next line).
+    pub(crate) visitors: [AtomicU64; VISITOR_WORDS],
+}
 
 /// One entry of the job ring.
 #[repr(C)]
 pub(crate) struct Slot {
     pub(crate) desc: Desc,
-    /// The next unclaimed element index; workers `fetch_add` the chunk size.
-    pub(crate) claim: Line<AtomicU64>,
+    pub(crate) claim: Claim,
     pub(crate) counts: Counts,
-    /// The workers that ran ranges of the job (set once per visit, before
-    /// the first range): those the parent replaces if the slot is found
-    /// corrupt. Cleared by the parent on publish.
-    pub(crate) visitors: Line<[AtomicU64; VISITOR_WORDS]>,
     pub(crate) err: ErrorRecord,
     /// Ranges queued for another attempt (`Builder::max_retries`).
     pub(crate) redo: Line<[RedoEntry; REDO_CAP]>,
@@ -274,13 +284,28 @@ mod tests {
         assert_eq!(size_of::<WorkerRecord>(), LINE);
         assert_eq!(size_of::<Desc>(), LINE);
         assert_eq!(offset_of!(Slot, claim) % LINE, 0);
-        assert_eq!(offset_of!(Slot, counts) - offset_of!(Slot, claim), LINE);
+        assert_eq!(offset_of!(Slot, counts) % LINE, 0);
+        assert!(offset_of!(Slot, counts) - offset_of!(Slot, claim) >= LINE);
         assert_eq!(size_of::<Counts>(), LINE);
-        assert_eq!(size_of::<[AtomicU64; VISITOR_WORDS]>(), LINE);
+        // The first 15 visitor words share the claim counter's line.
+        assert_eq!(offset_of!(Claim, visitors) + 15 * 8, LINE);
         assert_eq!(VISITOR_WORDS * 64, MAX_WORKERS);
         assert_eq!(size_of::<Slot>() % LINE, 0);
         assert_eq!(align_of::<Slot>(), LINE);
         assert_eq!(size_of::<Semaphore>(), LINE);
+    }
+
+    #[test]
+    fn the_fault_suite_knows_where_the_completion_words_are() {
+        // `shm-tests/common/mod.rs` (`forge`) forges these words from inside
+        // a task, at these offsets from the start of a slot.
+        assert_eq!(offset_of!(Slot, desc) + offset_of!(Desc, state), 0);
+        assert_eq!(offset_of!(Desc, abort), 12);
+        assert_eq!(offset_of!(Desc, len), 48);
+        assert_eq!(offset_of!(Desc, chunk), 56);
+        assert_eq!(offset_of!(Slot, claim) + offset_of!(Claim, next), 128);
+        assert_eq!(offset_of!(Slot, counts) + offset_of!(Counts, done), 384);
+        assert_eq!(offset_of!(Slot, counts) + offset_of!(Counts, squares), 392);
     }
 
     #[test]

@@ -380,11 +380,11 @@ impl Ring {
         };
         // ORDERING: Relaxed: no worker is in the slot (it is free or drained),
         // and these stores are published by the Release store of `state`.
-        slot.claim.0.store(0, Relaxed);
+        slot.claim.next.store(0, Relaxed);
         slot.counts.done.store(0, Relaxed);
         slot.counts.squares.store(0, Relaxed);
         let workers = region.layout().workers;
-        for word in slot.visitors.0.iter().take(workers.div_ceil(64)) {
+        for word in slot.claim.visitors.iter().take(workers.div_ceil(64)) {
             word.store(0, Relaxed);
         }
         for e in &slot.redo.0 {
@@ -641,7 +641,7 @@ impl Ring {
         let slot = region.slot(s);
         // ORDERING: Relaxed: a heuristic; a spurious kick costs one wake-up.
         let running = slot.desc.state.load(Relaxed) == SLOT_RUNNING;
-        let waiting = slot.claim.0.load(Relaxed) < job.len || redo_ready(slot);
+        let waiting = slot.claim.next.load(Relaxed) < job.len || redo_ready(slot);
         if running && waiting {
             set_pending(region, s);
             return 1;
@@ -692,7 +692,7 @@ impl Ring {
             // or stalled in an impossible state, *and* no worker is left in
             // the slot: until then a worker may still write the output.
             // ORDERING: SeqCst: read before the drain check, like `abort`.
-            let exhausted = slot.claim.0.load(SeqCst) >= job.len && !redo_ready(slot);
+            let exhausted = slot.claim.next.load(SeqCst) >= job.len && !redo_ready(slot);
             let stalled = job.corrupt.is_some()
                 || job.failure.is_some()
                 || state != SLOT_RUNNING
@@ -807,7 +807,7 @@ fn corrupt_when_done(slot: &Slot, job: &Job) -> Option<&'static str> {
         slot.counts.squares.load(Relaxed),
     );
     // ORDERING: SeqCst: read before the drain check, as in the stall check.
-    let claimed = slot.claim.0.load(SeqCst);
+    let claimed = slot.claim.next.load(SeqCst);
     // ORDERING: Relaxed: ordered after the Acquire of `state`.
     let aborted = slot.desc.abort.load(Relaxed) != 0;
     let detail = if done != job.len {
@@ -841,7 +841,7 @@ fn corrupt_when_done(slot: &Slot, job: &Job) -> Option<&'static str> {
 fn retire_visitors(region: &Region, s: usize) {
     let workers = region.layout().workers;
     let mut any = false;
-    for (i, word) in region.slot(s).visitors.0.iter().enumerate() {
+    for (i, word) in region.slot(s).claim.visitors.iter().enumerate() {
         // ORDERING: Relaxed: each visitor set its bit before its SeqCst store
         // of `record.slot = NO_SLOT`, which the drain check loaded.
         let mut bits = word.load(Relaxed);

@@ -405,7 +405,7 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
 /// or guided ones (a share of what is left, a multiple of `chunk`, at least
 /// `chunk`). `None` once every element is claimed.
 fn claim(slot: &Slot, len: u64, chunk: u64, guided: bool, workers: u64) -> Option<(u64, u64)> {
-    let counter = &slot.claim.0;
+    let counter = &slot.claim.next;
     if !guided {
         // ORDERING: AcqRel: the claim counter only hands out disjoint
         // ranges; the atomicity of the RMW is what matters.
@@ -492,7 +492,7 @@ fn run_claimed(ctx: &WorkerCtx<'_>, job: &JobView<'_>, start: u64, end: u64) -> 
 /// first range of a visit: if the slot is later found corrupt, the parent
 /// replaces every worker marked (the one that scribbled may be among them).
 fn note_visit(slot: &Slot, w: usize) {
-    let Some(word) = slot.visitors.0.get(w / 64) else {
+    let Some(word) = slot.claim.visitors.get(w / 64) else {
         return;
     };
     let bit = 1u64 << (w % 64);

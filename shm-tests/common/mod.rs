@@ -225,11 +225,11 @@ pub mod forge {
     /// are at these offsets from its start.
     const LEN: usize = 48;
     const CHUNK: usize = 56;
-    /// `Slot::claim` and `Slot::counts` (`done`, then `squares`), each on a
-    /// 128-byte line of its own after the 128-byte descriptor.
+    /// `Slot::claim` (its counter first) after the 128-byte descriptor, and
+    /// `Slot::counts` (`done`, then `squares`) after its 256 bytes.
     const CLAIM: usize = 128;
-    const DONE: usize = 256;
-    const SQUARES: usize = 264;
+    const DONE: usize = 384;
+    const SQUARES: usize = 392;
     /// `Desc::abort` (u32).
     const ABORT: usize = 12;
     /// `SLOT_RUNNING` and `SLOT_DONE`.
