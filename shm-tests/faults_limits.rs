@@ -424,6 +424,190 @@ fn a_worker_that_corrupts_the_control_block_fails_at_most_its_job() {
     })
 }
 
+/// One element of a job whose task forges its own slot's completion words
+/// (`common::forge`) at the element with `kind != 0`.
+#[derive(Clone, Copy, Debug, bytemuck::Zeroable, bytemuck::Pod)]
+#[repr(C)]
+struct Item {
+    x: u64,
+    /// 1 + the forgery, on one element; 0 elsewhere.
+    kind: u64,
+    /// The job's length, to find its slot.
+    len: u64,
+    /// Microseconds of work, so that other ranges are still running when
+    /// the forgery lands.
+    work_us: u64,
+    /// The test process: a caller running ranges (`caller_runs`) does not
+    /// forge.
+    parent: u64,
+    /// The address of a shared `u64` for the forger's pid (0: none).
+    pid_at: u64,
+}
+
+fn forger(i: Item) -> u64 {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_micros(i.work_us) {
+        std::hint::spin_loop();
+    }
+    if i.kind != 0 {
+        if i.pid_at != 0 && std::process::id() != i.parent as u32 {
+            // SAFETY: the address of a live `u64` in the pool's region (as
+            // in `bump`), accessed atomically.
+            unsafe { &*(i.pid_at as *const AtomicU64) }
+                .store(u64::from(std::process::id()), Ordering::SeqCst);
+        }
+        if !common::forge::forge(i.kind - 1, i.len, i.parent as u32) {
+            return u64::MAX;
+        }
+    }
+    2 * i.x + 1
+}
+
+/// `n` elements with forgery `kind` at `at`.
+fn forged_job(n: u64, kind: usize, at: u64, work_us: u64, pid_at: u64) -> Vec<Item> {
+    (0..n)
+        .map(|x| Item {
+            x,
+            kind: if x == at { kind as u64 + 1 } else { 0 },
+            len: n,
+            work_us,
+            parent: u64::from(std::process::id()),
+            pid_at,
+        })
+        .collect()
+}
+
+/// Checks one forged job's outcome: a correct `Ok`, or `Corrupted`. Returns
+/// whether it failed.
+fn judge_forgery(what: &str, outcome: Result<&[u64], &Error>, n: u64) -> bool {
+    match outcome {
+        Ok(v) => {
+            assert!(
+                !v.contains(&u64::MAX),
+                "{what}: the forger did not find its slot"
+            );
+            let right = v
+                .iter()
+                .enumerate()
+                .filter(|&(i, &y)| y == 2 * i as u64 + 1)
+                .count();
+            assert!(
+                v.len() as u64 == n && right as u64 == n,
+                "{what}: Ok with {} of {n} values wrong",
+                n - right as u64
+            );
+            false
+        }
+        Err(Error::Corrupted { .. }) => true,
+        Err(e) => panic!("{what}: expected Corrupted or a correct result, got {e:?}"),
+    }
+}
+
+#[test]
+fn a_forged_completion_never_returns_ok_with_wrong_values() {
+    deadline(240, || {
+        for caller_runs in [false, true] {
+            let pool = Pool::builder()
+                .workers(2)
+                .ring_size(8)
+                .caller_runs(caller_runs)
+                .build()
+                .unwrap();
+            let n = 2000u64;
+            let mut failed = 0;
+            for (kind, name) in common::forge::KINDS.iter().enumerate() {
+                for at in [0, n / 2, n - 1] {
+                    let items = forged_job(n, kind, at, 5, 0);
+                    let what = format!("{name} at {at} (caller_runs {caller_runs})");
+                    let out = pool.map(&items, forger);
+                    failed += judge_forgery(&what, out.as_deref(), n) as u32;
+                    assert_healthy(&pool);
+                    // The same through the result thread.
+                    let out = pool.map_async(&items, forger).unwrap().get();
+                    failed += judge_forgery(&what, out.as_deref(), n) as u32;
+                    assert_healthy(&pool);
+                }
+            }
+            let jobs = 6 * common::forge::KINDS.len();
+            println!(
+                "caller_runs {caller_runs}: {failed} of {jobs} forged jobs failed with Corrupted"
+            );
+        }
+    })
+}
+
+#[test]
+fn after_a_forged_completion_no_worker_writes_the_output_and_the_forger_is_replaced() {
+    deadline(120, || {
+        let pool = Pool::builder().workers(2).ring_size(8).build().unwrap();
+        let (_pid, pid_at) = counter(&pool);
+        let n = 4000u64;
+        for (kind, what) in common::forge::KINDS.iter().enumerate() {
+            let items = forged_job(n, kind, 0, 20, pid_at);
+            let mut out = pool.alloc_zeroed::<u64>(n as usize).unwrap();
+            let outcome = pool.map_into(&items, &mut out, forger);
+            // Whatever the verdict, the caller owns `out` again: no worker
+            // may write it any more.
+            let seen = out.to_vec();
+            thread::sleep(Duration::from_millis(100));
+            assert!(
+                out[..] == seen[..],
+                "{what}: a worker wrote the output after map_into returned"
+            );
+            match outcome {
+                Ok(()) => {
+                    judge_forgery(what, Ok(&out[..]), n);
+                }
+                Err(e) => {
+                    judge_forgery(what, Err(&e), n);
+                    // The forger (and whoever else ran the job) is replaced.
+                    let forger_pid = read(pid_at) as u32;
+                    assert_ne!(forger_pid, 0);
+                    assert!(
+                        wait_until(Duration::from_secs(5), || is_dead(forger_pid)),
+                        "{what}: the forging worker {forger_pid} still runs"
+                    );
+                }
+            }
+            assert_healthy(&pool);
+        }
+    })
+}
+
+#[test]
+fn only_the_workers_that_ran_a_corrupt_job_are_replaced() {
+    deadline(60, || {
+        // One range: only the worker that runs it (the forger) touches the
+        // job; the other three see a finished slot and stay out.
+        let n = 1000u64;
+        let pool = Pool::builder()
+            .workers(4)
+            .ring_size(8)
+            .chunk_size(n as usize)
+            .build()
+            .unwrap();
+        let (_pid, pid_at) = counter(&pool);
+        let before = pool.worker_pids();
+        let items = forged_job(n, 0, 0, 20, pid_at);
+        let err = pool.map(&items, forger).unwrap_err();
+        assert!(matches!(err, Error::Corrupted { .. }), "{err:?}");
+        let forger_pid = read(pid_at) as u32;
+        assert!(before.contains(&forger_pid));
+        assert!(wait_until(Duration::from_secs(5), || is_dead(forger_pid)));
+        // Its replacement is counted once the supervisor has it.
+        assert!(wait_until(Duration::from_secs(5), || {
+            let pids = pool.worker_pids();
+            pids.len() == 4 && !pids.contains(&forger_pid) && pool.stats().worker_restarts == 1
+        }));
+        let after = pool.worker_pids();
+        let replaced: Vec<u32> = before.into_iter().filter(|p| !after.contains(p)).collect();
+        assert_eq!(replaced, [forger_pid], "only the forger is replaced");
+        let s = pool.stats();
+        assert_eq!((s.worker_restarts, s.jobs_failed), (1, 1), "{s:?}");
+        assert_healthy(&pool);
+    })
+}
+
 fn crashing_init() {
     std::process::abort();
 }

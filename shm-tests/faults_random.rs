@@ -2,9 +2,11 @@
 //! on one pool, each a job with one fault chosen at random: a worker killed
 //! from outside at a random moment, `abort()`, a null-pointer write, an
 //! infinite loop under the task timeout, a panic, an allocation past the
-//! memory limit, or a corrupted control block. Every outcome must be the
-//! correct result or the documented typed error, within a deadline, and the
-//! pool's next map must be correct. The tally is printed.
+//! memory limit, a corrupted control block, or a forged completion (a task
+//! rewriting its own slot's state, done or claim counter, `common::forge`).
+//! Every outcome must be the correct result or the documented typed error,
+//! within a deadline, and the pool's next map must be correct with its full
+//! count of workers. The tally is printed.
 
 mod common;
 
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::{Rng, assert_healthy, deadline};
 use shmpool::{Error, Pool};
 
-const KINDS: [&str; 7] = [
+const KINDS: [&str; 8] = [
     "SIGKILL from outside",
     "abort()",
     "null write",
@@ -24,6 +26,7 @@ const KINDS: [&str; 7] = [
     "panic",
     "allocation past limit",
     "corrupted control block",
+    "forged completion",
 ];
 
 const TIMEOUT: Duration = Duration::from_millis(300);
@@ -38,6 +41,10 @@ struct Fault {
     seed: u64,
     /// Microseconds of work per element.
     work_us: u64,
+    /// The job's length (a forger finds its slot by it).
+    len: u64,
+    /// The test process (a forger does nothing there).
+    parent: u64,
 }
 
 fn task(f: &Fault, x: u64) -> u64 {
@@ -62,6 +69,13 @@ fn task(f: &Fault, x: u64) -> u64 {
                 std::mem::forget(v);
             }
             6 => scribble(f.seed),
+            7 => {
+                let kind = f.seed % common::forge::KINDS.len() as u64;
+                assert!(
+                    common::forge::forge(kind, f.len, f.parent as u32),
+                    "the forger did not find its slot"
+                );
+            }
             _ => {}
         }
     }
@@ -107,7 +121,7 @@ fn judge(f: &Fault, n: u64, outcome: &Result<Vec<u64>, Error>) -> Result<&'stati
         r.as_ref().is_some_and(|r| r.contains(&(f.at as usize)))
     };
     let verdict = match (f.kind, outcome) {
-        (_, Ok(v)) if correct(v) && matches!(f.kind, 0 | 6) => "correct result",
+        (_, Ok(v)) if correct(v) && matches!(f.kind, 0 | 6 | 7) => "correct result",
         (_, Ok(_)) => return Err("a wrong result".into()),
         (
             0,
@@ -145,14 +159,15 @@ fn judge(f: &Fault, n: u64, outcome: &Result<Vec<u64>, Error>) -> Result<&'stati
             }),
         ) if has(range) && backtraces_on() => "WorkerDied (SIGABRT, backtrace printed)",
         // Symbolising that backtrace can outlast the task timeout on a busy
-        // machine: the worker is then killed as a runaway.
+        // machine.
         (5, Err(Error::Timeout { range, .. })) if has(range) && backtraces_on() => {
-            "Timeout (backtrace printed)"
+            "Timeout (printing a backtrace)"
         }
         (6, Err(Error::Corrupted { .. })) => "Corrupted",
         (6, Err(Error::WorkerDied { .. })) => "WorkerDied",
         (6, Err(Error::TaskPanicked { .. })) => "TaskPanicked",
         (6, Err(Error::Timeout { .. })) => "Timeout",
+        (7, Err(Error::Corrupted { .. })) => "Corrupted",
         (_, Err(e)) => return Err(format!("unexpected error: {e:?}")),
     };
     Ok(verdict)
@@ -189,7 +204,14 @@ fn randomized_faults_never_hang_and_leave_the_pool_healthy() {
             kind,
             at: rng.below(n),
             seed: rng.next_u64(),
-            work_us: if kind == 0 { 50 } else { 0 },
+            // A forgery lands while other ranges still run.
+            work_us: match kind {
+                0 => 50,
+                7 => rng.below(4),
+                _ => 0,
+            },
+            len: n,
+            parent: u64::from(std::process::id()),
         };
         let kill_after = Duration::from_micros(rng.below(30_000));
         let victim = rng.below(2) as usize;

@@ -103,8 +103,11 @@ pub enum Error {
         /// cgroup leaves less room.
         available: usize,
     },
-    /// A worker left the shared control block in an impossible state. The
-    /// job it belonged to failed; the pool stays usable.
+    /// A worker left the shared control block in an impossible state (a
+    /// job's completion counts that do not add up, a rewritten descriptor,
+    /// an unknown state value). The job failed, returned only once no worker
+    /// was left in it, so no worker writes its output afterwards; the
+    /// workers that ran its ranges are replaced, and the pool stays usable.
     #[non_exhaustive]
     Corrupted {
         /// What was inconsistent.

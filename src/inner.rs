@@ -309,7 +309,7 @@ impl Inner {
         let ring = self.ring();
         ring.holds(s, seq).then(|| {
             // ORDERING: Relaxed: a progress figure; validated by the cap.
-            let done = self.region.slot(s).done.0.load(Relaxed);
+            let done = self.region.slot(s).counts.done.load(Relaxed);
             done.min(ring.job_len(s))
         })
     }
@@ -444,7 +444,7 @@ impl Inner {
             std::hint::spin_loop();
         }
         loop {
-            {
+            let draining = {
                 let mut ring = self.ring();
                 if !ring.holds(s, seq) {
                     return Err(Error::Corrupted {
@@ -458,18 +458,21 @@ impl Inner {
                     self.count(&h.outcome, h.times);
                     return h.outcome;
                 }
-            }
+                ring.awaits_drain(s)
+            };
             // ORDERING: SeqCst: pairs with the completing worker's SeqCst
             // exchange of `state` followed by its load of `waiters`.
             desc.waiters.store(1, SeqCst);
             // ORDERING: SeqCst, as above.
             let seen = desc.state.load(SeqCst);
-            if seen == SLOT_DONE {
+            if seen == SLOT_DONE && !draining {
                 // Finished since we looked (its wake-up may be gone): harvest.
                 continue;
             }
-            // RUNNING: sleep until the completing worker wakes us. Anything
-            // else is a scribbled word: sleep a tick rather than spin.
+            // RUNNING: sleep until the completing worker wakes us. DONE but
+            // found corrupt: until the last worker leaves the slot (workers
+            // leaving an aborted job wake us). Anything else is a scribbled
+            // word: sleep a tick rather than spin.
             if os::futex_wait(&desc.state, seen, Some(WAIT_TICK)) == Wake::TimedOut {
                 let tokens = self.ring().kick(&self.region, s);
                 self.region.control().sem.post(tokens);

@@ -88,6 +88,15 @@ pub(crate) struct WorkerRecord {
     /// `CLOCK_MONOTONIC` nanoseconds when the range started (only written
     /// when the pool has a task timeout).
     pub(crate) started_ns: AtomicU64,
+    /// The slot whose range the worker is running (or skipping), stored
+    /// with SeqCst before it checks `abort` and `state`; `NO_SLOT` between
+    /// ranges. The harvest of a job that said DONE hands its output over
+    /// only if no worker in the slot is in one of its ranges.
+    pub(crate) in_range: AtomicU32,
+    /// `RETIRE_MARK` once the parent asks the worker to exit and be
+    /// replaced (it ran a job whose slot was found corrupt). Set by the
+    /// parent; cleared by each worker when it starts.
+    pub(crate) retire: AtomicU32,
 }
 
 /// The job descriptor: written by the parent while the slot is empty and no
@@ -154,14 +163,47 @@ pub(crate) struct Inline(UnsafeCell<[u8; INLINE_CAP]>);
 // offsets, under the slot protocol's ownership rules.
 unsafe impl Sync for Inline {}
 
+/// How much of a job has been accounted for, in two independent sums over
+/// the same ranges. A runner adds to both after each range (`squares`
+/// first), so the pair moves together; a scribble that sets one word to
+/// "finished" leaves the other short.
+#[repr(C, align(128))]
+pub(crate) struct Counts {
+    /// Elements finished (run, or skipped after an abort): `end - start`
+    /// per range.
+    pub(crate) done: AtomicU64,
+    /// `end² - start²` per range, wrapping. Over any partition of `0..len`
+    /// into ranges the sum telescopes to `len²` (mod 2^64), in any order;
+    /// a range missing or counted twice leaves it off.
+    pub(crate) squares: AtomicU64,
+}
+
+/// Words of a slot's visitor bitmap: one bit per worker.
+pub(crate) const VISITOR_WORDS: usize = 16;
+/// The most workers a region has room for (the builder allows as many).
+pub(crate) const MAX_WORKERS: usize = VISITOR_WORDS * 64;
+
+/// The claim counter, and the workers that ran ranges of the job.
+#[repr(C, align(128))]
+pub(crate) struct Claim {
+    /// The next unclaimed element index; workers `fetch_add` the chunk size.
+    pub(crate) next: AtomicU64,
+    /// Bit `w % 64` of word `w / 64`: worker `w` ran ranges of the job (set
+    /// once per visit, before its first range; cleared by the parent on
+    /// publish). Those are the workers the parent replaces if the slot is
+    /// found corrupt. On the counter's line, which the parent's publish and
+    /// every runner's claim write anyway, so the bitmap costs no line
+    /// transfer of its own (the sixteenth word, for workers 960 and up,
+    /// spills onto the next line).
+    pub(crate) visitors: [AtomicU64; VISITOR_WORDS],
+}
+
 /// One entry of the job ring.
 #[repr(C)]
 pub(crate) struct Slot {
     pub(crate) desc: Desc,
-    /// The next unclaimed element index; workers `fetch_add` the chunk size.
-    pub(crate) claim: Line<AtomicU64>,
-    /// Elements finished (run, or skipped after an abort).
-    pub(crate) done: Line<AtomicU64>,
+    pub(crate) claim: Claim,
+    pub(crate) counts: Counts,
     pub(crate) err: ErrorRecord,
     /// Ranges queued for another attempt (`Builder::max_retries`).
     pub(crate) redo: Line<[RedoEntry; REDO_CAP]>,
@@ -191,6 +233,11 @@ impl Layout {
     pub(crate) fn new(workers: usize, ring: usize, arena_bytes: usize) -> Result<Self, Error> {
         if workers == 0 {
             return Err(Error::invalid("a pool needs at least one worker"));
+        }
+        if workers > MAX_WORKERS {
+            return Err(Error::invalid(format!(
+                "{workers} workers requested, at most {MAX_WORKERS} are supported"
+            )));
         }
         if !(1..=MAX_RING).contains(&ring) {
             return Err(Error::invalid(format!(
@@ -237,10 +284,28 @@ mod tests {
         assert_eq!(size_of::<WorkerRecord>(), LINE);
         assert_eq!(size_of::<Desc>(), LINE);
         assert_eq!(offset_of!(Slot, claim) % LINE, 0);
-        assert_eq!(offset_of!(Slot, done) - offset_of!(Slot, claim), LINE);
+        assert_eq!(offset_of!(Slot, counts) % LINE, 0);
+        assert!(offset_of!(Slot, counts) - offset_of!(Slot, claim) >= LINE);
+        assert_eq!(size_of::<Counts>(), LINE);
+        // The first 15 visitor words share the claim counter's line.
+        assert_eq!(offset_of!(Claim, visitors) + 15 * 8, LINE);
+        assert_eq!(VISITOR_WORDS * 64, MAX_WORKERS);
         assert_eq!(size_of::<Slot>() % LINE, 0);
         assert_eq!(align_of::<Slot>(), LINE);
         assert_eq!(size_of::<Semaphore>(), LINE);
+    }
+
+    #[test]
+    fn the_fault_suite_knows_where_the_completion_words_are() {
+        // `shm-tests/common/mod.rs` (`forge`) forges these words from inside
+        // a task, at these offsets from the start of a slot.
+        assert_eq!(offset_of!(Slot, desc) + offset_of!(Desc, state), 0);
+        assert_eq!(offset_of!(Desc, abort), 12);
+        assert_eq!(offset_of!(Desc, len), 48);
+        assert_eq!(offset_of!(Desc, chunk), 56);
+        assert_eq!(offset_of!(Slot, claim) + offset_of!(Claim, next), 128);
+        assert_eq!(offset_of!(Slot, counts) + offset_of!(Counts, done), 384);
+        assert_eq!(offset_of!(Slot, counts) + offset_of!(Counts, squares), 392);
     }
 
     #[test]
@@ -253,6 +318,8 @@ mod tests {
         assert_eq!(l.len, l.arena_off + (1 << 20));
         assert_eq!(l.inline_off(1) - l.inline_off(0), size_of::<Slot>() as u64);
         assert!(Layout::new(0, 8, 0).is_err());
+        assert!(Layout::new(MAX_WORKERS, 8, 0).is_ok());
+        assert!(Layout::new(MAX_WORKERS + 1, 8, 0).is_err());
         assert!(Layout::new(1, MAX_RING + 1, 0).is_err());
         assert!(Layout::new(1, 8, usize::MAX).is_err());
     }

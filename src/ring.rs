@@ -88,6 +88,10 @@ pub(crate) struct Job {
     pub(crate) retryable: bool,
     /// The descriptor as published, to detect a worker overwriting it.
     pub(crate) published: [u64; 7],
+    /// Why the harvest found the slot corrupt although it said DONE (its
+    /// counts do not add up, say). The job is then failed with
+    /// `Corrupted` once no worker is left in the slot.
+    pub(crate) corrupt: Option<&'static str>,
     /// `CLOCK_MONOTONIC` nanoseconds when the job was published.
     pub(crate) published_ns: u64,
 }
@@ -104,6 +108,7 @@ impl Job {
             attempts: Vec::new(),
             retryable: true,
             published: [0; 7],
+            corrupt: None,
             published_ns: 0,
         }
     }
@@ -285,6 +290,25 @@ pub(crate) fn drained(region: &Region, s: usize) -> bool {
     })
 }
 
+/// Whether slot `s` is drained, and whether a live worker in it is inside
+/// one of its ranges (`WorkerRecord::in_range`; a dead worker's stale
+/// `in_range` is ignored, as its `slot` was cleared).
+fn presence(region: &Region, s: usize) -> (bool, bool) {
+    let s = s as u32;
+    let (mut drained, mut in_range) = (true, false);
+    for w in 0..region.layout().workers {
+        let rec = region.record(w);
+        // ORDERING: SeqCst: as in `drained`; `in_range` is the harvest's
+        // half of the Dekker pair with `worker::run_claimed`, loaded after
+        // the caller's store of EMPTY.
+        if rec.slot.load(SeqCst) == s {
+            drained = false;
+            in_range |= rec.in_range.load(SeqCst) == s;
+        }
+    }
+    (drained, in_range)
+}
+
 fn set_pending(region: &Region, s: usize) {
     // ORDERING: Release: pairs with the worker's Acquire load of the bitmap;
     // the descriptor was already released by the store of `state`.
@@ -356,8 +380,13 @@ impl Ring {
         };
         // ORDERING: Relaxed: no worker is in the slot (it is free or drained),
         // and these stores are published by the Release store of `state`.
-        slot.claim.0.store(0, Relaxed);
-        slot.done.0.store(0, Relaxed);
+        slot.claim.next.store(0, Relaxed);
+        slot.counts.done.store(0, Relaxed);
+        slot.counts.squares.store(0, Relaxed);
+        let workers = region.layout().workers;
+        for word in slot.claim.visitors.iter().take(workers.div_ceil(64)) {
+            word.store(0, Relaxed);
+        }
         for e in &slot.redo.0 {
             e.state.store(REDO_EMPTY, Relaxed);
         }
@@ -408,6 +437,12 @@ impl Ring {
     /// ring's size). Every slot index the parent uses is below it.
     pub(crate) fn len(&self) -> usize {
         self.phases.len()
+    }
+
+    /// Whether the job in slot `s` said DONE but was found corrupt: it
+    /// finishes (as `Corrupted`) once no worker is left in the slot.
+    pub(crate) fn awaits_drain(&self, s: usize) -> bool {
+        matches!(&self.phases[s], Phase::Busy(job) if job.corrupt.is_some())
     }
 
     /// Whether slot `s` holds an unfinished asynchronous job (or a
@@ -608,7 +643,7 @@ impl Ring {
         let slot = region.slot(s);
         // ORDERING: Relaxed: a heuristic; a spurious kick costs one wake-up.
         let running = slot.desc.state.load(Relaxed) == SLOT_RUNNING;
-        let waiting = slot.claim.0.load(Relaxed) < job.len || redo_ready(slot);
+        let waiting = slot.claim.next.load(Relaxed) < job.len || redo_ready(slot);
         if running && waiting {
             set_pending(region, s);
             return 1;
@@ -637,45 +672,51 @@ impl Ring {
             return None;
         }
         let slot = region.slot(s);
-        // ORDERING: Acquire: pairs with the completing worker's SeqCst
-        // exchange to DONE, after which every range's output is visible.
-        let mut state = slot.desc.state.load(Acquire);
-        if state != SLOT_DONE {
-            // Not done: finished only if failed, or stalled in an impossible
-            // state, *and* no worker is left in the slot.
+        // ORDERING: SeqCst: acquires the completing worker's SeqCst exchange
+        // to DONE, after which every range's output (and every range's
+        // increments of the counts) is visible; and, SeqCst on both sides,
+        // puts that exchange before our store of EMPTY below in the single
+        // order the `in_range` check relies on.
+        let mut state = slot.desc.state.load(SeqCst);
+        if state == SLOT_DONE && job.corrupt.is_none() {
+            // DONE is one word a worker can write: believe it only if the
+            // rest of the slot agrees.
+            job.corrupt = corrupt_when_done(slot, job);
+            if job.corrupt.is_some() {
+                // Workers still in the slot skip what they claim from now on.
+                // ORDERING: SeqCst: stored before the drain check below (the
+                // Dekker pair with `worker::run_slot`).
+                slot.desc.abort.store(1, SeqCst);
+            }
+        }
+        if state != SLOT_DONE || job.corrupt.is_some() {
+            // Not done (or not believed): finished only if failed, corrupt,
+            // or stalled in an impossible state, *and* no worker is left in
+            // the slot: until then a worker may still write the output.
             // ORDERING: SeqCst: read before the drain check, like `abort`.
-            let exhausted = slot.claim.0.load(SeqCst) >= job.len && !redo_ready(slot);
-            let stalled = job.failure.is_some() || state != SLOT_RUNNING || exhausted;
+            let exhausted = slot.claim.next.load(SeqCst) >= job.len && !redo_ready(slot);
+            let stalled = job.corrupt.is_some()
+                || job.failure.is_some()
+                || state != SLOT_RUNNING
+                || exhausted;
             if !stalled || !drained(region, s) {
                 return None;
             }
             // The last worker may have completed the job between our first
             // look and the drain check.
+            let was_done = state == SLOT_DONE;
             // ORDERING: Acquire, as above.
             state = slot.desc.state.load(Acquire);
+            if state == SLOT_DONE && !was_done {
+                job.corrupt = corrupt_when_done(slot, job);
+            }
         }
-        let verdict = if state == SLOT_DONE {
-            // ORDERING: Acquire: the value is validated against the length.
-            let done = slot.done.0.load(Acquire);
-            // ORDERING: Relaxed: ordered after the Acquire of `state`.
-            let aborted = slot.desc.abort.load(Relaxed) != 0;
-            if done != job.len {
-                Err(Error::Corrupted {
-                    detail: "a finished job's done counter does not match its length",
-                })
-            } else if descriptor(slot) != job.published {
-                Err(Error::Corrupted {
-                    detail: "a worker overwrote the job descriptor",
-                })
-            } else if aborted && job.failure.is_none() && task_error(slot, job.len).is_none() {
-                Err(Error::Corrupted {
-                    detail: "the job was aborted with no error recorded",
-                })
-            } else {
-                match task_error(slot, job.len).or_else(|| job.failure.take()) {
-                    Some(e) => Err(e),
-                    None => Ok(()),
-                }
+        let verdict = if let Some(detail) = job.corrupt {
+            Err(Error::Corrupted { detail })
+        } else if state == SLOT_DONE {
+            match task_error(slot, job.len).or_else(|| job.failure.take()) {
+                Some(e) => Err(e),
+                None => Ok(()),
             }
         } else {
             let detail = if descriptor(slot) != job.published {
@@ -689,7 +730,34 @@ impl Ring {
                 .or_else(|| job.failure.take())
                 .unwrap_or(Error::Corrupted { detail }))
         };
-        let Phase::Busy(job) = std::mem::replace(&mut self.phases[s], Phase::Draining) else {
+        if matches!(verdict, Err(Error::Corrupted { .. })) {
+            // Given only once the slot is drained (above), so the bitmap
+            // is complete.
+            retire_visitors(region, s);
+        }
+        // ORDERING: SeqCst: from here no worker can enter the slot unseen: one
+        // that announced itself after our scan reads EMPTY and leaves. It
+        // also comes after our load of DONE, so the scan below is the
+        // harvest's half of the `in_range` Dekker pair.
+        slot.desc.state.store(SLOT_EMPTY, SeqCst);
+        clear_pending(region, s);
+        let (drained, in_range) = presence(region, s);
+        if verdict.is_ok() && in_range {
+            // A worker is inside a range of a job whose counts say it is
+            // finished: a rewound claim counter handed the range out again.
+            // It would write the output after the caller got it; the job
+            // fails instead, once the slot is drained.
+            job.corrupt = Some("a worker was running a range of a finished job");
+            // ORDERING: SeqCst: as in `fail`.
+            slot.desc.abort.store(1, SeqCst);
+            return None;
+        }
+        let next = if drained {
+            Phase::Free
+        } else {
+            Phase::Draining
+        };
+        let Phase::Busy(job) = std::mem::replace(&mut self.phases[s], next) else {
             unreachable!("checked above");
         };
         // ORDERING: Relaxed: ordered after the Acquire of `state` (DONE);
@@ -702,13 +770,6 @@ impl Ring {
                 os::monotonic_ns(),
             )
         });
-        // ORDERING: SeqCst: from here no worker can enter the slot unseen: one
-        // that announced itself after our scan reads EMPTY and leaves.
-        slot.desc.state.store(SLOT_EMPTY, SeqCst);
-        clear_pending(region, s);
-        if drained(region, s) {
-            self.phases[s] = Phase::Free;
-        }
         let outcome = verdict.map(|()| match job.out {
             Out::Block(block) => RawOut::Block(block),
             Out::Nothing => RawOut::Empty,
@@ -730,6 +791,77 @@ impl Ring {
             outcome,
             times: times.flatten(),
         })
+    }
+}
+
+/// Why a slot that says DONE cannot be believed, if it cannot. An honest
+/// completion leaves `done == len`, `squares == len²` (the two sums over the
+/// same partition of `0..len`), every element claimed, no retry waiting,
+/// the descriptor as published, and no `abort` without an error to explain
+/// it. A worker scribbling over one or two of these words, or rewinding the
+/// claim counter so that ranges ran twice, fails at least one test; the
+/// job is then failed as `Corrupted` once the slot is drained.
+fn corrupt_when_done(slot: &Slot, job: &Job) -> Option<&'static str> {
+    // ORDERING: Relaxed: ordered after the caller's Acquire load of DONE,
+    // which every honest increment happens before.
+    let (done, squares) = (
+        slot.counts.done.load(Relaxed),
+        slot.counts.squares.load(Relaxed),
+    );
+    // ORDERING: SeqCst: read before the drain check, as in the stall check.
+    let claimed = slot.claim.next.load(SeqCst);
+    // ORDERING: Relaxed: ordered after the Acquire of `state`.
+    let aborted = slot.desc.abort.load(Relaxed) != 0;
+    let detail = if done != job.len {
+        "a finished job's done counter does not match its length"
+    } else if squares != job.len.wrapping_mul(job.len) {
+        "a finished job's ranges do not add up to its length"
+    } else if claimed < job.len {
+        "a finished job has elements no worker claimed"
+    } else if redo_ready(slot) {
+        "a finished job has a retry waiting"
+    } else if descriptor(slot) != job.published {
+        "a worker overwrote the job descriptor"
+    } else {
+        match task_error(slot, job.len) {
+            Some(Error::Corrupted { detail }) => detail,
+            Some(_) => return None,
+            None if aborted && job.failure.is_none() => {
+                "the job was aborted with no error recorded"
+            }
+            None => return None,
+        }
+    };
+    Some(detail)
+}
+
+/// Asks every worker that ran ranges of slot `s`'s job to exit and be
+/// replaced (`RETIRE_MARK`): the slot was found corrupt, and the worker that
+/// scribbled on it may be one of them. Each leaves at its next point between
+/// ranges, in no slot, so no other job loses a range. Called once the slot
+/// is drained.
+fn retire_visitors(region: &Region, s: usize) {
+    let workers = region.layout().workers;
+    let mut any = false;
+    for (i, word) in region.slot(s).claim.visitors.iter().enumerate() {
+        // ORDERING: Relaxed: each visitor set its bit before its SeqCst store
+        // of `record.slot = NO_SLOT`, which the drain check loaded.
+        let mut bits = word.load(Relaxed);
+        while bits != 0 {
+            let w = i * 64 + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            // A scribbled bitmap may name workers that do not exist.
+            if w < workers {
+                // ORDERING: Relaxed: a request the worker polls; the token
+                // posted below wakes it if it sleeps.
+                region.record(w).retire.store(RETIRE_MARK, Relaxed);
+                any = true;
+            }
+        }
+    }
+    if any {
+        // Sleeping visitors wake, see the mark and exit.
+        region.control().sem.post(workers as u32);
     }
 }
 
@@ -772,6 +904,9 @@ fn task_error(slot: &Slot, len: u64) -> Option<Error> {
         }
         KIND_CORRUPT => Some(Error::Corrupted {
             detail: "a worker found the job descriptor out of bounds",
+        }),
+        KIND_MISCOUNT => Some(Error::Corrupted {
+            detail: "a range of the job was handed out twice, or after it had finished",
         }),
         _ => Some(Error::Corrupted {
             detail: "the error record kind is not a valid value",

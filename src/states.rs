@@ -51,6 +51,10 @@ pub(crate) const EXIT_RECYCLED: i32 = 100;
 pub(crate) const EXIT_BUG: i32 = 101;
 /// A worker's exit code when the pool's initializer panicked.
 pub(crate) const EXIT_INIT_FAILED: i32 = 102;
+/// A worker's exit code when it left because the parent asked it to
+/// (`RETIRE_MARK`): a replacement, counted in `worker_restarts`, that no job
+/// notices (it exits between ranges, in no slot).
+pub(crate) const EXIT_RETIRED: i32 = 103;
 
 /// `WorkerRecord::oom`: the worker's last abort followed a failed
 /// allocation. A distinctive value, so a scribbled word is not taken for it.
@@ -58,6 +62,10 @@ pub(crate) const OOM_MARK: u32 = 0x4f4f_4d21; // "OOM!"
 /// `WorkerRecord::init`: the worker is running the pool's initializer.
 /// Distinctive for the same reason.
 pub(crate) const INIT_MARK: u32 = 0x494e_4954; // "INIT"
+/// `WorkerRecord::retire`: the parent asks the worker to exit at its next
+/// point between ranges, to be replaced. Distinctive, so that a scribbled
+/// word does not retire workers.
+pub(crate) const RETIRE_MARK: u32 = 0x4259_4521; // "BYE!"
 
 /// `ErrorRecord::state`: no error recorded.
 pub(crate) const ERR_NONE: u32 = 0;
@@ -71,3 +79,9 @@ pub(crate) const ERR_READY: u32 = 2;
 pub(crate) const KIND_PANIC: u32 = 1;
 /// `ErrorRecord::kind`: a worker found the job descriptor out of bounds.
 pub(crate) const KIND_CORRUPT: u32 = 2;
+/// `ErrorRecord::kind`: a range was handed out twice, or after its job had
+/// finished: a runner's increment took the job's `done` counter past its
+/// length, or a worker holding a claimed range found the slot no longer
+/// RUNNING. No honest run does either (the claim, done or state word was
+/// scribbled on).
+pub(crate) const KIND_MISCOUNT: u32 = 3;

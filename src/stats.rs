@@ -34,7 +34,9 @@ pub struct Stats {
     /// Jobs that failed with `Error::Cancelled` (counted in `jobs_failed`
     /// too).
     pub jobs_cancelled: u64,
-    /// Workers replaced after they died (crashed, killed, timed out).
+    /// Workers replaced after they died (crashed, killed, timed out), or
+    /// because they ran ranges of a job whose shared slot was found
+    /// corrupt (`Error::Corrupted`).
     pub worker_restarts: u64,
     /// Workers replaced after running `max_tasks_per_worker` ranges.
     pub workers_recycled: u64,

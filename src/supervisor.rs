@@ -47,6 +47,9 @@ const KILL_PATIENCE: Duration = Duration::from_secs(5);
 /// after every death).
 const REPAIR_EVERY: Duration = Duration::from_millis(250);
 
+/// A range as a worker's record names it: slot, start, start time.
+type RangeId = (u32, u64, u64);
+
 /// Worker `w` as the supervisor knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Worker {
@@ -71,6 +74,10 @@ struct Supervisor {
     /// Worker `w` was killed for running past the task timeout: the slot,
     /// range start and start time it was killed in.
     timed_out: Vec<Option<(u32, u64, u64)>>,
+    /// The range (slot, start, start time) worker `w` was last seen running
+    /// with a start time from the future, and when it was first seen: such
+    /// a range is timed from then.
+    sighted: Vec<Option<(RangeId, u64)>>,
     /// The next start of worker `w` replaces a crashed one.
     replacing: Vec<bool>,
     /// The error of the last failed start, while some worker is missing.
@@ -108,6 +115,7 @@ pub(crate) fn start(
         template: Some(template),
         workers: vec![Worker::Missing; n],
         timed_out: vec![None; n],
+        sighted: vec![None; n],
         replacing: vec![false; n],
         respawn_error: None,
         failures: 0,
@@ -701,12 +709,34 @@ impl Supervisor {
             if self.timed_out[w].is_some() || rec.phase.load(Acquire) != PHASE_RUNNING {
                 continue;
             }
-            // ORDERING: Relaxed: ordered by the Acquire above. A value from
-            // the future (scribbled) never expires.
+            // ORDERING: Relaxed: ordered by the Acquire above; compared
+            // again after the death.
             let started = rec.started_ns.load(Relaxed);
-            if started <= now && now - started > limit_ns {
-                // ORDERING: Relaxed: as above; compared again after the death.
-                let at = (rec.slot.load(Relaxed), rec.start.load(Relaxed), started);
+            let at = (rec.slot.load(Relaxed), rec.start.load(Relaxed), started);
+            // A start time from the future can only be scribbled; left to
+            // itself it would never expire, and a range that also runs
+            // forever (its context scribbled too) would hang its job. Such a
+            // range is timed from when we first saw it, a tick late at most.
+            let began = if started <= now {
+                started
+            } else {
+                match self.sighted[w] {
+                    Some((seen, first)) if seen == at => first,
+                    _ => {
+                        self.sighted[w] = Some((at, now));
+                        now
+                    }
+                }
+            };
+            if now - began > limit_ns {
+                // A worker that has already died (killed from outside, say)
+                // but whose death the template has not reported yet is not
+                // overrunning: its report settles it, and its range may run
+                // again. Taking it for a timeout failed its job with
+                // `Timeout` whenever the report came later than the limit.
+                if os::pidfd_exited(pidfd, 0) {
+                    continue;
+                }
                 os::pidfd_kill(pidfd);
                 self.timed_out[w] = Some(at);
             }

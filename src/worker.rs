@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64};
 use std::time::Duration;
 
 use crate::job::{BadDescriptor, JobArgs, RunFn};
-use crate::layout::{ErrorRecord, LOC_CAP, MSG_CAP, Slot};
+use crate::layout::{ErrorRecord, LOC_CAP, MSG_CAP, Slot, WorkerRecord};
 use crate::os;
 use crate::region::Region;
 use crate::registry;
@@ -84,10 +84,14 @@ pub(crate) struct WorkerCtx<'a> {
 /// The running job of one slot visit, as the worker read it once on entry.
 struct JobView<'a> {
     slot: &'a Slot,
+    /// The slot's index.
+    index: u32,
     args: JobArgs,
     run: usize,
     len: u64,
     notify: u32,
+    /// Whether this visit has marked the worker in the slot's visitors.
+    visited: Cell<bool>,
 }
 
 /// The entry point of a freshly forked worker. Never returns.
@@ -107,6 +111,13 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
     registry::unmap_others(ctx.region.base() as usize);
     let control = ctx.region.control();
     let rec = ctx.region.record(ctx.index);
+    // A request to retire was meant for the worker this one replaces, and
+    // a range it was running is not ours.
+    // ORDERING: Relaxed: only this worker acts on `retire`; the parent may
+    // set it again at any time. `in_range` is read by the parent only
+    // together with `slot`, which we have not yet set.
+    rec.retire.store(0, Relaxed);
+    rec.in_range.store(NO_SLOT, Relaxed);
     if let Some(limit) = ctx.config.memory_limit {
         install_abort_handler(&rec.oom);
         let Some(cap) = os::limit_address_space(limit) else {
@@ -183,6 +194,12 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
         rec.init.store(0, Relaxed);
         // ORDERING: Relaxed: as above.
         rec.oom.store(0, Relaxed);
+        // ORDERING: Relaxed: the parent reads it only with `slot`, stored
+        // above.
+        rec.in_range.store(NO_SLOT, Relaxed);
+        if retiring(rec) {
+            return EXIT_RETIRED;
+        }
         if !woken {
             // SAFETY: getppid has no preconditions.
             if unsafe { libc::getppid() } as u32 != ctx.parent {
@@ -194,7 +211,18 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
         if budget == 0 {
             return EXIT_RECYCLED;
         }
+        if retiring(rec) {
+            return EXIT_RETIRED;
+        }
     }
+}
+
+/// Whether the parent asked this worker to exit and be replaced. Checked
+/// between ranges: the worker then leaves its slot as after its last range
+/// (`max_tasks_per_worker`), so no job loses a range to the replacement.
+fn retiring(rec: &WorkerRecord) -> bool {
+    // ORDERING: Relaxed: a request; a late look costs one more range.
+    rec.retire.load(Relaxed) == RETIRE_MARK
 }
 
 /// The record flag the `SIGABRT` handler sets; null until installed.
@@ -247,6 +275,7 @@ fn install_abort_handler(flag: &AtomicU32) {
 fn pass(ctx: &WorkerCtx<'_>, budget: &mut u64) -> bool {
     let ring = ctx.region.layout().ring;
     let pending = &ctx.region.control().pending.0;
+    let rec = ctx.region.record(ctx.index);
     let mut did = false;
     for (w, word) in pending.iter().enumerate().take(ring.div_ceil(64)) {
         // ORDERING: Acquire: pairs with the parent's Release `fetch_or` after
@@ -255,7 +284,7 @@ fn pass(ctx: &WorkerCtx<'_>, budget: &mut u64) -> bool {
         while bits != 0 {
             let s = w * 64 + bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            if *budget == 0 {
+            if *budget == 0 || retiring(rec) {
                 return did;
             }
             if s < ring {
@@ -295,6 +324,7 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
     let workers = region.layout().workers as u64;
     let job = JobView {
         slot,
+        index: s as u32,
         args: JobArgs {
             base: region.base(),
             region_len: region.layout().len as u64,
@@ -308,6 +338,7 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
         run,
         len,
         notify,
+        visited: Cell::new(false),
     };
     let mut ran = false;
     let mut relay = (region.control().sem.wake_cap() as u64) < workers;
@@ -315,7 +346,7 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
         // Retries first: they are the oldest work of the job.
         let mine = REDO_CLAIMED + ctx.index as u32;
         for entry in &slot.redo.0 {
-            if *budget == 0 {
+            if *budget == 0 || retiring(rec) {
                 break 'visit;
             }
             // ORDERING: AcqRel: acquires the range the supervisor stored
@@ -348,7 +379,7 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
             entry.state.store(REDO_EMPTY, Release);
         }
         loop {
-            if *budget == 0 {
+            if *budget == 0 || retiring(rec) {
                 break 'visit;
             }
             let Some((start, end)) = claim(slot, len, chunk, guided, workers) else {
@@ -400,7 +431,7 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
 /// or guided ones (a share of what is left, a multiple of `chunk`, at least
 /// `chunk`). `None` once every element is claimed.
 fn claim(slot: &Slot, len: u64, chunk: u64, guided: bool, workers: u64) -> Option<(u64, u64)> {
-    let counter = &slot.claim.0;
+    let counter = &slot.claim.next;
     if !guided {
         // ORDERING: AcqRel: the claim counter only hands out disjoint
         // ranges; the atomicity of the RMW is what matters.
@@ -430,6 +461,9 @@ fn claim(slot: &Slot, len: u64, chunk: u64, guided: bool, workers: u64) -> Optio
 fn run_claimed(ctx: &WorkerCtx<'_>, job: &JobView<'_>, start: u64, end: u64) -> bool {
     let rec = ctx.region.record(ctx.index);
     let slot = job.slot;
+    if !job.visited.replace(true) {
+        note_visit(slot, ctx.index);
+    }
     // ORDERING: Relaxed stores, then a Release store of the phase: the
     // supervisor reads them after reaping this process, or (for a timeout)
     // after an Acquire load of the phase.
@@ -439,23 +473,100 @@ fn run_claimed(ctx: &WorkerCtx<'_>, job: &JobView<'_>, start: u64, end: u64) -> 
         rec.started_ns.store(os::monotonic_ns(), Relaxed);
     }
     rec.phase.store(PHASE_RUNNING, Release);
+    // ORDERING: SeqCst: announce the range *before* looking at `abort` and
+    // `state`: the Dekker pair with the harvest, which loads DONE and then
+    // scans `in_range` (design.md, "Harvest"). Either the harvest sees us
+    // here, or we see DONE (or EMPTY) and skip the range.
+    rec.in_range.store(job.index, SeqCst);
     stamp_first_claim(slot);
-    // ORDERING: SeqCst: pairs with the SeqCst store of `abort` by the parent;
-    // see the record store in `run_slot`.
-    let ran = slot.desc.abort.load(SeqCst) == 0;
+    // ORDERING: SeqCst: the second half of that pair. A job that is no
+    // longer RUNNING while we hold one of its ranges was finished (or said
+    // so) with a range still out: a scribbled claim counter handed it out
+    // twice, or a scribbled state word. Never honest.
+    let live = slot.desc.state.load(SeqCst) == SLOT_RUNNING;
+    // ORDERING: SeqCst: pairs with the SeqCst store of `abort` by the parent
+    // (see the record store in `run_slot`).
+    let ran = live && slot.desc.abort.load(SeqCst) == 0;
     if ran {
         run_range(slot, &job.args, job.run, start, end);
     }
+    // ORDERING: Relaxed: published by the Release half of the `done`
+    // increment in `account` (or of the error record), which comes after.
+    rec.in_range.store(NO_SLOT, Relaxed);
     // ORDERING: Release: see above.
     rec.phase.store(PHASE_IDLE, Release);
-    let n = end - start;
-    // ORDERING: AcqRel: Release publishes this range's output; Acquire on the
-    // increment that completes the job makes every range's output visible to
-    // the worker that then marks the slot done.
-    if slot.done.0.fetch_add(n, AcqRel).wrapping_add(n) == job.len {
+    if !live {
+        // Not counted: a job that said DONE with this range out must not
+        // come to add up.
+        record_error(
+            slot,
+            KIND_MISCOUNT,
+            start,
+            end,
+            "a claimed range found its job no longer running",
+            None,
+        );
+        return false;
+    }
+    if account(slot, job.len, start, end) {
         complete(ctx, slot, job.notify);
     }
     ran
+}
+
+/// Marks worker `w` as one that ran ranges of the slot's job, before its
+/// first range of a visit: if the slot is later found corrupt, the parent
+/// replaces every worker marked (the one that scribbled may be among them).
+fn note_visit(slot: &Slot, w: usize) {
+    let Some(word) = slot.claim.visitors.get(w / 64) else {
+        return;
+    };
+    let bit = 1u64 << (w % 64);
+    // ORDERING: Relaxed: the parent reads the bitmap only once the slot is
+    // drained, and our SeqCst store of `record.slot = NO_SLOT` on leaving,
+    // which its drain check loads, comes after this in program order. The
+    // load spares the shared line an RMW on later visits of the same job.
+    if word.load(Relaxed) & bit == 0 {
+        word.fetch_or(bit, Relaxed);
+    }
+}
+
+/// Accounts for the range `start..end` (run or skipped) of a job of `len`
+/// elements: `end - start` to `done`, `end² - start²` to `squares`. Returns
+/// whether this increment completed the job. An increment that takes `done`
+/// past `len` cannot be honest (every element is counted once): it fails the
+/// job as corrupt, so its remaining ranges are skipped and a rewound claim
+/// counter cannot keep the workers re-running ranges forever.
+fn account(slot: &Slot, len: u64, start: u64, end: u64) -> bool {
+    let n = end - start;
+    let squares = end
+        .wrapping_mul(end)
+        .wrapping_sub(start.wrapping_mul(start));
+    // ORDERING: Relaxed: published by the Release half of the `done`
+    // increment below, which follows it in program order; the runner that
+    // completes the job acquires every increment before its exchange to DONE,
+    // and the harvest acquires that exchange.
+    slot.counts.squares.fetch_add(squares, Relaxed);
+    // ORDERING: AcqRel: Release publishes this range's output (and its
+    // `squares` term); Acquire on the increment that completes the job makes
+    // every range's output visible to the runner that then marks the slot
+    // done.
+    let before = slot.counts.done.fetch_add(n, AcqRel);
+    let after = before.wrapping_add(n);
+    if after == len {
+        return true;
+    }
+    if after > len || after < before {
+        record_error(
+            slot,
+            KIND_MISCOUNT,
+            start,
+            end,
+            "the job's done counter passed its length",
+            None,
+        );
+    }
+    false
 }
 
 /// The caller's share of a blocking job (`Builder::caller_runs`): claims and
@@ -502,10 +613,9 @@ pub(crate) fn run_as_caller(region: &Region, s: usize, spec: &Spec) {
         if slot.desc.abort.load(SeqCst) == 0 {
             run_range(slot, &args, spec.run, start, end);
         }
-        let n = end - start;
-        // ORDERING: AcqRel, as in `run_claimed`: the increment that completes
-        // the job acquires every other range's output.
-        if slot.done.0.fetch_add(n, AcqRel).wrapping_add(n) == len {
+        // As in `run_claimed`: the increment that completes the job
+        // acquires every other range's output.
+        if account(slot, len, start, end) {
             // ORDERING: Relaxed: published by the exchange below.
             slot.desc.done_ns.store(os::monotonic_ns(), Relaxed);
             // ORDERING: SeqCst: publishes the outputs to the harvest's load

@@ -202,3 +202,126 @@ pub fn assert_healthy(pool: &shmpool::Pool) {
         pool.worker_pids()
     );
 }
+
+/// Forgeries of a job's completion words, written by a task into its own
+/// slot. White-box: the offsets are those of `Desc` and `Slot` in
+/// `src/layout.rs` (a slot is found by its descriptor, not by its index, so
+/// the test follows the ring's size and the worker count).
+pub mod forge {
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+
+    /// What each forgery writes; the index is the `kind` of `forge`.
+    pub const KINDS: [&str; 7] = [
+        "state = DONE",
+        "done = len",
+        "state = DONE and done = len",
+        "done = len - chunk (an honest add completes the job)",
+        "claim = len",
+        "claim = 0 (ranges run again)",
+        "every completion word, consistently",
+    ];
+
+    /// `Desc::state` (u32) is a slot's first word; `len` and `chunk` (u64)
+    /// are at these offsets from its start.
+    const LEN: usize = 48;
+    const CHUNK: usize = 56;
+    /// `Slot::claim` (its counter first) after the 128-byte descriptor, and
+    /// `Slot::counts` (`done`, then `squares`) after its 256 bytes.
+    const CLAIM: usize = 128;
+    const DONE: usize = 384;
+    const SQUARES: usize = 392;
+    /// `Desc::abort` (u32).
+    const ABORT: usize = 12;
+    /// `SLOT_RUNNING` and `SLOT_DONE`.
+    const SLOT_RUNNING: u32 = 1;
+    const SLOT_DONE: u32 = 2;
+    /// The slots lie in the region's first 64 KiB for the rings the tests
+    /// build (`ring_size(8)`).
+    const SCAN: usize = 64 << 10;
+
+    /// The base of this worker's region (workers map only their own pool's).
+    fn region_base() -> Option<usize> {
+        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+        let line = maps.lines().find(|l| l.contains("memfd:shmpool"))?;
+        usize::from_str_radix(line.split('-').next()?, 16).ok()
+    }
+
+    fn word(addr: usize) -> &'static AtomicU64 {
+        // SAFETY: unsafe test code: `addr` is an 8-byte aligned address in
+        // the first 64 KiB of the pool's shared mapping, which stays mapped
+        // for the life of the worker; every process accesses it atomically.
+        unsafe { &*(addr as *const AtomicU64) }
+    }
+
+    /// Forgery `kind` over the completion words of the running job of
+    /// `len` elements (the only one of that length in the ring), from inside
+    /// one of its tasks. Wakes the caller if it sleeps on the slot, as an
+    /// honest completion would. Does nothing outside a worker (a caller
+    /// running ranges maps every pool of the test binary) and returns true
+    /// then; false if the slot was not found (the test then fails on the
+    /// result).
+    pub fn forge(kind: u64, len: u64, parent: u32) -> bool {
+        if std::process::id() == parent {
+            return true;
+        }
+        let Some(base) = region_base() else {
+            return false;
+        };
+        let Some(slot) = (0..SCAN).step_by(128).map(|off| base + off).find(|&s| {
+            // SAFETY: as in `word`; a slot's first word is its u32 state.
+            let state = unsafe { &*(s as *const AtomicU32) };
+            word(s + LEN).load(SeqCst) == len && state.load(SeqCst) == SLOT_RUNNING
+        }) else {
+            return false;
+        };
+        // SAFETY: as in `word`; `slot` is 128-byte aligned.
+        let state = unsafe { &*(slot as *const AtomicU32) };
+        let chunk = word(slot + CHUNK).load(SeqCst);
+        match kind {
+            0 => state.store(SLOT_DONE, SeqCst),
+            1 => word(slot + DONE).store(len, SeqCst),
+            2 => {
+                word(slot + DONE).store(len, SeqCst);
+                state.store(SLOT_DONE, SeqCst);
+            }
+            3 => word(slot + DONE).store(len.saturating_sub(chunk), SeqCst),
+            4 => word(slot + CLAIM).store(len, SeqCst),
+            5 => word(slot + CLAIM).store(0, SeqCst),
+            _ => {
+                // What an honest completion leaves, written by a task that
+                // knows the protocol.
+                word(slot + CLAIM).fetch_max(len, SeqCst);
+                word(slot + SQUARES).store(len.wrapping_mul(len), SeqCst);
+                word(slot + DONE).store(len, SeqCst);
+                state.store(SLOT_DONE, SeqCst);
+            }
+        }
+        // SAFETY: FUTEX_WAKE on a valid, aligned u32 of the shared mapping.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                slot as *const u32,
+                libc::FUTEX_WAKE,
+                i32::MAX,
+                std::ptr::null::<libc::timespec>(),
+                std::ptr::null::<u32>(),
+                0u32,
+            )
+        };
+        if kind == 6 {
+            // Stay in this range until the parent has looked (it empties
+            // the slot, or aborts the job), so that it looks while a range
+            // runs; at most 5 s.
+            // SAFETY: as for `state`, at its documented offset.
+            let abort = unsafe { &*((slot + ABORT) as *const AtomicU32) };
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while state.load(SeqCst) == SLOT_DONE
+                && abort.load(SeqCst) == 0
+                && std::time::Instant::now() < end
+            {
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+        }
+        true
+    }
+}
