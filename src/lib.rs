@@ -50,6 +50,7 @@ mod arena;
 mod builder;
 mod error;
 mod global;
+mod heap;
 mod imap;
 mod inner;
 mod input;
@@ -78,6 +79,7 @@ pub use builder::Builder;
 pub use bytemuck;
 pub use error::Error;
 pub use global::{global, try_global};
+pub use heap::{HeapStats, SharedHeap};
 pub use imap::Imap;
 pub use input::AsyncInput;
 #[cfg(feature = "ndarray")]
