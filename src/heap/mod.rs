@@ -769,13 +769,45 @@ fn fd() -> RawFd {
     STATE.fd.load(Relaxed)
 }
 
-/// Reserves the pages of a grant's cold parts; `false` if the kernel
-/// refused (it keeps nothing of a failed call).
+/// Set once `MADV_POPULATE_WRITE` is refused outright (a kernel before
+/// 5.14, a seccomp filter): later reservations go straight to `fallocate`.
+static POPULATE_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Allocates the file's pages under the block's cold parts, so that
+/// touching them can never raise `SIGBUS`; `false` if the kernel refused
+/// (nothing of a failed reservation stays allocated).
+///
+/// Faulting them in through the mapping (`MADV_POPULATE_WRITE`) allocates
+/// the file's pages just as `fallocate` does, and maps them too: measured
+/// here, 64 MiB populated and then filled took 60-170 ms, against 100-196
+/// ms reserved with `fallocate` and then filled page fault by page fault
+/// (and 75-146 ms for fresh anonymous memory). It also runs beside other
+/// threads' reservations, where `fallocate` holds the file's lock. When
+/// populating fails, the pages it got are punched out again and
+/// `fallocate` decides, as in the pool's arena (`Region::reserve_arena`).
 fn reserve_cold(grant: &Grant) -> bool {
     // ORDERING: Relaxed: as in `address`.
     let shift = STATE.shift.load(Relaxed);
-    grant.cold.iter().filter(|c| c.pages > 0).all(|c| {
+    grant.cold.iter().filter(|c| c.pages > 0).all(|&c| {
         let (off, len) = (u64::from(c.start) << shift, u64::from(c.pages) << shift);
+        #[cfg(test)]
+        if tests::refuse_now() {
+            return false;
+        }
+        // ORDERING: Relaxed: a hint; any value is correct.
+        if !POPULATE_REFUSED.load(Relaxed) {
+            // SAFETY: the span is a block this thread was just given, in the
+            // owner's shared, writable mapping of the heap.
+            match unsafe { os::populate(address(c.start), len as usize) } {
+                Ok(()) => return true,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS | libc::EPERM)) => {
+                    // ORDERING: Relaxed: a hint.
+                    POPULATE_REFUSED.store(true, Relaxed);
+                }
+                Err(_) => {}
+            }
+            punch(c);
+        }
         // SAFETY: the memfd stays open for the life of the process.
         unsafe { sys::reserve(fd(), off, len) }.is_ok()
     })
@@ -1001,6 +1033,103 @@ pub(crate) unsafe fn protect_read_only() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Mutex, MutexGuard, PoisonError};
+
+    /// Reservations to refuse, for the tests of the refusal path.
+    static REFUSE: AtomicU32 = AtomicU32::new(0);
+
+    /// Whether to refuse this reservation (as `ENOMEM` would).
+    pub(super) fn refuse_now() -> bool {
+        // ORDERING: Relaxed: a test counter.
+        REFUSE
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// The heap of this test process (the first `SharedHeap` used in it
+    /// decides for all: only these tests use one), one test at a time.
+    static HEAP: SharedHeap = SharedHeap::new().capacity(64 << 20).keep_warm(4 << 20);
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+    fn heap() -> (&'static SharedHeap, MutexGuard<'static, ()>) {
+        let guard = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+        assert!(HEAP.stats().active, "{:?}", HEAP.stats());
+        (&HEAP, guard)
+    }
+
+    fn layout(size: usize) -> Layout {
+        Layout::from_size_align(size, 8).unwrap()
+    }
+
+    #[test]
+    fn the_methods_route_by_size_and_address() {
+        let (h, _one) = heap();
+        let before = h.stats();
+        assert_eq!(before.capacity, 64 << 20);
+        // SAFETY: non-zero sizes; every block is freed once, with the layout
+        // it has.
+        unsafe {
+            let small = h.alloc(layout(100));
+            assert!(contains(small, 100).is_none());
+            let big = h.alloc_zeroed(layout(1 << 20));
+            let off = contains(big, 1 << 20).expect("a large block is in the heap");
+            assert_eq!(off % 4096, 0);
+            assert!((0..1 << 20).all(|i| *big.add(i) == 0));
+            big.write_bytes(3, 1 << 20);
+            // Grows in place into the cold pages after it.
+            let grown = h.realloc(big, layout(1 << 20), 3 << 20);
+            assert_eq!(grown, big);
+            assert!((0..1 << 20).all(|i| *grown.add(i) == 3));
+            // Below the threshold: out to the system allocator.
+            let out = h.realloc(grown, layout(3 << 20), 1000);
+            assert!(contains(out, 1000).is_none());
+            assert!((0..1000).all(|i| *out.add(i) == 3));
+            // And back in.
+            let back = h.realloc(out, layout(1000), 200 << 10);
+            assert!(contains(back, 200 << 10).is_some());
+            assert!((0..1000).all(|i| *back.add(i) == 3));
+            h.dealloc(back, layout(200 << 10));
+            h.dealloc(small, layout(100));
+        }
+        let after = h.stats();
+        assert_eq!(after.in_use, before.in_use);
+        assert!(after.warm <= 4 << 20);
+        assert_eq!(after.allocations - before.allocations, 2);
+        assert_eq!(after.fallbacks, before.fallbacks);
+    }
+
+    #[test]
+    fn a_refused_reservation_falls_back_and_loses_nothing() {
+        let (h, _one) = heap();
+        h.trim();
+        let before = h.stats();
+        // SAFETY: as above.
+        unsafe {
+            // REFUSE: the first reservation fails: the system serves it.
+            REFUSE.store(1, Relaxed);
+            let p = h.alloc(layout(1 << 20));
+            assert!(!p.is_null() && contains(p, 1).is_none());
+            let s = h.stats();
+            assert_eq!(s.fallbacks - before.fallbacks, 1);
+            assert_eq!((s.in_use, s.warm), (before.in_use, 0), "the block went back");
+            p.write_bytes(1, 1 << 20);
+            h.dealloc(p, layout(1 << 20));
+
+            // A block in the heap whose in-place growth is refused moves.
+            let q = h.alloc(layout(256 << 10));
+            assert!(contains(q, 1).is_some());
+            q.write_bytes(2, 256 << 10);
+            REFUSE.store(1, Relaxed);
+            let r = h.realloc(q, layout(256 << 10), 512 << 10);
+            assert_ne!(r, q, "not grown in place");
+            assert!(contains(r, 1).is_some(), "moved within the heap");
+            assert!((0..256 << 10).all(|i| *r.add(i) == 2));
+            h.dealloc(r, layout(512 << 10));
+        }
+        assert_eq!(h.stats().in_use, before.in_use);
+        h.trim();
+        assert_eq!(h.stats().warm, 0);
+    }
 
     #[test]
     fn the_default_capacity_takes_the_smallest_limit() {
