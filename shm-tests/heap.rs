@@ -185,7 +185,13 @@ macro_rules! isolated_test {
 
 // Basics: what goes where.
 
-isolated_test!(large_blocks_live_in_the_heap, large_blocks_body, "small", None, 60);
+isolated_test!(
+    large_blocks_live_in_the_heap,
+    large_blocks_body,
+    "small",
+    None,
+    60
+);
 
 #[test]
 #[ignore = "run with the heap installed by large_blocks_live_in_the_heap"]
@@ -206,10 +212,13 @@ fn large_blocks_body() {
         let big = pattern(1 << 20, 3);
         assert!(in_heap(big.as_ptr()), "8 MiB goes to the heap");
         let at = vec![1u8; 64 << 10];
-        assert!(in_heap(at.as_ptr()), "the threshold itself goes to the heap");
+        assert!(
+            in_heap(at.as_ptr()),
+            "the threshold itself goes to the heap"
+        );
         let below = vec![1u8; (64 << 10) - 1];
         assert!(!in_heap(below.as_ptr()), "one byte less does not");
-        let small = vec![1u8; 100];
+        let small = Box::new([1u8; 100]);
         assert!(!in_heap(small.as_ptr()));
         assert!(stats().in_use >= (8 << 20) + (64 << 10));
         check_pattern(&big, 3);
@@ -222,7 +231,10 @@ fn large_blocks_body() {
         assert!(stats().warm >= 4 << 20);
         let clean = vec![0u8; 4 << 20];
         assert_eq!(clean.as_ptr() as usize, addr, "the warm block comes back");
-        assert!(clean.iter().all(|&b| b == 0), "alloc_zeroed zeroes warm pages");
+        assert!(
+            clean.iter().all(|&b| b == 0),
+            "alloc_zeroed zeroes warm pages"
+        );
 
         // Any power-of-two alignment.
         for align in [4096usize, 64 << 10, 2 << 20, 16 << 20] {
@@ -244,7 +256,13 @@ fn large_blocks_body() {
 
 // Exhaustion.
 
-isolated_test!(a_full_heap_falls_back_to_the_system_allocator, full_heap_body, "small", None, 120);
+isolated_test!(
+    a_full_heap_falls_back_to_the_system_allocator,
+    full_heap_body,
+    "small",
+    None,
+    120
+);
 
 #[test]
 #[ignore = "run with the heap installed by a_full_heap_falls_back_to_the_system_allocator"]
@@ -266,7 +284,10 @@ fn full_heap_body() {
         }
         // Growing a heap vector when the heap is full moves it out.
         let mut grown = pattern(4 << 20, 77);
-        assert!(!in_heap(grown.as_ptr()), "no room left: 32 MiB from the system");
+        assert!(
+            !in_heap(grown.as_ptr()),
+            "no room left: 32 MiB from the system"
+        );
         drop(vs);
         let mut in_heap_now = pattern(1 << 20, 78);
         assert!(in_heap(in_heap_now.as_ptr()), "room again once freed");
@@ -283,7 +304,13 @@ fn full_heap_body() {
 
 // A child the user forks.
 
-isolated_test!(a_forked_child_allocates_and_frees_apart_from_its_parent, forked_child_body, "small", None, 60);
+isolated_test!(
+    a_forked_child_allocates_and_frees_apart_from_its_parent,
+    forked_child_body,
+    "small",
+    None,
+    60
+);
 
 #[test]
 #[ignore = "run with the heap installed by a_forked_child_allocates_and_frees_apart_from_its_parent"]
@@ -360,7 +387,11 @@ fn forked_child_body() {
         assert_eq!(heap_file_bytes(), file_before, "no page punched or added");
         drop(b);
         let e = pattern(4 << 20, 10);
-        assert_eq!(e.as_ptr() as usize, b_addr, "the parent reuses its freed block");
+        assert_eq!(
+            e.as_ptr() as usize,
+            b_addr,
+            "the parent reuses its freed block"
+        );
         a[0] = 1;
         assert_eq!(a[0], 1);
         check_pattern(&e, 10);
@@ -369,7 +400,13 @@ fn forked_child_body() {
 
 // Memory is returned.
 
-isolated_test!(ten_thousand_cycles_leave_at_most_the_warm_bound, cycles_body, "small", None, 240);
+isolated_test!(
+    ten_thousand_cycles_leave_at_most_the_warm_bound,
+    cycles_body,
+    "small",
+    None,
+    240
+);
 
 #[test]
 #[ignore = "run with the heap installed by ten_thousand_cycles_leave_at_most_the_warm_bound"]
@@ -443,7 +480,13 @@ fn cycles_body() {
 
 // realloc across the threshold.
 
-isolated_test!(realloc_crosses_the_threshold_both_ways, realloc_body, "small", None, 60);
+isolated_test!(
+    realloc_crosses_the_threshold_both_ways,
+    realloc_body,
+    "small",
+    None,
+    60
+);
 
 #[test]
 #[ignore = "run with the heap installed by realloc_crosses_the_threshold_both_ways"]
@@ -525,7 +568,13 @@ fn realloc_body() {
 
 // Descriptors and mappings.
 
-isolated_test!(no_descriptor_or_mapping_leaks, leaks_body, "small", None, 120);
+isolated_test!(
+    no_descriptor_or_mapping_leaks,
+    leaks_body,
+    "small",
+    None,
+    120
+);
 
 #[test]
 #[ignore = "run with the heap installed by no_descriptor_or_mapping_leaks"]
@@ -568,7 +617,13 @@ fn leaks_body() {
 
 // Threads.
 
-isolated_test!(threads_share_the_heap_safely, threads_body, "small", None, 240);
+isolated_test!(
+    threads_share_the_heap_safely,
+    threads_body,
+    "small",
+    None,
+    240
+);
 
 #[test]
 #[ignore = "run with the heap installed by threads_share_the_heap_safely"]
@@ -624,7 +679,13 @@ fn threads_body() {
 /// Prints the address space this process maps, for calibrating limits.
 fn mapped() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    statm.split_whitespace().next().unwrap().parse::<u64>().unwrap() * 4096
+    statm
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 4096
 }
 
 /// Large allocations work, whatever serves them (24 MiB at most, to fit
@@ -683,7 +744,11 @@ fn limit_default_body() {
         assert!(s.capacity <= 256 << 20, "a quarter of at most 1 GiB: {s:?}");
         assert!(s.capacity >= 32 << 20);
         allocations_work();
-        println!("heap on: {} MiB, {} fallbacks", s.capacity >> 20, stats().fallbacks);
+        println!(
+            "heap on: {} MiB, {} fallbacks",
+            s.capacity >> 20,
+            stats().fallbacks
+        );
     } else {
         allocations_work();
         println!("heap off; {} MiB mapped", mapped() >> 20);
@@ -713,7 +778,10 @@ fn pool_body() {
         let got = pool
             .map(&idx, |i| TABLE.get().map_or(u64::MAX, |t| t[i as usize]))
             .unwrap();
-        assert_eq!(got, idx.iter().map(|&i| table[i as usize]).collect::<Vec<_>>());
+        assert_eq!(
+            got,
+            idx.iter().map(|&i| table[i as usize]).collect::<Vec<_>>()
+        );
         // A task that writes heap data through a static writes a private
         // copy: the parent's data is unchanged.
         let wrote = pool

@@ -286,7 +286,8 @@ pub(crate) fn cgroup_paths(text: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
     let (mut v2, mut v1) = (None, None);
     for line in text.split(|&b| b == b'\n') {
         let mut fields = line.splitn(3, |&b| b == b':');
-        let (Some(id), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next())
+        let (Some(id), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
         else {
             continue;
         };
@@ -333,13 +334,7 @@ pub(crate) fn cgroup_limit() -> Option<u64> {
     let n = read_file(b"/proc/self/cgroup\0", &mut buf)?;
     let (v2, v1) = cgroup_paths(&buf[..n]);
     let v2 = v2.and_then(|p| limit_along(b"/sys/fs/cgroup", p, b"/memory.max"));
-    let v1 = v1.and_then(|p| {
-        limit_along(
-            b"/sys/fs/cgroup/memory",
-            p,
-            b"/memory.limit_in_bytes",
-        )
-    });
+    let v1 = v1.and_then(|p| limit_along(b"/sys/fs/cgroup/memory", p, b"/memory.limit_in_bytes"));
     match (v2, v1) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -358,9 +353,15 @@ mod tests {
         assert_eq!(parse_limit(b""), None);
         assert_eq!(parse_limit(b"12k"), None);
         let v2 = b"0::/user.slice/session-1.scope\n";
-        assert_eq!(cgroup_paths(v2), (Some(&b"/user.slice/session-1.scope"[..]), None));
+        assert_eq!(
+            cgroup_paths(v2),
+            (Some(&b"/user.slice/session-1.scope"[..]), None)
+        );
         let v1 = b"9:name=systemd:/\n4:memory:/process_api/f800\n2:cpu,cpuacct:/\n0::/\n";
-        assert_eq!(cgroup_paths(v1), (Some(&b"/"[..]), Some(&b"/process_api/f800"[..])));
+        assert_eq!(
+            cgroup_paths(v1),
+            (Some(&b"/"[..]), Some(&b"/process_api/f800"[..]))
+        );
         assert_eq!(cgroup_paths(b"garbage"), (None, None));
     }
 
@@ -369,7 +370,10 @@ mod tests {
         // Whatever the machine has; only that reading them works.
         let _ = cgroup_limit();
         let _ = address_space_limit();
-        assert_eq!(limit_along(b"/nonexistent", b"/a/b/c", b"/memory.max"), None);
+        assert_eq!(
+            limit_along(b"/nonexistent", b"/a/b/c", b"/memory.max"),
+            None
+        );
     }
 
     #[test]
@@ -388,7 +392,11 @@ mod tests {
             let again = map_shared(&fd, 1 << 20, 4096).unwrap();
             assert_eq!(*(again as *const u8), 7, "a private write");
             *(again as *mut u8).add(4096) = 5;
-            assert_eq!(*(base as *const u8).add(4096), 5, "unwritten pages are live");
+            assert_eq!(
+                *(base as *const u8).add(4096),
+                5,
+                "unwritten pages are live"
+            );
             unmap(again, 1 << 20);
             unmap(base, 1 << 20);
         }
