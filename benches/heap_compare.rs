@@ -122,6 +122,16 @@ fn main() {
         .unwrap_or(1);
     for run in 0..runs {
         println!("--- run {run}: {:?}", HEAP.stats());
+        for kib in [64usize, 256] {
+            // At and just above the threshold: 100 blocks per round.
+            let layout = Layout::from_size_align(kib << 10, 64).unwrap();
+            let (s, h) = pair(
+                31,
+                || (0..100).for_each(|_| fill_cycle(&System, layout)),
+                || (0..100).for_each(|_| fill_cycle(&HEAP, layout)),
+            );
+            row(&format!("{kib} KiB alloc+fill+free x100"), s, h);
+        }
         for mib in [1usize, 4, 16, 64] {
             let layout = Layout::from_size_align(mib << 20, 64).unwrap();
             let reps = if mib == 64 { 9 } else { 31 };
@@ -132,15 +142,28 @@ fn main() {
             );
             row(&format!("large {mib} MiB alloc+fill+free"), s, h);
         }
+        // Small requests: many short interleaved rounds. The first row
+        // puts the system allocator against itself: the noise floor of
+        // this measurement in this run.
+        let small_rounds = |a: &dyn Fn(), b: &dyn Fn()| pair(201, a, b);
+        let layout = Layout::from_size_align(256, 8).unwrap();
+        let batches = 200;
+        let (s, h) = small_rounds(
+            &|| (0..batches).for_each(|_| small_batch(black_box(&System), layout)),
+            &|| (0..batches).for_each(|_| small_batch(black_box(&System), layout)),
+        );
+        row("small 256 B, system against itself", s, h);
         for bytes in [16usize, 256, 4096] {
             let layout = Layout::from_size_align(bytes, 8).unwrap();
-            let batches = 2000;
-            let (s, h) = pair(
-                41,
-                || (0..batches).for_each(|_| small_batch(black_box(&System), layout)),
-                || (0..batches).for_each(|_| small_batch(black_box(&HEAP), layout)),
+            let (s, h) = small_rounds(
+                &|| (0..batches).for_each(|_| small_batch(black_box(&System), layout)),
+                &|| (0..batches).for_each(|_| small_batch(black_box(&HEAP), layout)),
             );
-            row(&format!("small {bytes} B x 128k (64 alloc, 64 free)"), s, h);
+            row(
+                &format!("small {bytes} B x 12.8k (64 alloc, 64 free)"),
+                s,
+                h,
+            );
         }
         let layout = Layout::from_size_align(64 << 20, 64).unwrap();
         let (mut warm, mut fresh, mut anon) = (Vec::new(), Vec::new(), Vec::new());

@@ -19,7 +19,9 @@
 //! [`contains`] (`Some(offset)` when a byte range lies wholly in the heap),
 //! [`memfd`] (to map a second view of the file), [`owner_generation`],
 //! [`in_child_view`] (this process replaced its view with a private one),
-//! and [`protect_read_only`] (for a worker). None of them says whether a
+//! [`share_view`] (a child maps the heap shared again, e.g. a pool's
+//! template before it forks workers) and [`protect_read_only`] (for a
+//! worker). None of them says whether a
 //! block is live: a safe `&[T]` in the heap is part of a live block by
 //! construction.
 
@@ -44,6 +46,7 @@ use state::{
 )]
 pub(crate) use state::{
     active, base, capacity, contains, in_child_view, memfd, owner_generation, protect_read_only,
+    share_view,
 };
 
 use crate::os;
@@ -54,6 +57,9 @@ const DEFAULT_THRESHOLD: usize = 64 << 10;
 const DEFAULT_KEEP_WARM: usize = 256 << 20;
 /// "Decide at reservation": the capacity `SharedHeap::new` asks for.
 const DEFAULT_CAPACITY: usize = usize::MAX;
+/// No heap block is smaller: the threshold in force is at least the page
+/// size, and at least this. So a free of fewer bytes needs no range check.
+const MIN_BLOCK: usize = 4096;
 
 /// An opt-in global allocator that puts large allocations in shared memory.
 ///
@@ -258,7 +264,7 @@ impl SharedHeap {
     /// ```
     pub fn stats(&self) -> HeapStats {
         self.current_threshold();
-        let threshold = self.threshold.max(os::page_size());
+        let threshold = self.threshold.max(os::page_size()).max(MIN_BLOCK);
         if !is_owner() {
             return HeapStats {
                 threshold,
@@ -314,7 +320,7 @@ impl SharedHeap {
     #[inline(never)]
     fn begin(&self) -> usize {
         let live = match start(self.capacity, self.keep_warm) {
-            Phase::Ready => self.threshold.max(os::page_size()),
+            Phase::Ready => self.threshold.max(os::page_size()).max(MIN_BLOCK),
             Phase::Off => usize::MAX,
             // Another thread is reserving it: the system allocator serves
             // this call, and the next one asks again.
@@ -464,7 +470,8 @@ unsafe impl GlobalAlloc for SharedHeap {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if holds(ptr) {
+        // A small block needs no range check (`MIN_BLOCK`): one compare.
+        if layout.size() >= MIN_BLOCK && holds(ptr) {
             free_block(ptr, layout.size());
         } else {
             // SAFETY: not a heap block, so `System` made it (see the impl's
@@ -475,7 +482,7 @@ unsafe impl GlobalAlloc for SharedHeap {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if holds(ptr) {
+        if layout.size() >= MIN_BLOCK && holds(ptr) {
             // SAFETY: our caller's contract; `ptr` lies in the heap.
             return unsafe { self.realloc_heap(ptr, layout, new_size) };
         }
@@ -584,6 +591,52 @@ mod tests {
         assert_eq!(h.stats().in_use, before.in_use);
         h.trim();
         assert_eq!(h.stats().warm, 0);
+    }
+
+    #[test]
+    fn a_child_views_the_heap_privately_and_can_share_it_again() {
+        let (h, _one) = heap();
+        let l = layout(1 << 20);
+        // SAFETY: a non-zero size; freed below. The child touches only
+        // this block and atomics, makes system calls, and leaves with
+        // `_exit` (no lock another thread of the test harness may hold).
+        unsafe {
+            let p = h.alloc(l);
+            let off = contains(p, 1 << 20).expect("in the heap");
+            p.write(1);
+            assert!(!in_child_view());
+            match libc::fork() {
+                0 => {
+                    let mut code = 0;
+                    let mut check = |ok: bool, bit: i32| {
+                        if !ok {
+                            code |= bit;
+                        }
+                    };
+                    check(in_child_view() && !active(), 1);
+                    check(contains(p, 1) == Some(off), 2);
+                    check(p.read_volatile() == 1, 4);
+                    p.write_volatile(2); // a private copy
+                    h.dealloc(p, l); // ignored: not the owner
+                    check(share_view(true), 8);
+                    check(p.read_volatile() == 1, 16);
+                    p.write_volatile(3); // the owner's page
+                    check(protect_read_only(), 32);
+                    check(p.read_volatile() == 3, 64);
+                    libc::_exit(code)
+                }
+                -1 => panic!("fork: {}", std::io::Error::last_os_error()),
+                pid => {
+                    let mut status = 0;
+                    assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+                    assert!(libc::WIFEXITED(status), "{status:#x}");
+                    assert_eq!(libc::WEXITSTATUS(status), 0, "failed checks (bits)");
+                }
+            }
+            assert_eq!(p.read(), 3, "the child's shared write, and only that");
+            assert!(h.stats().in_use >= 1 << 20, "the child's free was ignored");
+            h.dealloc(p, l);
+        }
     }
 
     #[test]

@@ -555,6 +555,33 @@ pub(crate) fn in_child_view() -> bool {
     CHILD_VIEW.load(Relaxed)
 }
 
+/// In a child of the owner: maps the heap shared again, read-only or
+/// writable, in place of the private view the fork handler gave it (for a
+/// pool's template, right after its fork and before it closes the memfd;
+/// the workers it forks then inherit that view). Returns whether it worked;
+/// does nothing in the owner, or if the memfd's descriptor no longer names
+/// the heap's file.
+///
+/// # Safety
+/// No live reference in this process relies on the private copies of heap
+/// pages it wrote (they are dropped), or, if `!writable`, on writing heap
+/// memory.
+#[allow(dead_code, reason = "the pool's integration with the heap uses it")]
+pub(crate) unsafe fn share_view(writable: bool) -> bool {
+    if is_owner() || capacity() == 0 {
+        return false;
+    }
+    let fd = fd();
+    // ORDERING: Relaxed: written before the heap was published.
+    let ours = (STATE.file_dev.load(Relaxed), STATE.file_ino.load(Relaxed));
+    if sys::file_id(fd) != Some(ours) {
+        return false;
+    }
+    // SAFETY: our view of all of that file (checked by its identity); the
+    // caller's contract.
+    unsafe { sys::shared_view(base(), capacity(), fd, writable) }
+}
+
 /// Makes this process's view of the heap read-only (for a worker: a task
 /// that writes heap memory then faults instead of writing a private copy).
 /// Returns whether it worked; does nothing in the owner.

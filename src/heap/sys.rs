@@ -203,6 +203,34 @@ pub(crate) unsafe fn private_view(base: usize, len: usize, fd: RawFd) -> bool {
     unsafe { protect(base, len, libc::PROT_READ | libc::PROT_WRITE) }
 }
 
+/// Maps all of `fd` shared over `base..base + len` again, read-only or
+/// writable: the owner's kind of view, in place of a private one. Returns
+/// whether it worked.
+///
+/// # Safety
+/// `base..base + len` is this process's mapping of all of `fd`; no
+/// reference relies on private copies of its pages (they are dropped) or,
+/// if `!writable`, on writing it.
+pub(crate) unsafe fn shared_view(base: usize, len: usize, fd: RawFd, writable: bool) -> bool {
+    let prot = if writable {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_READ
+    };
+    // SAFETY: the caller's contract: the same file at the same offsets.
+    let got = unsafe {
+        libc::mmap(
+            base as *mut libc::c_void,
+            len,
+            prot,
+            libc::MAP_SHARED | libc::MAP_FIXED,
+            fd,
+            0,
+        )
+    };
+    got != libc::MAP_FAILED
+}
+
 /// Sets the protection of `base..base + len`; returns whether it worked.
 ///
 /// # Safety
@@ -397,6 +425,11 @@ mod tests {
                 5,
                 "unwritten pages are live"
             );
+            // Shared again: the private copy is gone, writes reach the file.
+            assert!(shared_view(base, 1 << 20, fd.as_raw_fd(), true));
+            assert_eq!(*(base as *const u8), 7);
+            *(base as *mut u8) = 11;
+            assert_eq!(*(again as *const u8), 11);
             unmap(again, 1 << 20);
             unmap(base, 1 << 20);
         }
