@@ -123,6 +123,16 @@ const MIN_BLOCK: usize = 4096;
 /// should not install the heap. Pool workers, whose tasks only read data
 /// the pool hands them, are what it is for.
 ///
+/// **Statics read inside tasks.** A `static` itself is private memory: a
+/// worker sees the value it had when the pool's template was forked, at
+/// [`Pool::new`](crate::Pool::new). The heap blocks it points to are live.
+/// So a `static` `Vec` filled before `Pool::new` can be read in tasks, and
+/// tasks see later changes to its elements (made under the owner's lock,
+/// which the worker's copy of the lock does not know about: a task may see
+/// a change half done). A `static` first filled after `Pool::new` is still
+/// empty in the workers, and a `Vec` that the owner grows or frees after
+/// `Pool::new` leaves the workers' copy pointing at the old block.
+///
 /// # Example
 ///
 /// A `SharedHeap` can also be called directly, through [`GlobalAlloc`]:
