@@ -35,6 +35,11 @@
 //! # Ok::<(), shmpool::Error>(())
 //! ```
 //!
+//! Programs that keep big data in plain `Vec`s can install [`SharedHeap`],
+//! an opt-in global allocator that puts large allocations in one
+//! shared-memory file: forking stays cheap however much the program holds,
+//! and pages the program writes after `Pool::new` are not copied on write.
+//!
 //! Tasks must be fn items or closures that capture nothing; pass state with
 //! [`Pool::map_with`]. Linux only. The design (shared-memory layout, job-slot
 //! protocol, sleep and wake-up, supervision, the template process, misuse)
@@ -50,6 +55,7 @@ mod arena;
 mod builder;
 mod error;
 mod global;
+mod heap;
 mod imap;
 mod inner;
 mod input;
@@ -80,6 +86,7 @@ pub use builder::Builder;
 pub use bytemuck;
 pub use error::Error;
 pub use global::{global, try_global};
+pub use heap::{HeapStats, SharedHeap};
 pub use imap::Imap;
 pub use input::AsyncInput;
 #[cfg(feature = "ndarray")]

@@ -7,13 +7,98 @@
 //!   that must be killed.
 //! - `/proc` readers to tell whether a process is gone, a zombie, or whose
 //!   child it is.
+//! - `TestAlloc`, every test binary's global allocator: the system allocator,
+//!   or shmpool's shared heap when `SHMPOOL_TEST_HEAP` is set (`1`: the
+//!   default heap; `small`: a 256 MiB heap keeping 16 MiB warm), so that CI
+//!   runs the whole suite once with the heap installed.
 #![allow(dead_code)]
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicU8;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+#[global_allocator]
+static ALLOC: TestAlloc = TestAlloc;
+
+/// The environment variable that installs the shared heap in a test binary.
+pub const TEST_HEAP: &str = "SHMPOOL_TEST_HEAP";
+
+static DEFAULT_HEAP: shmpool::SharedHeap = shmpool::SharedHeap::new();
+static SMALL_HEAP: shmpool::SharedHeap = shmpool::SharedHeap::new()
+    .capacity(256 << 20)
+    .keep_warm(16 << 20);
+
+/// The test binaries' global allocator: `System`, or the shared heap that
+/// `SHMPOOL_TEST_HEAP` names, decided at the first allocation.
+pub struct TestAlloc;
+
+/// 0 undecided, 1 the system allocator, 2 the default heap, 3 the small heap.
+static CHOICE: AtomicU8 = AtomicU8::new(0);
+
+/// The shared heap this binary allocates from, if any.
+pub fn heap() -> Option<&'static shmpool::SharedHeap> {
+    match choice() {
+        2 => Some(&DEFAULT_HEAP),
+        3 => Some(&SMALL_HEAP),
+        _ => None,
+    }
+}
+
+fn choice() -> u8 {
+    match CHOICE.load(Relaxed) {
+        0 => {
+            // SAFETY: getenv with a NUL-terminated name; the value is read
+            // at once (no allocation: this runs inside the allocator).
+            let value = unsafe { libc::getenv(c"SHMPOOL_TEST_HEAP".as_ptr()) };
+            let c = if value.is_null() {
+                1
+            } else {
+                // SAFETY: getenv returned a NUL-terminated string.
+                match unsafe { std::ffi::CStr::from_ptr(value) }.to_bytes() {
+                    b"" | b"0" => 1,
+                    b"small" => 3,
+                    _ => 2,
+                }
+            };
+            CHOICE.store(c, Relaxed);
+            c
+        }
+        c => c,
+    }
+}
+
+fn chosen() -> &'static dyn GlobalAlloc {
+    match heap() {
+        Some(h) => h,
+        None => &System,
+    }
+}
+
+// SAFETY: forwards every call to one allocator, chosen once for the life of
+// the process.
+unsafe impl GlobalAlloc for TestAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded.
+        unsafe { chosen().alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded.
+        unsafe { chosen().alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded.
+        unsafe { chosen().dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded.
+        unsafe { chosen().realloc(ptr, layout, new_size) }
+    }
+}
 
 /// Runs `body` on its own thread and fails the test if it has not finished
 /// within `secs` seconds.
