@@ -419,7 +419,9 @@ fn ctrl_c_helper() {
 
 #[test]
 fn the_default_arena_fits_an_address_space_limit() {
-    isolated("address_space_limit_body", 120);
+    // Set before the process starts, as `ulimit -v 4194304` on an HPC queue
+    // (vmem, h_vmem) would be.
+    common::isolated_under_rlimit("address_space_limit_body", 120, libc::RLIMIT_AS, 4 << 30);
 }
 
 /// Allocates and touches `mib` MiB in a worker; returns a byte of it.
@@ -435,9 +437,8 @@ fn address_space_limit_body() {
         return;
     }
     deadline(100, || {
-        // `ulimit -v 4194304`, as HPC queues set it (vmem, h_vmem).
         let limit: u64 = 4 << 30;
-        set_soft_rlimit(libc::RLIMIT_AS, limit);
+        assert_eq!(get_rlimit(libc::RLIMIT_AS).rlim_cur, limit);
         let pool = Pool::new(2).expect("the default arena fits the limit");
         let arena = pool.stats().arena_capacity;
         println!("default arena under a 4 GiB RLIMIT_AS: {} MiB", arena >> 20);

@@ -194,8 +194,50 @@ pub const ISOLATED: &str = "SHMPOOL_ISOLATED_TEST";
 /// Runs the `#[ignore]`d test `name` of this binary in a fresh process and
 /// fails unless it passes within `secs` seconds. Returns its stdout.
 pub fn isolated(name: &str, secs: u64) -> String {
-    let exe = std::env::current_exe().expect("test binary path");
-    let mut child = Command::new(exe)
+    isolated_with(
+        name,
+        secs,
+        Command::new(std::env::current_exe().expect("test binary path")),
+    )
+}
+
+/// [`isolated`], with the soft limit of `resource` set to `limit` before the
+/// test binary starts, as a batch queue's `ulimit` would be: the process
+/// (and a shared heap it installs at its first allocation) starts under it.
+pub fn isolated_under_rlimit(
+    name: &str,
+    secs: u64,
+    resource: libc::__rlimit_resource_t,
+    limit: u64,
+) -> String {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(std::env::current_exe().expect("test binary path"));
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls getrlimit and setrlimit, which are async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            let mut old = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(resource, &mut old) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let new = libc::rlimit {
+                rlim_cur: limit.min(old.rlim_max),
+                rlim_max: old.rlim_max,
+            };
+            if libc::setrlimit(resource, &new) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    isolated_with(name, secs, command)
+}
+
+fn isolated_with(name: &str, secs: u64, mut command: Command) -> String {
+    let mut child = command
         .args([
             "--exact",
             name,
