@@ -70,6 +70,7 @@ mod place;
 mod pool;
 mod region;
 mod registry;
+mod release;
 mod result;
 mod ring;
 mod shmvec;
