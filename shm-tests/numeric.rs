@@ -1,5 +1,5 @@
 //! The numeric maps (`map2`, `map3`, `map_chunks`, `map_indexed`,
-//! `map_in_place`, `map_reduce`), `progress()` and `global()`, each checked
+//! `map_indexed_with`, `map_in_place`, `map_reduce`), `progress()` and `global()`, each checked
 //! against its serial equivalent, at lengths 0, 1 and lengths that do not
 //! divide evenly into ranges.
 
@@ -130,6 +130,57 @@ fn map_indexed_runs_a_stencil_like_serial_code() {
                 .unwrap();
             assert_eq!(got, serial, "n = {n}");
         }
+    })
+}
+
+#[test]
+fn map_indexed_with_passes_its_context_like_serial_code() {
+    deadline(120, || {
+        let pool = Pool::new(2).unwrap();
+        #[derive(Clone, Copy, bytemuck::Zeroable, bytemuck::Pod)]
+        #[repr(C)]
+        struct Stencil {
+            first: u64,
+            weight: f64,
+        }
+        let ctx = Stencil {
+            first: 1 << 40,
+            weight: 0.75,
+        };
+        for n in LENS {
+            let xs = data(n, 13);
+            let serial: Vec<f64> = (0..n)
+                .map(|i| {
+                    let hi = (i + 1).min(n - 1);
+                    ctx.weight * (xs[i] + xs[hi]) + (ctx.first + i as u64) as f64
+                })
+                .collect();
+            let got = pool
+                .map_indexed_with(ctx, &xs, |c: &Stencil, x: &[f64], i| {
+                    let hi = (i + 1).min(x.len() - 1);
+                    c.weight * (x[i] + x[hi]) + (c.first + i as u64) as f64
+                })
+                .unwrap();
+            assert_eq!(got, serial, "n = {n}");
+            // Read in place from shared memory, with a context too large for
+            // the slot's inline area.
+            let shm = pool.to_shm(&xs).unwrap();
+            let staged = pool.stats().bytes_staged;
+            let big = [1.5f64; 64];
+            let got = pool
+                .map_indexed_with(big, &shm, |c: &[f64; 64], x: &[f64], i| c[i % 64] * x[i])
+                .unwrap();
+            let want: Vec<f64> = xs.iter().map(|x| 1.5 * x).collect();
+            assert_eq!(got, want, "n = {n}");
+            assert_eq!(pool.stats().bytes_staged, staged, "n = {n}: no staging");
+        }
+        let err = pool
+            .map_indexed_with(0u8, &[1u32, 2], |_, x: &[u32], i| {
+                assert!(i < 1, "boom at {i}");
+                x[i]
+            })
+            .unwrap_err();
+        assert!(matches!(err, Error::TaskPanicked { .. }), "{err:?}");
     })
 }
 
