@@ -232,7 +232,7 @@ fn kept_vec_body() {
         pool.join().unwrap();
         assert!(
             common::wait_until(std::time::Duration::from_secs(5), || heap.stats().in_use
-                <= before + (N * 8 * 2) as usize),
+                <= before + N * 8 * 2),
             "the kept inputs were freed: {} -> {}",
             before,
             heap.stats().in_use

@@ -491,6 +491,44 @@ where
     Ok(())
 }
 
+/// The trampoline of `map_indexed_with`: `out[i] = f(&ctx, &input, i)`.
+///
+/// # Safety
+/// See [`run_map`].
+pub(crate) unsafe fn run_indexed_with<C, T, U, F>(
+    a: &JobArgs,
+    start: usize,
+    end: usize,
+) -> Result<(), BadDescriptor>
+where
+    C: Pod,
+    T: Pod,
+    U: Pod,
+    F: Fn(&C, &[T], usize) -> U + Copy,
+{
+    let len = usize::try_from(a.len).map_err(|_| BadDescriptor)?;
+    let ctx = a.input::<C>(a.ctx_off, 1, 0, 1)?;
+    let input = a.input::<T>(a.in_off, a.len, 0, len)?;
+    let output = a.output::<U>(a.out_off, a.len, start, end)?;
+    // SAFETY: as in `run_indexed`; the context is read-only for the job's
+    // life, like the input.
+    let (ctx, input, output) = unsafe {
+        (
+            &*ctx,
+            slice::from_raw_parts(input, len),
+            slice::from_raw_parts_mut(output, end - start),
+        )
+    };
+    // SAFETY: the parent held an `F` when it submitted the job.
+    let f = unsafe { conjure::<F>() };
+    fill(output, a.stream, |part, at| {
+        for (k, o) in part.iter_mut().enumerate() {
+            *o = f(ctx, input, start + at + k);
+        }
+    });
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -616,5 +654,28 @@ mod tests {
                 "{i} at {bad}"
             );
         }
+    }
+
+    fn run_iw<F: Fn(&u64, &[u64], usize) -> u64 + Copy>(
+        a: &JobArgs,
+        start: usize,
+        end: usize,
+        _: F,
+    ) -> Result<(), BadDescriptor> {
+        // SAFETY: `a` describes `buf`; the types match what the test put there.
+        unsafe { run_indexed_with::<u64, u64, u64, F>(a, start, end) }
+    }
+
+    #[test]
+    fn indexed_with_sees_context_whole_input_and_index() {
+        // ctx at 0, input at 8..40 (4 values), output at 40..72.
+        let mut buf = [100u64, 1, 2, 3, 4, 0, 0, 0, 0];
+        let mut a = args(&mut buf, 8, 40, 4);
+        a.ctx_off = 0;
+        let f = |c: &u64, x: &[u64], i: usize| c + x[i] * 10 + x.len() as u64 + i as u64;
+        assert_eq!(run_iw(&a, 1, 3, f), Ok(()));
+        assert_eq!(&buf[5..], &[0, 125, 136, 0]);
+        a.ctx_off = 72;
+        assert_eq!(run_iw(&a, 0, 1, f), Err(BadDescriptor), "context outside");
     }
 }

@@ -1,6 +1,6 @@
 //! The numeric forms of `map`: zips (`map2`, `map3`), whole-range kernels
-//! (`map_chunks`), in-place maps, stencils (`map_indexed`) and reductions
-//! (`map_reduce`). Each is one job (a reduction two) over shared memory, run
+//! (`map_chunks`), in-place maps, stencils (`map_indexed`, `map_indexed_with`)
+//! and reductions (`map_reduce`). Each is one job (a reduction two) over shared memory, run
 //! by the workers like a plain `map`; only the trampoline differs (`job.rs`).
 
 use std::mem::size_of;
@@ -9,7 +9,8 @@ use bytemuck::Pod;
 
 use crate::error::Error;
 use crate::job::{
-    MoreInputs, RunFn, run_chunks, run_in_place, run_indexed, run_map2, run_map3, run_reduce,
+    MoreInputs, RunFn, run_chunks, run_in_place, run_indexed, run_indexed_with, run_map2, run_map3,
+    run_reduce,
 };
 use crate::place::Place;
 use crate::pool::{Output, Parts, Pool, Schedule, check_align, into_vec};
@@ -190,6 +191,60 @@ impl Pool {
         }
         let placed = self.place_input(input)?;
         self.run_blocking::<U>(input.len(), run_indexed::<T, U, F>, placed, None, None)
+    }
+
+    /// [`map_indexed`](Self::map_indexed) with a context value that every
+    /// call receives by reference: `out[i] = f(&ctx, input, i)`. The way to
+    /// give an indexed task its parameters, such as a stencil's weights or
+    /// the global position of a block that is part of a larger array.
+    ///
+    /// # Errors
+    /// As [`map`](Self::map).
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// // This block starts at global index 1000 of a larger array.
+    /// let block = [0.5f64, 0.25, 0.125];
+    /// let ys = pool.map_indexed_with(1000usize, &block, |first, x: &[f64], i| {
+    ///     (first + i) as f64 * x[i]
+    /// })?;
+    /// assert_eq!(ys, vec![500.0, 250.25, 125.25]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn map_indexed_with<C, T, U, F>(
+        &self,
+        ctx: C,
+        input: &[T],
+        f: F,
+    ) -> Result<ShmVec<U>, Error>
+    where
+        C: Pod,
+        T: Pod,
+        U: Pod,
+        F: Fn(&C, &[T], usize) -> U + Copy + Send + Sync + 'static,
+    {
+        self.prologue(f)?;
+        if input.is_empty() {
+            return Ok(ShmVec::new());
+        }
+        let mut inline = InlineData::new();
+        let ctx = self.place_value(&ctx, &mut inline)?;
+        let placed = self.place_input(input)?;
+        let run: RunFn = run_indexed_with::<C, T, U, F>;
+        let (out, _) = self.alloc::<U>(input.len())?;
+        let sched = self.schedule_for::<U>(input.len());
+        let (slot, seq) = self.submit_parts(Parts {
+            len: input.len(),
+            sched,
+            run,
+            input: placed,
+            more: None,
+            ctx: Some(ctx),
+            out: Output::New(out),
+            inline,
+            waiter: Waiter::Sync,
+        })?;
+        Ok(into_vec(self.inner.wait_sync(slot, seq)?, input.len()))
     }
 
     /// `v[i] = f(v[i])` for every element, in place: no output is

@@ -27,7 +27,7 @@ type TableRef = [u64; 2];
 /// # Safety
 /// As [`RunFn`]: `a.mem` describes live mappings; the table holds `S`s and
 /// is read-only for the job's life.
-unsafe fn table<'a, S: Pod>(a: &'a JobArgs) -> Result<&'a [S], BadDescriptor> {
+unsafe fn table<S: Pod>(a: &JobArgs) -> Result<&[S], BadDescriptor> {
     let at = a.input::<TableRef>(a.ctx_off, 1, 0, 1)?;
     // SAFETY: checked to lie in the mapping, aligned; any bits are valid.
     let [off, len] = unsafe { at.read() };
