@@ -34,7 +34,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn pair(mut a: impl FnMut(), mut b: impl FnMut()) -> (Duration, Duration) {
     let (mut ta, mut tb) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
-        let mut run = |f: &mut dyn FnMut(), into: &mut Vec<Duration>| {
+        let run = |f: &mut dyn FnMut(), into: &mut Vec<Duration>| {
             let t = Instant::now();
             f();
             into.push(t.elapsed());
