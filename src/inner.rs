@@ -209,8 +209,7 @@ impl Inner {
         Ok(Inner {
             workers: layout.workers,
             config,
-            // Made here, before the template is forked, so that it inherits
-            // the mapping.
+            // Mapped by `Builder::build` before the template is forked.
             heap_writable: crate::heap::writable_alias().is_some(),
             owner: os::fork_generation(),
             broken: OnceLock::new(),
