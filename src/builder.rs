@@ -311,6 +311,11 @@ impl Builder {
             })?;
         }
         let ring = self.ring_size.unwrap_or((4 * workers).clamp(256, MAX_RING));
+        // The shared heap's writable alias, if the program installed the
+        // heap: mapped once, before the default arena is sized (it takes
+        // address space too) and before the template is forked (which
+        // inherits it; design.md, "The shared heap and the pool").
+        crate::heap::writable_alias();
         let arena = self.arena_size.unwrap_or_else(default_arena_size);
         let layout = Layout::new(workers, ring, arena)?;
         // Looks at the stdio locks while the region is created.

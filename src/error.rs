@@ -80,6 +80,18 @@ pub enum Error {
         /// The index range concerned, when there is one.
         range: Option<Range<usize>>,
     },
+    /// A task wrote to the shared heap ([`SharedHeap`](crate::SharedHeap)),
+    /// which workers see read-only (through a `static` that points into it,
+    /// say): a task's results travel back as its return values, never as
+    /// writes into the parent's memory. The worker was replaced; the range
+    /// is not run again, and the parent's data is unchanged.
+    #[non_exhaustive]
+    HeapWrite {
+        /// The process id of the worker that tried.
+        pid: u32,
+        /// The index range it was running, when the worker had recorded one.
+        range: Option<Range<usize>>,
+    },
     /// The job was cancelled ([`AsyncResult::cancel`](crate::AsyncResult::cancel),
     /// or its `AsyncResult` was dropped unfinished).
     Cancelled,
@@ -224,6 +236,17 @@ impl fmt::Display for Error {
                 write!(f, "timed out after {after:?}")?;
                 if let Some(r) = range {
                     write!(f, " on elements {}..{}", r.start, r.end)?;
+                }
+                Ok(())
+            }
+            Error::HeapWrite { pid, range } => {
+                write!(
+                    f,
+                    "a task in worker process {pid} wrote to the shared heap, which workers \
+                     see read-only"
+                )?;
+                if let Some(r) = range {
+                    write!(f, " (elements {}..{})", r.start, r.end)?;
                 }
                 Ok(())
             }

@@ -138,6 +138,10 @@ pub(crate) struct Inner {
     pub(crate) region: Arc<Region>,
     pub(crate) workers: usize,
     pub(crate) config: Config,
+    /// Whether this pool's workers can write the shared heap (its writable
+    /// alias was mapped before the pool's template was forked): a job's
+    /// output in the heap is then written in place, else staged.
+    pub(crate) heap_writable: bool,
     /// The fork generation (`os::fork_generation`) of the process that built
     /// the pool; a copy of the pool in a forked child refuses to work.
     pub(crate) owner: u64,
@@ -205,6 +209,8 @@ impl Inner {
         Ok(Inner {
             workers: layout.workers,
             config,
+            // Mapped by `Builder::build` before the template is forked.
+            heap_writable: crate::heap::writable_alias().is_some(),
             owner: os::fork_generation(),
             broken: OnceLock::new(),
             ring: Mutex::new(Ring::new(layout.ring)),

@@ -79,8 +79,10 @@ mod stream;
 mod stuck;
 mod supervisor;
 mod sync;
+mod table;
 mod template;
 mod worker;
+mod worker_heap;
 
 pub use builder::Builder;
 pub use bytemuck;

@@ -105,13 +105,10 @@ impl Pool {
             return Ok(ShmVec::new());
         }
         let input = self.place_input(a)?;
-        let (Loc::Arena(b_off), b_block) = self.place_input(b)? else {
-            unreachable!("inputs are placed in the arena")
-        };
-        let (Loc::Arena(c_off), c_block) = self.place_input(c)? else {
-            unreachable!("inputs are placed in the arena")
-        };
-        let offsets: MoreInputs = [b_off, c_off];
+        let (b_loc, b_block) = self.place_input(b)?;
+        let (c_loc, c_block) = self.place_input(c)?;
+        // Inputs are never inline: the offsets stand on their own.
+        let offsets: MoreInputs = [b_loc.resolve(0), c_loc.resolve(0)];
         let mut inline = InlineData::new();
         let ctx = self.place_value(&offsets, &mut inline)?;
         let (out, _) = self.alloc::<U>(len)?;
@@ -250,28 +247,37 @@ impl Pool {
         Ok(into_vec(self.inner.wait_sync(slot, seq)?, input.len()))
     }
 
-    /// `v[i] = f(v[i])` for every element of a vector in this pool's shared
-    /// memory, in place: no output is allocated. The `&mut` borrow keeps the
-    /// caller from touching `v` while the workers write it.
+    /// `v[i] = f(v[i])` for every element, in place: no output is
+    /// allocated. The `&mut` borrow keeps the caller from touching `v` while
+    /// the workers write it.
     ///
-    /// If the job fails, `v` holds a mix of old and new values (the ranges
-    /// that ran, and any partly run range). A range whose worker dies is
-    /// **not** retried (unlike other jobs): it may have been half updated,
-    /// and running it again would apply `f` twice; the job fails with
-    /// `WorkerDied`.
+    /// Workers update `v` in place when it lies in this pool's shared memory
+    /// (a [`ShmVec`] of this pool) or in the shared heap
+    /// ([`SharedHeap`](crate::SharedHeap)); any other slice is staged:
+    /// copied into this pool's arena, mapped there, and copied back once the
+    /// job succeeded (both copies counted in
+    /// [`Stats::bytes_staged`](crate::Stats::bytes_staged)).
+    ///
+    /// If the job fails, a `v` updated in place holds a mix of old and new
+    /// values (the ranges that ran, and any partly run range); a staged `v`
+    /// is left as it was. A range whose worker dies is **not** retried
+    /// (unlike other jobs): it may have been half updated, and running it
+    /// again would apply `f` twice; the job fails with `WorkerDied`.
     ///
     /// # Errors
-    /// `InvalidArgument` if `v` belongs to another pool; otherwise as
-    /// [`map`](Self::map).
+    /// As [`map`](Self::map).
     ///
     /// ```
     /// let pool = shmpool::Pool::new(2)?;
     /// let mut v = pool.to_shm(&[1u32, 2, 3])?;
     /// pool.map_in_place(&mut v, |x| x * 10)?;
     /// assert_eq!(v, vec![10, 20, 30]);
+    /// let mut plain = vec![1u32, 2, 3];
+    /// pool.map_in_place(&mut plain, |x| x + 1)?; // staged and copied back
+    /// assert_eq!(plain, vec![2, 3, 4]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map_in_place<T, F>(&self, v: &mut ShmVec<T>, f: F) -> Result<(), Error>
+    pub fn map_in_place<T, F>(&self, v: &mut [T], f: F) -> Result<(), Error>
     where
         T: Pod,
         F: Fn(T) -> T + Copy + Send + Sync + 'static,
@@ -280,21 +286,21 @@ impl Pool {
         if v.is_empty() {
             return Ok(());
         }
-        let input = self.place_output(v, "map_in_place")?;
         let len = v.len();
-        let sched = self.schedule_for::<T>(len);
-        let (slot, seq) = self.submit_parts(Parts {
-            len,
-            sched,
-            run: run_in_place::<T, F>,
-            input: (input, None),
-            more: None,
-            ctx: None,
-            out: Output::Input,
-            inline: InlineData::new(),
-            waiter: Waiter::Sync,
-        })?;
-        self.inner.wait_sync(slot, seq).map(drop)
+        self.write_through(v, true, |at| {
+            let sched = self.schedule_for::<T>(len);
+            self.submit_parts(Parts {
+                len,
+                sched,
+                run: run_in_place::<T, F>,
+                input: (at, None),
+                more: None,
+                ctx: None,
+                out: Output::Input,
+                inline: InlineData::new(),
+                waiter: Waiter::Sync,
+            })
+        })
     }
 
     /// Folds `map(x)` over `input` with `reduce`, starting from `identity`:

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
 use crate::error::Error;
+use crate::job::HEAP_TAG;
 use crate::layout::{INLINE_CAP, LINE, LOC_CAP, MSG_CAP, Slot};
 use crate::os;
 use crate::region::{Alloc, FIRST_SLOTS, Region};
@@ -76,6 +77,9 @@ pub(crate) struct Job {
     pub(crate) out: Out,
     /// Blocks the job owns until it finishes: staged inputs, a context.
     pub(crate) _holds: [Option<Alloc>; 3],
+    /// A value the job reads in place and keeps alive until it is harvested
+    /// (a shared-heap `Vec` moved into `map_async`).
+    pub(crate) _keep: crate::place::Keep,
     /// Set by the parent when the job failed outside the workers' view (a
     /// worker died, the pool was terminated).
     pub(crate) failure: Option<Error>,
@@ -103,6 +107,7 @@ impl Job {
             len,
             out,
             _holds: holds,
+            _keep: None,
             failure: None,
             waiter,
             attempts: Vec::new(),
@@ -182,13 +187,18 @@ pub(crate) enum Loc {
     Arena(u64),
     /// At this offset within the slot's inline area.
     Inline(u64),
+    /// At this offset of the shared heap (`SharedHeap`).
+    Heap(u64),
 }
 
 impl Loc {
+    /// The descriptor word for this location: a region offset, or a heap
+    /// offset tagged with `HEAP_TAG`.
     pub(crate) fn resolve(self, inline_off: u64) -> u64 {
         match self {
             Loc::Arena(off) => off,
             Loc::Inline(rel) => inline_off + rel,
+            Loc::Heap(off) => off | HEAP_TAG,
         }
     }
 }
@@ -934,5 +944,6 @@ mod tests {
     fn locations_resolve_against_the_slot() {
         assert_eq!(Loc::Arena(4096).resolve(100), 4096);
         assert_eq!(Loc::Inline(8).resolve(100), 108);
+        assert_eq!(Loc::Heap(64).resolve(100), 64 | HEAP_TAG);
     }
 }

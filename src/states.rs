@@ -59,6 +59,9 @@ pub(crate) const EXIT_RETIRED: i32 = 103;
 /// `WorkerRecord::oom`: the worker's last abort followed a failed
 /// allocation. A distinctive value, so a scribbled word is not taken for it.
 pub(crate) const OOM_MARK: u32 = 0x4f4f_4d21; // "OOM!"
+/// `WorkerRecord::oom` (the word that says why a worker died): a task wrote
+/// to the shared heap, which workers map read-only (`worker_heap.rs`).
+pub(crate) const HEAP_WRITE_MARK: u32 = 0x4845_4150; // "HEAP"
 /// `WorkerRecord::init`: the worker is running the pool's initializer.
 /// Distinctive for the same reason.
 pub(crate) const INIT_MARK: u32 = 0x494e_4954; // "INIT"

@@ -522,7 +522,9 @@ impl Supervisor {
         let (start, end) = (rec.start.load(Relaxed), rec.end.load(Relaxed));
         let running = rec.phase.load(Relaxed) == PHASE_RUNNING;
         let started = rec.started_ns.load(Relaxed);
-        let oom = rec.oom.swap(0, Relaxed) == OOM_MARK;
+        let mark = rec.oom.swap(0, Relaxed);
+        let oom = mark == OOM_MARK;
+        let heap_write = mark == HEAP_WRITE_MARK;
         // Killed for a timeout, and still in the range that overran (it may
         // have moved on between the check and the kill).
         let timed_out = deadline == Some((slot, start, started)) && running;
@@ -543,6 +545,10 @@ impl Supervisor {
                         after: config.task_timeout.unwrap_or_default(),
                         range,
                     });
+                }
+                if heap_write {
+                    // Not retried: it would write again.
+                    return Retry::Fail(Error::HeapWrite { pid, range });
                 }
                 if stuck {
                     // Not retried: it would block again.

@@ -44,6 +44,7 @@ use crate::registry;
 use crate::worker::{
     WorkerConfig, WorkerCtx, install_worker_panic_hook, set_in_worker, worker_main,
 };
+use crate::worker_heap;
 
 pub(crate) const SPAWN: u64 = 1;
 pub(crate) const SPAWNED: u64 = 2;
@@ -354,6 +355,9 @@ fn serve(
     }
     os::close_fds_except(&[event_fd, sock]);
     registry::unmap_others(region.base() as usize);
+    // Workers see the shared heap live and read-only (design.md, "The
+    // shared heap and the pool").
+    worker_heap::protect_view();
     if hook == PanicHook::Own {
         // Setting the hook takes the lock a parent thread holds while it
         // runs a panic hook; such a thread does not exist here, so the lock

@@ -17,13 +17,14 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64};
 use std::time::Duration;
 
-use crate::job::{BadDescriptor, JobArgs, RunFn};
+use crate::job::{BadDescriptor, JobArgs, Memory, RunFn};
 use crate::layout::{ErrorRecord, LOC_CAP, MSG_CAP, Slot, WorkerRecord};
 use crate::os;
 use crate::region::Region;
 use crate::registry;
 use crate::ring::Spec;
 use crate::states::*;
+use crate::worker_heap;
 
 /// How long an idle worker sleeps before it checks that its parent is alive
 /// (belt and braces: the parent-death signal normally kills it first).
@@ -118,6 +119,9 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
     // together with `slot`, which we have not yet set.
     rec.retire.store(0, Relaxed);
     rec.in_range.store(NO_SLOT, Relaxed);
+    // A task that writes the shared heap (read-only here) fails its job
+    // with a typed error.
+    worker_heap::install(&rec.oom);
     if let Some(limit) = ctx.config.memory_limit {
         install_abort_handler(&rec.oom);
         let Some(cap) = os::limit_address_space(limit) else {
@@ -326,8 +330,7 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
         slot,
         index: s as u32,
         args: JobArgs {
-            base: region.base(),
-            region_len: region.layout().len as u64,
+            mem: Memory::here(region),
             in_off: d.in_off.load(Relaxed),
             out_off: d.out_off.load(Relaxed),
             ctx_off: d.ctx_off.load(Relaxed),
@@ -583,8 +586,7 @@ pub(crate) fn run_as_caller(region: &Region, s: usize, spec: &Spec) {
     let len = spec.len;
     let chunk = spec.chunk.clamp(1, len.max(1));
     let args = JobArgs {
-        base: region.base(),
-        region_len: region.layout().len as u64,
+        mem: Memory::here(region),
         in_off: spec.input.resolve(inline_off),
         out_off: spec.output.resolve(inline_off),
         ctx_off: spec.ctx.resolve(inline_off),
