@@ -13,10 +13,10 @@ use bytemuck::Pod;
 use ndarray::{Array, ArrayBase, ArrayView, ArrayViewMut, Data, Dimension, IntoDimension};
 
 use crate::error::Error;
-use crate::job::{BadDescriptor, JobArgs, RunFn, conjure};
+use crate::parent::ring::InlineData;
 use crate::pool::Pool;
-use crate::ring::InlineData;
 use crate::shmvec::ShmVec;
+use crate::worker::job::{BadDescriptor, JobArgs, RunFn, conjure};
 
 /// The most axes a stencil's array may have.
 const MAX_AXES: usize = 8;

@@ -8,14 +8,14 @@ use std::mem::size_of;
 use bytemuck::Pod;
 
 use crate::error::Error;
-use crate::job::{
+use crate::parent::place::Place;
+use crate::parent::ring::{InlineData, Loc, Waiter};
+use crate::pool::{Output, Parts, Pool, Schedule, check_align, into_vec};
+use crate::shmvec::ShmVec;
+use crate::worker::job::{
     MoreInputs, RunFn, run_chunks, run_in_place, run_indexed, run_indexed_with, run_map2, run_map3,
     run_reduce,
 };
-use crate::place::Place;
-use crate::pool::{Output, Parts, Pool, Schedule, check_align, into_vec};
-use crate::ring::{InlineData, Loc, Waiter};
-use crate::shmvec::ShmVec;
 
 /// The identity, as a zero-sized fn item: the "map" of the combining job.
 fn pass_through<A>(a: A) -> A {
@@ -450,7 +450,7 @@ impl Pool {
         chunk: usize,
         parts: usize,
         run: RunFn,
-        input: (Loc, Option<crate::region::Alloc>),
+        input: (Loc, Option<crate::shm::region::Alloc>),
         identity: &A,
     ) -> Result<ShmVec<A>, Error> {
         let mut inline = InlineData::new();
@@ -475,8 +475,8 @@ impl Pool {
         &self,
         len: usize,
         run: RunFn,
-        input: (Loc, Option<crate::region::Alloc>),
-        second: Option<(Loc, Option<crate::region::Alloc>)>,
+        input: (Loc, Option<crate::shm::region::Alloc>),
+        second: Option<(Loc, Option<crate::shm::region::Alloc>)>,
         inline: Option<InlineData>,
     ) -> Result<ShmVec<U>, Error> {
         let (out, _) = self.alloc::<U>(len)?;

@@ -10,16 +10,18 @@ use bytemuck::Pod;
 
 use crate::builder::Builder;
 use crate::error::Error;
-use crate::inner::{CLOSED, Inner, OPEN, STOP_GRACEFUL, STOP_KILL, STOP_NONE, TERMINATED, lock};
 use crate::input::AsyncInput;
 use crate::input::sealed::Source;
-use crate::job::{RunFn, assert_no_captures, run_map, run_map_with};
-use crate::place::Keep;
-use crate::region::Alloc;
+use crate::parent::core::{
+    CLOSED, Core, OPEN, STOP_GRACEFUL, STOP_KILL, STOP_NONE, TERMINATED, lock,
+};
+use crate::parent::place::Keep;
+use crate::parent::ring::{Deliver, InlineData, Job, Loc, Out, RawOut, Spec, Waiter};
 use crate::result::{AsyncResult, Cell, in_callback};
-use crate::ring::{Deliver, InlineData, Job, Loc, Out, RawOut, Spec, Waiter};
+use crate::shm::region::Alloc;
 use crate::shmvec::ShmVec;
 use crate::stats::{Profile, Stats};
+use crate::worker::job::{RunFn, assert_no_captures, run_map, run_map_with};
 use crate::worker::{in_task, run_as_caller};
 
 /// Default scheduling: about this many fixed ranges per worker, claimed
@@ -84,7 +86,7 @@ fn last_level_cache() -> usize {
 /// # Ok::<(), shmpool::Error>(())
 /// ```
 pub struct Pool {
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) inner: Arc<Core>,
     /// The supervisor thread, joined on drop (with the result thread, if
     /// an asynchronous job started it).
     pub(crate) supervisor: Option<JoinHandle<()>>,

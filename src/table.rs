@@ -12,11 +12,11 @@ use std::slice;
 use bytemuck::Pod;
 
 use crate::error::Error;
-use crate::job::{BadDescriptor, JobArgs, RunFn, conjure};
+use crate::parent::ring::InlineData;
 use crate::pool::Pool;
-use crate::ring::InlineData;
 use crate::shmvec::ShmVec;
-use crate::stream::fill;
+use crate::worker::job::{BadDescriptor, JobArgs, RunFn, conjure};
+use crate::worker::stream::fill;
 
 /// Where a job's table is: its descriptor offset and its length in
 /// elements.

@@ -14,8 +14,8 @@ use std::slice;
 use bytemuck::Pod;
 
 use crate::heap;
-use crate::region::Region;
-use crate::stream::fill;
+use crate::shm::region::Region;
+use crate::worker::stream::fill;
 
 /// The message of the compile-time check on task closures.
 pub(crate) const CAPTURE_MESSAGE: &str = "shmpool: a task must be a fn item or a closure that captures nothing, \

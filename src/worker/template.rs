@@ -39,12 +39,12 @@ use std::time::Duration;
 use nix::unistd::{ForkResult, fork};
 
 use crate::os;
-use crate::region::Region;
-use crate::registry;
+use crate::shm::region::Region;
+use crate::shm::registry;
+use crate::worker::heap_view;
 use crate::worker::{
     WorkerConfig, WorkerCtx, install_worker_panic_hook, set_in_worker, worker_main,
 };
-use crate::worker_heap;
 
 pub(crate) const SPAWN: u64 = 1;
 pub(crate) const SPAWNED: u64 = 2;
@@ -357,7 +357,7 @@ fn serve(
     registry::unmap_others(region.base() as usize);
     // Workers see the shared heap live and read-only (design.md, "The
     // shared heap and the pool").
-    worker_heap::protect_view();
+    heap_view::protect_view();
     if hook == PanicHook::Own {
         // Setting the hook takes the lock a parent thread holds while it
         // runs a panic hook; such a thread does not exist here, so the lock

@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize};
 
 use crate::heap;
-use crate::states::HEAP_WRITE_MARK;
+use crate::shm::states::HEAP_WRITE_MARK;
 
 /// `si_code` of a `SIGSEGV` for an access the mapping's protection refused
 /// (Linux's `SEGV_ACCERR`; the `libc` crate does not name it).

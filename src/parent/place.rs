@@ -34,9 +34,9 @@ use bytemuck::Pod;
 
 use crate::error::Error;
 use crate::heap;
+use crate::parent::ring::{InlineData, Loc};
 use crate::pool::Pool;
-use crate::region::Alloc;
-use crate::ring::{InlineData, Loc};
+use crate::shm::region::Alloc;
 use crate::shmvec::ShmVec;
 
 /// Where a slice lives, as far as one pool is concerned.
@@ -229,7 +229,7 @@ unsafe fn copy_in(src: &[u8], dst: *mut u8, threads: usize, stream: bool) {
     let threads = threads.clamp(1, 8);
     if src.len() < PARALLEL_COPY_FROM || threads == 1 {
         // SAFETY: the caller's contract.
-        unsafe { crate::stream::copy(src.as_ptr(), dst, src.len(), stream) };
+        unsafe { crate::worker::stream::copy(src.as_ptr(), dst, src.len(), stream) };
         return;
     }
     let piece = src.len().div_ceil(threads).next_multiple_of(4096);
@@ -240,7 +240,7 @@ unsafe fn copy_in(src: &[u8], dst: *mut u8, threads: usize, stream: bool) {
         // the block, each written by one thread, and the scope ends before
         // the caller uses the block.
         unsafe {
-            crate::stream::copy(
+            crate::worker::stream::copy(
                 part.as_ptr(),
                 (base as *mut u8).add(i * piece),
                 part.len(),
