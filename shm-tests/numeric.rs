@@ -1,5 +1,5 @@
 //! The numeric maps (`map2`, `map3`, `map_chunks`, `map_indexed`,
-//! `map_in_place`, `map_reduce`), `progress()` and `global()`, each checked
+//! `map_indexed_with`, `map_in_place`, `map_reduce`), `progress()` and `global()`, each checked
 //! against its serial equivalent, at lengths 0, 1 and lengths that do not
 //! divide evenly into ranges.
 
@@ -134,7 +134,58 @@ fn map_indexed_runs_a_stencil_like_serial_code() {
 }
 
 #[test]
-fn map_in_place_matches_serial_and_refuses_foreign_vectors() {
+fn map_indexed_with_passes_its_context_like_serial_code() {
+    deadline(120, || {
+        let pool = Pool::new(2).unwrap();
+        #[derive(Clone, Copy, bytemuck::Zeroable, bytemuck::Pod)]
+        #[repr(C)]
+        struct Stencil {
+            first: u64,
+            weight: f64,
+        }
+        let ctx = Stencil {
+            first: 1 << 40,
+            weight: 0.75,
+        };
+        for n in LENS {
+            let xs = data(n, 13);
+            let serial: Vec<f64> = (0..n)
+                .map(|i| {
+                    let hi = (i + 1).min(n - 1);
+                    ctx.weight * (xs[i] + xs[hi]) + (ctx.first + i as u64) as f64
+                })
+                .collect();
+            let got = pool
+                .map_indexed_with(ctx, &xs, |c: &Stencil, x: &[f64], i| {
+                    let hi = (i + 1).min(x.len() - 1);
+                    c.weight * (x[i] + x[hi]) + (c.first + i as u64) as f64
+                })
+                .unwrap();
+            assert_eq!(got, serial, "n = {n}");
+            // Read in place from shared memory, with a context too large for
+            // the slot's inline area.
+            let shm = pool.to_shm(&xs).unwrap();
+            let staged = pool.stats().bytes_staged;
+            let big = [1.5f64; 64];
+            let got = pool
+                .map_indexed_with(big, &shm, |c: &[f64; 64], x: &[f64], i| c[i % 64] * x[i])
+                .unwrap();
+            let want: Vec<f64> = xs.iter().map(|x| 1.5 * x).collect();
+            assert_eq!(got, want, "n = {n}");
+            assert_eq!(pool.stats().bytes_staged, staged, "n = {n}: no staging");
+        }
+        let err = pool
+            .map_indexed_with(0u8, &[1u32, 2], |_, x: &[u32], i| {
+                assert!(i < 1, "boom at {i}");
+                x[i]
+            })
+            .unwrap_err();
+        assert!(matches!(err, Error::TaskPanicked { .. }), "{err:?}");
+    })
+}
+
+#[test]
+fn map_in_place_matches_serial_and_stages_what_workers_cannot_reach() {
     deadline(120, || {
         let pool = Pool::new(2).unwrap();
         for n in LENS {
@@ -146,11 +197,15 @@ fn map_in_place_matches_serial_and_refuses_foreign_vectors() {
             assert_eq!(v, want, "n = {n}");
             assert_eq!(pool.stats().arena_in_use, in_use, "no output block");
         }
+        // A vector of another pool (or any slice the workers cannot reach)
+        // is staged and copied back.
         let other = Pool::new(1).unwrap();
         let mut foreign = other.to_shm(&[1u32, 2]).unwrap();
-        let err = pool.map_in_place(&mut foreign, |x| x + 1).unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
-        assert_eq!(foreign, vec![1, 2]);
+        pool.map_in_place(&mut foreign, |x| x + 1).unwrap();
+        assert_eq!(foreign, vec![2, 3]);
+        let mut plain = vec![5u32; 3];
+        pool.map_in_place(&mut plain, |x| x * 2).unwrap();
+        assert_eq!(plain, vec![10; 3]);
         // A failure leaves the vector usable (partly mapped).
         let mut v = pool.to_shm(&[1u32; 100]).unwrap();
         let err = pool
@@ -301,7 +356,7 @@ fn the_global_pool_works_and_tasks_cannot_deadlock_on_it() {
 }
 
 #[test]
-fn map_into_reuses_the_output_and_refuses_bad_outputs() {
+fn map_into_reuses_the_output_and_stages_foreign_outputs() {
     deadline(120, || {
         let pool = Pool::new(2).unwrap();
         for n in LENS {
@@ -319,12 +374,12 @@ fn map_into_reuses_the_output_and_refuses_bad_outputs() {
         let mut short = pool.alloc_zeroed::<u32>(2).unwrap();
         let err = pool.map_into(&[1u32, 2, 3], &mut short, |x| x).unwrap_err();
         assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+        // A vector of another pool is staged and copied back.
         let other = Pool::new(1).unwrap();
         let mut foreign = other.alloc_zeroed::<u32>(3).unwrap();
-        let err = pool
-            .map_into(&[1u32, 2, 3], &mut foreign, |x| x)
-            .unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+        pool.map_into(&[1u32, 2, 3], &mut foreign, |x| x * 7)
+            .unwrap();
+        assert_eq!(foreign, vec![7, 14, 21]);
         assert_eq!(pool.stats().jobs_failed, 0);
     })
 }

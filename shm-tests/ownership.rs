@@ -238,23 +238,34 @@ fn every_entry_point_stages_an_input_of_another_pool() {
 }
 
 #[test]
-fn outputs_of_another_pool_are_refused_and_left_alone() {
+fn outputs_of_another_pool_are_staged_never_written_at_this_pools_offsets() {
     deadline(60, || {
         let a = Pool::new(1).unwrap();
         let b = Pool::new(2).unwrap();
         let input = b.to_shm(&[1u32, 2, 3]).unwrap();
         let mut foreign = a.to_shm(&[9u32; 3]).unwrap();
-        let r = b.map_into(&input, &mut foreign, |x| x * 10);
-        assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
-        let r = b.map_in_place(&mut foreign, |x| x + 1);
-        assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
-        assert_eq!(foreign, vec![9, 9, 9]);
-        // The same calls on the owner work.
+        // Something of b's at the foreign vector's offset: writing there
+        // would show.
+        let decoy = b.to_shm(&[5u32; 3]).unwrap();
+        let staged = b.stats().bytes_staged;
+        b.map_into(&input, &mut foreign, |x| x * 10).unwrap();
+        assert_eq!(foreign, vec![10, 20, 30]);
+        b.map_in_place(&mut foreign, |x| x + 1).unwrap();
+        assert_eq!(foreign, vec![11, 21, 31]);
+        assert_eq!(decoy, vec![5, 5, 5]);
+        assert_eq!(
+            b.stats().bytes_staged - staged,
+            12 + 2 * 12,
+            "staged and copied back"
+        );
+        // The same calls on the owner write in place.
         let mut own = b.alloc_zeroed::<u32>(3).unwrap();
+        let staged = b.stats().bytes_staged;
         b.map_into(&input, &mut own, |x| x * 10).unwrap();
         assert_eq!(own, vec![10, 20, 30]);
-        a.map_in_place(&mut foreign, |x| x + 1).unwrap();
-        assert_eq!(foreign, vec![10, 10, 10]);
+        a.map_in_place(&mut foreign, |x| x - 1).unwrap();
+        assert_eq!(foreign, vec![10, 20, 30]);
+        assert_eq!(b.stats().bytes_staged, staged);
     })
 }
 

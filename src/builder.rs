@@ -8,14 +8,14 @@ use std::thread;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::inner::{Config, Inner};
-use crate::layout::{Layout, MAX_RING};
-use crate::limits;
 use crate::os;
+use crate::parent::core::{Config, Core};
+use crate::parent::limits;
+use crate::parent::supervisor;
 use crate::pool::Pool;
-use crate::region::Region;
-use crate::supervisor;
-use crate::template::{PanicHook, StdioProbe, Template};
+use crate::shm::layout::{Layout, MAX_RING};
+use crate::shm::region::Region;
+use crate::worker::template::{PanicHook, StdioProbe, Template};
 use crate::worker::{WorkerConfig, in_task};
 
 /// Spin rounds a worker polls for work before it sleeps.
@@ -311,6 +311,11 @@ impl Builder {
             })?;
         }
         let ring = self.ring_size.unwrap_or((4 * workers).clamp(256, MAX_RING));
+        // The shared heap's writable alias, if the program installed the
+        // heap: mapped once, before the default arena is sized (it takes
+        // address space too) and before the template is forked (which
+        // inherits it; design.md, "The shared heap and the pool").
+        crate::heap::writable_alias();
         let arena = self.arena_size.unwrap_or_else(default_arena_size);
         let layout = Layout::new(workers, ring, arena)?;
         // Looks at the stdio locks while the region is created.
@@ -336,7 +341,7 @@ impl Builder {
             stream_from: self.stream_from,
             caller_runs: self.caller_runs,
         };
-        let inner = Arc::new(Inner::new(region, config)?);
+        let inner = Arc::new(Core::new(region, config)?);
         // The one fork of this (possibly multi-threaded) process: every worker
         // is forked later by the single-threaded template.
         let template = Template::fork(
@@ -348,7 +353,7 @@ impl Builder {
         )?;
         let supervisor = supervisor::start(inner.clone(), template)?;
         // The result thread starts with the first asynchronous job
-        // (`Inner::submit`).
+        // (`Core::submit`).
         Ok(Pool {
             inner,
             supervisor: Some(supervisor),

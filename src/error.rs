@@ -80,6 +80,18 @@ pub enum Error {
         /// The index range concerned, when there is one.
         range: Option<Range<usize>>,
     },
+    /// A task wrote to the shared heap ([`SharedHeap`](crate::SharedHeap)),
+    /// which workers see read-only (through a `static` that points into it,
+    /// say): a task's results travel back as its return values, never as
+    /// writes into the parent's memory. The worker was replaced; the range
+    /// is not run again, and the parent's data is unchanged.
+    #[non_exhaustive]
+    HeapWrite {
+        /// The process id of the worker that tried.
+        pid: u32,
+        /// The index range it was running, when the worker had recorded one.
+        range: Option<Range<usize>>,
+    },
     /// The job was cancelled ([`AsyncResult::cancel`](crate::AsyncResult::cancel),
     /// or its `AsyncResult` was dropped unfinished).
     Cancelled,
@@ -121,11 +133,39 @@ pub enum Error {
         /// Which call, and why it would deadlock.
         reason: &'static str,
     },
+    /// Another process of a distributed job failed: the verdict that every
+    /// rank of an MPI job gets (from `shmpool-mpi`) when the collective
+    /// operation failed on one of them. `message` is that rank's error, as
+    /// its `Display` printed it (a task panic, a worker's death, no room in
+    /// its arena); when several ranks failed, the lowest is named.
+    #[non_exhaustive]
+    Remote {
+        /// The rank whose local part failed (the lowest, if several did).
+        rank: usize,
+        /// Its error, as text.
+        message: String,
+    },
     /// A system call failed.
     Io(io::Error),
 }
 
 impl Error {
+    /// An [`Error::Remote`]: rank `rank` of a distributed job failed with
+    /// `message`. For crates that run pools in several processes and report
+    /// one rank's failure to the others (`shmpool-mpi` does).
+    ///
+    /// ```
+    /// let e = shmpool::Error::remote(2, "out of shared memory");
+    /// assert!(matches!(e, shmpool::Error::Remote { rank: 2, .. }));
+    /// assert_eq!(e.to_string(), "rank 2 failed: out of shared memory");
+    /// ```
+    pub fn remote(rank: usize, message: impl Into<String>) -> Self {
+        Error::Remote {
+            rank,
+            message: message.into(),
+        }
+    }
+
     pub(crate) fn invalid(reason: impl Into<Cow<'static, str>>) -> Self {
         Error::InvalidArgument {
             reason: reason.into(),
@@ -199,6 +239,17 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
+            Error::HeapWrite { pid, range } => {
+                write!(
+                    f,
+                    "a task in worker process {pid} wrote to the shared heap, which workers \
+                     see read-only"
+                )?;
+                if let Some(r) = range {
+                    write!(f, " (elements {}..{})", r.start, r.end)?;
+                }
+                Ok(())
+            }
             Error::Cancelled => f.write_str("the job was cancelled"),
             Error::OutOfSharedMemory {
                 requested,
@@ -209,6 +260,7 @@ impl fmt::Display for Error {
             ),
             Error::Corrupted { detail } => write!(f, "shared control block corrupted: {detail}"),
             Error::WouldDeadlock { reason } => write!(f, "operation would deadlock: {reason}"),
+            Error::Remote { rank, message } => write!(f, "rank {rank} failed: {message}"),
             Error::Io(e) => write!(f, "system call failed: {e}"),
         }
     }
@@ -260,6 +312,17 @@ mod tests {
             e.to_string(),
             "task panicked on elements 0..4: boom (at src/x.rs:1:2)"
         );
+    }
+
+    #[test]
+    fn remote_names_the_rank() {
+        use std::error::Error as _;
+        let e = Error::remote(3, "task panicked on elements 0..4: boom");
+        assert_eq!(
+            e.to_string(),
+            "rank 3 failed: task panicked on elements 0..4: boom"
+        );
+        assert!(e.source().is_none());
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use bytemuck::Pod;
 
 use crate::error::Error;
-use crate::inner::{admitted, lock};
+use crate::parent::core::{admitted, lock};
 use crate::pool::Pool;
 use crate::result::AsyncResult;
 use crate::shmvec::ShmVec;
@@ -501,7 +501,7 @@ where
 /// A value of the zero-sized task type `F`, which the caller held when it
 /// called `imap` (checked there).
 fn conjure_f<T, U, F: Fn(T) -> U + Copy>() -> F {
-    crate::job::assert_no_captures::<F>();
+    crate::worker::job::assert_no_captures::<F>();
     // SAFETY: `F` is zero-sized (checked at compile time above) and
     // inhabited: `imap` received a value of it. Reading a zero-sized value
     // from a dangling, aligned pointer reads no memory.

@@ -23,6 +23,9 @@ pub(crate) mod sealed {
         Copy(&'a [T]),
         /// Owned by the job, read in place, freed when the job finishes.
         Own(ShmVec<T>),
+        /// Owned by the job: read in place if it lies in the shared heap
+        /// (kept until the job finishes), else copied in and dropped.
+        Vec(Vec<T>),
     }
 }
 
@@ -66,6 +69,14 @@ impl<'a, T: Pod, const N: usize> AsyncInput<'a> for &'a [T; N] {
     type Elem = T;
     fn source(self) -> sealed::Source<'a, T> {
         sealed::Source::Copy(self)
+    }
+}
+
+impl<T: Pod> sealed::Sealed for Vec<T> {}
+impl<T: Pod> AsyncInput<'static> for Vec<T> {
+    type Elem = T;
+    fn source(self) -> sealed::Source<'static, T> {
+        sealed::Source::Vec(self)
     }
 }
 

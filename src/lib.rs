@@ -51,36 +51,29 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("shmpool uses memfd, eventfd, futexes and pidfds: it supports Linux only");
 
-mod arena;
+// The public face: the pool and its builder, the map forms, results,
+// vectors in shared memory, errors and statistics.
 mod builder;
 mod error;
 mod global;
-mod heap;
 mod imap;
-mod inner;
 mod input;
-mod job;
-mod layout;
-mod limits;
 #[cfg(feature = "ndarray")]
 mod nd;
 mod numeric;
-mod os;
-mod place;
 mod pool;
-mod region;
-mod registry;
-mod release;
 mod result;
-mod ring;
 mod shmvec;
-mod states;
 mod stats;
-mod stream;
-mod stuck;
-mod supervisor;
-mod sync;
-mod template;
+mod table;
+
+// The shared heap (an opt-in global allocator).
+mod heap;
+// The operating-system boundary: every system call.
+mod os;
+// Who runs where: shared memory (both sides), the parent, the workers.
+mod parent;
+mod shm;
 mod worker;
 
 pub use builder::Builder;

@@ -13,10 +13,10 @@ use bytemuck::Pod;
 use ndarray::{Array, ArrayBase, ArrayView, ArrayViewMut, Data, Dimension, IntoDimension};
 
 use crate::error::Error;
-use crate::job::{BadDescriptor, JobArgs, RunFn, conjure};
+use crate::parent::ring::InlineData;
 use crate::pool::Pool;
-use crate::ring::InlineData;
 use crate::shmvec::ShmVec;
+use crate::worker::job::{BadDescriptor, JobArgs, RunFn, conjure};
 
 /// The most axes a stencil's array may have.
 const MAX_AXES: usize = 8;
@@ -245,7 +245,7 @@ where
     D: Dimension,
     F: Fn(&ArrayView<'_, T, D>, D::Pattern) -> U + Copy,
 {
-    let shape = a.elems::<Shape>(a.ctx_off, 1, 0, 1)?;
+    let shape = a.input::<Shape>(a.ctx_off, 1, 0, 1)?;
     // SAFETY: checked to lie in the mapping, aligned; any bits are valid.
     let shape = unsafe { shape.read() };
     let axes = usize::try_from(shape[0]).map_err(|_| BadDescriptor)?;
@@ -260,8 +260,8 @@ where
     if dim.size_checked() != Some(len) {
         return Err(BadDescriptor);
     }
-    let input = a.elems::<T>(a.in_off, a.len, 0, len)?;
-    let output = a.elems::<U>(a.out_off, a.len, start, end)?;
+    let input = a.input::<T>(a.in_off, a.len, 0, len)?;
+    let output = a.output::<U>(a.out_off, a.len, start, end)?;
     // SAFETY: as in `job::run_map`: checked, aligned, initialised Pod memory;
     // the input is read-only for the job; this worker claimed `start..end`.
     let (input, output) = unsafe {

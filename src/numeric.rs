@@ -1,6 +1,6 @@
 //! The numeric forms of `map`: zips (`map2`, `map3`), whole-range kernels
-//! (`map_chunks`), in-place maps, stencils (`map_indexed`) and reductions
-//! (`map_reduce`). Each is one job (a reduction two) over shared memory, run
+//! (`map_chunks`), in-place maps, stencils (`map_indexed`, `map_indexed_with`)
+//! and reductions (`map_reduce`). Each is one job (a reduction two) over shared memory, run
 //! by the workers like a plain `map`; only the trampoline differs (`job.rs`).
 
 use std::mem::size_of;
@@ -8,13 +8,14 @@ use std::mem::size_of;
 use bytemuck::Pod;
 
 use crate::error::Error;
-use crate::job::{
-    MoreInputs, RunFn, run_chunks, run_in_place, run_indexed, run_map2, run_map3, run_reduce,
-};
-use crate::place::Place;
+use crate::parent::place::Place;
+use crate::parent::ring::{InlineData, Loc, Waiter};
 use crate::pool::{Output, Parts, Pool, Schedule, check_align, into_vec};
-use crate::ring::{InlineData, Loc, Waiter};
 use crate::shmvec::ShmVec;
+use crate::worker::job::{
+    MoreInputs, RunFn, run_chunks, run_in_place, run_indexed, run_indexed_with, run_map2, run_map3,
+    run_reduce,
+};
 
 /// The identity, as a zero-sized fn item: the "map" of the combining job.
 fn pass_through<A>(a: A) -> A {
@@ -104,13 +105,10 @@ impl Pool {
             return Ok(ShmVec::new());
         }
         let input = self.place_input(a)?;
-        let (Loc::Arena(b_off), b_block) = self.place_input(b)? else {
-            unreachable!("inputs are placed in the arena")
-        };
-        let (Loc::Arena(c_off), c_block) = self.place_input(c)? else {
-            unreachable!("inputs are placed in the arena")
-        };
-        let offsets: MoreInputs = [b_off, c_off];
+        let (b_loc, b_block) = self.place_input(b)?;
+        let (c_loc, c_block) = self.place_input(c)?;
+        // Inputs are never inline: the offsets stand on their own.
+        let offsets: MoreInputs = [b_loc.resolve(0), c_loc.resolve(0)];
         let mut inline = InlineData::new();
         let ctx = self.place_value(&offsets, &mut inline)?;
         let (out, _) = self.alloc::<U>(len)?;
@@ -195,28 +193,91 @@ impl Pool {
         self.run_blocking::<U>(input.len(), run_indexed::<T, U, F>, placed, None, None)
     }
 
-    /// `v[i] = f(v[i])` for every element of a vector in this pool's shared
-    /// memory, in place: no output is allocated. The `&mut` borrow keeps the
-    /// caller from touching `v` while the workers write it.
-    ///
-    /// If the job fails, `v` holds a mix of old and new values (the ranges
-    /// that ran, and any partly run range). A range whose worker dies is
-    /// **not** retried (unlike other jobs): it may have been half updated,
-    /// and running it again would apply `f` twice; the job fails with
-    /// `WorkerDied`.
+    /// [`map_indexed`](Self::map_indexed) with a context value that every
+    /// call receives by reference: `out[i] = f(&ctx, input, i)`. The way to
+    /// give an indexed task its parameters, such as a stencil's weights or
+    /// the global position of a block that is part of a larger array.
     ///
     /// # Errors
-    /// `InvalidArgument` if `v` belongs to another pool; otherwise as
-    /// [`map`](Self::map).
+    /// As [`map`](Self::map).
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// // This block starts at global index 1000 of a larger array.
+    /// let block = [0.5f64, 0.25, 0.125];
+    /// let ys = pool.map_indexed_with(1000usize, &block, |first, x: &[f64], i| {
+    ///     (first + i) as f64 * x[i]
+    /// })?;
+    /// assert_eq!(ys, vec![500.0, 250.25, 125.25]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn map_indexed_with<C, T, U, F>(
+        &self,
+        ctx: C,
+        input: &[T],
+        f: F,
+    ) -> Result<ShmVec<U>, Error>
+    where
+        C: Pod,
+        T: Pod,
+        U: Pod,
+        F: Fn(&C, &[T], usize) -> U + Copy + Send + Sync + 'static,
+    {
+        self.prologue(f)?;
+        if input.is_empty() {
+            return Ok(ShmVec::new());
+        }
+        let mut inline = InlineData::new();
+        let ctx = self.place_value(&ctx, &mut inline)?;
+        let placed = self.place_input(input)?;
+        let run: RunFn = run_indexed_with::<C, T, U, F>;
+        let (out, _) = self.alloc::<U>(input.len())?;
+        let sched = self.schedule_for::<U>(input.len());
+        let (slot, seq) = self.submit_parts(Parts {
+            len: input.len(),
+            sched,
+            run,
+            input: placed,
+            more: None,
+            ctx: Some(ctx),
+            out: Output::New(out),
+            inline,
+            waiter: Waiter::Sync,
+        })?;
+        Ok(into_vec(self.inner.wait_sync(slot, seq)?, input.len()))
+    }
+
+    /// `v[i] = f(v[i])` for every element, in place: no output is
+    /// allocated. The `&mut` borrow keeps the caller from touching `v` while
+    /// the workers write it.
+    ///
+    /// Workers update `v` in place when it lies in this pool's shared memory
+    /// (a [`ShmVec`] of this pool) or in the shared heap
+    /// ([`SharedHeap`](crate::SharedHeap)); any other slice is staged:
+    /// copied into this pool's arena, mapped there, and copied back once the
+    /// job succeeded (both copies counted in
+    /// [`Stats::bytes_staged`](crate::Stats::bytes_staged)).
+    ///
+    /// If the job fails, a `v` updated in place holds a mix of old and new
+    /// values (the ranges that ran, and any partly run range); a staged `v`
+    /// is left as it was. A range whose worker dies is **not** retried
+    /// (unlike other jobs): it may have been half updated, and running it
+    /// again would apply `f` twice; the job fails with `WorkerDied`.
+    ///
+    /// # Errors
+    /// As [`map`](Self::map).
     ///
     /// ```
     /// let pool = shmpool::Pool::new(2)?;
     /// let mut v = pool.to_shm(&[1u32, 2, 3])?;
     /// pool.map_in_place(&mut v, |x| x * 10)?;
     /// assert_eq!(v, vec![10, 20, 30]);
+    /// let mut plain = vec![1u32, 2, 3];
+    /// pool.map_in_place(&mut plain, |x| x + 1)?; // staged and copied back
+    /// assert_eq!(plain, vec![2, 3, 4]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map_in_place<T, F>(&self, v: &mut ShmVec<T>, f: F) -> Result<(), Error>
+    pub fn map_in_place<T, F>(&self, v: &mut [T], f: F) -> Result<(), Error>
     where
         T: Pod,
         F: Fn(T) -> T + Copy + Send + Sync + 'static,
@@ -225,21 +286,21 @@ impl Pool {
         if v.is_empty() {
             return Ok(());
         }
-        let input = self.place_output(v, "map_in_place")?;
         let len = v.len();
-        let sched = self.schedule_for::<T>(len);
-        let (slot, seq) = self.submit_parts(Parts {
-            len,
-            sched,
-            run: run_in_place::<T, F>,
-            input: (input, None),
-            more: None,
-            ctx: None,
-            out: Output::Input,
-            inline: InlineData::new(),
-            waiter: Waiter::Sync,
-        })?;
-        self.inner.wait_sync(slot, seq).map(drop)
+        self.write_through(v, true, |at| {
+            let sched = self.schedule_for::<T>(len);
+            self.submit_parts(Parts {
+                len,
+                sched,
+                run: run_in_place::<T, F>,
+                input: (at, None),
+                more: None,
+                ctx: None,
+                out: Output::Input,
+                inline: InlineData::new(),
+                waiter: Waiter::Sync,
+            })
+        })
     }
 
     /// Folds `map(x)` over `input` with `reduce`, starting from `identity`:
@@ -389,7 +450,7 @@ impl Pool {
         chunk: usize,
         parts: usize,
         run: RunFn,
-        input: (Loc, Option<crate::region::Alloc>),
+        input: (Loc, Option<crate::shm::region::Alloc>),
         identity: &A,
     ) -> Result<ShmVec<A>, Error> {
         let mut inline = InlineData::new();
@@ -414,8 +475,8 @@ impl Pool {
         &self,
         len: usize,
         run: RunFn,
-        input: (Loc, Option<crate::region::Alloc>),
-        second: Option<(Loc, Option<crate::region::Alloc>)>,
+        input: (Loc, Option<crate::shm::region::Alloc>),
+        second: Option<(Loc, Option<crate::shm::region::Alloc>)>,
         inline: Option<InlineData>,
     ) -> Result<ShmVec<U>, Error> {
         let (out, _) = self.alloc::<U>(len)?;

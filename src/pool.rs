@@ -10,15 +10,18 @@ use bytemuck::Pod;
 
 use crate::builder::Builder;
 use crate::error::Error;
-use crate::inner::{CLOSED, Inner, OPEN, STOP_GRACEFUL, STOP_KILL, STOP_NONE, TERMINATED, lock};
 use crate::input::AsyncInput;
 use crate::input::sealed::Source;
-use crate::job::{RunFn, assert_no_captures, run_map, run_map_with};
-use crate::region::Alloc;
+use crate::parent::core::{
+    CLOSED, Core, OPEN, STOP_GRACEFUL, STOP_KILL, STOP_NONE, TERMINATED, lock,
+};
+use crate::parent::place::Keep;
+use crate::parent::ring::{Deliver, InlineData, Job, Loc, Out, RawOut, Spec, Waiter};
 use crate::result::{AsyncResult, Cell, in_callback};
-use crate::ring::{Deliver, InlineData, Job, Loc, Out, RawOut, Spec, Waiter};
+use crate::shm::region::Alloc;
 use crate::shmvec::ShmVec;
 use crate::stats::{Profile, Stats};
+use crate::worker::job::{RunFn, assert_no_captures, run_map, run_map_with};
 use crate::worker::{in_task, run_as_caller};
 
 /// Default scheduling: about this many fixed ranges per worker, claimed
@@ -83,7 +86,7 @@ fn last_level_cache() -> usize {
 /// # Ok::<(), shmpool::Error>(())
 /// ```
 pub struct Pool {
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) inner: Arc<Core>,
     /// The supervisor thread, joined on drop (with the result thread, if
     /// an asynchronous job started it).
     pub(crate) supervisor: Option<JoinHandle<()>>,
@@ -93,9 +96,9 @@ pub struct Pool {
 pub(crate) enum Output {
     /// A new block, which becomes the caller's `ShmVec`.
     New(Alloc),
-    /// An existing block at this region offset, borrowed mutably by the
-    /// caller for the job's life (`map_into`).
-    At(u64),
+    /// Memory the caller borrows mutably for the job's life (`map_into`):
+    /// an arena block of this pool, or a slice of the shared heap.
+    At(Loc),
     /// The input itself (`map_in_place`).
     Input,
 }
@@ -404,28 +407,41 @@ impl Pool {
         Ok(into_vec(self.inner.wait_sync(slot, seq)?, input.len()))
     }
 
-    /// `out[i] = f(input[i])`, written into an existing vector in this
-    /// pool's shared memory: no output is allocated, so a loop that maps
-    /// into the same buffer again and again touches no new pages. The `&mut`
-    /// borrow keeps the caller from reading `out` while workers write it.
+    /// `out[i] = f(input[i])`, written into an existing slice: no output is
+    /// allocated, so a loop that maps into the same buffer again and again
+    /// touches no new pages. The `&mut` borrow keeps the caller from reading
+    /// `out` while workers write it.
     ///
-    /// If the job fails, `out` holds a mix of old and new values.
+    /// Workers write `out` in place when it lies in this pool's shared memory
+    /// (a [`ShmVec`] of this pool) or in the shared heap ([`SharedHeap`]).
+    /// Any other slice (a plain `Vec`, a `ShmVec` of another pool) is
+    /// *staged*: the job writes a block of this pool's arena, which is then
+    /// copied into `out` (counted in [`Stats::bytes_staged`]), so the result
+    /// is always right.
+    ///
+    /// If the job fails, an `out` written in place holds a mix of old and new
+    /// values; a staged `out` is left as it was.
+    ///
+    /// [`SharedHeap`]: crate::SharedHeap
     ///
     /// # Errors
-    /// `InvalidArgument` if the lengths differ or `out` belongs to another
-    /// pool; otherwise as [`map`](Self::map).
+    /// `InvalidArgument` if the lengths differ; otherwise as
+    /// [`map`](Self::map).
     ///
     /// ```
     /// let pool = shmpool::Pool::new(2)?;
     /// let xs = pool.to_shm(&[1.0f64, 2.0, 3.0])?;
     /// let mut out = pool.alloc_zeroed::<f64>(3)?;
     /// for _ in 0..3 {
-    ///     pool.map_into(&xs, &mut out, |x| x * x)?;
+    ///     pool.map_into(&xs, &mut out, |x| x * x)?; // written in place
     /// }
     /// assert_eq!(out, vec![1.0, 4.0, 9.0]);
+    /// let mut plain = vec![0.0f64; 3];
+    /// pool.map_into(&xs, &mut plain, |x| x + 1.0)?; // staged, copied back
+    /// assert_eq!(plain, vec![2.0, 3.0, 4.0]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map_into<T, U, F>(&self, input: &[T], out: &mut ShmVec<U>, f: F) -> Result<(), Error>
+    pub fn map_into<T, U, F>(&self, input: &[T], out: &mut [U], f: F) -> Result<(), Error>
     where
         T: Pod,
         U: Pod,
@@ -442,24 +458,60 @@ impl Pool {
         if input.is_empty() {
             return Ok(());
         }
-        let Loc::Arena(off) = self.place_output(out, "map_into")? else {
-            unreachable!("outputs are placed in the arena")
-        };
         let len = input.len();
         let placed = self.place_input(input)?;
-        let sched = self.schedule_for::<U>(len);
-        let (slot, seq) = self.submit_parts(Parts {
-            len,
-            sched,
-            run: run_map::<T, U, F>,
-            input: placed,
-            more: None,
-            ctx: None,
-            out: Output::At(off),
-            inline: InlineData::new(),
-            waiter: Waiter::Sync,
-        })?;
-        self.inner.wait_sync(slot, seq).map(drop)
+        self.write_through(out, false, |at| {
+            let sched = self.schedule_for::<U>(len);
+            self.submit_parts(Parts {
+                len,
+                sched,
+                run: run_map::<T, U, F>,
+                input: placed,
+                more: None,
+                ctx: None,
+                out: Output::At(at),
+                inline: InlineData::new(),
+                waiter: Waiter::Sync,
+            })
+        })
+    }
+
+    /// Runs a blocking job that writes `out` (as `submit` says, given where
+    /// to write), in place if workers can reach `out`, else through a staged
+    /// arena block that is copied back into `out` once the job succeeded
+    /// (and filled from `out` first if `copy_in`: an in-place map reads it).
+    pub(crate) fn write_through<U: Pod>(
+        &self,
+        out: &mut [U],
+        copy_in: bool,
+        submit: impl FnOnce(Loc) -> Result<(usize, u64), Error>,
+    ) -> Result<(), Error> {
+        if let Some(at) = self.place_output(out) {
+            let (slot, seq) = submit(at)?;
+            return self.inner.wait_sync(slot, seq).map(drop);
+        }
+        let bytes = size_of_val(out);
+        let block = if copy_in {
+            self.copy_to_arena(&*out)?
+        } else {
+            self.alloc::<U>(out.len())?.0
+        };
+        // The block outlives the job: `wait_sync` returns only once no
+        // worker can write it any more (a failed job is drained first).
+        let (slot, seq) = submit(Loc::Arena(block.off()))?;
+        self.inner.wait_sync(slot, seq)?;
+        // SAFETY: the block holds `out.len()` values of `U` (aligned for `U`),
+        // written by the finished job; no worker touches it any more; it is
+        // ours and does not overlap `out`.
+        let staged = unsafe { std::slice::from_raw_parts(block.ptr().cast::<U>(), out.len()) };
+        out.copy_from_slice(staged);
+        // ORDERING: Relaxed: statistics.
+        let copied = if copy_in { 2 * bytes } else { bytes };
+        self.inner
+            .stats
+            .bytes_staged
+            .fetch_add(copied as u64, Relaxed);
+        Ok(())
     }
 
     /// Starts a [`map`](Self::map) and returns at once with an
@@ -510,18 +562,33 @@ impl Pool {
         F: Fn(I::Elem) -> U + Copy + Send + Sync + 'static,
     {
         self.prologue(f)?;
-        let (len, placed) = match input.source() {
-            Source::Copy(slice) => (slice.len(), self.stage(slice)?),
-            Source::Own(owned) => (owned.len(), self.take_input(owned)?),
+        let (len, placed, keep) = match input.source() {
+            Source::Copy(slice) => (slice.len(), self.stage(slice)?, None),
+            Source::Own(owned) => (owned.len(), self.take_input(owned)?, None),
+            Source::Vec(vec) => {
+                let len = vec.len();
+                let (placed, keep) = self.take_vec(vec)?;
+                (len, placed, keep)
+            }
         };
         let cell = Arc::new(Cell::new(into_vec::<U>, len));
         let ticket = if len == 0 {
             cell.deliver(Ok(RawOut::Empty));
             None
         } else {
-            let run: RunFn = run_map::<I::Elem, U, F>;
-            let waiter = Waiter::Async(cell.clone());
-            Some(self.submit_map::<U>(len, placed, run, None, InlineData::new(), waiter)?)
+            let (out, _) = self.alloc::<U>(len)?;
+            let parts = Parts {
+                len,
+                sched: self.schedule_for::<U>(len),
+                run: run_map::<I::Elem, U, F>,
+                input: placed,
+                more: None,
+                ctx: None,
+                out: Output::New(out),
+                inline: InlineData::new(),
+                waiter: Waiter::Async(cell.clone()),
+            };
+            Some(self.submit_keeping(parts, keep)?)
         };
         Ok(AsyncResult::new(cell, self.inner.clone(), ticket))
     }
@@ -660,6 +727,12 @@ impl Pool {
 
     /// Submits a job whose pieces are placed.
     pub(crate) fn submit_parts(&self, p: Parts) -> Result<(usize, u64), Error> {
+        self.submit_keeping(p, None)
+    }
+
+    /// [`submit_parts`](Self::submit_parts), with a value the job keeps alive
+    /// until it is harvested.
+    pub(crate) fn submit_keeping(&self, p: Parts, keep: Keep) -> Result<(usize, u64), Error> {
         let (in_loc, staged) = p.input;
         let (ctx_loc, ctx_block) = p.ctx.unwrap_or((self.nowhere(), None));
         // Never more than the length: claims add `chunk` to a counter, which
@@ -668,7 +741,7 @@ impl Pool {
         let in_place = matches!(p.out, Output::Input);
         let (output, out) = match p.out {
             Output::New(block) => (Loc::Arena(block.off()), Out::Block(block)),
-            Output::At(off) => (Loc::Arena(off), Out::Nothing),
+            Output::At(loc) => (loc, Out::Nothing),
             Output::Input => (in_loc, Out::Nothing),
         };
         let spec = Spec {
@@ -687,6 +760,7 @@ impl Pool {
         let helps = self.inner.config.caller_runs && matches!(p.waiter, Waiter::Sync);
         let mut job = Job::new(p.len as u64, out, [staged, ctx_block, p.more], p.waiter);
         job.retryable = !in_place;
+        job._keep = keep;
         let ranges = p.len.div_ceil(chunk).saturating_sub(usize::from(helps));
         let tokens = ranges.min(self.inner.workers) as u32;
         let (slot, seq) = self.inner.submit(&spec, job, tokens)?;

@@ -19,9 +19,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
-use crate::inner::{Inner, OPEN, deadline_after, lock};
 use crate::os;
-use crate::ring::{Deliver, RawOut};
+use crate::parent::core::{Core, OPEN, deadline_after, lock};
+use crate::parent::ring::{Deliver, RawOut};
 
 type Callback<R> = Box<dyn FnOnce(&Result<R, Error>) + Send>;
 
@@ -209,7 +209,7 @@ impl<R: Send + 'static> Deliver for Cell<R> {
               register on_complete() or call detach() to let it run"]
 pub struct AsyncResult<R> {
     cell: Arc<Cell<R>>,
-    inner: Arc<Inner>,
+    inner: Arc<Core>,
     /// The job's slot and sequence number, while dropping the result should
     /// cancel it.
     ticket: Option<(usize, u64)>,
@@ -254,7 +254,7 @@ impl<R> AsyncResult<R> {
 }
 
 impl<R: Send + 'static> AsyncResult<R> {
-    pub(crate) fn new(cell: Arc<Cell<R>>, inner: Arc<Inner>, ticket: Option<(usize, u64)>) -> Self {
+    pub(crate) fn new(cell: Arc<Cell<R>>, inner: Arc<Core>, ticket: Option<(usize, u64)>) -> Self {
         AsyncResult {
             cell,
             inner,
@@ -632,7 +632,7 @@ impl<R: Send + 'static> Future for AsyncResult<R> {
 
 /// The result thread: delivers asynchronous outcomes until the pool is shut
 /// down and nothing is left to deliver.
-pub(crate) fn result_loop(inner: Arc<Inner>) {
+pub(crate) fn result_loop(inner: Arc<Core>) {
     let _ = inner.result_thread.set(std::thread::current().id());
     let mut quiet_rounds = 0u32;
     loop {

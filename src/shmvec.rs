@@ -10,7 +10,7 @@ use std::slice;
 use bytemuck::Pod;
 
 use crate::os;
-use crate::region::Alloc;
+use crate::shm::region::Alloc;
 
 /// An owned vector of `T` in a pool's shared memory.
 ///
@@ -105,7 +105,7 @@ impl<T: Pod> ShmVec<T> {
     }
 
     /// Gives up the arena block (to a job that will free it).
-    pub(crate) fn into_block(self) -> Option<crate::region::Alloc> {
+    pub(crate) fn into_block(self) -> Option<crate::shm::region::Alloc> {
         self.block
     }
 

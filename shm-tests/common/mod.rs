@@ -236,6 +236,14 @@ pub fn isolated_under_rlimit(
     isolated_with(name, secs, command)
 }
 
+/// [`isolated`], with the shared heap installed in the test process
+/// (`SHMPOOL_TEST_HEAP=1`: the default heap).
+pub fn isolated_with_heap(name: &str, secs: u64) -> String {
+    let mut command = Command::new(std::env::current_exe().expect("test binary path"));
+    command.env(TEST_HEAP, "1");
+    isolated_with(name, secs, command)
+}
+
 fn isolated_with(name: &str, secs: u64, mut command: Command) -> String {
     let mut child = command
         .args([

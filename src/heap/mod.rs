@@ -46,7 +46,7 @@ use state::{
 )]
 pub(crate) use state::{
     active, base, capacity, contains, in_child_view, memfd, owner_generation, protect_read_only,
-    share_view,
+    share_view, writable_alias,
 };
 
 use crate::os;

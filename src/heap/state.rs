@@ -597,6 +597,59 @@ pub(crate) unsafe fn protect_read_only() -> bool {
     unsafe { sys::protect(base(), capacity(), libc::PROT_READ) }
 }
 
+/// The start of a second, writable, shared mapping of the whole heap; 0
+/// until made, or if it could not be. Made once, in the owner, by the
+/// first pool built while the heap is active (`writable_alias`), and
+/// inherited by every pool's template and workers: their view of the heap
+/// at its own address is read-only (a task cannot write the owner's data),
+/// and the engine writes a job's output that lives in the heap through this
+/// mapping instead, at `alias + offset`.
+static ALIAS: AtomicUsize = AtomicUsize::new(0);
+/// Set once the owner tried to make the alias.
+static ALIAS_TRIED: AtomicBool = AtomicBool::new(false);
+
+/// The writable alias of the heap (see `ALIAS`), made on the first call in
+/// the owner; `None` without a heap, or if the mapping was refused (then a
+/// job's output in the heap is staged like any other slice's). In a child
+/// it only reads what it inherited.
+pub(crate) fn writable_alias() -> Option<usize> {
+    // ORDERING: Acquire: pairs with the Release below.
+    let alias = ALIAS.load(Acquire);
+    if alias != 0 {
+        return Some(alias);
+    }
+    if !is_owner() {
+        return None;
+    }
+    // ORDERING: Relaxed: only decides who maps it; the mapping itself is
+    // published by `ALIAS`. A racing thread answers `None` this once (its
+    // job is staged).
+    if ALIAS_TRIED.swap(true, Relaxed) {
+        // ORDERING: Acquire, as above.
+        let alias = ALIAS.load(Acquire);
+        return (alias != 0).then_some(alias);
+    }
+    let len = capacity();
+    // SAFETY: a new shared mapping of all of our own memfd, at an address
+    // the kernel picks; it overlaps nothing of ours.
+    let got = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_NORESERVE,
+            fd(),
+            0,
+        )
+    };
+    if got == libc::MAP_FAILED {
+        return None;
+    }
+    // ORDERING: Release: publishes the mapping to the Acquire above.
+    ALIAS.store(got as usize, Release);
+    Some(got as usize)
+}
+
 /// What the books hold, for `SharedHeap::stats` (in the owner).
 pub(super) struct Snapshot {
     pub(super) in_use: usize,

@@ -13,7 +13,9 @@ use std::slice;
 
 use bytemuck::Pod;
 
-use crate::stream::fill;
+use crate::heap;
+use crate::shm::region::Region;
+use crate::worker::stream::fill;
 
 /// The message of the compile-time check on task closures.
 pub(crate) const CAPTURE_MESSAGE: &str = "shmpool: a task must be a fn item or a closure that captures nothing, \
@@ -27,12 +29,56 @@ pub(crate) const fn assert_no_captures<F>() {
     }
 }
 
+/// A descriptor offset with this bit set is an offset into the shared heap
+/// (`SharedHeap`), not into the pool's region (design.md, "The shared heap
+/// and the pool").
+pub(crate) const HEAP_TAG: u64 = 1 << 63;
+
+/// Where a job's offsets lead in the process that runs its ranges.
+pub(crate) struct Memory {
+    /// The pool's region: read and written at the same address.
+    pub(crate) region: *mut u8,
+    pub(crate) region_len: u64,
+    /// The shared heap, as the runner reads it (null and 0 without a heap).
+    pub(crate) heap: *const u8,
+    /// The shared heap, as the runner writes it: in a worker, whose own view
+    /// of the heap is read-only, the same pages at another address (the
+    /// heap's writable alias); in the owner, the heap itself. Null when the
+    /// runner has no way to write it (a job never puts an output there
+    /// then).
+    pub(crate) heap_out: *mut u8,
+    pub(crate) heap_len: u64,
+}
+
+impl Memory {
+    /// The memory a runner in this process uses: `region`, and the shared
+    /// heap if the program has one (written through the heap's writable
+    /// alias in a worker, directly in the owner).
+    pub(crate) fn here(region: &Region) -> Memory {
+        let heap_len = heap::capacity() as u64;
+        let heap_base = heap::base() as *mut u8;
+        let heap_out = if heap_len == 0 {
+            std::ptr::null_mut()
+        } else if heap::active() {
+            heap_base
+        } else {
+            heap::writable_alias().map_or(std::ptr::null_mut(), |a| a as *mut u8)
+        };
+        Memory {
+            region: region.base(),
+            region_len: region.layout().len as u64,
+            heap: heap_base.cast_const(),
+            heap_out,
+            heap_len,
+        }
+    }
+}
+
 /// What a trampoline needs to find its data; built by the worker from the
 /// slot descriptor, which may have been scribbled on, so every field is
 /// validated before use.
 pub(crate) struct JobArgs {
-    pub(crate) base: *mut u8,
-    pub(crate) region_len: u64,
+    pub(crate) mem: Memory,
     pub(crate) in_off: u64,
     pub(crate) out_off: u64,
     pub(crate) ctx_off: u64,
@@ -50,7 +96,9 @@ pub(crate) struct BadDescriptor;
 /// The signature of every trampoline: run elements `start..end`.
 ///
 /// # Safety
-/// - `args.base` is the base of a live mapping of `args.region_len` bytes;
+/// - `args.mem` describes live mappings: `region_len` bytes at `region`,
+///   and `heap_len` bytes at `heap` (readable) and at `heap_out`
+///   (writable, if not null);
 /// - the function is the trampoline the descriptor was published with, so
 ///   its type parameters match the data at the offsets;
 /// - no one else writes elements `start..end` of the output while it runs.
@@ -58,20 +106,54 @@ pub(crate) type RunFn = unsafe fn(&JobArgs, usize, usize) -> Result<(), BadDescr
 
 impl JobArgs {
     /// A pointer to element `start` of an array of `count` values of `T` at
-    /// region offset `off`, after checking that the whole array lies in the
-    /// region, is aligned, and that `start <= end <= count`.
-    pub(crate) fn elems<T>(
+    /// descriptor offset `off` (the region's, or with `HEAP_TAG` the heap's),
+    /// for reading, after checking that the whole array lies in that memory,
+    /// is aligned, and that `start <= end <= count`.
+    pub(crate) fn input<T>(
+        &self,
+        off: u64,
+        count: u64,
+        start: usize,
+        end: usize,
+    ) -> Result<*const T, BadDescriptor> {
+        self.elems::<T>(off, count, start, end, false)
+            .map(<*mut T>::cast_const)
+    }
+
+    /// As [`input`](Self::input), for writing: a job's output (or an
+    /// in-place map's data).
+    pub(crate) fn output<T>(
         &self,
         off: u64,
         count: u64,
         start: usize,
         end: usize,
     ) -> Result<*mut T, BadDescriptor> {
+        self.elems::<T>(off, count, start, end, true)
+    }
+
+    fn elems<T>(
+        &self,
+        off: u64,
+        count: u64,
+        start: usize,
+        end: usize,
+        write: bool,
+    ) -> Result<*mut T, BadDescriptor> {
+        let m = &self.mem;
+        let (base, len, off) = if off & HEAP_TAG == 0 {
+            (m.region, m.region_len, off)
+        } else if write {
+            (m.heap_out, m.heap_len, off & !HEAP_TAG)
+        } else {
+            (m.heap.cast_mut(), m.heap_len, off & !HEAP_TAG)
+        };
         let bytes = count
             .checked_mul(size_of::<T>() as u64)
             .ok_or(BadDescriptor)?;
         let last = off.checked_add(bytes).ok_or(BadDescriptor)?;
-        let ok = last <= self.region_len
+        let ok = !base.is_null()
+            && last <= len
             && off % align_of::<T>() as u64 == 0
             && start <= end
             && end as u64 <= count;
@@ -79,17 +161,17 @@ impl JobArgs {
             return Err(BadDescriptor);
         }
         // In bounds by the checks above, so `add` stays within the mapping.
-        Ok(self
-            .base
+        Ok(base
             .wrapping_add(off as usize)
             .cast::<T>()
             .wrapping_add(start))
     }
 }
 
-/// Whether two byte ranges `(offset, length)` of the region overlap. Both
-/// were checked by `JobArgs::elems` to lie in the region, so the sums do not
-/// overflow.
+/// Whether two byte ranges `(offset, length)` of a job's memory overlap.
+/// Both were checked by `JobArgs::elems` to lie in the region or the heap
+/// (the heap's offsets carry `HEAP_TAG`, so ranges of different memories
+/// never compare as overlapping), so the sums do not overflow.
 fn overlap(a: (u64, u64), b: (u64, u64)) -> bool {
     a.1 != 0 && b.1 != 0 && a.0 < b.0 + b.1 && b.0 < a.0 + a.1
 }
@@ -122,8 +204,8 @@ where
     U: Pod,
     F: Fn(T) -> U + Copy,
 {
-    let input = a.elems::<T>(a.in_off, a.len, start, end)?;
-    let output = a.elems::<U>(a.out_off, a.len, start, end)?;
+    let input = a.input::<T>(a.in_off, a.len, start, end)?;
+    let output = a.output::<U>(a.out_off, a.len, start, end)?;
     let n = end - start;
     // SAFETY: both ranges were checked to lie in the live mapping and to be
     // aligned; shared memory holds initialised bytes and every bit pattern is
@@ -161,9 +243,9 @@ where
     U: Pod,
     F: Fn(&C, T) -> U + Copy,
 {
-    let ctx = a.elems::<C>(a.ctx_off, 1, 0, 1)?;
-    let input = a.elems::<T>(a.in_off, a.len, start, end)?;
-    let output = a.elems::<U>(a.out_off, a.len, start, end)?;
+    let ctx = a.input::<C>(a.ctx_off, 1, 0, 1)?;
+    let input = a.input::<T>(a.in_off, a.len, start, end)?;
+    let output = a.output::<U>(a.out_off, a.len, start, end)?;
     let n = end - start;
     // SAFETY: as in `run_map`; the context is read-only for the job's life.
     let (ctx, input, output) = unsafe {
@@ -201,9 +283,9 @@ where
     U: Pod,
     F: Fn(A, B) -> U + Copy,
 {
-    let xs = a.elems::<A>(a.in_off, a.len, start, end)?;
-    let ys = a.elems::<B>(a.ctx_off, a.len, start, end)?;
-    let output = a.elems::<U>(a.out_off, a.len, start, end)?;
+    let xs = a.input::<A>(a.in_off, a.len, start, end)?;
+    let ys = a.input::<B>(a.ctx_off, a.len, start, end)?;
+    let output = a.output::<U>(a.out_off, a.len, start, end)?;
     let n = end - start;
     // SAFETY: as in `run_map`; both inputs are read-only for the job's life.
     let (xs, ys, output) = unsafe {
@@ -240,13 +322,13 @@ where
     U: Pod,
     F: Fn(A, B, C) -> U + Copy,
 {
-    let more = a.elems::<MoreInputs>(a.ctx_off, 1, 0, 1)?;
+    let more = a.input::<MoreInputs>(a.ctx_off, 1, 0, 1)?;
     // SAFETY: checked to lie in the mapping, aligned; any bits are valid.
     let more = unsafe { more.read() };
-    let xs = a.elems::<A>(a.in_off, a.len, start, end)?;
-    let ys = a.elems::<B>(more[0], a.len, start, end)?;
-    let zs = a.elems::<C>(more[1], a.len, start, end)?;
-    let output = a.elems::<U>(a.out_off, a.len, start, end)?;
+    let xs = a.input::<A>(a.in_off, a.len, start, end)?;
+    let ys = a.input::<B>(more[0], a.len, start, end)?;
+    let zs = a.input::<C>(more[1], a.len, start, end)?;
+    let output = a.output::<U>(a.out_off, a.len, start, end)?;
     // The offsets of `b` and `c` come from the slot's inline area, which any
     // worker can write, and `run_as_caller` runs this in the parent: an
     // input aliasing the output would be a `&` and a `&mut` to the same
@@ -293,8 +375,8 @@ where
     U: Pod,
     F: Fn(&[T], &mut [U]) + Copy,
 {
-    let input = a.elems::<T>(a.in_off, a.len, start, end)?;
-    let output = a.elems::<U>(a.out_off, a.len, start, end)?;
+    let input = a.input::<T>(a.in_off, a.len, start, end)?;
+    let output = a.output::<U>(a.out_off, a.len, start, end)?;
     let n = end - start;
     // SAFETY: as in `run_map`.
     let (input, output) = unsafe {
@@ -323,7 +405,7 @@ where
     T: Pod,
     F: Fn(T) -> T + Copy,
 {
-    let data = a.elems::<T>(a.in_off, a.len, start, end)?;
+    let data = a.output::<T>(a.in_off, a.len, start, end)?;
     // SAFETY: checked to lie in the mapping and be aligned; this worker alone
     // claimed `start..end`, and the parent holds the vector exclusively.
     let data = unsafe { slice::from_raw_parts_mut(data, end - start) };
@@ -360,9 +442,9 @@ where
     if start as u64 % chunk != 0 || end as u64 != (start as u64 + chunk).min(a.len) {
         return Err(BadDescriptor);
     }
-    let identity = a.elems::<A>(a.ctx_off, 1, 0, 1)?;
-    let input = a.elems::<T>(a.in_off, a.len, start, end)?;
-    let partial = a.elems::<A>(a.out_off, parts, index as usize, index as usize + 1)?;
+    let identity = a.input::<A>(a.ctx_off, 1, 0, 1)?;
+    let input = a.input::<T>(a.in_off, a.len, start, end)?;
+    let partial = a.output::<A>(a.out_off, parts, index as usize, index as usize + 1)?;
     // SAFETY: as in `run_map`: checked, aligned, initialised Pod memory; the
     // identity is read-only; partial `index` belongs to this range alone.
     let (identity, input) = unsafe { (identity.read(), slice::from_raw_parts(input, end - start)) };
@@ -390,8 +472,8 @@ where
     F: Fn(&[T], usize) -> U + Copy,
 {
     let len = usize::try_from(a.len).map_err(|_| BadDescriptor)?;
-    let input = a.elems::<T>(a.in_off, a.len, 0, len)?;
-    let output = a.elems::<U>(a.out_off, a.len, start, end)?;
+    let input = a.input::<T>(a.in_off, a.len, 0, len)?;
+    let output = a.output::<U>(a.out_off, a.len, start, end)?;
     // SAFETY: as in `run_map`; the whole input is read-only for the job.
     let (input, output) = unsafe {
         (
@@ -409,14 +491,57 @@ where
     Ok(())
 }
 
+/// The trampoline of `map_indexed_with`: `out[i] = f(&ctx, &input, i)`.
+///
+/// # Safety
+/// See [`run_map`].
+pub(crate) unsafe fn run_indexed_with<C, T, U, F>(
+    a: &JobArgs,
+    start: usize,
+    end: usize,
+) -> Result<(), BadDescriptor>
+where
+    C: Pod,
+    T: Pod,
+    U: Pod,
+    F: Fn(&C, &[T], usize) -> U + Copy,
+{
+    let len = usize::try_from(a.len).map_err(|_| BadDescriptor)?;
+    let ctx = a.input::<C>(a.ctx_off, 1, 0, 1)?;
+    let input = a.input::<T>(a.in_off, a.len, 0, len)?;
+    let output = a.output::<U>(a.out_off, a.len, start, end)?;
+    // SAFETY: as in `run_indexed`; the context is read-only for the job's
+    // life, like the input.
+    let (ctx, input, output) = unsafe {
+        (
+            &*ctx,
+            slice::from_raw_parts(input, len),
+            slice::from_raw_parts_mut(output, end - start),
+        )
+    };
+    // SAFETY: the parent held an `F` when it submitted the job.
+    let f = unsafe { conjure::<F>() };
+    fill(output, a.stream, |part, at| {
+        for (k, o) in part.iter_mut().enumerate() {
+            *o = f(ctx, input, start + at + k);
+        }
+    });
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn args(buf: &mut [u64], in_off: u64, out_off: u64, len: u64) -> JobArgs {
         JobArgs {
-            base: buf.as_mut_ptr().cast(),
-            region_len: (buf.len() * 8) as u64,
+            mem: Memory {
+                region: buf.as_mut_ptr().cast(),
+                region_len: (buf.len() * 8) as u64,
+                heap: std::ptr::null(),
+                heap_out: std::ptr::null_mut(),
+                heap_len: 0,
+            },
             in_off,
             out_off,
             ctx_off: 0,
@@ -454,25 +579,51 @@ mod tests {
         let mut buf = [0u64; 16];
         let a = args(&mut buf, 0, 120, 8);
         assert_eq!(
-            a.elems::<u64>(a.out_off, a.len, 0, 8).err(),
+            a.input::<u64>(a.out_off, a.len, 0, 8).err(),
             Some(BadDescriptor)
         );
         assert_eq!(
-            a.elems::<u64>(3, 1, 0, 1).err(),
+            a.input::<u64>(3, 1, 0, 1).err(),
             Some(BadDescriptor),
             "misaligned"
         );
         assert_eq!(
-            a.elems::<u64>(0, 8, 4, 9).err(),
+            a.input::<u64>(0, 8, 4, 9).err(),
             Some(BadDescriptor),
             "end past len"
         );
         assert_eq!(
-            a.elems::<u64>(0, u64::MAX, 0, 1).err(),
+            a.input::<u64>(0, u64::MAX, 0, 1).err(),
             Some(BadDescriptor),
             "overflow"
         );
-        assert!(a.elems::<u64>(64, 8, 0, 8).is_ok());
+        assert!(a.input::<u64>(64, 8, 0, 8).is_ok());
+    }
+
+    #[test]
+    fn heap_offsets_resolve_against_the_heap_views() {
+        let mut region = [0u64; 4];
+        let heap = [0u64; 8];
+        let mut alias = [0u64; 8];
+        let mut a = args(&mut region, 0, 0, 4);
+        a.mem.heap = heap.as_ptr().cast();
+        a.mem.heap_out = alias.as_mut_ptr().cast();
+        a.mem.heap_len = 64;
+        let read = a.input::<u64>(HEAP_TAG | 16, 4, 1, 4).unwrap();
+        assert_eq!(read, heap[2..].as_ptr().wrapping_add(1));
+        let write = a.output::<u64>(HEAP_TAG | 16, 4, 0, 4).unwrap();
+        assert_eq!(write.cast_const(), alias[2..].as_ptr());
+        assert!(
+            a.input::<u64>(HEAP_TAG | 40, 4, 0, 4).is_err(),
+            "past the heap"
+        );
+        assert!(a.input::<u64>(16, 4, 0, 4).is_err(), "past the region");
+        a.mem.heap_out = std::ptr::null_mut();
+        assert!(
+            a.output::<u64>(HEAP_TAG, 4, 0, 4).is_err(),
+            "no writable view of the heap"
+        );
+        assert!(a.input::<u64>(HEAP_TAG, 4, 0, 4).is_ok());
     }
 
     fn run3<F: Fn(u64, u64, u64) -> u64 + Copy>(a: &JobArgs, _: F) -> Result<(), BadDescriptor> {
@@ -503,5 +654,28 @@ mod tests {
                 "{i} at {bad}"
             );
         }
+    }
+
+    fn run_iw<F: Fn(&u64, &[u64], usize) -> u64 + Copy>(
+        a: &JobArgs,
+        start: usize,
+        end: usize,
+        _: F,
+    ) -> Result<(), BadDescriptor> {
+        // SAFETY: `a` describes `buf`; the types match what the test put there.
+        unsafe { run_indexed_with::<u64, u64, u64, F>(a, start, end) }
+    }
+
+    #[test]
+    fn indexed_with_sees_context_whole_input_and_index() {
+        // ctx at 0, input at 8..40 (4 values), output at 40..72.
+        let mut buf = [100u64, 1, 2, 3, 4, 0, 0, 0, 0];
+        let mut a = args(&mut buf, 8, 40, 4);
+        a.ctx_off = 0;
+        let f = |c: &u64, x: &[u64], i: usize| c + x[i] * 10 + x.len() as u64 + i as u64;
+        assert_eq!(run_iw(&a, 1, 3, f), Ok(()));
+        assert_eq!(&buf[5..], &[0, 125, 136, 0]);
+        a.ctx_off = 72;
+        assert_eq!(run_iw(&a, 0, 1, f), Err(BadDescriptor), "context outside");
     }
 }

@@ -38,11 +38,11 @@ use std::time::Duration;
 
 use nix::unistd::{ForkResult, fork};
 
-use crate::layout::MAX_WORKERS;
 use crate::os;
-use crate::region::Region;
-use crate::release;
-use crate::registry;
+use crate::shm::layout::MAX_WORKERS;
+use crate::shm::region::Region;
+use crate::shm::registry;
+use crate::worker::{heap_view, release};
 use crate::worker::{
     WorkerConfig, WorkerCtx, install_worker_panic_hook, set_in_worker, worker_main,
 };
@@ -356,6 +356,9 @@ fn serve(
     }
     os::close_fds_except(&[event_fd, sock]);
     registry::unmap_others(region.base() as usize);
+    // Workers see the shared heap live and read-only (design.md, "The
+    // shared heap and the pool").
+    heap_view::protect_view();
     if hook == PanicHook::Own {
         // Setting the hook takes the lock a parent thread holds while it
         // runs a panic hook; such a thread does not exist here, so the lock

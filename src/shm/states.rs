@@ -35,14 +35,14 @@ pub(crate) const PHASE_IDLE: u32 = 0;
 /// slot named in its record.
 pub(crate) const PHASE_RUNNING: u32 = 1;
 
-/// `RedoEntry::state`: unused.
-pub(crate) const REDO_EMPTY: u32 = 0;
-/// `RedoEntry::state`: queued by the supervisor; any worker may claim it.
-pub(crate) const REDO_READY: u32 = 1;
-/// `RedoEntry::state`: `REDO_CLAIMED + w`: worker `w` claimed it (with a
+/// `RetryEntry::state`: unused.
+pub(crate) const RETRY_EMPTY: u32 = 0;
+/// `RetryEntry::state`: queued by the supervisor; any worker may claim it.
+pub(crate) const RETRY_READY: u32 = 1;
+/// `RetryEntry::state`: `RETRY_CLAIMED + w`: worker `w` claimed it (with a
 /// compare-exchange from READY, so claim and owner are one atomic step) and is
 /// running it.
-pub(crate) const REDO_CLAIMED: u32 = 2;
+pub(crate) const RETRY_CLAIMED: u32 = 2;
 
 /// A worker's exit code after `max_tasks_per_worker` ranges: recycled, not
 /// crashed.
@@ -59,6 +59,9 @@ pub(crate) const EXIT_RETIRED: i32 = 103;
 /// `WorkerRecord::oom`: the worker's last abort followed a failed
 /// allocation. A distinctive value, so a scribbled word is not taken for it.
 pub(crate) const OOM_MARK: u32 = 0x4f4f_4d21; // "OOM!"
+/// `WorkerRecord::oom` (the word that says why a worker died): a task wrote
+/// to the shared heap, which workers map read-only (`worker/heap_view.rs`).
+pub(crate) const HEAP_WRITE_MARK: u32 = 0x4845_4150; // "HEAP"
 /// `WorkerRecord::init`: the worker is running the pool's initializer.
 /// Distinctive for the same reason.
 pub(crate) const INIT_MARK: u32 = 0x494e_4954; // "INIT"

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::os::{self, Wake};
-use crate::region::Region;
+use crate::parent::ring::{Job, JobTimes, RawOut, Ring, Spec, Waiter};
 use crate::result::result_loop;
-use crate::ring::{Job, JobTimes, RawOut, Ring, Spec, Waiter};
-use crate::states::{NOTIFY_EVENT, SLOT_DONE, SLOT_RUNNING};
+use crate::shm::region::Region;
+use crate::shm::states::{NOTIFY_EVENT, SLOT_DONE, SLOT_RUNNING};
 use crate::worker::{WorkerConfig, in_task, in_worker};
 
 /// The most rounds a blocking caller polls its slot before it sleeps.
@@ -44,18 +44,18 @@ pub(crate) fn saturating_deadline(timeout: Duration) -> Instant {
         .unwrap_or(now)
 }
 
-/// `Inner::life`: accepting work.
+/// `Core::life`: accepting work.
 pub(crate) const OPEN: u8 = 0;
-/// `Inner::life`: `close()` was called; outstanding jobs still run.
+/// `Core::life`: `close()` was called; outstanding jobs still run.
 pub(crate) const CLOSED: u8 = 1;
-/// `Inner::life`: `terminate()` was called (or the pool dropped).
+/// `Core::life`: `terminate()` was called (or the pool dropped).
 pub(crate) const TERMINATED: u8 = 2;
 
-/// `Inner::stop`: the supervisor keeps the workers alive.
+/// `Core::stop`: the supervisor keeps the workers alive.
 pub(crate) const STOP_NONE: u8 = 0;
-/// `Inner::stop`: ask workers to exit, wait for them, then kill stragglers.
+/// `Core::stop`: ask workers to exit, wait for them, then kill stragglers.
 pub(crate) const STOP_GRACEFUL: u8 = 1;
-/// `Inner::stop`: kill every worker now.
+/// `Core::stop`: kill every worker now.
 pub(crate) const STOP_KILL: u8 = 2;
 
 thread_local! {
@@ -134,10 +134,14 @@ pub(crate) struct Procs {
     pub(crate) gone: bool,
 }
 
-pub(crate) struct Inner {
+pub(crate) struct Core {
     pub(crate) region: Arc<Region>,
     pub(crate) workers: usize,
     pub(crate) config: Config,
+    /// Whether this pool's workers can write the shared heap (its writable
+    /// alias was mapped before the pool's template was forked): a job's
+    /// output in the heap is then written in place, else staged.
+    pub(crate) heap_writable: bool,
     /// The fork generation (`os::fork_generation`) of the process that built
     /// the pool; a copy of the pool in a forked child refuses to work.
     pub(crate) owner: u64,
@@ -166,7 +170,7 @@ pub(crate) struct Inner {
     streams: Mutex<Streams>,
 }
 
-impl Drop for Inner {
+impl Drop for Core {
     /// Normally runs in the owner once the pool and its threads are gone. A
     /// copy in another process (a task reaching a pool through a static, a
     /// child the user forked) holds the handle of a thread that does not
@@ -199,12 +203,14 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl Inner {
+impl Core {
     pub(crate) fn new(region: Arc<Region>, config: Config) -> Result<Self, Error> {
         let layout = *region.layout();
-        Ok(Inner {
+        Ok(Core {
             workers: layout.workers,
             config,
+            // Mapped by `Builder::build` before the template is forked.
+            heap_writable: crate::heap::writable_alias().is_some(),
             owner: os::fork_generation(),
             broken: OnceLock::new(),
             ring: Mutex::new(Ring::new(layout.ring)),

@@ -16,13 +16,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
-use crate::inner::{Inner, STOP_GRACEFUL, STOP_KILL, STOP_NONE, lock, saturating_deadline};
-use crate::layout::{LOC_CAP, MSG_CAP};
 use crate::os;
-use crate::ring::Retry;
-use crate::states::*;
-use crate::stuck::{self, Subject, Watch};
-use crate::template::{PanicHook, Report, StdioProbe, Template};
+use crate::parent::core::{Core, STOP_GRACEFUL, STOP_KILL, STOP_NONE, lock, saturating_deadline};
+use crate::parent::ring::Verdict;
+use crate::parent::stuck::{self, Subject, Watch};
+use crate::shm::layout::{LOC_CAP, MSG_CAP};
+use crate::shm::states::*;
+use crate::worker::template::{PanicHook, Report, StdioProbe, Template};
 
 /// How long workers get to exit after a graceful shutdown request before
 /// they are killed.
@@ -68,7 +68,7 @@ enum Worker {
 }
 
 struct Supervisor {
-    inner: Arc<Inner>,
+    inner: Arc<Core>,
     template: Option<Template>,
     workers: Vec<Worker>,
     /// Worker `w` was killed for running past the task timeout: the slot,
@@ -105,10 +105,7 @@ struct Supervisor {
 /// Starts every worker, waits until each runs, then starts the supervisor
 /// thread with the pool's template. On error, the workers already started and
 /// the template are killed and reaped.
-pub(crate) fn start(
-    inner: Arc<Inner>,
-    template: Template,
-) -> Result<thread::JoinHandle<()>, Error> {
+pub(crate) fn start(inner: Arc<Core>, template: Template) -> Result<thread::JoinHandle<()>, Error> {
     let n = inner.workers;
     let mut sup = Supervisor {
         inner,
@@ -522,7 +519,9 @@ impl Supervisor {
         let (start, end) = (rec.start.load(Relaxed), rec.end.load(Relaxed));
         let running = rec.phase.load(Relaxed) == PHASE_RUNNING;
         let started = rec.started_ns.load(Relaxed);
-        let oom = rec.oom.swap(0, Relaxed) == OOM_MARK;
+        let mark = rec.oom.swap(0, Relaxed);
+        let oom = mark == OOM_MARK;
+        let heap_write = mark == HEAP_WRITE_MARK;
         // Killed for a timeout, and still in the range that overran (it may
         // have moved on between the check and the kill).
         let timed_out = deadline == Some((slot, start, started)) && running;
@@ -533,20 +532,24 @@ impl Supervisor {
         // was scribbled), and touching its pages would allocate them.
         if (slot as usize) < ring.len() {
             let s = slot as usize;
-            ring.release_redo(region, s, w);
+            ring.release_retries(region, s, w);
             let config = &inner.config;
             ring.lost(region, s, |len| {
                 let range =
                     (running && start < end && end <= len).then_some(start as usize..end as usize);
                 if timed_out {
-                    return Retry::Fail(Error::Timeout {
+                    return Verdict::Fail(Error::Timeout {
                         after: config.task_timeout.unwrap_or_default(),
                         range,
                     });
                 }
+                if heap_write {
+                    // Not retried: it would write again.
+                    return Verdict::Fail(Error::HeapWrite { pid, range });
+                }
                 if stuck {
                     // Not retried: it would block again.
-                    return Retry::Fail(Error::WouldDeadlock {
+                    return Verdict::Fail(Error::WouldDeadlock {
                         reason: stuck::TASK_REASON,
                     });
                 }
@@ -564,8 +567,8 @@ impl Supervisor {
                     },
                 };
                 match range {
-                    Some(r) => Retry::Range(r, config.max_retries.saturating_add(spare), error),
-                    None => Retry::Fail(error),
+                    Some(r) => Verdict::Range(r, config.max_retries.saturating_add(spare), error),
+                    None => Verdict::Fail(error),
                 }
             });
             // Cleared under the ring lock and after the job's fate is

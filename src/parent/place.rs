@@ -1,34 +1,42 @@
 //! Where a job's data lives: the one place that decides, for every map form,
-//! whether a slice is read in place or copied into the pool's arena first.
+//! whether a slice is read (or written) in place or copied first.
 //!
-//! Workers can read only memory they share with the parent at the same
-//! address: this pool's arena. [`Pool::locate`] answers "where does this slice
-//! live" for any slice, and every entry point asks it:
+//! Workers can reach only memory they share with the parent at a known
+//! address: this pool's arena, and the shared heap (`SharedHeap`, when the
+//! program installed it: workers map it at the same address, read-only, and
+//! write job outputs there through its writable alias). [`Pool::locate`]
+//! answers "where does this slice live" for any slice, and every entry point
+//! asks it:
 //!
 //! - a blocking call's input ([`Pool::place_input`]): read in place if it
-//!   lies in this pool's arena (the call borrows it until the job is
-//!   harvested), else staged: copied into a block the job owns;
-//! - an asynchronous call's owned input ([`Pool::take_input`]): a `ShmVec`
-//!   of this pool is read in place and freed with the job; one of another
-//!   pool is staged like a slice (the job owns the copy) and then dropped;
-//! - an output written in place (`map_into`, `map_in_place`:
-//!   [`Pool::place_output`]): only this pool's arena will do, anything else
-//!   is refused.
+//!   lies in this pool's arena or in the heap (the call borrows it until the
+//!   job is harvested), else staged: copied into a block the job owns;
+//! - an asynchronous call's owned input ([`Pool::take_input`],
+//!   [`Pool::take_vec`]): a `ShmVec` of this pool, or a `Vec` in the heap,
+//!   is read in place and kept by the job until it is harvested; anything
+//!   else is staged, then dropped;
+//! - memory written in place (`map_into`, `map_in_place`:
+//!   [`Pool::place_output`]): this pool's arena or the heap is written in
+//!   place; anything else is staged into an arena block and copied back
+//!   after the job succeeded.
 //!
 //! A `ShmVec` of *another* pool is "elsewhere": its bytes are at an offset of
 //! a different region, which this pool's workers do not map (they unmap
 //! other pools' regions when they start).
 
-use std::mem::size_of_val;
+use std::alloc::Layout;
+use std::mem::{ManuallyDrop, size_of_val};
+use std::ptr::NonNull;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use bytemuck::Pod;
 
 use crate::error::Error;
+use crate::heap;
+use crate::parent::ring::{InlineData, Loc};
 use crate::pool::Pool;
-use crate::region::Alloc;
-use crate::ring::{InlineData, Loc};
+use crate::shm::region::Alloc;
 use crate::shmvec::ShmVec;
 
 /// Where a slice lives, as far as one pool is concerned.
@@ -36,17 +44,54 @@ use crate::shmvec::ShmVec;
 pub(crate) enum Place {
     /// In this pool's arena at this region offset: workers read it in place.
     Arena(u64),
+    /// In the shared heap at this offset: workers read it in place (and
+    /// write it through the heap's writable alias).
+    Heap(u64),
     /// It occupies no bytes (empty, or of a zero-sized type): nothing to
     /// read or write, nothing to copy.
     Nowhere,
-    /// Anywhere else: a plain `Vec`, a stack array, another pool's arena.
-    /// Workers cannot see it; it must be copied in.
+    /// Anywhere else: a plain `Vec` outside the heap, a stack array, another
+    /// pool's arena. Workers cannot see it; it must be copied.
     Elsewhere,
 }
 
 /// A job's placed input: where workers find it, and the block the job owns
 /// if it was copied (freed when the job is harvested).
 pub(crate) type Placed = (Loc, Option<Alloc>);
+
+/// A `Vec` a job reads in place and keeps alive until it is harvested (a
+/// shared-heap `Vec` moved into `map_async`), then frees.
+pub(crate) struct Kept {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+// SAFETY: a `Kept` is only the `Vec`'s memory: its elements are `Pod` (no
+// drop glue, nothing owned), and the global allocator frees from any thread.
+unsafe impl Send for Kept {}
+
+impl Kept {
+    fn new<T: Pod>(v: Vec<T>) -> Kept {
+        let mut v = ManuallyDrop::new(v);
+        Kept {
+            ptr: NonNull::new(v.as_mut_ptr().cast()).expect("a Vec's pointer is not null"),
+            layout: Layout::array::<T>(v.capacity()).expect("a Vec's layout is valid"),
+        }
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        if self.layout.size() != 0 {
+            // SAFETY: the memory of a `Vec` with this layout, from the global
+            // allocator, given up by `Kept::new` and freed once, here.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+        }
+    }
+}
+
+/// What a job keeps alive until it is harvested.
+pub(crate) type Keep = Option<Kept>;
 
 /// Inputs at least this large are staged by several threads at once: one
 /// thread cannot saturate the memory bus.
@@ -60,9 +105,16 @@ impl Pool {
         if bytes == 0 {
             return Place::Nowhere;
         }
-        match self.inner.region.arena_offset(data.as_ptr().cast(), bytes) {
-            Some(off) => Place::Arena(off),
-            None => Place::Elsewhere,
+        let ptr = data.as_ptr().cast::<u8>();
+        if let Some(off) = self.inner.region.arena_offset(ptr, bytes) {
+            return Place::Arena(off);
+        }
+        // Only the heap's owner places data in it (pool calls are refused
+        // anywhere else), and every pool's workers map all of it: the heap
+        // is reserved before any pool forks.
+        match heap::contains(ptr, bytes) {
+            Some(off) if heap::active() => Place::Heap(off as u64),
+            _ => Place::Elsewhere,
         }
     }
 
@@ -77,6 +129,7 @@ impl Pool {
     pub(crate) fn place_input<T: Pod>(&self, input: &[T]) -> Result<Placed, Error> {
         match self.locate(input) {
             Place::Arena(off) => Ok((Loc::Arena(off), None)),
+            Place::Heap(off) => Ok((Loc::Heap(off), None)),
             Place::Nowhere => Ok((self.nowhere(), None)),
             Place::Elsewhere => self.stage(input),
         }
@@ -92,24 +145,32 @@ impl Pool {
                 Some(block) => (Loc::Arena(block.off()), Some(block)),
                 None => (self.nowhere(), None),
             }),
-            Place::Elsewhere => self.stage(&input),
+            // (A `ShmVec`'s block is always some pool's arena, never heap.)
+            Place::Heap(_) | Place::Elsewhere => self.stage(&input),
         }
     }
 
-    /// The region offset of an output that a call writes in place
-    /// (`map_into`, `map_in_place`): it must lie in this pool's arena.
-    ///
-    /// # Errors
-    /// `InvalidArgument` naming `what` when it does not (a vector of another
-    /// pool: its bytes are not in the memory this pool's workers map).
-    pub(crate) fn place_output<T: Pod>(&self, out: &[T], what: &str) -> Result<Loc, Error> {
+    /// For an asynchronous call that takes a `Vec` by value: one in the
+    /// shared heap is read in place and kept alive by the job (freed when the
+    /// job is harvested); any other is copied in and dropped.
+    pub(crate) fn take_vec<T: Pod>(&self, input: Vec<T>) -> Result<(Placed, Keep), Error> {
+        match self.locate(&input) {
+            Place::Heap(off) => Ok(((Loc::Heap(off), None), Some(Kept::new(input)))),
+            Place::Nowhere => Ok(((self.nowhere(), None), None)),
+            Place::Arena(_) | Place::Elsewhere => Ok((self.stage(&input)?, None)),
+        }
+    }
+
+    /// Where a call writes `out` in place (`map_into`, `map_in_place`):
+    /// this pool's arena, or the heap if this pool's workers can write it
+    /// (its writable alias existed when the pool was built). `None`: `out`
+    /// must be staged into an arena block and copied back (`Staged`).
+    pub(crate) fn place_output<T: Pod>(&self, out: &[T]) -> Option<Loc> {
         match self.locate(out) {
-            Place::Arena(off) => Ok(Loc::Arena(off)),
-            Place::Nowhere => Ok(self.nowhere()),
-            Place::Elsewhere => Err(Error::invalid(format!(
-                "{what} needs a vector in this pool's shared memory (this one belongs to \
-                 another pool)"
-            ))),
+            Place::Arena(off) => Some(Loc::Arena(off)),
+            Place::Heap(off) if self.inner.heap_writable => Some(Loc::Heap(off)),
+            Place::Nowhere => Some(self.nowhere()),
+            Place::Heap(_) | Place::Elsewhere => None,
         }
     }
 
@@ -168,7 +229,7 @@ unsafe fn copy_in(src: &[u8], dst: *mut u8, threads: usize, stream: bool) {
     let threads = threads.clamp(1, 8);
     if src.len() < PARALLEL_COPY_FROM || threads == 1 {
         // SAFETY: the caller's contract.
-        unsafe { crate::stream::copy(src.as_ptr(), dst, src.len(), stream) };
+        unsafe { crate::worker::stream::copy(src.as_ptr(), dst, src.len(), stream) };
         return;
     }
     let piece = src.len().div_ceil(threads).next_multiple_of(4096);
@@ -179,7 +240,7 @@ unsafe fn copy_in(src: &[u8], dst: *mut u8, threads: usize, stream: bool) {
         // the block, each written by one thread, and the scope ends before
         // the caller uses the block.
         unsafe {
-            crate::stream::copy(
+            crate::worker::stream::copy(
                 part.as_ptr(),
                 (base as *mut u8).add(i * piece),
                 part.len(),

@@ -12,10 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
 use crate::error::Error;
-use crate::layout::{INLINE_CAP, LINE, LOC_CAP, MSG_CAP, Slot};
 use crate::os;
-use crate::region::{Alloc, FIRST_SLOTS, Region};
-use crate::states::*;
+use crate::shm::layout::{INLINE_CAP, LINE, LOC_CAP, MSG_CAP, Slot};
+use crate::shm::region::{Alloc, FIRST_SLOTS, Region};
+use crate::shm::states::*;
+use crate::worker::job::HEAP_TAG;
 
 /// Receives the outcome of an asynchronous job; implemented by the typed
 /// result cell behind an `AsyncResult`.
@@ -61,7 +62,7 @@ pub(crate) enum Waiter {
 }
 
 /// What a worker's death means for its job (decided by the supervisor).
-pub(crate) enum Retry {
+pub(crate) enum Verdict {
     /// Run this range again, unless it has already been tried `max` extra
     /// times; then fail with the error.
     Range(std::ops::Range<usize>, u32, Error),
@@ -76,6 +77,9 @@ pub(crate) struct Job {
     pub(crate) out: Out,
     /// Blocks the job owns until it finishes: staged inputs, a context.
     pub(crate) _holds: [Option<Alloc>; 3],
+    /// A value the job reads in place and keeps alive until it is harvested
+    /// (a shared-heap `Vec` moved into `map_async`).
+    pub(crate) _keep: crate::parent::place::Keep,
     /// Set by the parent when the job failed outside the workers' view (a
     /// worker died, the pool was terminated).
     pub(crate) failure: Option<Error>,
@@ -103,6 +107,7 @@ impl Job {
             len,
             out,
             _holds: holds,
+            _keep: None,
             failure: None,
             waiter,
             attempts: Vec::new(),
@@ -131,12 +136,12 @@ fn descriptor(slot: &Slot) -> [u64; 7] {
 }
 
 /// Whether a retry of slot `slot` is queued and not yet claimed.
-fn redo_ready(slot: &Slot) -> bool {
+fn retry_ready(slot: &Slot) -> bool {
     // ORDERING: SeqCst: read before a drain check, like `claim`.
-    slot.redo
+    slot.retries
         .0
         .iter()
-        .any(|e| e.state.load(SeqCst) == REDO_READY)
+        .any(|e| e.state.load(SeqCst) == RETRY_READY)
 }
 
 /// Small values (an `apply` argument and result, a `map_with` context) that
@@ -182,13 +187,18 @@ pub(crate) enum Loc {
     Arena(u64),
     /// At this offset within the slot's inline area.
     Inline(u64),
+    /// At this offset of the shared heap (`SharedHeap`).
+    Heap(u64),
 }
 
 impl Loc {
+    /// The descriptor word for this location: a region offset, or a heap
+    /// offset tagged with `HEAP_TAG`.
     pub(crate) fn resolve(self, inline_off: u64) -> u64 {
         match self {
             Loc::Arena(off) => off,
             Loc::Inline(rel) => inline_off + rel,
+            Loc::Heap(off) => off | HEAP_TAG,
         }
     }
 }
@@ -387,8 +397,8 @@ impl Ring {
         for word in slot.claim.visitors.iter().take(workers.div_ceil(64)) {
             word.store(0, Relaxed);
         }
-        for e in &slot.redo.0 {
-            e.state.store(REDO_EMPTY, Relaxed);
+        for e in &slot.retries.0 {
+            e.state.store(RETRY_EMPTY, Relaxed);
         }
         slot.err.state.store(ERR_NONE, Relaxed);
         d.abort.store(0, Relaxed);
@@ -484,7 +494,7 @@ impl Ring {
         // ORDERING: SeqCst: as in `fail`.
         slot.desc.abort.store(1, SeqCst);
         // `in_flight` drops once the cell is answered and its callbacks have
-        // run (`Inner::cancel`): `join` waits for them.
+        // run (`Core::cancel`): `join` waits for them.
         Some(cell)
     }
 
@@ -495,7 +505,7 @@ impl Ring {
         &mut self,
         region: &Region,
         s: usize,
-        decide: impl FnOnce(u64) -> Retry,
+        decide: impl FnOnce(u64) -> Verdict,
     ) -> bool {
         let slot = region.slot(s);
         let Phase::Busy(job) = &mut self.phases[s] else {
@@ -506,9 +516,9 @@ impl Ring {
             return false;
         }
         let error = match decide(job.len) {
-            Retry::Fail(e) => e,
-            Retry::Range(_, _, e) if !job.retryable => e,
-            Retry::Range(range, max, e) => {
+            Verdict::Fail(e) => e,
+            Verdict::Range(_, _, e) if !job.retryable => e,
+            Verdict::Range(range, max, e) => {
                 let start = range.start as u64;
                 let tries = match job.attempts.iter_mut().find(|(at, _)| *at == start) {
                     Some((_, n)) => {
@@ -523,10 +533,10 @@ impl Ring {
                 // ORDERING: Acquire: an EMPTY entry was released by the
                 // worker that ran it, or reset by us.
                 let free = slot
-                    .redo
+                    .retries
                     .0
                     .iter()
-                    .find(|e| e.state.load(Acquire) == REDO_EMPTY);
+                    .find(|e| e.state.load(Acquire) == RETRY_EMPTY);
                 match free {
                     Some(entry) if tries <= max => {
                         // ORDERING: Relaxed: published by the SeqCst store of
@@ -536,7 +546,7 @@ impl Ring {
                         // ORDERING: SeqCst: before the pending bit (the
                         // Dekker pair with a worker clearing it), and before
                         // the drain checks that now see a retry waiting.
-                        entry.state.store(REDO_READY, SeqCst);
+                        entry.state.store(RETRY_READY, SeqCst);
                         // ORDERING: SeqCst: see above.
                         region.control().pending.0[s / 64].fetch_or(1u64 << (s % 64), SeqCst);
                         return true;
@@ -551,14 +561,14 @@ impl Ring {
 
     /// Frees the retry entries of slot `s` that worker `w`, now dead, had
     /// claimed (its range is then queued again, or the job fails).
-    pub(crate) fn release_redo(&mut self, region: &Region, s: usize, w: usize) {
-        let theirs = REDO_CLAIMED + w as u32;
-        for entry in &region.slot(s).redo.0 {
+    pub(crate) fn release_retries(&mut self, region: &Region, s: usize, w: usize) {
+        let theirs = RETRY_CLAIMED + w as u32;
+        for entry in &region.slot(s).retries.0 {
             // ORDERING: Relaxed: only the parent reads it next, under the
             // ring lock, or a worker after a SeqCst READY store.
             let _ = entry
                 .state
-                .compare_exchange(theirs, REDO_EMPTY, Relaxed, Relaxed);
+                .compare_exchange(theirs, RETRY_EMPTY, Relaxed, Relaxed);
         }
     }
 
@@ -643,7 +653,7 @@ impl Ring {
         let slot = region.slot(s);
         // ORDERING: Relaxed: a heuristic; a spurious kick costs one wake-up.
         let running = slot.desc.state.load(Relaxed) == SLOT_RUNNING;
-        let waiting = slot.claim.next.load(Relaxed) < job.len || redo_ready(slot);
+        let waiting = slot.claim.next.load(Relaxed) < job.len || retry_ready(slot);
         if running && waiting {
             set_pending(region, s);
             return 1;
@@ -694,7 +704,7 @@ impl Ring {
             // or stalled in an impossible state, *and* no worker is left in
             // the slot: until then a worker may still write the output.
             // ORDERING: SeqCst: read before the drain check, like `abort`.
-            let exhausted = slot.claim.next.load(SeqCst) >= job.len && !redo_ready(slot);
+            let exhausted = slot.claim.next.load(SeqCst) >= job.len && !retry_ready(slot);
             let stalled = job.corrupt.is_some()
                 || job.failure.is_some()
                 || state != SLOT_RUNNING
@@ -818,7 +828,7 @@ fn corrupt_when_done(slot: &Slot, job: &Job) -> Option<&'static str> {
         "a finished job's ranges do not add up to its length"
     } else if claimed < job.len {
         "a finished job has elements no worker claimed"
-    } else if redo_ready(slot) {
+    } else if retry_ready(slot) {
         "a finished job has a retry waiting"
     } else if descriptor(slot) != job.published {
         "a worker overwrote the job descriptor"
@@ -934,5 +944,6 @@ mod tests {
     fn locations_resolve_against_the_slot() {
         assert_eq!(Loc::Arena(4096).resolve(100), 4096);
         assert_eq!(Loc::Inline(8).resolve(100), 108);
+        assert_eq!(Loc::Heap(64).resolve(100), 64 | HEAP_TAG);
     }
 }

@@ -8,6 +8,12 @@
 //! forked with and allocates only to format a panic message (glibc's malloc
 //! is fork-safe).
 
+pub(crate) mod heap_view;
+pub(crate) mod job;
+pub(crate) mod release;
+pub(crate) mod stream;
+pub(crate) mod template;
+
 use std::any::Any;
 use std::cell::Cell;
 use std::os::fd::RawFd;
@@ -17,13 +23,13 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64};
 use std::time::Duration;
 
-use crate::job::{BadDescriptor, JobArgs, RunFn};
-use crate::layout::{ErrorRecord, LOC_CAP, MSG_CAP, Slot, WorkerRecord};
 use crate::os;
-use crate::region::Region;
-use crate::registry;
-use crate::ring::Spec;
-use crate::states::*;
+use crate::parent::ring::Spec;
+use crate::shm::layout::{ErrorRecord, LOC_CAP, MSG_CAP, Slot, WorkerRecord};
+use crate::shm::region::Region;
+use crate::shm::registry;
+use crate::shm::states::*;
+use crate::worker::job::{BadDescriptor, JobArgs, Memory, RunFn};
 
 /// How long an idle worker sleeps before it checks that its parent is alive
 /// (belt and braces: the parent-death signal normally kills it first).
@@ -118,6 +124,9 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
     // together with `slot`, which we have not yet set.
     rec.retire.store(0, Relaxed);
     rec.in_range.store(NO_SLOT, Relaxed);
+    // A task that writes the shared heap (read-only here) fails its job
+    // with a typed error.
+    heap_view::install(&rec.oom);
     if let Some(limit) = ctx.config.memory_limit {
         install_abort_handler(&rec.oom);
         let Some(cap) = os::limit_address_space(limit) else {
@@ -326,8 +335,7 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
         slot,
         index: s as u32,
         args: JobArgs {
-            base: region.base(),
-            region_len: region.layout().len as u64,
+            mem: Memory::here(region),
             in_off: d.in_off.load(Relaxed),
             out_off: d.out_off.load(Relaxed),
             ctx_off: d.ctx_off.load(Relaxed),
@@ -344,18 +352,18 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
     let mut relay = (region.control().sem.wake_cap() as u64) < workers;
     'visit: loop {
         // Retries first: they are the oldest work of the job.
-        let mine = REDO_CLAIMED + ctx.index as u32;
-        for entry in &slot.redo.0 {
+        let mine = RETRY_CLAIMED + ctx.index as u32;
+        for entry in &slot.retries.0 {
             if *budget == 0 || retiring(rec) {
                 break 'visit;
             }
             // ORDERING: AcqRel: acquires the range the supervisor stored
             // before its Release (SeqCst) store of READY; the exchange makes
             // the entry ours alone, and names us as its owner.
-            if entry.state.load(Acquire) != REDO_READY
+            if entry.state.load(Acquire) != RETRY_READY
                 || entry
                     .state
-                    .compare_exchange(REDO_READY, mine, AcqRel, Relaxed)
+                    .compare_exchange(RETRY_READY, mine, AcqRel, Relaxed)
                     .is_err()
             {
                 continue;
@@ -376,7 +384,7 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
             }
             *budget -= 1;
             // ORDERING: Release: the entry may be reused once we are done.
-            entry.state.store(REDO_EMPTY, Release);
+            entry.state.store(RETRY_EMPTY, Release);
         }
         loop {
             if *budget == 0 || retiring(rec) {
@@ -402,10 +410,10 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
         region.control().pending.0[s / 64].fetch_and(!(1u64 << (s % 64)), SeqCst);
         // ORDERING: SeqCst: see above.
         if !slot
-            .redo
+            .retries
             .0
             .iter()
-            .any(|e| e.state.load(SeqCst) == REDO_READY)
+            .any(|e| e.state.load(SeqCst) == RETRY_READY)
         {
             break;
         }
@@ -583,8 +591,7 @@ pub(crate) fn run_as_caller(region: &Region, s: usize, spec: &Spec) {
     let len = spec.len;
     let chunk = spec.chunk.clamp(1, len.max(1));
     let args = JobArgs {
-        base: region.base(),
-        region_len: region.layout().len as u64,
+        mem: Memory::here(region),
         in_off: spec.input.resolve(inline_off),
         out_off: spec.output.resolve(inline_off),
         ctx_off: spec.ctx.resolve(inline_off),

@@ -18,7 +18,7 @@ use std::mem::{offset_of, size_of};
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize};
 
 use crate::error::Error;
-use crate::sync::Semaphore;
+use crate::shm::sync::Semaphore;
 
 /// The unit of alignment for shared structures: two 64-byte lines, because
 /// adjacent-line prefetch makes neighbours share on x86.
@@ -38,7 +38,7 @@ pub(crate) const PENDING_WORDS: usize = 16;
 pub(crate) const MAX_RING: usize = PENDING_WORDS * 64;
 /// Retry entries per slot: how many lost ranges of one job can wait for
 /// another attempt at once.
-pub(crate) const REDO_CAP: usize = 8;
+pub(crate) const RETRY_CAP: usize = 8;
 /// A value every live region starts with, to recognise our own mapping.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"shmpool1");
 
@@ -146,9 +146,9 @@ pub(crate) struct ErrorRecord {
 
 /// A range of a job to run again because the worker running it died.
 #[repr(C)]
-pub(crate) struct RedoEntry {
-    /// `REDO_EMPTY`, `REDO_READY` (queued by the supervisor) or
-    /// `REDO_CLAIMED + w` (worker `w` took it with a compare-exchange).
+pub(crate) struct RetryEntry {
+    /// `RETRY_EMPTY`, `RETRY_READY` (queued by the supervisor) or
+    /// `RETRY_CLAIMED + w` (worker `w` took it with a compare-exchange).
     pub(crate) state: AtomicU32,
     pub(crate) start: AtomicU64,
     pub(crate) end: AtomicU64,
@@ -206,7 +206,7 @@ pub(crate) struct Slot {
     pub(crate) counts: Counts,
     pub(crate) err: ErrorRecord,
     /// Ranges queued for another attempt (`Builder::max_retries`).
-    pub(crate) redo: Line<[RedoEntry; REDO_CAP]>,
+    pub(crate) retries: Line<[RetryEntry; RETRY_CAP]>,
     pub(crate) inline: Inline,
 }
 

@@ -15,13 +15,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use memmap2::MmapMut;
 
-use crate::arena::FreeList;
 use crate::error::Error;
-use crate::layout::{Control, LINE, Layout, MAGIC, Slot, WorkerRecord};
-use crate::limits;
 use crate::os;
-use crate::registry;
-use crate::states::NO_SLOT;
+use crate::parent::limits;
+use crate::shm::arena::FreeList;
+use crate::shm::layout::{Control, LINE, Layout, MAGIC, Slot, WorkerRecord};
+use crate::shm::registry;
+use crate::shm::states::NO_SLOT;
 use crate::worker::in_worker;
 
 /// The slots whose pages a new region reserves; a job that finds them all

@@ -1,0 +1,269 @@
+//! The shared heap and the pool: with `SharedHeap` as the global allocator,
+//! every map form reads plain `Vec`s in place (no staging), writes outputs
+//! into heap slices in place, keeps a heap `Vec` moved into `map_async`,
+//! stages anything else correctly, and a task that writes the heap (through
+//! a `static`) fails with a typed error while the parent's data stays as it
+//! was. Each test's body runs in a process of its own with the heap
+//! installed (`SHMPOOL_TEST_HEAP=1`).
+
+mod common;
+
+use std::sync::{Mutex, PoisonError};
+
+use common::{deadline, in_isolation, isolated_with_heap};
+use shmpool::{Error, Pool};
+
+/// Elements of a `Vec<u64>` large enough to come from the heap (64 KiB and
+/// up by default) many times over.
+const N: usize = 1 << 16;
+
+fn heap_in_use() -> bool {
+    common::heap().is_some()
+}
+
+/// Whether `v`'s buffer lies in the heap (its counters grow when it is
+/// allocated; checked once per test through `HeapStats`).
+fn in_heap<T>(v: &[T]) -> bool {
+    let heap = common::heap().expect("the heap is installed");
+    let before = heap.stats().in_use;
+    // A fresh allocation of the same size must come from the heap too.
+    let probe: Vec<u8> = Vec::with_capacity(std::mem::size_of_val(v).max(1 << 16));
+    let after = heap.stats().in_use;
+    drop(probe);
+    after > before
+}
+
+#[test]
+fn every_map_form_reads_heap_vecs_in_place() {
+    isolated_with_heap("reads_in_place_body", 120);
+}
+
+#[test]
+#[ignore = "run in a process of its own by every_map_form_reads_heap_vecs_in_place"]
+fn reads_in_place_body() {
+    if !in_isolation() {
+        return;
+    }
+    assert!(heap_in_use());
+    deadline(100, || {
+        let pool = Pool::new(2).unwrap();
+        let xs: Vec<u64> = (0..N as u64).collect();
+        let ys: Vec<u64> = (0..N as u64).map(|i| i * 3).collect();
+        let zs: Vec<u64> = vec![7; N];
+        assert!(in_heap(&xs));
+        let sum: u64 = xs.iter().sum();
+        assert_eq!(pool.map(&xs, |x| x + 1).unwrap()[N - 1], N as u64);
+        assert_eq!(pool.map_with(2u64, &xs, |k, x| x * k).unwrap()[3], 6);
+        assert_eq!(pool.map2(&xs, &ys, |x, y| x + y).unwrap()[10], 40);
+        assert_eq!(
+            pool.map3(&xs, &ys, &zs, |x, y, z| x + y + z).unwrap()[1],
+            11
+        );
+        let halves = pool
+            .map_chunks(&xs, |i: &[u64], o: &mut [u64]| {
+                for (o, i) in o.iter_mut().zip(i) {
+                    *o = i / 2;
+                }
+            })
+            .unwrap();
+        assert_eq!(halves[9], 4);
+        let next = pool
+            .map_indexed(&xs, |x: &[u64], i| x[(i + 1) % x.len()])
+            .unwrap();
+        assert_eq!(next[N - 1], 0);
+        assert_eq!(pool.map_reduce(&xs, |x| x, |a, b| a + b, 0).unwrap(), sum);
+        assert_eq!(
+            pool.map_reduce_chunked(&xs, 1000, |x| x, |a, b| a + b, 0)
+                .unwrap(),
+            sum
+        );
+        let lookup = pool
+            .map_shared(&ys, &xs[5..8], |t: &[u64], i: u64| t[i as usize])
+            .unwrap();
+        assert_eq!(lookup, vec![15, 18, 21]);
+        let dots = pool
+            .map_shared_indexed(&ys, &xs[..4], |t: &[u64], x: &[u64], i| t[i] + x[i])
+            .unwrap();
+        assert_eq!(dots, vec![0, 4, 8, 12]);
+        let mut inplace = xs.clone();
+        pool.map_in_place(&mut inplace, |x| x * 10).unwrap();
+        assert_eq!(inplace[7], 70);
+        let mut out = vec![0u64; N];
+        pool.map_into(&xs, &mut out, |x| x + 2).unwrap();
+        assert_eq!(out[N - 1], N as u64 + 1);
+        // Moved into map_async: read in place, kept until done.
+        let moved = pool
+            .map_async(xs.clone(), |x| x * 4)
+            .unwrap()
+            .get()
+            .unwrap();
+        assert_eq!(moved[5], 20);
+        assert_eq!(pool.stats().bytes_staged, 0, "nothing was copied");
+        // A borrowed input to map_async is still copied (the job owns its
+        // input), as documented.
+        let borrowed = pool.map_async(&xs, |x| x).unwrap().get().unwrap();
+        assert_eq!(borrowed[1], 1);
+        assert_eq!(pool.stats().bytes_staged, (N * 8) as u64);
+    })
+}
+
+#[test]
+fn outputs_outside_the_heap_and_arena_are_staged_and_copied_back() {
+    isolated_with_heap("staged_outputs_body", 120);
+}
+
+#[test]
+#[ignore = "run in a process of its own by outputs_outside_the_heap_and_arena_are_staged_and_copied_back"]
+fn staged_outputs_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(100, || {
+        let pool = Pool::new(2).unwrap();
+        let other = Pool::new(1).unwrap();
+        let xs: Vec<u32> = (0..1000).collect();
+        // Under the heap's threshold: from the system allocator.
+        let mut small = vec![0u32; 1000];
+        pool.map_into(&xs, &mut small, |x| x * 2).unwrap();
+        assert!(small.iter().enumerate().all(|(i, &y)| y == 2 * i as u32));
+        let staged = pool.stats().bytes_staged;
+        assert!(staged >= 4000, "the small input and output were staged");
+        // A vector of another pool: staged, never written at the same offset
+        // of this pool's arena.
+        let mut foreign = other.to_shm(&vec![9u32; 1000]).unwrap();
+        let decoy = pool.to_shm(&vec![7u32; 1000]).unwrap();
+        pool.map_into(&xs, &mut foreign, |x| x + 1).unwrap();
+        assert!(foreign.iter().enumerate().all(|(i, &y)| y == i as u32 + 1));
+        assert!(decoy.iter().all(|&x| x == 7));
+        pool.map_in_place(&mut foreign, |x| x - 1).unwrap();
+        assert!(foreign.iter().enumerate().all(|(i, &y)| y == i as u32));
+        // A failed job leaves a staged output as it was.
+        let r = pool.map_into(&xs, &mut small, |x| {
+            if x == 500 {
+                panic!("half way")
+            }
+            x
+        });
+        assert!(matches!(r, Err(Error::TaskPanicked { .. })), "{r:?}");
+        assert!(small.iter().enumerate().all(|(i, &y)| y == 2 * i as u32));
+    })
+}
+
+/// Data the parent keeps in a static, in the heap (large), filled before
+/// the pool is built.
+static TABLE: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+fn table() -> std::sync::MutexGuard<'static, Vec<u64>> {
+    TABLE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[test]
+fn tasks_see_heap_data_live_and_cannot_write_it() {
+    isolated_with_heap("live_and_read_only_body", 120);
+}
+
+#[test]
+#[ignore = "run in a process of its own by tasks_see_heap_data_live_and_cannot_write_it"]
+fn live_and_read_only_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(100, || {
+        *table() = vec![1u64; N];
+        assert!(in_heap(&table()));
+        let pool = Pool::new(2).unwrap();
+        // Changed after the workers were forked: they see it, live (the
+        // static's `Vec` header is the fork's snapshot; its buffer is heap).
+        table().iter_mut().for_each(|x| *x = 5);
+        let seen = pool.map(&[0usize, 100, N - 1], |i| table()[i]).unwrap();
+        assert_eq!(seen, vec![5, 5, 5]);
+        // A task that writes it fails with a typed error, not retried, and
+        // the parent's data is unchanged.
+        let r = pool.apply(7usize, |i| {
+            table()[i] = 0xdead;
+            1u8
+        });
+        match r {
+            Err(Error::HeapWrite { range, .. }) => assert_eq!(range, Some(0..1)),
+            other => panic!("expected HeapWrite, got {other:?}"),
+        }
+        assert!(table().iter().all(|&x| x == 5));
+        assert!(
+            common::wait_until(std::time::Duration::from_secs(10), || pool
+                .stats()
+                .worker_restarts
+                == 1),
+            "one worker replaced"
+        );
+        common::assert_healthy(&pool);
+    })
+}
+
+#[test]
+fn a_heap_vec_moved_into_map_async_survives_a_dropped_result() {
+    isolated_with_heap("kept_vec_body", 120);
+}
+
+#[test]
+#[ignore = "run in a process of its own by a_heap_vec_moved_into_map_async_survives_a_dropped_result"]
+fn kept_vec_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(100, || {
+        let pool = Pool::new(2).unwrap();
+        let heap = common::heap().unwrap();
+        let before = heap.stats().in_use;
+        for _ in 0..50 {
+            let xs: Vec<u64> = vec![3; N];
+            let r = pool
+                .map_async(xs, |x| {
+                    std::thread::sleep(std::time::Duration::from_micros(1));
+                    x + 1
+                })
+                .unwrap();
+            // Dropped unfinished: the job is cancelled; its input is freed
+            // once no worker reads it.
+            drop(r);
+        }
+        let xs: Vec<u64> = vec![3; N];
+        assert_eq!(pool.map_async(xs, |x| x + 1).unwrap().get().unwrap()[0], 4);
+        pool.close();
+        pool.join().unwrap();
+        assert!(
+            common::wait_until(std::time::Duration::from_secs(5), || heap.stats().in_use
+                <= before + N * 8 * 2),
+            "the kept inputs were freed: {} -> {}",
+            before,
+            heap.stats().in_use
+        );
+    })
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn ndarray_arrays_built_on_the_heap_are_read_in_place() {
+    isolated_with_heap("ndarray_body", 120);
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+#[ignore = "run in a process of its own by ndarray_arrays_built_on_the_heap_are_read_in_place"]
+fn ndarray_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(100, || {
+        let pool = Pool::new(2).unwrap();
+        let a = ndarray::Array2::<f64>::from_shape_fn((256, 256), |(i, j)| (i * 256 + j) as f64);
+        let doubled = pool.map_array(&a.view(), |x| 2.0 * x).unwrap();
+        assert_eq!(doubled.view()[[1, 2]], 2.0 * 258.0);
+        let stencil = pool
+            .map_stencil(&a.view(), |v: &ndarray::ArrayView2<'_, f64>, (i, j)| {
+                v[[i, j]] + 1.0
+            })
+            .unwrap();
+        assert_eq!(stencil.view()[[3, 4]], (3 * 256 + 4) as f64 + 1.0);
+        assert_eq!(pool.stats().bytes_staged, 0);
+    })
+}

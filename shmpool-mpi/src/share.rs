@@ -1,0 +1,231 @@
+//! How many workers one rank's pool should have: the rank's share of its
+//! host's cores, from the launcher's local rank count and the cores this
+//! process may run on.
+
+use std::num::NonZeroUsize;
+
+/// The size of a pool for this rank: its share of the host's cores.
+///
+/// Ranks on one host split its cores. The number of ranks on this host comes
+/// from the launcher's environment, the first of:
+/// - Open MPI: `OMPI_COMM_WORLD_LOCAL_SIZE` (and `OMPI_COMM_WORLD_LOCAL_RANK`);
+/// - MPICH, Intel MPI (Hydra): `MPI_LOCALNRANKS` (`MPI_LOCALRANKID`);
+/// - Slurm (`srun`): `SLURM_STEP_TASKS_PER_NODE`, then `SLURM_TASKS_PER_NODE`
+///   (both like `4(x2),3`, indexed by `SLURM_NODEID`), then
+///   `SLURM_NTASKS_PER_NODE` (`SLURM_LOCALID`);
+///
+/// and is 1 when none is set (a program started without a launcher).
+///
+/// The cores are [`std::thread::available_parallelism`] (which honours the
+/// CPU affinity mask and cgroup quotas). If the launcher bound this rank to
+/// some of the host's CPUs (`mpirun --bind-to core`, `srun --cpu-bind`), the
+/// mask already is this rank's share, and all of it is used. Otherwise (the
+/// mask allows every online CPU: `mpirun --bind-to none`) the cores are
+/// divided among the host's ranks, the lowest local ranks taking one more
+/// when they do not divide evenly. Never less than 1.
+///
+/// Call it before [`mpi::initialize`], where the pool must be built.
+///
+/// ```
+/// let workers = shmpool_mpi::workers_per_rank();
+/// assert!(workers >= 1);
+/// let pool = shmpool::Pool::new(workers)?;
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+pub fn workers_per_rank() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let cpus = Cpus {
+        cores,
+        bound: affinity_cpus()
+            .zip(online_cpus())
+            .is_some_and(|(a, o)| a < o),
+    };
+    share(&|name| std::env::var(name).ok(), cpus)
+}
+
+/// The cores this process may use, and whether a launcher bound it to a
+/// subset of the host's online CPUs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Cpus {
+    pub(crate) cores: usize,
+    pub(crate) bound: bool,
+}
+
+/// The ranks on this host and this rank's index among them, from the
+/// launcher's variables (`env` reads one).
+pub(crate) fn local_ranks(env: &dyn Fn(&str) -> Option<String>) -> (usize, usize) {
+    let num = |name: &str| env(name).and_then(|v| v.trim().parse::<usize>().ok());
+    let pairs = [
+        ("OMPI_COMM_WORLD_LOCAL_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+        ("MPI_LOCALNRANKS", "MPI_LOCALRANKID"),
+    ];
+    for (size, rank) in pairs {
+        if let Some(n) = num(size).filter(|&n| n > 0) {
+            return (n, num(rank).unwrap_or(0));
+        }
+    }
+    let local_id = num("SLURM_LOCALID").unwrap_or(0);
+    let node = num("SLURM_NODEID");
+    for list in ["SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"] {
+        if let Some(n) = env(list).and_then(|v| tasks_on_node(&v, node)) {
+            return (n, local_id);
+        }
+    }
+    match num("SLURM_NTASKS_PER_NODE").filter(|&n| n > 0) {
+        Some(n) => (n, local_id),
+        None => (1, 0),
+    }
+}
+
+/// The task count of node `node` in a Slurm list such as `4(x2),3` (four
+/// tasks on each of the first two nodes, three on the third). Without a
+/// node index, only a list that gives every node the same count answers.
+pub(crate) fn tasks_on_node(list: &str, node: Option<usize>) -> Option<usize> {
+    let mut counts = Vec::new();
+    for item in list.trim().split(',') {
+        let (count, times) = match item.split_once("(x") {
+            Some((c, rest)) => (c, rest.strip_suffix(')')?.parse::<usize>().ok()?),
+            None => (item, 1),
+        };
+        let count = count.trim().parse::<usize>().ok().filter(|&c| c > 0)?;
+        // A malformed repeat count must not make us allocate without bound.
+        if times == 0 || counts.len().saturating_add(times) > 1 << 20 {
+            return None;
+        }
+        counts.extend(std::iter::repeat_n(count, times));
+    }
+    match node {
+        Some(i) => counts.get(i).copied(),
+        None => {
+            let first = *counts.first()?;
+            counts.iter().all(|&c| c == first).then_some(first)
+        }
+    }
+}
+
+/// This rank's share of `cpus` (see [`workers_per_rank`]).
+pub(crate) fn share(env: &dyn Fn(&str) -> Option<String>, cpus: Cpus) -> usize {
+    let cores = cpus.cores.max(1);
+    if cpus.bound {
+        return cores;
+    }
+    let (ranks, local) = local_ranks(env);
+    let ranks = ranks.max(1);
+    let extra = usize::from(local % ranks < cores % ranks);
+    (cores / ranks + extra).max(1)
+}
+
+/// The number of CPUs in this thread's affinity mask.
+fn affinity_cpus() -> Option<usize> {
+    // SAFETY: `cpu_set_t` is plain data; all zeroes is an empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable `cpu_set_t` of the size passed.
+    let rc = unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: `set` was filled by the kernel above.
+    let n = unsafe { libc::CPU_COUNT(&set) };
+    usize::try_from(n).ok().filter(|&n| n > 0)
+}
+
+/// The number of online CPUs on this host.
+fn online_cpus() -> Option<usize> {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).ok().filter(|&n| n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    const FREE: fn(usize) -> Cpus = |cores| Cpus {
+        cores,
+        bound: false,
+    };
+
+    #[test]
+    fn open_mpi_mpich_and_none() {
+        let ompi = env_of(&[
+            ("OMPI_COMM_WORLD_LOCAL_SIZE", "4"),
+            ("OMPI_COMM_WORLD_LOCAL_RANK", "3"),
+            ("MPI_LOCALNRANKS", "2"),
+        ]);
+        assert_eq!(local_ranks(&ompi), (4, 3));
+        let mpich = env_of(&[("MPI_LOCALNRANKS", "2"), ("MPI_LOCALRANKID", "1")]);
+        assert_eq!(local_ranks(&mpich), (2, 1));
+        assert_eq!(local_ranks(&env_of(&[])), (1, 0));
+        // Garbage and zero are ignored, not trusted.
+        let bad = env_of(&[
+            ("OMPI_COMM_WORLD_LOCAL_SIZE", "x"),
+            ("MPI_LOCALNRANKS", "0"),
+        ]);
+        assert_eq!(local_ranks(&bad), (1, 0));
+    }
+
+    #[test]
+    fn slurm_lists() {
+        assert_eq!(tasks_on_node("4(x2),3", Some(0)), Some(4));
+        assert_eq!(tasks_on_node("4(x2),3", Some(1)), Some(4));
+        assert_eq!(tasks_on_node("4(x2),3", Some(2)), Some(3));
+        assert_eq!(tasks_on_node("4(x2),3", Some(3)), None);
+        assert_eq!(tasks_on_node("4(x2),3", None), None, "nodes differ");
+        assert_eq!(tasks_on_node("8(x16)", None), Some(8));
+        assert_eq!(tasks_on_node("2", None), Some(2));
+        for bad in ["", "x", "4(x", "4(x0)", "0", "4(x99999999999)", "-1"] {
+            assert_eq!(tasks_on_node(bad, Some(0)), None, "{bad:?}");
+        }
+        let step = env_of(&[
+            ("SLURM_STEP_TASKS_PER_NODE", "2(x3),1"),
+            ("SLURM_TASKS_PER_NODE", "9"),
+            ("SLURM_NODEID", "3"),
+            ("SLURM_LOCALID", "0"),
+        ]);
+        assert_eq!(local_ranks(&step), (1, 0));
+        let job = env_of(&[("SLURM_TASKS_PER_NODE", "6"), ("SLURM_LOCALID", "5")]);
+        assert_eq!(local_ranks(&job), (6, 5));
+        let per = env_of(&[("SLURM_NTASKS_PER_NODE", "3"), ("SLURM_LOCALID", "2")]);
+        assert_eq!(local_ranks(&per), (3, 2));
+    }
+
+    #[test]
+    fn ranks_split_the_cores() {
+        let ranks = |n: usize, r: usize| {
+            env_of(&[
+                ("OMPI_COMM_WORLD_LOCAL_SIZE", &n.to_string()),
+                ("OMPI_COMM_WORLD_LOCAL_RANK", &r.to_string()),
+            ])
+        };
+        assert_eq!(share(&ranks(1, 0), FREE(8)), 8);
+        assert_eq!(share(&ranks(2, 1), FREE(8)), 4);
+        // 8 cores, 3 ranks: 3 + 3 + 2.
+        let split: Vec<usize> = (0..3).map(|r| share(&ranks(3, r), FREE(8))).collect();
+        assert_eq!(split, [3, 3, 2]);
+        // More ranks than cores: one worker each.
+        assert_eq!(share(&ranks(4, 3), FREE(2)), 1);
+        assert_eq!(share(&ranks(4, 0), FREE(0)), 1);
+        // A rank bound to its own cores uses all of them.
+        let bound = Cpus {
+            cores: 6,
+            bound: true,
+        };
+        assert_eq!(share(&ranks(4, 0), bound), 6);
+        // No launcher: every core.
+        assert_eq!(share(&env_of(&[]), FREE(16)), 16);
+    }
+
+    #[test]
+    fn this_process_gets_at_least_one() {
+        assert!(workers_per_rank() >= 1);
+        assert!(affinity_cpus().unwrap() <= online_cpus().unwrap());
+    }
+}
