@@ -72,7 +72,10 @@ fn main() {
             ms(run(0, 1).median()),
             ms(run(0, 2).median()),
             ms(run(0, 3).median()),
-            zero.map_or("-".to_owned(), |z| format!("{:.2}", ratio(ours.median(), z))),
+            zero.map_or("-".to_owned(), |z| format!(
+                "{:.2}",
+                ratio(ours.median(), z)
+            )),
             py.show(),
             if py.is_empty() {
                 "-".to_owned()

@@ -13,13 +13,17 @@
 //! What it unmaps is read from `/proc/self/maps`, with raw system calls into
 //! stack buffers (the malloc heap is among what goes). It keeps everything it
 //! may still touch: file-backed mappings (code, libraries' data), anything
-//! shared (the region, the shared heap), `[stack]`, any anonymous mapping
-//! that directly follows a file-backed one (a library's `.bss`), mappings
-//! under 2 MiB, and 1 MiB either side of its stack pointer, its thread's TLS
-//! and `errno` wherever they lie (the main thread's TLS is a small mapping
-//! that the kernel merges with a large anonymous neighbour). Where `/proc`
-//! is not mounted nothing is unmapped, and the exit tears everything down as
-//! before.
+//! shared (the region, the shared heap and its alias), `[stack]`, the whole
+//! stack of the calling thread wherever it lies (`pthread_getattr_np`: a
+//! template forked from a thread other than the main one runs on that
+//! thread's stack), any anonymous mapping that directly follows a
+//! private file mapping (a library's `.bss`), mappings that are not writable
+//! (reservations), mappings under 2 MiB, and 1 MiB either side of its stack
+//! pointer, its thread's TLS and `errno` (the main thread's TLS is a small
+//! mapping that the kernel may merge with a large anonymous neighbour). It
+//! blocks every signal first: a handler the program installed could touch
+//! anything. Where `/proc` is not mounted nothing is unmapped, and the exit
+//! tears everything down as before.
 
 use crate::os;
 
@@ -33,38 +37,63 @@ const MIN_RESIDENT: u64 = 32 << 20;
 /// How much is kept either side of an address the caller may still touch.
 const KEEP_AROUND: usize = 1 << 20;
 
-/// Unmaps the large private anonymous mappings of this process, except 1 MiB
-/// either side of its stack pointer, TLS, `errno` and each address in
-/// `keep`; returns the bytes unmapped.
+/// At most this many ranges are kept inside the mappings that go: the
+/// caller's and four of our own (the stack, the stack pointer, TLS,
+/// `errno`).
+const MAX_KEPT: usize = 8;
+
+/// Blocks every signal this process can block, then unmaps its large
+/// private anonymous mappings, except the calling thread's stack, 1 MiB
+/// either side of its stack pointer, TLS and `errno`, and each range in
+/// `keep`; returns the bytes unmapped. Unmaps nothing (and returns 0) if the
+/// process holds little private memory, if `/proc` cannot be read, or if the
+/// calling thread's stack cannot be found.
 ///
 /// # Safety
 /// The calling process must be single-threaded, and after this call it may
-/// touch only: memory within 1 MiB of the caller's stack pointer, of its
-/// thread's TLS (`pthread_self`) and `errno`, and of each address in
-/// `keep`; `[stack]`; file-backed and shared mappings; anonymous mappings
-/// under 2 MiB or directly after a file-backed one. In particular,
-/// it must not allocate or free through the malloc heap, run destructors
-/// of heap-owning values, or unwind: the template calls it just before it
-/// reaps and `_exit`s.
-pub(crate) unsafe fn release_inherited_memory(keep: &[usize]) -> usize {
-    if os::private_resident_bytes().is_none_or(|b| b < MIN_RESIDENT) {
+/// touch only: the calling thread's stack; memory within 1 MiB of its stack
+/// pointer at the call, of its thread's TLS (`pthread_self`) and `errno`;
+/// the ranges in `keep`; `[stack]`; file-backed and shared mappings;
+/// anonymous mappings that are read-only, under 2 MiB or directly after a
+/// private file mapping. In particular, it must not allocate or free through the
+/// malloc heap, run destructors of heap-owning values, or unwind, and it
+/// must never unblock signals: the template calls it just before it reaps
+/// its workers and `_exit`s.
+pub(crate) unsafe fn release_inherited_memory(keep: &[(usize, usize)]) -> usize {
+    if keep.len() > MAX_KEPT - 4 || os::private_resident_bytes().is_none_or(|b| b < MIN_RESIDENT) {
         return 0;
     }
+    // SAFETY: sigfillset fills a live set; sigprocmask only changes this
+    // (single-threaded) process's mask. SIGKILL and SIGSTOP stay
+    // deliverable, and neither runs a handler.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
+    let Some(stack) = own_stack() else {
+        return 0;
+    };
     let sp = 0u8;
+    let sp = std::hint::black_box(&sp) as *const u8 as usize;
     // SAFETY: both return this thread's own addresses and have no
     // preconditions.
-    let (tls, errno) = unsafe { (libc::pthread_self() as usize, libc::__errno_location() as usize) };
-    let mut own = [0usize; 8];
-    if keep.len() > own.len() - 3 {
-        // More than this can keep track of: unmap nothing rather than
-        // something still in use.
-        return 0;
+    let (tls, errno) = unsafe {
+        (
+            libc::pthread_self() as usize,
+            libc::__errno_location() as usize,
+        )
+    };
+    let mut own = [(0usize, 0usize); MAX_KEPT];
+    own[0] = stack;
+    for (k, at) in own[1..4].iter_mut().zip([sp, tls, errno]) {
+        *k = (
+            at.saturating_sub(KEEP_AROUND),
+            at.saturating_add(KEEP_AROUND),
+        );
     }
-    own[0] = std::hint::black_box(&sp) as *const u8 as usize;
-    own[1] = tls;
-    own[2] = errno;
-    own[3..3 + keep.len()].copy_from_slice(keep);
-    let own = &own[..3 + keep.len()];
+    own[4..4 + keep.len()].copy_from_slice(keep);
+    let own = &own[..4 + keep.len()];
     let mut released = 0;
     let mut prev: Option<Prev> = None;
     let result = os::for_each_line(c"/proc/self/maps", |line| {
@@ -78,22 +107,39 @@ pub(crate) unsafe fn release_inherited_memory(keep: &[usize]) -> usize {
             for (a, b) in outside(m.start, m.end, own) {
                 // SAFETY: the caller guarantees that nothing in this
                 // process touches this part of a mapping `releasable`
-                // accepts (large, private, anonymous, no stack, no `.bss`),
-                // more than `KEEP_AROUND` from every address it may use.
-                // Unmapping a mapping the reader has already passed does
-                // not disturb it: it resumes from the last address it
-                // showed.
+                // accepts (large, private, writable, anonymous, no stack,
+                // no `.bss`), outside every range it may use; no signal
+                // handler can run. Unmapping a mapping the reader has
+                // already passed does not disturb it: it resumes from the
+                // last address it showed.
                 if unsafe { libc::munmap(a as *mut libc::c_void, b - a) } == 0 {
                     released += b - a;
                 }
             }
         }
-        prev = Some(Prev {
-            end: m.end,
-            file: m.inode != 0,
-        });
+        prev = Some(Prev::of(&m));
     });
     if result.is_err() { 0 } else { released }
+}
+
+/// The calling thread's stack, `lo..hi`, as the C library knows it (for
+/// the main thread it reads `/proc/self/maps` and allocates, so it is
+/// called before anything goes).
+fn own_stack() -> Option<(usize, usize)> {
+    // SAFETY: `attr` is initialized by pthread_getattr_np before it is read
+    // and destroyed once; pthread_attr_getstack writes two live locals.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return None;
+        }
+        let mut addr = std::ptr::null_mut();
+        let mut size = 0;
+        let ok = libc::pthread_attr_getstack(&attr, &mut addr, &mut size) == 0;
+        libc::pthread_attr_destroy(&mut attr);
+        let lo = addr as usize;
+        (ok && size > 0).then(|| (lo, lo.saturating_add(size)))
+    }
 }
 
 /// One line of `/proc/self/maps`.
@@ -111,7 +157,18 @@ struct Mapping<'a> {
 #[derive(Clone, Copy, Debug)]
 struct Prev {
     end: usize,
-    file: bool,
+    /// A private file mapping: a segment of the program or a library, whose
+    /// `.bss` may follow it.
+    segment: bool,
+}
+
+impl Prev {
+    fn of(m: &Mapping<'_>) -> Prev {
+        Prev {
+            end: m.end,
+            segment: m.inode != 0 && m.private,
+        }
+    }
 }
 
 /// `start-end perms offset dev inode [path]`.
@@ -170,29 +227,31 @@ fn decimal(s: &[u8]) -> Option<u64> {
 }
 
 /// Large, private, writable and anonymous (no file; `[heap]` or a named
-/// anonymous mapping count), not a stack, and not directly after a
-/// file-backed mapping (a library's `.bss` sits there) or after a line
-/// that could not be read (`prev` is `None`).
+/// anonymous mapping count), not a stack, and not directly after a private
+/// file mapping (a library's `.bss` sits after its data segment) or after a
+/// line that could not be read (`prev` is `None`). A shared mapping just
+/// below (a region's memfd) is no segment: what follows it may go.
 fn releasable(m: &Mapping<'_>, prev: Option<Prev>) -> bool {
     let anonymous =
         m.inode == 0 && (m.path.is_empty() || m.path == b"[heap]" || m.path.starts_with(b"[anon:"));
-    let bss = prev.is_none_or(|p| p.file && p.end == m.start);
+    let bss = prev.is_none_or(|p| p.segment && p.end == m.start);
     m.writable && m.private && anonymous && m.end - m.start >= MIN_MAPPING && !bss
 }
 
-/// The parts of `start..end` farther than `KEEP_AROUND` from every address
-/// in `keep` (page-aligned, as `start` and `end` are), in order: at most
-/// one more part than there are kept addresses.
-fn outside(start: usize, end: usize, keep: &[usize]) -> impl Iterator<Item = (usize, usize)> {
+/// The parts of `start..end` outside every range in `keep` (widened to
+/// whole pages; `start` and `end` are page-aligned), in order: at most one
+/// more part than there are kept ranges.
+fn outside(
+    start: usize,
+    end: usize,
+    keep: &[(usize, usize)],
+) -> impl Iterator<Item = (usize, usize)> {
     let page = os::page_size();
-    let mut cuts = [(0usize, 0usize); 8];
+    let mut cuts = [(0usize, 0usize); MAX_KEPT];
     let mut n = 0;
-    for &k in keep.iter().take(cuts.len()) {
-        let lo = k.saturating_sub(KEEP_AROUND) / page * page;
-        let hi = k
-            .saturating_add(KEEP_AROUND)
-            .checked_next_multiple_of(page)
-            .unwrap_or(usize::MAX);
+    for &(lo, hi) in keep.iter().take(cuts.len()) {
+        let lo = lo / page * page;
+        let hi = hi.checked_next_multiple_of(page).unwrap_or(usize::MAX);
         if lo < end && hi > start {
             cuts[n] = (lo.max(start), hi.min(end));
             n += 1;
@@ -226,6 +285,7 @@ mod tests {
 5581a4000000-5581a8000000 rw-p 00000000 00:00 0                          [heap]
 7f0000000000-7f0080000000 rw-p 00000000 00:00 0
 7f0080000000-7f0080400000 rw-s 00000000 00:01 77                         /memfd:shmpool (deleted)
+7f0080400000-7f0081400000 rw-p 00000000 00:00 0
 7f0090000000-7f0090400000 rw-p 00000000 00:00 0                          [anon:user buffer]
 7f00a0000000-7f00a0001000 rw-p 00000000 00:00 0
 7f00b0000000-7f00b0400000 r--p 00000000 00:00 0
@@ -242,10 +302,7 @@ mod tests {
             if releasable(&m, prev) {
                 out.push((m.start, m.end));
             }
-            prev = Some(Prev {
-                end: m.end,
-                file: m.inode != 0,
-            });
+            prev = Some(Prev::of(&m));
         }
         out
     }
@@ -274,6 +331,7 @@ mod tests {
             vec![
                 (0x5581a4000000, 0x5581a8000000), // [heap]
                 (0x7f0000000000, 0x7f0080000000), // a large anonymous block
+                (0x7f0080400000, 0x7f0081400000), // one right after a region
                 (0x7f0090000000, 0x7f0090400000), // a named anonymous one
                 (0x7ffd00000000, 0x7ffd00400000), // anonymous, after [stack]
             ],
@@ -284,11 +342,22 @@ mod tests {
     }
 
     #[test]
-    fn kept_addresses_keep_a_megabyte_either_side() {
+    fn kept_ranges_are_cut_out() {
         const M: usize = 1 << 20;
-        let parts = |keep: &[usize]| outside(100 * M, 200 * M, keep).collect::<Vec<_>>();
+        // A kept address keeps a megabyte either side, as the call does.
+        let parts = |keep: &[usize]| {
+            let keep: Vec<_> = keep
+                .iter()
+                .map(|&k| (k.saturating_sub(M), k.saturating_add(M)))
+                .collect();
+            outside(100 * M, 200 * M, &keep).collect::<Vec<_>>()
+        };
         assert_eq!(parts(&[]), vec![(100 * M, 200 * M)]);
-        assert_eq!(parts(&[50 * M, 300 * M]), vec![(100 * M, 200 * M)], "outside");
+        assert_eq!(
+            parts(&[50 * M, 300 * M]),
+            vec![(100 * M, 200 * M)],
+            "outside"
+        );
         assert_eq!(
             parts(&[150 * M + 123]),
             vec![(100 * M, 149 * M), (151 * M + 4096, 200 * M)]
@@ -303,15 +372,30 @@ mod tests {
             vec![(100 * M, 149 * M), (152 * M, 200 * M)],
             "overlapping windows"
         );
-        assert_eq!(parts(&[150 * M, 152 * M]), vec![(100 * M, 149 * M), (153 * M, 200 * M)]);
-        assert!(parts(&[101 * M, 103 * M, 105 * M, 107 * M, 109 * M])
-            .iter()
-            .all(|&(a, b)| a < b && b - a >= M));
-        assert_eq!(outside(0, 2 * M, &[M]).count(), 0, "all kept");
         assert_eq!(
-            outside(usize::MAX - 4 * M + 1, usize::MAX - M + 1, &[usize::MAX - 100]).count(),
+            parts(&[150 * M, 152 * M]),
+            vec![(100 * M, 149 * M), (153 * M, 200 * M)]
+        );
+        assert!(
+            parts(&[101 * M, 103 * M, 105 * M, 107 * M, 109 * M])
+                .iter()
+                .all(|&(a, b)| a < b && b - a >= M)
+        );
+        assert_eq!(outside(0, 2 * M, &[(0, 2 * M)]).count(), 0, "all kept");
+        assert_eq!(
+            outside(
+                usize::MAX - 4 * M + 1,
+                usize::MAX - M + 1,
+                &[(usize::MAX - M, usize::MAX)]
+            )
+            .count(),
             1,
             "no overflow"
+        );
+        assert_eq!(
+            outside(100 * M, 200 * M, &[(120 * M + 5, 130 * M - 5)]).collect::<Vec<_>>(),
+            vec![(100 * M, 120 * M), (130 * M, 200 * M)],
+            "a range (a thread's stack), widened to whole pages"
         );
     }
 }

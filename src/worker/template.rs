@@ -42,10 +42,10 @@ use crate::os;
 use crate::shm::layout::MAX_WORKERS;
 use crate::shm::region::Region;
 use crate::shm::registry;
-use crate::worker::{heap_view, release};
 use crate::worker::{
     WorkerConfig, WorkerCtx, install_worker_panic_hook, set_in_worker, worker_main,
 };
+use crate::worker::{heap_view, release};
 
 pub(crate) const SPAWN: u64 = 1;
 pub(crate) const SPAWNED: u64 = 2;
@@ -445,8 +445,8 @@ fn serve(
     for c in &children {
         os::pidfd_kill(&c.pidfd);
     }
-    // Their teardowns have begun. Ours, the parent's private memory that a
-    // template holds only to fork from, runs beside theirs rather than
+    // Their teardowns have begun. Ours, of the parent's private memory that
+    // a template holds only to fork from, runs beside theirs rather than
     // after them (`release.rs`): the pids move to the stack first, since
     // the malloc heap may go.
     let mut pids = [0u32; MAX_WORKERS];
@@ -455,11 +455,13 @@ fn serve(
         for (p, c) in pids.iter_mut().zip(&children) {
             *p = c.pid;
         }
-        // SAFETY: the template is single-threaded, and from here on it only
-        // reads `pids` (on its stack) and calls `wait_raw` and `exit_now`,
-        // which touch its stack, TLS and `errno` and the C library's own
-        // data: it allocates, frees and unwinds no more (`exit_now` never
-        // returns, so `children` is never dropped).
+        // SAFETY: the template is single-threaded (it never starts a
+        // thread), and from here on it only reads `pids` (on its stack) and
+        // calls `wait_raw` and `exit_now`, which touch its stack, `errno`
+        // and the C library's own data: it allocates, frees, unwinds and
+        // unblocks signals no more (`exit_now` never returns, so `children`
+        // is never dropped). The region and the shared heap are shared
+        // mappings, which stay.
         unsafe { release::release_inherited_memory(&[]) };
         for &pid in &pids[..n] {
             os::wait_raw(pid);
