@@ -859,100 +859,31 @@ pub(crate) fn can_map(bytes: u64) -> bool {
 /// with raw system calls: no allocation, async-signal-safe (a freshly forked
 /// worker calls it). `None` without `/proc`.
 pub(crate) fn mapped_bytes() -> Option<u64> {
-    let [size, _, _] = statm()?;
-    size.checked_mul(page_size() as u64)
-}
-
-/// Resident bytes of this process that no other mapping shares with a file
-/// (`/proc/self/statm`: resident minus shared, which is, in practice, its
-/// anonymous memory). No allocation. `None` without `/proc`.
-pub(crate) fn private_resident_bytes() -> Option<u64> {
-    let [_, resident, shared] = statm()?;
-    resident
-        .saturating_sub(shared)
-        .checked_mul(page_size() as u64)
-}
-
-/// The first three fields of `/proc/self/statm` (size, resident, shared, in
-/// pages), read with raw system calls into a stack buffer.
-fn statm() -> Option<[u64; 3]> {
-    let mut buf = [0u8; 128];
-    let mut len = 0;
-    for_each_line(c"/proc/self/statm", |line| {
-        let n = line.len().min(buf.len());
-        buf[..n].copy_from_slice(&line[..n]);
-        len = n;
-    })
-    .ok()?;
-    let mut fields = buf[..len].split(|&b| b == b' ');
-    let mut out = [0u64; 3];
-    for f in &mut out {
-        let digits = fields.next()?;
-        if digits.is_empty() {
-            return None;
-        }
-        *f = digits.iter().try_fold(0u64, |acc, &b| {
-            let d = (b as char).to_digit(10)?;
-            acc.checked_mul(10)?.checked_add(u64::from(d))
-        })?;
-    }
-    Some(out)
-}
-
-/// Calls `f` with each line of the file at `path` (without its newline),
-/// read with raw system calls into a 4 KiB stack buffer: no allocation, so a
-/// process that has given back its malloc heap, or a freshly forked worker,
-/// may call it. A line longer than the buffer is passed cut to its first
-/// 4 KiB.
-pub(crate) fn for_each_line(path: &std::ffi::CStr, mut f: impl FnMut(&[u8])) -> io::Result<()> {
     // SAFETY: open with a NUL-terminated path; the result is checked.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buf = [0u8; 4096];
-    let mut len = 0;
-    // The rest of an over-long line, already passed on, is being skipped.
-    let mut skipping = false;
-    let result = loop {
-        // SAFETY: reads at most the free part of `buf` into it; the fd is
-        // ours.
-        let n = unsafe { libc::read(fd, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            break Err(e);
-        }
-        if n == 0 {
-            if len > 0 && !skipping {
-                f(&buf[..len]);
-            }
-            break Ok(());
-        }
-        len += n as usize;
-        let mut start = 0;
-        while let Some(nl) = buf[start..len].iter().position(|&b| b == b'\n') {
-            if !skipping {
-                f(&buf[start..start + nl]);
-            }
-            skipping = false;
-            start += nl + 1;
-        }
-        buf.copy_within(start..len, 0);
-        len -= start;
-        if len == buf.len() {
-            if !skipping {
-                f(&buf[..len]);
-            }
-            skipping = true;
-            len = 0;
-        }
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/statm".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
     };
+    if fd < 0 {
+        return None;
+    }
+    let mut buf = [0u8; 128];
+    // SAFETY: reads at most `buf.len()` bytes into `buf`; the fd is ours.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
     // SAFETY: closes the descriptor opened above.
     unsafe { libc::close(fd) };
-    result
+    if n <= 0 {
+        return None;
+    }
+    let pages = buf[..n as usize]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .try_fold(0u64, |acc, &b| {
+            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        })?;
+    pages.checked_mul(page_size() as u64)
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@
 
 pub(crate) mod heap_view;
 pub(crate) mod job;
-pub(crate) mod release;
 pub(crate) mod stream;
 pub(crate) mod template;
 

@@ -39,13 +39,12 @@ use std::time::Duration;
 use nix::unistd::{ForkResult, fork};
 
 use crate::os;
-use crate::shm::layout::MAX_WORKERS;
 use crate::shm::region::Region;
 use crate::shm::registry;
 use crate::worker::{
     WorkerConfig, WorkerCtx, install_worker_panic_hook, set_in_worker, worker_main,
 };
-use crate::worker::{heap_view, release};
+use crate::worker::heap_view;
 
 pub(crate) const SPAWN: u64 = 1;
 pub(crate) const SPAWNED: u64 = 2;
@@ -444,29 +443,6 @@ fn serve(
     // The parent is gone (or hung up): take the workers along.
     for c in &children {
         os::pidfd_kill(&c.pidfd);
-    }
-    // Their teardowns have begun. Ours, of the parent's private memory that
-    // a template holds only to fork from, runs beside theirs rather than
-    // after them (`release.rs`): the pids move to the stack first, since
-    // the malloc heap may go.
-    let mut pids = [0u32; MAX_WORKERS];
-    if children.len() <= pids.len() {
-        let n = children.len();
-        for (p, c) in pids.iter_mut().zip(&children) {
-            *p = c.pid;
-        }
-        // SAFETY: the template is single-threaded (it never starts a
-        // thread), and from here on it only reads `pids` (on its stack) and
-        // calls `wait_raw` and `exit_now`, which touch its stack, `errno`
-        // and the C library's own data: it allocates, frees, unwinds and
-        // unblocks signals no more (`exit_now` never returns, so `children`
-        // is never dropped). The region and the shared heap are shared
-        // mappings, which stay.
-        unsafe { release::release_inherited_memory(&[]) };
-        for &pid in &pids[..n] {
-            os::wait_raw(pid);
-        }
-        os::exit_now(0)
     }
     for c in &children {
         os::wait_raw(c.pid);
