@@ -5,7 +5,7 @@
 
 use std::cell::Cell;
 use std::mem::ManuallyDrop;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -349,7 +349,7 @@ impl Core {
     }
 
     pub(crate) fn poke_result_thread(&self) {
-        os::eventfd_signal(self.done_fd.as_raw_fd());
+        os::eventfd_signal(&*self.done_fd);
     }
 
     /// Sends `SIGKILL` to every live worker, through its pidfd: never to a
@@ -362,7 +362,7 @@ impl Core {
     }
 
     pub(crate) fn poke_supervisor(&self) {
-        os::eventfd_signal(self.ctl_fd.as_raw_fd());
+        os::eventfd_signal(&*self.ctl_fd);
     }
 
     /// Starts the result thread, which delivers asynchronous outcomes, if

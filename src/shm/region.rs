@@ -13,8 +13,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use memmap2::MmapMut;
-
 use crate::error::Error;
 use crate::os;
 use crate::parent::limits;
@@ -48,7 +46,7 @@ struct Heap {
 pub(crate) struct Region {
     /// Owns the mapping; unmapped when the region is dropped, under the
     /// registry's mapping lock.
-    map: ManuallyDrop<MmapMut>,
+    map: ManuallyDrop<os::SharedMap>,
     /// The start of the mapping, taken once from `map`.
     base: *mut u8,
     layout: Layout,
@@ -80,7 +78,7 @@ impl Region {
     /// Creates the memfd, reserves the pages of the header, maps it and
     /// initialises the control block and worker records.
     pub(crate) fn create(layout: Layout) -> Result<Arc<Region>, Error> {
-        let fd = os::memfd(layout.len as u64)?;
+        let fd = os::memfd(c"shmpool", layout.len as u64)?;
         // Reserve the control block, the records and the first slots only;
         // the ring reserves the rest as it first needs them
         // (`reserve_slots`), and nothing uses the padding up to the 2 MiB
@@ -94,18 +92,13 @@ impl Region {
         // another test's pool).
         let guard = registry::lock();
         // SAFETY: the memfd is ours alone: no other process or file handle can
-        // truncate it under the mapping, which is what map_mut requires.
-        let mut map = unsafe { MmapMut::map_mut(&fd)? };
-        debug_assert_eq!(map.len(), layout.len);
+        // truncate it under the mapping.
+        let map = unsafe { os::SharedMap::new(&fd, layout.len)? };
         // Large blocks may use transparent huge pages where the kernel allows
         // them on shared memory (`shmem_enabled` of `advise` or `always`); on
         // `never`, as on the CI machine, the advice is a no-op. Best effort.
-        let _ = map.advise_range(
-            memmap2::Advice::HugePage,
-            layout.arena_off,
-            layout.len - layout.arena_off,
-        );
-        let base = map.as_mut_ptr();
+        map.advise_huge_pages(layout.arena_off, layout.len - layout.arena_off);
+        let base = map.base();
         let region = Region {
             map: ManuallyDrop::new(map),
             base,
@@ -160,7 +153,7 @@ impl Region {
     /// yet (`Region::create` reserved the first `FIRST_SLOTS`).
     pub(crate) fn reserve_slots(&self, from: usize, to: usize) -> Result<(), Error> {
         let (start, end) = (self.layout.slot_end(from), self.layout.slot_end(to));
-        os::reserve(&self.fd, start as u64, (end - start) as u64)
+        os::reserve(&*self.fd, start as u64, (end - start) as u64)
             .map_err(|e| oom_or_io(e, end - start, 0))
     }
 
@@ -304,7 +297,7 @@ impl Region {
                 Err(e) => {
                     if matches!(
                         e.raw_os_error(),
-                        Some(libc::EINVAL | libc::EPERM | libc::ENOSYS)
+                        Some(os::errno::EINVAL | os::errno::EPERM | os::errno::ENOSYS)
                     ) {
                         // ORDERING: Relaxed, as above.
                         POPULATE_REFUSED.store(true, Relaxed);
@@ -314,11 +307,11 @@ impl Region {
                     // (and it reads as zeros, punched or not). Up to the end
                     // of the huge page the fault may have allocated.
                     let end = to.next_multiple_of(HUGE_PAGE);
-                    os::punch(&self.fd, from, end - from);
+                    os::punch(&*self.fd, from, end - from);
                 }
             }
         }
-        os::reserve(&self.fd, from, to - from)
+        os::reserve(&*self.fd, from, to - from)
     }
 
     fn free(&self, off: u64, size: u64) {
@@ -334,10 +327,12 @@ impl Region {
 
 fn oom_or_io(e: io::Error, requested: usize, available: usize) -> Error {
     match e.raw_os_error() {
-        Some(libc::ENOSPC | libc::ENOMEM | libc::EFBIG) => Error::OutOfSharedMemory {
-            requested,
-            available,
-        },
+        Some(os::errno::ENOSPC | os::errno::ENOMEM | os::errno::EFBIG) => {
+            Error::OutOfSharedMemory {
+                requested,
+                available,
+            }
+        }
         _ => Error::Io(e),
     }
 }
@@ -402,7 +397,7 @@ mod tests {
 
     /// Bytes of the memfd that have pages.
     fn allocated(r: &Region) -> u64 {
-        os::tests::allocated_bytes(&r.fd)
+        os::tests::allocated_bytes(&*r.fd)
     }
 
     /// `ShmemPmdMapped` of this process's mapping that starts at `start`.
@@ -441,7 +436,7 @@ mod tests {
         let before = allocated(&r);
         // SAFETY: the first 4 MiB of the arena: shared, writable, unused.
         match unsafe { os::populate(r.ptr(from), (4 << 20) + 100) } {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            Err(e) if e.raw_os_error() == Some(os::errno::EINVAL) => {
                 eprintln!("this kernel has no MADV_POPULATE_WRITE: fallocate only");
             }
             done => {
