@@ -2,7 +2,6 @@
 //! threads and workers.
 
 use std::io;
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -346,7 +345,7 @@ impl Builder {
         // is forked later by the single-threaded template.
         let template = Template::fork(
             &inner.region,
-            inner.done_fd.as_fd(),
+            inner.done_fd(),
             worker,
             stdio,
             PanicHook::Own,

@@ -24,6 +24,12 @@
 //! worker). None of them says whether a
 //! block is live: a safe `&[T]` in the heap is part of a live block by
 //! construction.
+//!
+//! Uses `unsafe` (denied at the crate root): the global allocator hands out
+//! raw memory, maps the heap and keeps its books in raw tables; its
+//! submodules inherit the allowance.
+
+#![allow(unsafe_code)]
 
 mod bins;
 mod books;

@@ -212,7 +212,7 @@ pub(crate) fn pidfd_kill(pidfd: &OwnedFd) {
 /// Whether the process behind `pidfd` has exited (it may be a zombie),
 /// waiting up to `timeout_ms` milliseconds (-1: no limit) for it.
 pub(crate) fn pidfd_exited(pidfd: &OwnedFd, timeout_ms: i32) -> bool {
-    let mut fds = [super::sync::watch(pidfd)];
+    let mut fds = [super::sync::watch(pidfd.as_fd())];
     matches!(super::sync::poll(&mut fds, timeout_ms), Ok(n) if n > 0)
 }
 

@@ -7,7 +7,7 @@
 //! async-signal-safe (raw system calls, no allocation, no locks).
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
@@ -76,8 +76,8 @@ pub(crate) fn eventfd_drain(fd: impl AsFd) -> u64 {
 }
 
 /// A descriptor to [`poll`] for input (or hang-up).
-pub(crate) fn watch<Fd: AsFd>(fd: &Fd) -> PollFd<'_> {
-    PollFd::new(fd, PollFlags::IN)
+pub(crate) fn watch(fd: BorrowedFd<'_>) -> PollFd<'_> {
+    PollFd::from_borrowed_fd(fd, PollFlags::IN)
 }
 
 /// Whether the last [`poll`] saw anything on `fd`: input, hang-up, error.
@@ -134,12 +134,12 @@ mod tests {
     fn an_eventfd_counts_and_polls() {
         let fd = new_eventfd().unwrap();
         assert_eq!(eventfd_drain(&fd), 0);
-        let mut fds = [watch(&fd)];
+        let mut fds = [watch(fd.as_fd())];
         assert_eq!(poll(&mut fds, 0).unwrap(), 0);
         assert!(!fired(&fds[0]));
         eventfd_signal(&fd);
         eventfd_signal(&fd);
-        let mut fds = [watch(&fd)];
+        let mut fds = [watch(fd.as_fd())];
         assert_eq!(poll(&mut fds, -1).unwrap(), 1);
         assert!(fired(&fds[0]) && has_input(&fds[0]) && !hung_up(&fds[0]));
         assert_eq!(eventfd_drain(&fd), 2);

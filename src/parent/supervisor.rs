@@ -201,7 +201,10 @@ impl Supervisor {
             let Some(template) = &self.template else {
                 continue;
             };
-            let mut fds = [os::watch(&template.sock), os::watch(&template.pidfd)];
+            let mut fds = [
+                os::watch(template.sock.as_fd()),
+                os::watch(template.pidfd.as_fd()),
+            ];
             let _ = os::poll(&mut fds, left.as_millis().clamp(1, 100) as i32);
             let died = os::fired(&fds[1]);
             self.read_reports();
@@ -219,10 +222,10 @@ impl Supervisor {
                 _ => {}
             }
             let inner = self.inner.clone();
-            let mut fds = vec![os::watch(&*inner.ctl_fd)];
+            let mut fds = vec![os::watch(inner.ctl_fd())];
             if let Some(t) = &self.template {
-                fds.push(os::watch(&t.sock));
-                fds.push(os::watch(&t.pidfd));
+                fds.push(os::watch(t.sock.as_fd()));
+                fds.push(os::watch(t.pidfd.as_fd()));
             }
             let missing = self.template.is_none()
                 || self.workers.iter().any(|w| !matches!(w, Worker::Live(_)));
@@ -245,7 +248,7 @@ impl Supervisor {
             let template_fired = fds.len() == 3 && os::fired(&fds[2]);
             drop(fds);
             if poked {
-                os::eventfd_drain(&*self.inner.ctl_fd);
+                os::eventfd_drain(self.inner.ctl_fd());
             }
             // `terminate` stores STOP_KILL before it kills the workers, so
             // deaths it caused are never taken for crashes (their jobs fail
@@ -693,7 +696,7 @@ impl Supervisor {
         let inner = &self.inner;
         match Template::fork(
             &inner.region,
-            inner.done_fd.as_fd(),
+            inner.done_fd(),
             inner.config.worker,
             StdioProbe::start(),
             self.hook,
@@ -876,9 +879,9 @@ impl Supervisor {
                 return;
             }
             let mut fds = [
-                os::watch(&template.sock),
-                os::watch(&template.pidfd),
-                os::watch(&*self.inner.ctl_fd),
+                os::watch(template.sock.as_fd()),
+                os::watch(template.pidfd.as_fd()),
+                os::watch(self.inner.ctl_fd()),
             ];
             // A tick: a slot drains without telling us.
             let _ = os::poll(&mut fds, left.as_millis().clamp(1, 10) as i32);
@@ -886,7 +889,7 @@ impl Supervisor {
             if self.stop() == STOP_KILL {
                 return;
             }
-            os::eventfd_drain(&*self.inner.ctl_fd);
+            os::eventfd_drain(self.inner.ctl_fd());
             let died = os::fired(&fds[1]);
             self.read_reports();
             if died {

@@ -12,6 +12,11 @@
 //! read or write any word at any time without undefined behaviour. Counters
 //! that many processes update sit on cache lines of their own. Which process
 //! writes which word, and when, is in `design.md`.
+//!
+//! Uses `unsafe` (denied at the crate root): the shared structures are read
+//! by reference in a raw mapping (`Inline` is `Sync` across processes).
+
+#![allow(unsafe_code)]
 
 use std::cell::UnsafeCell;
 use std::mem::{offset_of, size_of};

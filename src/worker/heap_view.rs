@@ -13,6 +13,12 @@
 //! fails the job with `Error::HeapWrite` and does not retry the range (it
 //! would write again). The engine itself writes job outputs that live in
 //! the heap through the heap's writable alias, never through this view.
+//!
+//! Uses `unsafe` (denied at the crate root): the `SIGSEGV` hook marks the
+//! worker's record through a raw pointer, and the template narrows the heap's
+//! protection.
+
+#![allow(unsafe_code)]
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize};

@@ -7,6 +7,12 @@
 //! forever in the child); it reads the region through the layout it was
 //! forked with and allocates only to format a panic message (glibc's malloc
 //! is fork-safe).
+//!
+//! Uses `unsafe` (denied at the crate root): a worker calls a job's
+//! type-erased trampoline, and its `SIGABRT` hook marks its record through a
+//! raw pointer.
+
+#![allow(unsafe_code)]
 
 pub(crate) mod heap_view;
 pub(crate) mod job;

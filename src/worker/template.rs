@@ -29,6 +29,11 @@
 //! closes, and the template kills its workers and exits at once. Workers die
 //! with the template (`PR_SET_PDEATHSIG`, bound to the template's only
 //! thread), so nothing outlives the parent.
+//!
+//! Uses `unsafe` (denied at the crate root): it forks (`os::fork`) and closes
+//! inherited descriptors in the child (`os::close_fds_except`).
+
+#![allow(unsafe_code)]
 
 use std::io::{self, StderrLock, StdoutLock, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -358,8 +363,8 @@ fn serve(
         if os::parent_pid() != parent {
             break;
         }
-        let mut fds = vec![os::watch(&sock)];
-        fds.extend(children.iter().map(|c| os::watch(&c.pidfd)));
+        let mut fds = vec![os::watch(sock)];
+        fds.extend(children.iter().map(|c| os::watch(c.pidfd.as_fd())));
         if os::poll(&mut fds, PARENT_CHECK.as_millis() as i32).is_err() {
             break;
         }
