@@ -694,7 +694,7 @@ mod tests {
         drop(a);
         // The same bytes again: old data until zeroed.
         let mut b = r.alloc(64, 8).unwrap();
-        assert_eq!(b.dirty, 64);
+        assert_eq!(b.dirty, 128, "the whole line the first block had");
         assert_eq!(b.block.read_value::<[u8; 4]>(), [9; 4], "old data");
         b.zero();
         assert_eq!(b.block.read_value::<u64>(), 0);
