@@ -115,7 +115,7 @@ impl Builder {
 
     /// The longest one claimed range of a job may run (default: no limit).
     /// A worker that runs past it is killed (`SIGKILL`) and replaced, and its
-    /// job fails with [`Error::Timeout`] naming the range. A range is
+    /// job fails with [`Error::TaskTimedOut`] naming the range. A range is
     /// [`chunk_size`](Self::chunk_size) elements of a map (by default about
     /// `len / (16 × workers)`), or one `apply`: the deadline covers all the
     /// tasks of a range together, not each task, so 100 tasks of 20 ms in one
@@ -136,7 +136,7 @@ impl Builder {
     ///     }
     ///     x
     /// });
-    /// assert!(matches!(stuck, Err(shmpool::Error::Timeout { .. })));
+    /// assert!(matches!(stuck, Err(shmpool::Error::TaskTimedOut { .. })));
     /// assert_eq!(pool.apply(2u8, |x| x * 2)?, 4); // a fresh worker
     /// # Ok::<(), shmpool::Error>(())
     /// ```

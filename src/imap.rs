@@ -508,6 +508,28 @@ fn conjure_f<T, U, F: Fn(T) -> U + Copy>() -> F {
     unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() }
 }
 
+impl<I, U, F> std::fmt::Debug for Imap<'_, I, U, F>
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
+    /// The stream's settings and where it is: chunks in flight, items read
+    /// and not yet submitted, whether the source is exhausted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Imap")
+            .field("ordered", &self.ordered)
+            .field("chunksize", &self.chunksize)
+            .field("window", &self.window)
+            .field("read_ahead", &self.read_ahead)
+            .field("in_flight", &self.flight.len())
+            .field("buffered", &self.buffer.len())
+            .field("exhausted", &self.exhausted)
+            .field("stopped", &self.stopped)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<I, U, F> Iterator for Imap<'_, I, U, F>
 where
     I: Iterator,

@@ -27,6 +27,17 @@ pub(crate) mod sealed {
         /// (kept until the job finishes), else copied in and dropped.
         Vec(Vec<T>),
     }
+
+    impl<T: Pod> std::fmt::Debug for Source<'_, T> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let (how, len) = match self {
+                Source::Copy(s) => ("Copy", s.len()),
+                Source::Own(v) => ("Own", v.len()),
+                Source::Vec(v) => ("Vec", v.len()),
+            };
+            write!(f, "Source::{how}({len} elements)")
+        }
+    }
 }
 
 /// An input for [`Pool::map_async`](crate::Pool::map_async): a slice, `Vec`,
