@@ -82,6 +82,7 @@ fn a_task_past_its_timeout_is_killed_and_its_job_fails() {
 /// Allocates and touches `mib` MiB, and keeps it.
 fn hog(mib: &u64, x: u64) -> u64 {
     if x == 3 {
+        common::mute_stderr();
         let v = vec![1u8; (*mib as usize) << 20];
         std::hint::black_box(&v);
         std::mem::forget(v);
@@ -146,6 +147,7 @@ fn backtraces_on() -> bool {
 
 /// Leaks `mib` MiB per call.
 fn leak(mib: &u64, x: u64) -> u64 {
+    common::mute_stderr();
     let v = vec![7u8; (*mib as usize) << 20];
     std::mem::forget(v);
     x

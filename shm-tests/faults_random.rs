@@ -64,6 +64,7 @@ fn task(f: &Fault, x: u64) -> u64 {
             },
             4 => panic!("fault at {x}"),
             5 => {
+                common::mute_stderr();
                 let v = vec![1u8; 1 << 30];
                 std::hint::black_box(&v);
                 std::mem::forget(v);
