@@ -28,11 +28,13 @@ use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 
+use crate::element::Element;
 use crate::error::Error;
 use crate::parent::core::{admitted, lock};
 use crate::pool::Pool;
 use crate::result::AsyncResult;
 use crate::shmvec::ShmVec;
+use crate::worker::job::CAPTURE_MESSAGE;
 
 /// The default number of elements per job.
 const DEFAULT_CHUNKSIZE: usize = 1024;
@@ -357,7 +359,10 @@ where
 
     fn submit_batch(&self, seq: u64) -> Result<AsyncResult<ShmVec<U>>, Error> {
         let shared = self.pool.to_shm(&self.buffer)?;
-        let job = admitted(|| self.pool.map_async(shared, conjure_f::<I::Item, U, F>()))?;
+        let job = admitted(|| {
+            self.pool
+                .map_async_unchecked(shared, conjure_f::<I::Item, U, F>())
+        })?;
         let finished = self.finished.clone();
         job.on_complete(move |_| finished.report(seq));
         Ok(job)
@@ -368,7 +373,10 @@ where
         admitted(|| {
             input
                 .iter()
-                .map(|&x| self.pool.apply_async(x, conjure_f::<I::Item, U, F>()))
+                .map(|&x| {
+                    self.pool
+                        .apply_async_unchecked(x, conjure_f::<I::Item, U, F>())
+                })
                 .collect()
         })
     }
@@ -499,10 +507,11 @@ where
 }
 
 /// A value of the zero-sized task type `F`, which the caller held when it
-/// called `imap` (checked there).
+/// called `imap` (checked at compile time there; again here at run time, at
+/// no cost).
 fn conjure_f<T, U, F: Fn(T) -> U + Copy>() -> F {
     crate::worker::job::assert_no_captures::<F>();
-    // SAFETY: `F` is zero-sized (checked at compile time above) and
+    // SAFETY: `F` is zero-sized (checked just above) and
     // inhabited: `imap` received a value of it. Reading a zero-sized value
     // from a dangling, aligned pointer reads no memory.
     unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() }
@@ -642,13 +651,15 @@ impl Pool {
     /// assert_eq!(total, 3 * (0..10_000u64).filter(|x| x % 2 == 0).sum::<u64>());
     /// # Ok::<(), shmpool::Error>(())
     /// ```
+    #[inline(never)]
     pub fn imap<It, U, F>(&self, iter: It, f: F) -> Result<Imap<'_, It::IntoIter, U, F>, Error>
     where
         It: IntoIterator,
-        It::Item: Pod,
-        U: Pod + Send,
+        It::Item: Element,
+        U: Element + Send,
         F: Fn(It::Item) -> U + Copy + Send + Sync + 'static,
     {
+        const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
         self.prologue(f)?;
         self.check_not_result_thread()?;
         Ok(Imap::new(self, iter.into_iter(), true))
@@ -671,6 +682,7 @@ impl Pool {
     /// assert_eq!(got, (1..=1000).collect::<Vec<_>>());
     /// # Ok::<(), shmpool::Error>(())
     /// ```
+    #[inline(never)]
     pub fn imap_unordered<It, U, F>(
         &self,
         iter: It,
@@ -678,10 +690,11 @@ impl Pool {
     ) -> Result<Imap<'_, It::IntoIter, U, F>, Error>
     where
         It: IntoIterator,
-        It::Item: Pod,
-        U: Pod + Send,
+        It::Item: Element,
+        U: Element + Send,
         F: Fn(It::Item) -> U + Copy + Send + Sync + 'static,
     {
+        const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
         self.prologue(f)?;
         self.check_not_result_thread()?;
         Ok(Imap::new(self, iter.into_iter(), false))
