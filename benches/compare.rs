@@ -149,7 +149,7 @@ struct Python {
 }
 
 fn python() -> Option<Python> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/python/pool_bench.py");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/pool_bench.py");
     let out = Command::new("python3").arg(script).output().ok()?;
     if !out.status.success() {
         eprintln!(

@@ -359,7 +359,7 @@ fn fault(pool: &Pool, rng: &mut Rng, kind: Kind) -> Result<Outcome, String> {
         (Kind::NullWrite, Err(Error::WorkerDied { signal, range, .. })) => {
             *signal == Some(libc::SIGSEGV) && contains(range, poison)
         }
-        (Kind::Hang, Err(Error::Timeout { after, range, .. })) => {
+        (Kind::Hang, Err(Error::TaskTimedOut { after, range, .. })) => {
             *after == TASK_TIMEOUT && contains(range, poison)
         }
         (Kind::Memory, Err(Error::MemoryLimit { limit, range, .. })) => {

@@ -41,7 +41,7 @@ fn get_wait_ready_successful() {
 
         let mut slow = pool.apply_async(1_000u64, sleepy).unwrap();
         let err = slow.get_timeout(Duration::from_millis(5)).unwrap_err();
-        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        assert!(matches!(err, Error::WaitTimedOut { .. }), "{err}");
         assert_eq!(slow.get_timeout(Duration::from_secs(10)).unwrap(), 1_000);
         assert!(matches!(
             slow.get_timeout(Duration::ZERO),

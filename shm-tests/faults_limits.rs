@@ -36,15 +36,26 @@ fn a_task_past_its_timeout_is_killed_and_its_job_fails() {
         let t = Instant::now();
         let err = pool.map_with(777u64, &xs, spin_on).unwrap_err();
         let took = t.elapsed();
-        match &err {
-            Error::Timeout { after, range, .. } => {
+        let killed = match &err {
+            Error::TaskTimedOut {
+                pid, after, range, ..
+            } => {
                 assert_eq!(*after, limit);
                 assert!(range.clone().expect("a range").contains(&777), "{err}");
+                *pid
             }
-            other => panic!("expected Timeout, got {other:?}"),
-        }
+            other => panic!("expected TaskTimedOut, got {other:?}"),
+        };
+        assert!(
+            before.contains(&killed),
+            "{killed} is not one of {before:?}"
+        );
         assert!(took < Duration::from_secs(2), "took {took:?}");
-        assert!(err.to_string().contains("timed out after 100ms"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("task timed out after 100ms on elements "),
+            "{err}"
+        );
         // Not retried: exactly one worker was killed and replaced.
         assert!(wait_until(Duration::from_secs(5), || pool
             .stats()
@@ -52,10 +63,11 @@ fn a_task_past_its_timeout_is_killed_and_its_job_fails() {
             == 1));
         let after = pool.worker_pids();
         assert_eq!(before.iter().filter(|p| !after.contains(p)).count(), 1);
+        assert!(!after.contains(&killed), "the killed worker was replaced");
         // A blocking apply times out the same way.
         let err = pool.apply(5u64, |x| spin_on(&5, x)).unwrap_err();
         assert!(
-            matches!(err, Error::Timeout { range: Some(_), .. }),
+            matches!(err, Error::TaskTimedOut { range: Some(_), .. }),
             "{err:?}"
         );
         assert_healthy(&pool);
@@ -70,6 +82,7 @@ fn a_task_past_its_timeout_is_killed_and_its_job_fails() {
 /// Allocates and touches `mib` MiB, and keeps it.
 fn hog(mib: &u64, x: u64) -> u64 {
     if x == 3 {
+        common::mute_stderr();
         let v = vec![1u8; (*mib as usize) << 20];
         std::hint::black_box(&v);
         std::mem::forget(v);
@@ -134,6 +147,7 @@ fn backtraces_on() -> bool {
 
 /// Leaks `mib` MiB per call.
 fn leak(mib: &u64, x: u64) -> u64 {
+    common::mute_stderr();
     let v = vec![7u8; (*mib as usize) << 20];
     std::mem::forget(v);
     x
@@ -256,10 +270,12 @@ fn a_caller_s_own_timeout_does_not_cancel_the_job() {
         let xs = vec![20u64; 20];
         let mut r = pool.map_async(&xs, common::sleepy).unwrap();
         assert!(!r.wait_timeout(Duration::from_millis(10)));
-        assert!(matches!(
-            r.get_timeout(Duration::from_millis(1)),
-            Err(Error::Timeout { range: None, .. })
-        ));
+        match r.get_timeout(Duration::from_millis(1)) {
+            Err(Error::WaitTimedOut { after, .. }) => {
+                assert_eq!(after, Duration::from_millis(1));
+            }
+            other => panic!("expected WaitTimedOut, got {other:?}"),
+        }
         assert_eq!(r.get().unwrap(), xs, "the job ran to the end");
         assert_eq!(pool.stats().jobs_cancelled, 0);
     })

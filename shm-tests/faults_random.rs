@@ -64,6 +64,7 @@ fn task(f: &Fault, x: u64) -> u64 {
             },
             4 => panic!("fault at {x}"),
             5 => {
+                common::mute_stderr();
                 let v = vec![1u8; 1 << 30];
                 std::hint::black_box(&v);
                 std::mem::forget(v);
@@ -145,7 +146,7 @@ fn judge(f: &Fault, n: u64, outcome: &Result<Vec<u64>, Error>) -> Result<&'stati
                 ..
             }),
         ) if has(range) => "WorkerDied (SIGSEGV)",
-        (3, Err(Error::Timeout { range, .. })) if has(range) => "Timeout",
+        (3, Err(Error::TaskTimedOut { range, .. })) if has(range) => "TaskTimedOut",
         (4, Err(Error::TaskPanicked { range, .. })) if range.contains(&(f.at as usize)) => {
             "TaskPanicked"
         }
@@ -160,13 +161,13 @@ fn judge(f: &Fault, n: u64, outcome: &Result<Vec<u64>, Error>) -> Result<&'stati
         ) if has(range) && backtraces_on() => "WorkerDied (SIGABRT, backtrace printed)",
         // Symbolising that backtrace can outlast the task timeout on a busy
         // machine.
-        (5, Err(Error::Timeout { range, .. })) if has(range) && backtraces_on() => {
-            "Timeout (printing a backtrace)"
+        (5, Err(Error::TaskTimedOut { range, .. })) if has(range) && backtraces_on() => {
+            "TaskTimedOut (printing a backtrace)"
         }
         (6, Err(Error::Corrupted { .. })) => "Corrupted",
         (6, Err(Error::WorkerDied { .. })) => "WorkerDied",
         (6, Err(Error::TaskPanicked { .. })) => "TaskPanicked",
-        (6, Err(Error::Timeout { .. })) => "Timeout",
+        (6, Err(Error::TaskTimedOut { .. })) => "TaskTimedOut",
         (7, Err(Error::Corrupted { .. })) => "Corrupted",
         (_, Err(e)) => return Err(format!("unexpected error: {e:?}")),
     };

@@ -100,13 +100,13 @@ impl Builder {
     }
 
     /// How many rounds an idle worker polls for new work before it sleeps
-    /// (default: 2000, roughly 50-100 µs). 0 makes workers sleep at once.
+    /// (default: 2000, some tens of microseconds). 0 makes workers sleep at
+    /// once.
     /// Only as many idle workers spin as the process has CPUs
     /// (`sched_getaffinity`), and none on a single CPU: more spinners would
     /// take the CPUs from the workers with work and from the caller.
     /// The caller of a blocking call polls for its result an eighth as long
-    /// (a few µs) before it sleeps: a 16-element map's round trip went from
-    /// 1.2-1.6 µs to about 1.06 µs.
+    /// before it sleeps, which shortens the round trip of small maps.
     pub fn spin(mut self, rounds: u32) -> Self {
         self.spin = rounds;
         self
@@ -114,7 +114,7 @@ impl Builder {
 
     /// The longest one claimed range of a job may run (default: no limit).
     /// A worker that runs past it is killed (`SIGKILL`) and replaced, and its
-    /// job fails with [`Error::Timeout`] naming the range. A range is
+    /// job fails with [`Error::TaskTimedOut`] naming the range. A range is
     /// [`chunk_size`](Self::chunk_size) elements of a map (by default about
     /// `len / (16 × workers)`), or one `apply`: the deadline covers all the
     /// tasks of a range together, not each task, so 100 tasks of 20 ms in one
@@ -135,7 +135,7 @@ impl Builder {
     ///     }
     ///     x
     /// });
-    /// assert!(matches!(stuck, Err(shmpool::Error::Timeout { .. })));
+    /// assert!(matches!(stuck, Err(shmpool::Error::TaskTimedOut { .. })));
     /// assert_eq!(pool.apply(2u8, |x| x * 2)?, 4); // a fresh worker
     /// # Ok::<(), shmpool::Error>(())
     /// ```
@@ -196,9 +196,11 @@ impl Builder {
         self
     }
 
-    /// Elements per claimed range in `map` jobs (default: automatic, about
-    /// 16 ranges per worker, claimed dynamically; large ranges end on page
-    /// boundaries of the output). 0 is refused by [`build`](Self::build).
+    /// Elements per claimed range in maps (`map`, `map_chunks` and the other
+    /// numeric forms, reductions). Default: automatic, about 16 ranges per
+    /// worker (`len / (16 × workers)` elements), claimed dynamically; large
+    /// ranges end on page boundaries of the output. 0 is refused by
+    /// [`build`](Self::build).
     pub fn chunk_size(mut self, elements: usize) -> Self {
         self.chunk_size = Some(elements);
         self
@@ -218,8 +220,8 @@ impl Builder {
     /// Maps whose output is at least `bytes` long write it with streaming
     /// (non-temporal) stores, which skip reading each output line into the
     /// cache before overwriting it: a large map then moves two streams
-    /// through memory instead of three (`x*x` over 16 Mi `f64`: 10.2 ms →
-    /// 6.2 ms in `benches/compare.rs`). They also leave the output out of the
+    /// through memory instead of three, which makes memory-bound maps over
+    /// large arrays markedly faster (`benches/compare.rs`). They also leave the output out of the
     /// cache, a loss when it would have fit and is read soon after.
     ///
     /// Default: the size of the last-level cache, read from sysfs (32 MiB
@@ -245,8 +247,8 @@ impl Builder {
     /// worker, pool calls return `WouldDeadlock`. What it buys:
     /// a job of one range runs without waking any worker, so a small `map`
     /// or an `apply` returns in a fraction of the time; large jobs gain a
-    /// worker's worth of compute only if a core is idle (measured in
-    /// `benches/tuning.rs`, quoted in the README). Asynchronous calls never
+    /// worker's worth of compute only if a core is idle (`benches/tuning.rs`
+    /// measures both). Asynchronous calls never
     /// run in the caller.
     ///
     /// [`build`](Self::build) refuses it together with `task_timeout`,

@@ -68,17 +68,43 @@ pub enum Error {
         /// The index range it was running, when the worker had recorded one.
         range: Option<Range<usize>>,
     },
-    /// A deadline passed: a task ran longer than the pool's
-    /// [`task_timeout`](crate::Builder::task_timeout) (its worker was killed
-    /// and replaced; `range` names the range), or a caller's own wait ended
-    /// ([`AsyncResult::get_timeout`](crate::AsyncResult::get_timeout); the
-    /// job goes on).
+    /// A task ran longer than the pool's
+    /// [`task_timeout`](crate::Builder::task_timeout): its worker was killed
+    /// (`SIGKILL`) and replaced, and the job failed. The range is not run
+    /// again (it would overrun again); the pool stays usable.
+    ///
+    /// Not to be confused with [`WaitTimedOut`](Error::WaitTimedOut), where
+    /// only the caller's wait ended and the job goes on.
     #[non_exhaustive]
-    Timeout {
-        /// How long was waited.
+    TaskTimedOut {
+        /// The process id of the worker that was killed.
+        pid: u32,
+        /// The pool's task timeout: how long the range was allowed to run.
         after: Duration,
-        /// The index range concerned, when there is one.
+        /// The index range that overran, when the worker had recorded one.
         range: Option<Range<usize>>,
+    },
+    /// A caller's own wait ran out
+    /// ([`AsyncResult::get_timeout`](crate::AsyncResult::get_timeout)) before
+    /// the job completed. Nothing was stopped: the job goes on, and the same
+    /// `AsyncResult` can be waited on again.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let mut slow = pool.apply_async(200u64, |ms| {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// })?;
+    /// let err = slow.get_timeout(Duration::from_millis(1)).unwrap_err();
+    /// assert!(matches!(err, shmpool::Error::WaitTimedOut { .. }));
+    /// assert_eq!(slow.get()?, 200); // the job went on
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    #[non_exhaustive]
+    WaitTimedOut {
+        /// How long the caller waited.
+        after: Duration,
     },
     /// A task wrote to the shared heap ([`SharedHeap`](crate::SharedHeap)),
     /// which workers see read-only (through a `static` that points into it,
@@ -232,12 +258,15 @@ impl fmt::Display for Error {
             Error::InitializerFailed { message } => {
                 write!(f, "the pool's initializer panicked: {message}")
             }
-            Error::Timeout { after, range } => {
-                write!(f, "timed out after {after:?}")?;
+            Error::TaskTimedOut { pid, after, range } => {
+                write!(f, "task timed out after {after:?}")?;
                 if let Some(r) = range {
                     write!(f, " on elements {}..{}", r.start, r.end)?;
                 }
-                Ok(())
+                write!(f, " (worker process {pid} was killed)")
+            }
+            Error::WaitTimedOut { after } => {
+                write!(f, "wait timed out after {after:?}; the job goes on")
             }
             Error::HeapWrite { pid, range } => {
                 write!(
@@ -306,6 +335,23 @@ mod tests {
             e.to_string(),
             "task panicked on elements 0..4: boom (at src/x.rs:1:2)"
         );
+    }
+
+    #[test]
+    fn the_two_timeouts_say_which_is_which() {
+        let e = Error::TaskTimedOut {
+            pid: 7,
+            after: Duration::from_millis(100),
+            range: Some(768..832),
+        };
+        assert_eq!(
+            e.to_string(),
+            "task timed out after 100ms on elements 768..832 (worker process 7 was killed)"
+        );
+        let e = Error::WaitTimedOut {
+            after: Duration::from_millis(5),
+        };
+        assert_eq!(e.to_string(), "wait timed out after 5ms; the job goes on");
     }
 
     #[test]

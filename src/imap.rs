@@ -27,11 +27,13 @@ use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 
+use crate::element::Element;
 use crate::error::Error;
 use crate::parent::core::{admitted, lock};
 use crate::pool::Pool;
 use crate::result::AsyncResult;
 use crate::shmvec::ShmVec;
+use crate::worker::job::CAPTURE_MESSAGE;
 
 /// The default number of elements per job.
 const DEFAULT_CHUNKSIZE: usize = 1024;
@@ -357,7 +359,7 @@ where
 
     fn submit_batch(&self, seq: u64) -> Result<AsyncResult<ShmVec<U>>, Error> {
         let shared = self.pool.to_shm(&self.buffer)?;
-        let job = admitted(|| self.pool.map_async(shared, self.f))?;
+        let job = admitted(|| self.pool.map_async_unchecked(shared, self.f))?;
         let finished = self.finished.clone();
         job.on_complete(move |_| finished.report(seq));
         Ok(job)
@@ -368,7 +370,7 @@ where
         admitted(|| {
             input
                 .iter()
-                .map(|&x| self.pool.apply_async(x, self.f))
+                .map(|&x| self.pool.apply_async_unchecked(x, self.f))
                 .collect()
         })
     }
@@ -498,6 +500,28 @@ where
     }
 }
 
+impl<I, U, F> std::fmt::Debug for Imap<'_, I, U, F>
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
+    /// The stream's settings and where it is: chunks in flight, items read
+    /// and not yet submitted, whether the source is exhausted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Imap")
+            .field("ordered", &self.ordered)
+            .field("chunksize", &self.chunksize)
+            .field("window", &self.window)
+            .field("read_ahead", &self.read_ahead)
+            .field("in_flight", &self.flight.len())
+            .field("buffered", &self.buffer.len())
+            .field("exhausted", &self.exhausted)
+            .field("stopped", &self.stopped)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<I, U, F> Iterator for Imap<'_, I, U, F>
 where
     I: Iterator,
@@ -610,13 +634,15 @@ impl Pool {
     /// assert_eq!(total, 3 * (0..10_000u64).filter(|x| x % 2 == 0).sum::<u64>());
     /// # Ok::<(), shmpool::Error>(())
     /// ```
+    #[inline(never)]
     pub fn imap<It, U, F>(&self, iter: It, f: F) -> Result<Imap<'_, It::IntoIter, U, F>, Error>
     where
         It: IntoIterator,
-        It::Item: Pod,
-        U: Pod + Send,
+        It::Item: Element,
+        U: Element + Send,
         F: Fn(It::Item) -> U + Copy + Send + Sync + 'static,
     {
+        const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
         self.prologue(f)?;
         self.check_not_result_thread()?;
         Ok(Imap::new(self, iter.into_iter(), true, f))
@@ -639,6 +665,7 @@ impl Pool {
     /// assert_eq!(got, (1..=1000).collect::<Vec<_>>());
     /// # Ok::<(), shmpool::Error>(())
     /// ```
+    #[inline(never)]
     pub fn imap_unordered<It, U, F>(
         &self,
         iter: It,
@@ -646,10 +673,11 @@ impl Pool {
     ) -> Result<Imap<'_, It::IntoIter, U, F>, Error>
     where
         It: IntoIterator,
-        It::Item: Pod,
-        U: Pod + Send,
+        It::Item: Element,
+        U: Element + Send,
         F: Fn(It::Item) -> U + Copy + Send + Sync + 'static,
     {
+        const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
         self.prologue(f)?;
         self.check_not_result_thread()?;
         Ok(Imap::new(self, iter.into_iter(), false, f))

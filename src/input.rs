@@ -10,6 +10,7 @@
 
 use bytemuck::Pod;
 
+use crate::element::Element;
 use crate::shmvec::ShmVec;
 
 pub(crate) mod sealed {
@@ -27,6 +28,17 @@ pub(crate) mod sealed {
         /// (kept until the job finishes), else copied in and dropped.
         Vec(Vec<T>),
     }
+
+    impl<T: Pod> std::fmt::Debug for Source<'_, T> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let (how, len) = match self {
+                Source::Copy(s) => ("Copy", s.len()),
+                Source::Own(v) => ("Own", v.len()),
+                Source::Vec(v) => ("Vec", v.len()),
+            };
+            write!(f, "Source::{how}({len} elements)")
+        }
+    }
 }
 
 /// An input for [`Pool::map_async`](crate::Pool::map_async): a slice, `Vec`,
@@ -43,17 +55,24 @@ pub(crate) mod sealed {
 /// assert_eq!(pool.stats().bytes_staged, 4000);
 /// # Ok::<(), shmpool::Error>(())
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an input `map_async` accepts",
+    label = "not a slice, array, `Vec` or `ShmVec` of plain old data",
+    note = "`map_async` takes a slice, array, `Vec` or `ShmVec` (borrowed, or moved in) \
+            of plain old data: numbers, arrays of them (`[f64; 2]` for a pair, not `(f64, f64)`), \
+            or a `#[repr(C)]` struct with `#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]`"
+)]
 pub trait AsyncInput<'a>: sealed::Sealed {
     /// The element type.
-    type Elem: Pod;
+    type Elem: Element;
     #[doc(hidden)]
     fn source(self) -> sealed::Source<'a, Self::Elem>;
 }
 
 macro_rules! copied {
     ($($ty:ty),*) => {$(
-        impl<'a, T: Pod> sealed::Sealed for $ty {}
-        impl<'a, T: Pod> AsyncInput<'a> for $ty {
+        impl<'a, T: Element> sealed::Sealed for $ty {}
+        impl<'a, T: Element> AsyncInput<'a> for $ty {
             type Elem = T;
             fn source(self) -> sealed::Source<'a, T> {
                 sealed::Source::Copy(self)
@@ -64,24 +83,24 @@ macro_rules! copied {
 
 copied!(&'a [T], &'a Vec<T>, &'a ShmVec<T>);
 
-impl<T: Pod, const N: usize> sealed::Sealed for &[T; N] {}
-impl<'a, T: Pod, const N: usize> AsyncInput<'a> for &'a [T; N] {
+impl<T: Element, const N: usize> sealed::Sealed for &[T; N] {}
+impl<'a, T: Element, const N: usize> AsyncInput<'a> for &'a [T; N] {
     type Elem = T;
     fn source(self) -> sealed::Source<'a, T> {
         sealed::Source::Copy(self)
     }
 }
 
-impl<T: Pod> sealed::Sealed for Vec<T> {}
-impl<T: Pod> AsyncInput<'static> for Vec<T> {
+impl<T: Element> sealed::Sealed for Vec<T> {}
+impl<T: Element> AsyncInput<'static> for Vec<T> {
     type Elem = T;
     fn source(self) -> sealed::Source<'static, T> {
         sealed::Source::Vec(self)
     }
 }
 
-impl<T: Pod> sealed::Sealed for ShmVec<T> {}
-impl<T: Pod> AsyncInput<'static> for ShmVec<T> {
+impl<T: Element> sealed::Sealed for ShmVec<T> {}
+impl<T: Element> AsyncInput<'static> for ShmVec<T> {
     type Elem = T;
     fn source(self) -> sealed::Source<'static, T> {
         sealed::Source::Own(self)

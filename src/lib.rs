@@ -43,9 +43,9 @@
 //! Tasks must be fn items or closures that capture nothing; pass state with
 //! [`Pool::map_with`]. Linux only. The design (shared-memory layout, job-slot
 //! protocol, sleep and wake-up, supervision, the template process, misuse)
-//! is described in `design.md`.
+//! is described in [`design`], the crate's `design.md`.
 
-#![deny(unsafe_code, unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_code, unsafe_op_in_unsafe_fn, missing_debug_implementations)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
 
 #[cfg(not(target_os = "linux"))]
@@ -54,6 +54,7 @@ compile_error!("shmpool uses memfd, eventfd, futexes and pidfds: it supports Lin
 // The public face: the pool and its builder, the map forms, results,
 // vectors in shared memory, errors and statistics.
 mod builder;
+mod element;
 mod error;
 mod global;
 mod imap;
@@ -78,6 +79,7 @@ mod worker;
 
 pub use builder::Builder;
 pub use bytemuck;
+pub use element::Element;
 pub use error::Error;
 pub use global::{global, try_global};
 pub use heap::{HeapStats, SharedHeap};
@@ -91,6 +93,17 @@ pub use pool::Pool;
 pub use result::AsyncResult;
 pub use shmvec::ShmVec;
 pub use stats::{Profile, Stats};
+
+/// The architecture: `design.md` from the crate's sources, rendered here so
+/// that it can be read next to the API (on docs.rs and in `cargo doc`).
+///
+/// What lives where in shared memory, who writes which word in what order,
+/// how workers sleep and wake, how the supervisor handles deaths and
+/// timeouts, what each misuse returns, and why each dependency is here.
+/// This module holds no code; it exists only in the documentation.
+#[cfg(doc)]
+#[doc = include_str!("../design.md")]
+pub mod design {}
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -17,11 +17,12 @@ use std::slice;
 use bytemuck::Pod;
 use ndarray::{Array, ArrayBase, ArrayView, ArrayViewMut, Data, Dimension, IntoDimension};
 
+use crate::element::Element;
 use crate::error::Error;
 use crate::parent::ring::InlineData;
 use crate::pool::Pool;
 use crate::shmvec::ShmVec;
-use crate::worker::job::{BadDescriptor, JobArgs, RunFn, conjure};
+use crate::worker::job::{BadDescriptor, CAPTURE_MESSAGE, JobArgs, RunFn, conjure};
 
 /// The most axes a stencil's array may have.
 const MAX_AXES: usize = 8;
@@ -128,7 +129,7 @@ impl Pool {
     /// As [`alloc_zeroed`](Self::alloc_zeroed).
     pub fn alloc_array<T, Sh>(&self, shape: Sh) -> Result<ShmArray<T, Sh::Dim>, Error>
     where
-        T: Pod,
+        T: Element,
         Sh: IntoDimension,
     {
         let dim = shape.into_dimension();
@@ -145,7 +146,7 @@ impl Pool {
     pub fn array_to_shm<S, T, D>(&self, a: &ArrayBase<S, D>) -> Result<ShmArray<T, D>, Error>
     where
         S: Data<Elem = T>,
-        T: Pod,
+        T: Element,
         D: Dimension,
     {
         ShmArray::from_shmvec(self.to_shm(&row_major(a))?, a.raw_dim())
@@ -157,6 +158,7 @@ impl Pool {
     ///
     /// # Errors
     /// As [`map`](Self::map).
+    #[inline(never)]
     pub fn map_array<S, T, U, D, F>(
         &self,
         a: &ArrayBase<S, D>,
@@ -164,12 +166,13 @@ impl Pool {
     ) -> Result<ShmArray<U, D>, Error>
     where
         S: Data<Elem = T>,
-        T: Pod,
-        U: Pod,
+        T: Element,
+        U: Element,
         D: Dimension,
         F: Fn(T) -> U + Copy + Send + Sync + 'static,
     {
-        let out = self.map(&row_major(a), f)?;
+        const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
+        let out = self.map_unchecked(&row_major(a), f)?;
         ShmArray::from_shmvec(out, a.raw_dim())
     }
 
@@ -197,6 +200,7 @@ impl Pool {
     /// assert_eq!(blur.view()[[0, 0]], 9.0 / 4.0);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
+    #[inline(never)]
     pub fn map_stencil<S, T, U, D, F>(
         &self,
         a: &ArrayBase<S, D>,
@@ -204,11 +208,12 @@ impl Pool {
     ) -> Result<ShmArray<U, D>, Error>
     where
         S: Data<Elem = T>,
-        T: Pod,
-        U: Pod,
+        T: Element,
+        U: Element,
         D: Dimension,
         F: Fn(&ArrayView<'_, T, D>, D::Pattern) -> U + Copy + Send + Sync + 'static,
     {
+        const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
         self.prologue(f)?;
         let axes = a.ndim();
         if axes > MAX_AXES {

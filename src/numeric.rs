@@ -7,11 +7,13 @@ use std::mem::size_of;
 
 use bytemuck::Pod;
 
+use crate::element::Element;
 use crate::error::Error;
 use crate::parent::place::Place;
 use crate::parent::ring::{InlineData, Loc, Waiter};
 use crate::pool::{Output, Parts, Pool, Schedule, check_align, into_vec};
 use crate::shmvec::ShmVec;
+use crate::worker::job::CAPTURE_MESSAGE;
 use crate::worker::job::{
     MoreInputs, RunFn, run_chunks, run_in_place, run_indexed, run_indexed_with, run_map2, run_map3,
     run_reduce,
@@ -61,13 +63,15 @@ impl Pool {
     /// assert!(pool.map2(&x, &y[..2], |x, y| x + y).is_err());
     /// # Ok::<(), shmpool::Error>(())
     /// ```
+    #[inline(never)]
     pub fn map2<A, B, U, F>(&self, a: &[A], b: &[B], f: F) -> Result<ShmVec<U>, Error>
     where
-        A: Pod,
-        B: Pod,
-        U: Pod,
+        A: Element,
+        B: Element,
+        U: Element,
         F: Fn(A, B) -> U + Copy + Send + Sync + 'static,
     {
+        const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
         self.prologue(f)?;
         let len = same_length(&[a.len(), b.len()])?;
         if len == 0 {
@@ -91,14 +95,16 @@ impl Pool {
     /// assert_eq!(fma, vec![3.5, 8.5]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
+    #[inline(never)]
     pub fn map3<A, B, C, U, F>(&self, a: &[A], b: &[B], c: &[C], f: F) -> Result<ShmVec<U>, Error>
     where
-        A: Pod,
-        B: Pod,
-        C: Pod,
-        U: Pod,
+        A: Element,
+        B: Element,
+        C: Element,
+        U: Element,
         F: Fn(A, B, C) -> U + Copy + Send + Sync + 'static,
     {
+        const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
         self.prologue(f)?;
         let len = same_length(&[a.len(), b.len(), c.len()])?;
         if len == 0 {
@@ -129,10 +135,13 @@ impl Pool {
 
     /// Runs `f(&input[r], &mut output[r])` once per claimed range `r`: a
     /// vectorised kernel over whole slices instead of one element at a time.
-    /// The ranges partition `0..input.len()`; their size is the pool's
-    /// [`chunk_size`](crate::Builder::chunk_size) (default: about four per
-    /// worker). `out` holds unspecified values on entry (reused shared
-    /// memory): write every element.
+    /// The ranges partition `0..input.len()` and are scheduled as for
+    /// [`map`](Self::map): the pool's [`chunk_size`](crate::Builder::chunk_size)
+    /// elements each, by default about 16 ranges per worker
+    /// (`input.len() / (16 × workers)` elements), shrinking as the job goes
+    /// when the pool is [`guided`](crate::Builder::guided). `out` holds
+    /// unspecified values on entry (reused shared memory): write every
+    /// element.
     ///
     /// # Errors
     /// As [`map`](Self::map).
@@ -148,12 +157,14 @@ impl Pool {
     /// assert_eq!(ys[999], 499.5);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
+    #[inline(never)]
     pub fn map_chunks<T, U, F>(&self, input: &[T], f: F) -> Result<ShmVec<U>, Error>
     where
-        T: Pod,
-        U: Pod,
+        T: Element,
+        U: Element,
         F: Fn(&[T], &mut [U]) + Copy + Send + Sync + 'static,
     {
+        const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
         self.prologue(f)?;
         if input.is_empty() {
             return Ok(ShmVec::new());
@@ -179,12 +190,14 @@ impl Pool {
     /// assert_eq!(avg, vec![1.5, 7.0 / 3.0, 14.0 / 3.0, 6.0]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
+    #[inline(never)]
     pub fn map_indexed<T, U, F>(&self, input: &[T], f: F) -> Result<ShmVec<U>, Error>
     where
-        T: Pod,
-        U: Pod,
+        T: Element,
+        U: Element,
         F: Fn(&[T], usize) -> U + Copy + Send + Sync + 'static,
     {
+        const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
         self.prologue(f)?;
         if input.is_empty() {
             return Ok(ShmVec::new());
@@ -211,6 +224,7 @@ impl Pool {
     /// assert_eq!(ys, vec![500.0, 250.25, 125.25]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
+    #[inline(never)]
     pub fn map_indexed_with<C, T, U, F>(
         &self,
         ctx: C,
@@ -218,11 +232,12 @@ impl Pool {
         f: F,
     ) -> Result<ShmVec<U>, Error>
     where
-        C: Pod,
-        T: Pod,
-        U: Pod,
+        C: Element,
+        T: Element,
+        U: Element,
         F: Fn(&C, &[T], usize) -> U + Copy + Send + Sync + 'static,
     {
+        const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
         self.prologue(f)?;
         if input.is_empty() {
             return Ok(ShmVec::new());
@@ -277,11 +292,13 @@ impl Pool {
     /// assert_eq!(plain, vec![2, 3, 4]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
+    #[inline(never)]
     pub fn map_in_place<T, F>(&self, v: &mut [T], f: F) -> Result<(), Error>
     where
-        T: Pod,
+        T: Element,
         F: Fn(T) -> T + Copy + Send + Sync + 'static,
     {
+        const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
         self.prologue(f)?;
         if v.is_empty() {
             return Ok(());
@@ -330,6 +347,7 @@ impl Pool {
     /// assert_eq!(max, 9);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
+    #[inline(never)]
     pub fn map_reduce<T, A, M, R>(
         &self,
         input: &[T],
@@ -338,11 +356,13 @@ impl Pool {
         identity: A,
     ) -> Result<A, Error>
     where
-        T: Pod,
-        A: Pod,
+        T: Element,
+        A: Element,
         M: Fn(T) -> A + Copy + Send + Sync + 'static,
         R: Fn(A, A) -> A + Copy + Send + Sync + 'static,
     {
+        const { assert!(size_of::<M>() == 0, "{}", CAPTURE_MESSAGE) };
+        const { assert!(size_of::<R>() == 0, "{}", CAPTURE_MESSAGE) };
         let chunk = self.chunk_for::<A>(input.len());
         self.reduce_with(input, chunk, map, reduce, identity)
     }
@@ -366,6 +386,7 @@ impl Pool {
     /// assert_eq!(a.to_bits(), b.to_bits());
     /// # Ok::<(), shmpool::Error>(())
     /// ```
+    #[inline(never)]
     pub fn map_reduce_chunked<T, A, M, R>(
         &self,
         input: &[T],
@@ -375,11 +396,13 @@ impl Pool {
         identity: A,
     ) -> Result<A, Error>
     where
-        T: Pod,
-        A: Pod,
+        T: Element,
+        A: Element,
         M: Fn(T) -> A + Copy + Send + Sync + 'static,
         R: Fn(A, A) -> A + Copy + Send + Sync + 'static,
     {
+        const { assert!(size_of::<M>() == 0, "{}", CAPTURE_MESSAGE) };
+        const { assert!(size_of::<R>() == 0, "{}", CAPTURE_MESSAGE) };
         if chunk == 0 {
             return Err(Error::invalid("the chunk size must be at least 1"));
         }
@@ -395,8 +418,8 @@ impl Pool {
         identity: A,
     ) -> Result<A, Error>
     where
-        T: Pod,
-        A: Pod,
+        T: Element,
+        A: Element,
         M: Fn(T) -> A + Copy + Send + Sync + 'static,
         R: Fn(A, A) -> A + Copy + Send + Sync + 'static,
     {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytemuck::Pod;
 
 use crate::builder::Builder;
+use crate::element::Element;
 use crate::error::Error;
 use crate::input::AsyncInput;
 use crate::input::sealed::Source;
@@ -21,7 +22,7 @@ use crate::result::{AsyncResult, Cell, in_callback};
 use crate::shm::region::{Alloc, Fresh};
 use crate::shmvec::ShmVec;
 use crate::stats::{Profile, Stats};
-use crate::worker::job::{RunFn, assert_no_captures, run_map, run_map_with};
+use crate::worker::job::{CAPTURE_MESSAGE, RunFn, assert_no_captures, run_map, run_map_with};
 use crate::worker::{in_task, run_as_caller};
 
 /// Default scheduling: about this many fixed ranges per worker, claimed
@@ -60,14 +61,26 @@ fn last_level_cache() -> usize {
 ///
 /// Tasks are fn items or closures that capture nothing (they must already be
 /// in the binary when the workers are forked); state reaches them through a
-/// `Pod` context ([`map_with`](Self::map_with)). Capturing closures are a
-/// compile error:
+/// `Pod` context ([`map_with`](Self::map_with)) or a read-only table
+/// ([`map_shared`](Self::map_shared)). Capturing closures are a compile
+/// error, reported by `cargo build` (not by `cargo check`), naming the call:
 ///
 /// ```compile_fail,E0080
 /// let pool = shmpool::Pool::new(2).unwrap();
 /// let k = 3.0;
-/// // error: shmpool: a task must be a fn item or a closure that captures nothing ...
+/// // error[E0080]: evaluation panicked: shmpool: this task captures variables, ...
+/// // note: the above error was encountered while instantiating `fn Pool::map::<..>`
 /// let _ = pool.map(&[1.0f64, 2.0], move |x| x * k);
+/// ```
+///
+/// The fix is to pass `k` in:
+///
+/// ```
+/// let pool = shmpool::Pool::new(2)?;
+/// let k = 3.0;
+/// let ys = pool.map_with(k, &[1.0f64, 2.0], |k, x| x * k)?;
+/// assert_eq!(ys, vec![3.0, 6.0]);
+/// # Ok::<(), shmpool::Error>(())
 /// ```
 ///
 /// A `Pool` is `Send + Sync`: many threads may call it at once. Dropping it
@@ -267,7 +280,7 @@ impl Pool {
     /// assert!(v.iter().all(|&x| x == 0));
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn alloc_zeroed<T: Pod>(&self, len: usize) -> Result<ShmVec<T>, Error> {
+    pub fn alloc_zeroed<T: Element>(&self, len: usize) -> Result<ShmVec<T>, Error> {
         let mut block = self.alloc::<T>(len)?;
         block.zero();
         Ok(block.into_vec(len))
@@ -284,7 +297,7 @@ impl Pool {
     /// assert_eq!(v, vec![1, 2, 3]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn to_shm<T: Pod>(&self, data: &[T]) -> Result<ShmVec<T>, Error> {
+    pub fn to_shm<T: Element>(&self, data: &[T]) -> Result<ShmVec<T>, Error> {
         Ok(self.copy_to_arena(data)?.into_vec(data.len()))
     }
 
@@ -341,10 +354,23 @@ impl Pool {
     /// assert_eq!(pool.map(&xs, f64::sqrt)?, vec![1.0, 2.0, 3.0]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
+    #[inline(never)]
     pub fn map<T, U, F>(&self, input: &[T], f: F) -> Result<ShmVec<U>, Error>
     where
-        T: Pod,
-        U: Pod,
+        T: Element,
+        U: Element,
+        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+    {
+        const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
+        self.map_unchecked(input, f)
+    }
+
+    /// [`map`](Self::map) without its compile-time check on `f`,
+    /// for callers that made it themselves (one error per mistake).
+    pub(crate) fn map_unchecked<T, U, F>(&self, input: &[T], f: F) -> Result<ShmVec<U>, Error>
+    where
+        T: Element,
+        U: Element,
         F: Fn(T) -> U + Copy + Send + Sync + 'static,
     {
         self.prologue(f)?;
@@ -375,13 +401,15 @@ impl Pool {
     /// assert_eq!(ys, vec![1.0, 3.0, 5.0]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
+    #[inline(never)]
     pub fn map_with<C, T, U, F>(&self, ctx: C, input: &[T], f: F) -> Result<ShmVec<U>, Error>
     where
-        C: Pod,
-        T: Pod,
-        U: Pod,
+        C: Element,
+        T: Element,
+        U: Element,
         F: Fn(&C, T) -> U + Copy + Send + Sync + 'static,
     {
+        const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
         self.prologue(f)?;
         if input.is_empty() {
             return Ok(ShmVec::new());
@@ -429,12 +457,14 @@ impl Pool {
     /// assert_eq!(plain, vec![2.0, 3.0, 4.0]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
+    #[inline(never)]
     pub fn map_into<T, U, F>(&self, input: &[T], out: &mut [U], f: F) -> Result<(), Error>
     where
-        T: Pod,
-        U: Pod,
+        T: Element,
+        U: Element,
         F: Fn(T) -> U + Copy + Send + Sync + 'static,
     {
+        const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
         self.prologue(f)?;
         if input.len() != out.len() {
             return Err(Error::invalid(format!(
@@ -540,10 +570,27 @@ impl Pool {
     /// assert_eq!(rx.recv().unwrap(), Some(vec![2, 4]));
     /// # Ok::<(), shmpool::Error>(())
     /// ```
+    #[inline(never)]
     pub fn map_async<'a, I, U, F>(&self, input: I, f: F) -> Result<AsyncResult<ShmVec<U>>, Error>
     where
         I: AsyncInput<'a>,
-        U: Pod + Send,
+        U: Element + Send,
+        F: Fn(I::Elem) -> U + Copy + Send + Sync + 'static,
+    {
+        const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
+        self.map_async_unchecked(input, f)
+    }
+
+    /// [`map_async`](Self::map_async) without its compile-time check on `f`,
+    /// for callers that made it themselves (one error per mistake).
+    pub(crate) fn map_async_unchecked<'a, I, U, F>(
+        &self,
+        input: I,
+        f: F,
+    ) -> Result<AsyncResult<ShmVec<U>>, Error>
+    where
+        I: AsyncInput<'a>,
+        U: Element + Send,
         F: Fn(I::Elem) -> U + Copy + Send + Sync + 'static,
     {
         self.prologue(f)?;
@@ -588,12 +635,14 @@ impl Pool {
     /// assert_eq!(pool.apply(7u64, |x| x.pow(3))?, 343);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
+    #[inline(never)]
     pub fn apply<T, U, F>(&self, arg: T, f: F) -> Result<U, Error>
     where
-        T: Pod,
-        U: Pod,
+        T: Element,
+        U: Element,
         F: Fn(T) -> U + Copy + Send + Sync + 'static,
     {
+        const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
         self.prologue(f)?;
         let (slot, seq) = self.submit_apply::<T, U>(&arg, run_map::<T, U, F>, Waiter::Sync)?;
         Ok(into_value(self.inner.wait_sync(slot, seq)?, 1))
@@ -622,10 +671,27 @@ impl Pool {
     /// assert_eq!(rx.recv().unwrap(), 21);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
+    #[inline(never)]
     pub fn apply_async<T, U, F>(&self, arg: T, f: F) -> Result<AsyncResult<U>, Error>
     where
-        T: Pod,
-        U: Pod + Send,
+        T: Element,
+        U: Element + Send,
+        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+    {
+        const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
+        self.apply_async_unchecked(arg, f)
+    }
+
+    /// [`apply_async`](Self::apply_async) without its compile-time check on `f`,
+    /// for callers that made it themselves (one error per mistake).
+    pub(crate) fn apply_async_unchecked<T, U, F>(
+        &self,
+        arg: T,
+        f: F,
+    ) -> Result<AsyncResult<U>, Error>
+    where
+        T: Element,
+        U: Element + Send,
         F: Fn(T) -> U + Copy + Send + Sync + 'static,
     {
         self.prologue(f)?;
@@ -636,7 +702,9 @@ impl Pool {
     }
 
     /// What every task-taking call checks first: that `f` captures nothing
-    /// (at compile time), and that the pool accepts work from here.
+    /// (checked at compile time by the public entry point, `CAPTURE_MESSAGE`;
+    /// here again at run time, at no cost), and that the pool accepts work
+    /// from here.
     pub(crate) fn prologue<F>(&self, f: F) -> Result<(), Error> {
         assert_no_captures::<F>();
         // `f` is zero-sized: the worker conjures its own copy.
@@ -670,7 +738,8 @@ impl Pool {
     }
 
     /// The fixed claim size of a job over `len` elements producing `U`s:
-    /// the pool's `chunk_size`, or about four ranges per worker.
+    /// the pool's `chunk_size`, or about 16 ranges per worker
+    /// (`CHUNKS_PER_WORKER`).
     pub(crate) fn chunk_for<U>(&self, len: usize) -> usize {
         match self.inner.config.chunk_size {
             Some(c) => c.min(len).max(1),

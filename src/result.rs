@@ -339,12 +339,15 @@ impl<R: Send + 'static> AsyncResult<R> {
     }
 
     /// Blocks until the job is complete, or until `timeout` passes; then
-    /// returns the result, or `Error::Timeout` leaving the job running. After
-    /// it has returned the result once, it returns `InvalidArgument`. A
-    /// timeout too large to represent (`Duration::MAX`) waits forever.
+    /// returns the result, or [`Error::WaitTimedOut`] leaving the job running
+    /// (call it again, or [`get`](Self::get), to go on waiting). After it has
+    /// returned the result once, it returns `InvalidArgument`. A timeout too
+    /// large to represent (`Duration::MAX`) waits forever.
     ///
     /// # Errors
-    /// As [`get`](Self::get), plus `Timeout`.
+    /// As [`get`](Self::get), plus `WaitTimedOut`. A task that ran past the
+    /// pool's [`task_timeout`](crate::Builder::task_timeout) is
+    /// [`Error::TaskTimedOut`], the job's own failure.
     ///
     /// # Example
     /// ```
@@ -360,10 +363,7 @@ impl<R: Send + 'static> AsyncResult<R> {
                 &*lock(&self.cell.state),
                 State::Pending { .. } | State::Lent { .. }
             ) {
-                return Err(Error::Timeout {
-                    after: timeout,
-                    range: None,
-                });
+                return Err(Error::WaitTimedOut { after: timeout });
             }
             return self.take();
         }

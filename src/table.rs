@@ -16,11 +16,12 @@ use std::slice;
 
 use bytemuck::Pod;
 
+use crate::element::Element;
 use crate::error::Error;
 use crate::parent::ring::InlineData;
 use crate::pool::Pool;
 use crate::shmvec::ShmVec;
-use crate::worker::job::{BadDescriptor, JobArgs, RunFn, conjure};
+use crate::worker::job::{BadDescriptor, CAPTURE_MESSAGE, JobArgs, RunFn, conjure};
 use crate::worker::stream::fill;
 
 /// Where a job's table is: its descriptor offset and its length in
@@ -140,13 +141,15 @@ impl Pool {
     /// assert_eq!(ys, vec![0.5, 6.5, 14.25]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
+    #[inline(never)]
     pub fn map_shared<S, T, U, F>(&self, table: &[S], input: &[T], f: F) -> Result<ShmVec<U>, Error>
     where
-        S: Pod,
-        T: Pod,
-        U: Pod,
+        S: Element,
+        T: Element,
+        U: Element,
         F: Fn(&[S], T) -> U + Copy + Send + Sync + 'static,
     {
+        const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
         self.prologue(f)?;
         self.run_with_table(table, input, run_shared::<S, T, U, F>)
     }
@@ -171,6 +174,7 @@ impl Pool {
     /// assert_eq!(y, vec![1.0, 4.0, 6.0]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
+    #[inline(never)]
     pub fn map_shared_indexed<S, T, U, F>(
         &self,
         table: &[S],
@@ -178,11 +182,12 @@ impl Pool {
         f: F,
     ) -> Result<ShmVec<U>, Error>
     where
-        S: Pod,
-        T: Pod,
-        U: Pod,
+        S: Element,
+        T: Element,
+        U: Element,
         F: Fn(&[S], &[T], usize) -> U + Copy + Send + Sync + 'static,
     {
+        const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
         self.prologue(f)?;
         self.run_with_table(table, input, run_shared_indexed::<S, T, U, F>)
     }

@@ -226,7 +226,7 @@ impl Server {
     /// Python's seed in a python3 process holding `mib` MiB; `None` (with a
     /// note) if `python3` is missing or the script fails.
     pub fn python(mib: usize) -> Option<Server> {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/python/bigproc.py");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/bigproc.py");
         Server::start(Command::new("python3").arg(script).arg(mib.to_string()))
     }
 

@@ -7,6 +7,9 @@
 //!   that must be killed.
 //! - `/proc` readers to tell whether a process is gone, a zombie, or whose
 //!   child it is.
+//! - `mute_stderr`: for a task that exhausts its worker's memory on purpose,
+//!   so that Rust's "memory allocation of N bytes failed" (and a backtrace
+//!   under `RUST_BACKTRACE`) stays out of the test output.
 //! - `TestAlloc`, every test binary's global allocator: the system allocator,
 //!   or shmpool's shared heap when `SHMPOOL_TEST_HEAP` is set (`1`: the
 //!   default heap; `small`: a 256 MiB heap keeping 16 MiB warm), so that CI
@@ -16,8 +19,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::process::{Command, Stdio};
-use std::sync::atomic::AtomicU8;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU8, AtomicU32};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -100,9 +103,40 @@ unsafe impl GlobalAlloc for TestAlloc {
     }
 }
 
+/// The id of the test process (0 until a test body ran under `deadline`).
+static TEST_PID: AtomicU32 = AtomicU32::new(0);
+
+/// Sends this worker's standard error to `/dev/null`, for a task about to
+/// allocate past its worker's memory limit on purpose: Rust prints "memory
+/// allocation of N bytes failed" (and, under `RUST_BACKTRACE`, a backtrace)
+/// before it aborts, and the test checks the typed error instead
+/// (`MemoryLimit`, `WorkerDied`). The worker dies, so nothing else it would
+/// print is lost; a worker that survives (an allocation within the limit)
+/// only ever reports through the pool's errors, which the test sees. Does
+/// nothing in the test process itself (a pool whose caller runs ranges),
+/// whose output belongs to the test harness.
+pub fn mute_stderr() {
+    // ORDERING: Relaxed: set by the test process before it built the pool
+    // that forked this worker.
+    if std::process::id() == TEST_PID.load(Relaxed) {
+        return;
+    }
+    // SAFETY: open a NUL-terminated path; dup2 onto this process's fd 2 and
+    // close the spare descriptor: no memory is touched.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if null >= 0 {
+            libc::dup2(null, libc::STDERR_FILENO);
+            libc::close(null);
+        }
+    }
+}
+
 /// Runs `body` on its own thread and fails the test if it has not finished
 /// within `secs` seconds.
 pub fn deadline<T: Send + 'static>(secs: u64, body: impl FnOnce() -> T + Send + 'static) -> T {
+    // ORDERING: Relaxed: read only by processes forked after this store.
+    TEST_PID.store(std::process::id(), Relaxed);
     let (tx, rx) = mpsc::channel();
     let name = thread::current().name().unwrap_or("test").to_owned();
     thread::Builder::new()

@@ -86,10 +86,10 @@ const MIN_BLOCK: usize = 4096;
 /// same address, and a big `Vec` the program builds, before or after
 /// `Pool::new`, lives in memory that the pool's processes map too.
 ///
-/// Two measured effects follow:
+/// Two effects follow:
 /// - forking a big process is cheap: `fork` copies the page tables of
-///   private memory (about 71 ms for 2 GiB here), but not those of a shared
-///   file mapping (about 1.3 ms for the same 2 GiB);
+///   private memory (tens of milliseconds per GiB), but not those of a
+///   shared file mapping (a small fraction of that);
 /// - there is no copy-on-write tax: after a fork, the parent writes its
 ///   heap pages in place instead of copying each one on its first write.
 ///

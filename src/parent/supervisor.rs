@@ -553,7 +553,8 @@ impl Supervisor {
                 let range =
                     (running && start < end && end <= len).then_some(start as usize..end as usize);
                 if timed_out {
-                    return Verdict::Fail(Error::Timeout {
+                    return Verdict::Fail(Error::TaskTimedOut {
+                        pid,
                         after: config.task_timeout.unwrap_or_default(),
                         range,
                     });
@@ -711,7 +712,7 @@ impl Supervisor {
     }
 
     /// Kills workers that have run one range for longer than the task
-    /// timeout; their deaths fail their jobs with `Timeout`.
+    /// timeout; their deaths fail their jobs with `TaskTimedOut`.
     fn enforce_timeouts(&mut self) {
         let Some(limit) = self.inner.config.task_timeout else {
             return;
@@ -753,7 +754,7 @@ impl Supervisor {
                 // but whose death the template has not reported yet is not
                 // overrunning: its report settles it, and its range may run
                 // again. Taking it for a timeout failed its job with
-                // `Timeout` whenever the report came later than the limit.
+                // `TaskTimedOut` whenever the report came later than the limit.
                 if os::pidfd_exited(pidfd, 0) {
                     continue;
                 }

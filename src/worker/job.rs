@@ -23,15 +23,33 @@ use crate::shm::region::Region;
 use crate::worker::stream::fill;
 
 /// The message of the compile-time check on task closures.
-pub(crate) const CAPTURE_MESSAGE: &str = "shmpool: a task must be a fn item or a closure that captures nothing, \
-     because it runs in a forked worker process; pass state through a Pod context (`map_with`)";
+///
+/// Every public function that takes a task starts with
+/// `const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };` for each
+/// task type `F`, in its own body, and is `#[inline(never)]`; nothing it
+/// calls checks again at compile time. The check fails after
+/// monomorphisation, and rustc ends the error with "the above error was
+/// encountered while instantiating `fn Pool::map::<..>`", pointing at the
+/// line that instantiated the function holding the failed constant. In the
+/// public function, that line is the user's call; in a shared helper it
+/// would be a line of shmpool, and a function the compiler inlined into the
+/// caller gets no such note at all (hence `inline(never)`: one call, next to
+/// a job's microseconds). One constant per call also means one error per
+/// mistake. (A macro would save the repetition, at the price of two more
+/// notes about macro expansion in the user's error.)
+pub(crate) const CAPTURE_MESSAGE: &str = "shmpool: this task captures variables, but a task runs in a forked worker process \
+     and must be a fn item or a closure that captures nothing. \
+     Pass what it needs as arguments instead: a Pod context with `map_with(ctx, &xs, |ctx, x| ..)` \
+     (or `map_indexed_with`), or a read-only table with `map_shared(&table, &xs, |table, x| ..)`. \
+     The last note below names your call; `{closure@file:line:col}` is the closure";
 
-/// Fails compilation unless `F` is zero-sized, i.e. a fn item or a closure
-/// that captures nothing.
-pub(crate) const fn assert_no_captures<F>() {
-    const {
-        assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE);
-    }
+/// The run-time twin of the compile-time check, for internal paths: the public
+/// entry points have already checked the type at compile time, so this
+/// always passes and compiles to nothing; it keeps `conjure` sound should an
+/// internal caller ever forget.
+#[inline(always)]
+pub(crate) fn assert_no_captures<F>() {
+    assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE);
 }
 
 /// A descriptor offset with this bit set is an offset into the shared heap
@@ -188,7 +206,8 @@ fn overlap(a: (u64, u64), b: (u64, u64)) -> bool {
 /// the job, so `F` is inhabited; `F: Copy`, so making another is the same as
 /// copying that one.
 pub(crate) unsafe fn conjure<F: Copy>() -> F {
-    // The same check as the public entry points: one error for the user.
+    // Checked at compile time by every public entry point (`CAPTURE_MESSAGE`);
+    // again here, at no cost, so that this function stays sound on its own.
     assert_no_captures::<F>();
     // SAFETY: reading a zero-sized type from a dangling, aligned pointer reads
     // no memory; the caller guarantees `F` is inhabited and copyable.

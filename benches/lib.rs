@@ -1,0 +1,2 @@
+//! Empty: this package is its `[[bench]]` and `[[example]]` targets (see
+//! `Cargo.toml`).
