@@ -44,10 +44,10 @@ use std::time::Duration;
 use crate::os;
 use crate::shm::region::Region;
 use crate::shm::registry;
+use crate::worker::heap_view;
 use crate::worker::{
     WorkerConfig, WorkerCtx, install_worker_panic_hook, set_in_worker, worker_main,
 };
-use crate::worker::heap_view;
 
 pub(crate) const SPAWN: u64 = 1;
 pub(crate) const SPAWNED: u64 = 2;
