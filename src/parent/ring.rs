@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
 use crate::error::Error;
 use crate::os;
+use crate::shm::futex;
 use crate::shm::layout::{INLINE_CAP, LINE, LOC_CAP, MSG_CAP, Slot};
 use crate::shm::region::{Alloc, FIRST_SLOTS, Region};
 use crate::shm::states::*;
@@ -501,12 +502,7 @@ impl Ring {
     /// A worker died in slot `s`. `decide` gets the job's length and says
     /// whether to queue the lost range again or to fail the job. Returns
     /// whether a retry was queued (the caller then posts tokens).
-    pub(crate) fn lost(
-        &mut self,
-        region: &Region,
-        s: usize,
-        decide: impl FnOnce(u64) -> Verdict,
-    ) -> bool {
+    fn lost(&mut self, region: &Region, s: usize, decide: impl FnOnce(u64) -> Verdict) -> bool {
         let slot = region.slot(s);
         let Phase::Busy(job) = &mut self.phases[s] else {
             return false;
@@ -559,9 +555,29 @@ impl Ring {
         false
     }
 
+    /// Worker `w` died in slot `s` (its process is gone): frees the retry
+    /// entries it had claimed, applies `decide` to the range it was running
+    /// (`lost`), and only then clears its record, under the ring lock, so
+    /// that a drain check that no longer sees the worker sees the failure or
+    /// the queued retry. Returns whether a retry was queued (the caller then
+    /// posts tokens).
+    pub(crate) fn bury(
+        &mut self,
+        region: &Region,
+        s: usize,
+        w: usize,
+        decide: impl FnOnce(u64) -> Verdict,
+    ) -> bool {
+        self.release_retries(region, s, w);
+        let queued = self.lost(region, s, decide);
+        // ORDERING: SeqCst: read by the drain check.
+        region.record(w).slot.store(NO_SLOT, SeqCst);
+        queued
+    }
+
     /// Frees the retry entries of slot `s` that worker `w`, now dead, had
     /// claimed (its range is then queued again, or the job fails).
-    pub(crate) fn release_retries(&mut self, region: &Region, s: usize, w: usize) {
+    fn release_retries(&mut self, region: &Region, s: usize, w: usize) {
         let theirs = RETRY_CLAIMED + w as u32;
         for entry in &region.slot(s).retries.0 {
             // ORDERING: Relaxed: only the parent reads it next, under the
@@ -637,7 +653,7 @@ impl Ring {
         // ORDERING: SeqCst: stored before any drain check scans the records
         // (the Dekker pair with `worker::run_slot`).
         slot.desc.abort.store(1, SeqCst);
-        os::futex_wake(&slot.desc.state, u32::MAX);
+        futex::wake(&slot.desc.state, u32::MAX);
         true
     }
 
@@ -895,7 +911,7 @@ fn task_error(slot: &Slot, len: u64) -> Option<Error> {
     } else {
         0..0
     };
-    let read = |cells: &[std::sync::atomic::AtomicU8], n: u32, cap: usize| {
+    let read = |cells: &[crate::shm::atomic::AtomicU8], n: u32, cap: usize| {
         let bytes: Vec<u8> = cells
             .iter()
             .take((n as usize).min(cap))

@@ -20,6 +20,7 @@ use crate::os;
 use crate::parent::core::{Core, STOP_GRACEFUL, STOP_KILL, STOP_NONE, lock, saturating_deadline};
 use crate::parent::ring::Verdict;
 use crate::parent::stuck::{self, Subject, Watch};
+use crate::shm::futex;
 use crate::shm::layout::{LOC_CAP, MSG_CAP};
 use crate::shm::states::*;
 use crate::worker::template::{PanicHook, Report, StdioProbe, Template};
@@ -532,9 +533,8 @@ impl Supervisor {
         // was scribbled), and touching its pages would allocate them.
         if (slot as usize) < ring.len() {
             let s = slot as usize;
-            ring.release_retries(region, s, w);
             let config = &inner.config;
-            ring.lost(region, s, |len| {
+            ring.bury(region, s, w, |len| {
                 let range =
                     (running && start < end && end <= len).then_some(start as usize..end as usize);
                 if timed_out {
@@ -571,13 +571,8 @@ impl Supervisor {
                     None => Verdict::Fail(error),
                 }
             });
-            // Cleared under the ring lock and after the job's fate is
-            // recorded: a drain check that no longer sees this worker also
-            // sees the failure or the queued retry.
-            // ORDERING: SeqCst: read by the drain check.
-            rec.slot.store(NO_SLOT, SeqCst);
             drop(ring);
-            os::futex_wake(&region.slot(s).desc.state, u32::MAX);
+            futex::wake(&region.slot(s).desc.state, u32::MAX);
             inner.poke_result_thread();
         } else {
             drop(ring);
@@ -944,7 +939,7 @@ impl Supervisor {
         // 0.3-0.5 ms of every drop); a missed wake would still be caught
         // by the caller's `WAIT_TICK`.
         for s in busy {
-            os::futex_wake(&region.slot(s).desc.state, u32::MAX);
+            futex::wake(&region.slot(s).desc.state, u32::MAX);
         }
         self.inner.poke_result_thread();
     }

@@ -15,6 +15,8 @@
 //! and 4).
 
 pub(crate) mod arena;
+pub(crate) mod atomic;
+pub(crate) mod futex;
 pub(crate) mod layout;
 pub(crate) mod region;
 pub(crate) mod registry;

@@ -27,14 +27,15 @@
 //! (at least one wake-up, whatever the cap word holds).
 
 use std::hint::spin_loop;
-use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
-use crate::os::{futex_wait, futex_wake};
+use crate::shm::atomic::AtomicU32;
+use crate::shm::futex;
 
 /// A counting semaphore in shared memory.
 #[repr(C, align(128))]
+#[cfg_attr(shmpool_loom, derive(Default))]
 pub(crate) struct Semaphore {
     count: AtomicU32,
     sleepers: AtomicU32,
@@ -87,7 +88,7 @@ impl Semaphore {
         self.count.fetch_add(n, SeqCst);
         // ORDERING: SeqCst, the second half of the Dekker pair.
         if self.sleepers.load(SeqCst) != 0 {
-            futex_wake(&self.count, wake.max(1));
+            futex::wake(&self.count, wake.max(1));
         }
     }
 
@@ -136,7 +137,7 @@ impl Semaphore {
                 }
                 None => None,
             };
-            futex_wait(&self.count, 0, left);
+            futex::wait(&self.count, 0, left);
         };
         // ORDERING: Relaxed would do (it only suppresses wake-ups), SeqCst
         // keeps the counter's story simple.

@@ -17,9 +17,10 @@
 use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize};
+use std::sync::atomic::{AtomicPtr, AtomicUsize};
 
 use crate::heap;
+use crate::shm::atomic::AtomicU32;
 use crate::shm::states::HEAP_WRITE_MARK;
 
 /// `si_code` of a `SIGSEGV` for an access the mapping's protection refused
