@@ -11,15 +11,25 @@
 //! loom treats a `SeqCst` *access* as `AcqRel` (its README: "They are
 //! regarded as `AcqRel` ... causing Loom to generate false alarms"), but
 //! models `fence(SeqCst)` exactly. The region's Dekker pairs (a `SeqCst`
-//! store, then a `SeqCst` load of another word, on each side; design.md §4
-//! "Draining" and §5) are correct in Rust's memory model but would be
-//! reported as broken. So under loom each atomic here issues a
-//! `fence(SeqCst)` before every `SeqCst` operation: the leading-fence
-//! mapping compilers use for `SeqCst` accesses on POWER, under which
-//! the store-buffering outcome a Dekker pair excludes stays excluded, and a
-//! `SeqCst` store followed by a weaker load is still free to be reordered
-//! (the fence comes before the store, not after it). Operations with weaker
-//! orderings go to loom unchanged.
+//! store, then a `SeqCst` load of another word, on each side; design.md
+//! "Draining" and "Sleep and wake-up") are correct in Rust's memory model
+//! but would be reported as broken. So under loom each `SeqCst` store or
+//! read-modify-write here is followed by a `fence(SeqCst)`: the
+//! trailing-fence mapping x86 compilers use (`mov; mfence`, or `xchg`),
+//! under which the store-buffering outcome a Dekker pair excludes stays
+//! excluded. `SeqCst` loads, and operations with weaker orderings, go to
+//! loom unchanged.
+//!
+//! The fences make the models stronger than Rust's memory model in two
+//! ways, so some weakenings go unseen (design.md, "Model checking"):
+//! - after a `SeqCst` store, a weaker load is ordered as if it were
+//!   `SeqCst` too: weakening the *load* half of a Dekker pair is not caught
+//!   (weakening the store half is);
+//! - loom joins the views of all `SeqCst` fences in the order they run, so
+//!   two threads that both issue a `SeqCst` operation synchronise through
+//!   it: an acquire or release edge that such operations cover on both
+//!   sides is not checked (weakening the `AcqRel` increment of a job's
+//!   `done` count to `Release` passes).
 
 #[cfg(not(shmpool_loom))]
 pub(crate) use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize};
@@ -31,9 +41,10 @@ pub(crate) use model::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize};
 mod model {
     use std::sync::atomic::Ordering;
 
-    /// The leading fence of a `SeqCst` operation (see the module docs).
+    /// The trailing fence of a `SeqCst` store or read-modify-write (see
+    /// the module docs).
     #[track_caller]
-    fn lead(order: Ordering) {
+    fn trail(order: Ordering) {
         if order == Ordering::SeqCst {
             loom::sync::atomic::fence(Ordering::SeqCst);
         }
@@ -41,8 +52,8 @@ mod model {
 
     macro_rules! atomic {
         ($name:ident, $t:ty) => {
-            /// A loom atomic whose `SeqCst` operations carry a leading
-            /// `fence(SeqCst)`.
+            /// A loom atomic whose `SeqCst` stores and read-modify-writes
+            /// carry a trailing `fence(SeqCst)`.
             #[derive(Debug, Default)]
             pub(crate) struct $name(loom::sync::atomic::$name);
 
@@ -54,38 +65,42 @@ mod model {
                 }
                 #[track_caller]
                 pub(crate) fn load(&self, order: Ordering) -> $t {
-                    lead(order);
                     self.0.load(order)
                 }
                 #[track_caller]
                 pub(crate) fn store(&self, v: $t, order: Ordering) {
-                    lead(order);
-                    self.0.store(v, order)
+                    self.0.store(v, order);
+                    trail(order);
                 }
                 #[track_caller]
                 pub(crate) fn swap(&self, v: $t, order: Ordering) -> $t {
-                    lead(order);
-                    self.0.swap(v, order)
+                    let r = self.0.swap(v, order);
+                    trail(order);
+                    r
                 }
                 #[track_caller]
                 pub(crate) fn fetch_add(&self, v: $t, order: Ordering) -> $t {
-                    lead(order);
-                    self.0.fetch_add(v, order)
+                    let r = self.0.fetch_add(v, order);
+                    trail(order);
+                    r
                 }
                 #[track_caller]
                 pub(crate) fn fetch_sub(&self, v: $t, order: Ordering) -> $t {
-                    lead(order);
-                    self.0.fetch_sub(v, order)
+                    let r = self.0.fetch_sub(v, order);
+                    trail(order);
+                    r
                 }
                 #[track_caller]
                 pub(crate) fn fetch_or(&self, v: $t, order: Ordering) -> $t {
-                    lead(order);
-                    self.0.fetch_or(v, order)
+                    let r = self.0.fetch_or(v, order);
+                    trail(order);
+                    r
                 }
                 #[track_caller]
                 pub(crate) fn fetch_and(&self, v: $t, order: Ordering) -> $t {
-                    lead(order);
-                    self.0.fetch_and(v, order)
+                    let r = self.0.fetch_and(v, order);
+                    trail(order);
+                    r
                 }
                 #[track_caller]
                 pub(crate) fn compare_exchange(
@@ -95,12 +110,9 @@ mod model {
                     success: Ordering,
                     failure: Ordering,
                 ) -> Result<$t, $t> {
-                    lead(if failure == Ordering::SeqCst {
-                        failure
-                    } else {
-                        success
-                    });
-                    self.0.compare_exchange(current, new, success, failure)
+                    let r = self.0.compare_exchange(current, new, success, failure);
+                    trail(if r.is_ok() { success } else { failure });
+                    r
                 }
                 #[track_caller]
                 pub(crate) fn compare_exchange_weak(
@@ -110,12 +122,9 @@ mod model {
                     success: Ordering,
                     failure: Ordering,
                 ) -> Result<$t, $t> {
-                    lead(if failure == Ordering::SeqCst {
-                        failure
-                    } else {
-                        success
-                    });
-                    self.0.compare_exchange_weak(current, new, success, failure)
+                    let r = self.0.compare_exchange_weak(current, new, success, failure);
+                    trail(if r.is_ok() { success } else { failure });
+                    r
                 }
             }
         };
