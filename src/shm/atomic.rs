@@ -1,5 +1,5 @@
 //! The atomic types of the shared region: std's, or loom's when the crate
-//! is built for its models (`--cfg shmpool_loom`, `src/models/`).
+//! is built for its models (`--cfg shmpool_loom`, `src/models.rs`).
 //!
 //! Everything that lives in the region (`layout.rs`, the semaphore in
 //! `sync.rs`) takes its atomics from here, so the models run the real
@@ -12,7 +12,7 @@
 //! regarded as `AcqRel` ... causing Loom to generate false alarms"), but
 //! models `fence(SeqCst)` exactly. The region's Dekker pairs (a `SeqCst`
 //! store, then a `SeqCst` load of another word, on each side; design.md
-//! "Draining" and "Sleep and wake-up") are correct in Rust's memory model
+//! "Draining" and "Sleep and wake") are correct in Rust's memory model
 //! but would be reported as broken. So under loom each `SeqCst` store or
 //! read-modify-write here is followed by a `fence(SeqCst)`: the
 //! trailing-fence mapping x86 compilers use (`mov; mfence`, or `xchg`),
