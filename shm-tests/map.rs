@@ -1,5 +1,5 @@
-//! `map` and `map_with` against a serial `iter().map()`: every size the issue
-//! names (including 0, 1 and sizes that do not divide evenly), several
+//! `map` and `map_with` against a serial `iter().map()`: sizes from 0 and 1
+//! up, including sizes that do not divide evenly into ranges, several
 //! element types, staged and zero-copy inputs; plus the arena's behaviour.
 
 mod common;

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Python baselines for benches/compare.rs: multiprocessing.Pool on the seed
-example (create a pool of 4, map squares over 0..100, close, join) and on
-100k apply_async + get, plus map throughput at several sizes for the plot.
+example (create a pool of 4, map squares over 0..100, close, join; the
+median of 5 warm runs) and on 50,000 apply_async + get, plus map throughput at several sizes for the plot.
 
 Prints one JSON object on stdout. Usage: python3 pool_bench.py [--quick]
 """
@@ -52,10 +52,10 @@ def main():
     # Pool of a fresh interpreter also imports and sets up
     # multiprocessing (about 30 ms against 10-15 ms warm).
     seed_end_to_end()
-    seed = [seed_end_to_end() for _ in range(5 if quick else 15)]
+    seed = [seed_end_to_end() for _ in range(5)]
     with multiprocessing.Pool(workers) as pool:
         pool.map(square, range(1000))  # warm up
-        rate = apply_async_rate(20_000 if quick else 100_000, pool)
+        rate = apply_async_rate(20_000 if quick else 50_000, pool)
         sizes = [10**k for k in range(2, 7 if quick else 8)]
         throughput = {n: map_rate(n, pool, 3) for n in sizes}
     print(json.dumps({

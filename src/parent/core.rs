@@ -2,6 +2,10 @@
 //! the two ways of waiting for a job: blocking on its slot (`map`, `apply`,
 //! the drop of a borrowing `AsyncResult`) and collecting finished
 //! asynchronous jobs for the result thread.
+//!
+//! The waits follow the slot protocol (`src/worker/README.md`: Register,
+//! Sleep, and the harvest) and the sleep protocol's ticks and kicks
+//! (`src/shm/README.md`).
 
 use std::cell::Cell;
 use std::mem::ManuallyDrop;
@@ -211,10 +215,12 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// a `WAIT_TICK` without a wake-up (then the caller kicks the job), else
 /// `Changed`: look again.
 pub(crate) fn sleep_on_job(desc: &Desc, draining: bool) -> Wake {
-    // ORDERING: SeqCst: pairs with the completing worker's SeqCst exchange
-    // of `state` followed by its load of `waiters`.
+    // ORDERING: SeqCst: Register, before Sleep's load of `state`: pairs
+    // with the completing worker's Complete followed by Notify's load of
+    // `waiters` (worker/README.md, "Waking a blocked caller").
     desc.waiters.store(1, SeqCst);
-    // ORDERING: SeqCst, as above.
+    // ORDERING: SeqCst: Sleep, see above; FUTEX_WAIT compares `state` with
+    // this value.
     let seen = desc.state.load(SeqCst);
     if seen == SLOT_DONE && !draining {
         // Finished since we looked (its wake-up may be gone): harvest.
@@ -458,7 +464,8 @@ impl Core {
 
     /// Blocks until the job `seq` in slot `s` finishes and returns its
     /// outcome: harvests it if it is finished, else sleeps on the slot's state
-    /// word, looking again at least every `WAIT_TICK`.
+    /// word (Register, Sleep), looking again at least every `WAIT_TICK`
+    /// (Tick) and kicking a job whose wake-up may be lost (Kick).
     pub(crate) fn wait_sync(&self, s: usize, seq: u64) -> Result<RawOut, Error> {
         let desc = &self.region.slot(s).desc;
         // A short spin first: a small job is often done within a few
@@ -466,8 +473,8 @@ impl Core {
         // trip. An eighth of the workers' budget, and never more than 1024
         // rounds, so it cannot keep a core from them for long.
         for _ in 0..(self.config.worker.spin / 8).min(CALLER_SPIN_MAX) {
-            // ORDERING: Relaxed: a poll; the harvest below loads `state` again
-            // with Acquire.
+            // ORDERING: Relaxed: the caller's spin, a poll; the harvest below
+            // loads `state` again (LookDone).
             if desc.state.load(Relaxed) != SLOT_RUNNING {
                 break;
             }

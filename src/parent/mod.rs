@@ -3,7 +3,8 @@
 //!
 //! - `core.rs`: the state a pool's handle, its result thread and its
 //!   supervisor share, and the two ways of waiting for a job;
-//! - `ring.rs`: which slot holds which job, publishing and harvesting;
+//! - `ring.rs`: which slot holds which job, publishing and harvesting (the
+//!   parent's half of the slot protocol, `src/worker/README.md`);
 //! - `place.rs`: where a job's data lives (arena, shared heap, elsewhere);
 //! - `supervisor.rs`: starting workers, handling their deaths, timeouts,
 //!   respawns and shutdown;

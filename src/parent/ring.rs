@@ -4,8 +4,10 @@
 //! The shared slot is only the medium. What a job *is* (its length, its
 //! output block, who waits for it) lives here, in the parent's memory, behind
 //! the pool's ring lock; nothing read back from shared memory is trusted
-//! beyond comparing it with these values. The protocol is in `design.md`
-//! ("The slot protocol", "Draining").
+//! beyond comparing it with these values. The slot protocol, with its named
+//! events and a proof sketch, is in `src/worker/README.md`; the
+//! `// ORDERING:` comments below cite its events (Reset, Publish, Pend,
+//! LookDone, Drain, Empty, Scan, ...).
 
 use std::fmt;
 use std::sync::Arc;
@@ -123,8 +125,8 @@ impl Job {
 /// The descriptor words a job is published with, in a fixed order.
 fn descriptor(slot: &Slot) -> [u64; 7] {
     let d = &slot.desc;
-    // ORDERING: Relaxed: compared by the parent, which wrote them; a worker
-    // that changed them is what the comparison looks for.
+    // ORDERING: Relaxed: Believe: compared by the parent, which wrote them
+    // in Reset; a worker that changed them is what the comparison looks for.
     [
         d.run.load(Relaxed) as u64,
         d.in_off.load(Relaxed),
@@ -138,7 +140,8 @@ fn descriptor(slot: &Slot) -> [u64; 7] {
 
 /// Whether a retry of slot `slot` is queued and not yet claimed.
 fn retry_ready(slot: &Slot) -> bool {
-    // ORDERING: SeqCst: read before a drain check, like `claim`.
+    // ORDERING: SeqCst: Stall (or Believe, or a kick), read before Drain,
+    // like the claim counter.
     slot.retries
         .0
         .iter()
@@ -294,9 +297,9 @@ impl fmt::Debug for Ring {
 /// by the supervisor after it has dealt with their job.
 pub(crate) fn drained(region: &Region, s: usize) -> bool {
     (0..region.layout().workers).all(|w| {
-        // ORDERING: SeqCst: the parent's half of the Dekker pair with a
-        // worker's record store (see `worker::run_slot`); the caller stored
-        // `state` or `abort` with SeqCst before calling this.
+        // ORDERING: SeqCst: Drain, the parent's half of the Dekker pair with
+        // a worker's Announce and LookState; the caller stored Empty or
+        // Abort (SeqCst) before calling this.
         region.record(w).slot.load(SeqCst) != s as u32
     })
 }
@@ -309,9 +312,9 @@ fn presence(region: &Region, s: usize) -> (bool, bool) {
     let (mut drained, mut in_range) = (true, false);
     for w in 0..region.layout().workers {
         let rec = region.record(w);
-        // ORDERING: SeqCst: as in `drained`; `in_range` is the harvest's
-        // half of the Dekker pair with `worker::run_claimed`, loaded after
-        // the caller's store of EMPTY.
+        // ORDERING: SeqCst: Scan: `slot` as in Drain; `in_range` is the
+        // harvest's half of the Dekker pair with a worker's Enter and
+        // LookRange, loaded after the caller's Empty.
         if rec.slot.load(SeqCst) == s {
             drained = false;
             in_range |= rec.in_range.load(SeqCst) == s;
@@ -321,13 +324,14 @@ fn presence(region: &Region, s: usize) -> (bool, bool) {
 }
 
 fn set_pending(region: &Region, s: usize) {
-    // ORDERING: Release: pairs with the worker's Acquire load of the bitmap;
-    // the descriptor was already released by the store of `state`.
+    // ORDERING: Release: Pend (or a Kick), pairs with the worker's Find
+    // (Acquire); the descriptor was already released by Publish.
     region.control().pending.0[s / 64].fetch_or(1u64 << (s % 64), Release);
 }
 
 fn clear_pending(region: &Region, s: usize) {
-    // ORDERING: Relaxed: a stale bit only costs a worker a wasted look.
+    // ORDERING: Relaxed: after Empty (or in a repair): a stale bit only
+    // costs a worker a wasted look.
     region.control().pending.0[s / 64].fetch_and(!(1u64 << (s % 64)), Relaxed);
 }
 
@@ -389,8 +393,8 @@ impl Ring {
                 inline.used,
             )
         };
-        // ORDERING: Relaxed: no worker is in the slot (it is free or drained),
-        // and these stores are published by the Release store of `state`.
+        // ORDERING: Relaxed: Reset: no worker is in the slot (it is free or
+        // drained), and these stores are published by Publish (Release).
         slot.claim.next.store(0, Relaxed);
         slot.counts.done.store(0, Relaxed);
         slot.counts.squares.store(0, Relaxed);
@@ -417,8 +421,9 @@ impl Ring {
         d.first_claim_ns.store(0, Relaxed);
         d.done_ns.store(0, Relaxed);
         job.published_ns = os::monotonic_ns();
-        // ORDERING: Release: publishes the descriptor above, and the input
-        // data written before, to workers that load `state` with Acquire.
+        // ORDERING: Release: Publish: publishes the descriptor above, and the
+        // input data written before, to a worker's LookState (SeqCst, so
+        // Acquire).
         d.state.store(SLOT_RUNNING, Release);
         set_pending(region, s);
         let seq = self.next_seq;
@@ -479,8 +484,8 @@ impl Ring {
         if !self.holds(s, seq) || !self.is_async(s) {
             return None;
         }
-        // ORDERING: Acquire: see `try_harvest`; a finished job is delivered
-        // as it is.
+        // ORDERING: Acquire: as LookDone; a finished job is delivered as it
+        // is.
         if region.slot(s).desc.state.load(Acquire) == SLOT_DONE {
             return None;
         }
@@ -492,7 +497,7 @@ impl Ring {
         };
         job.failure = Some(Error::Cancelled);
         let slot = region.slot(s);
-        // ORDERING: SeqCst: as in `fail`.
+        // ORDERING: SeqCst: Abort (Cancel), as in `fail`.
         slot.desc.abort.store(1, SeqCst);
         // `in_flight` drops once the cell is answered and its callbacks have
         // run (`Core::cancel`): `join` waits for them.
@@ -502,12 +507,17 @@ impl Ring {
     /// A worker died in slot `s`. `decide` gets the job's length and says
     /// whether to queue the lost range again or to fail the job. Returns
     /// whether a retry was queued (the caller then posts tokens).
-    fn lost(&mut self, region: &Region, s: usize, decide: impl FnOnce(u64) -> Verdict) -> bool {
+    pub(crate) fn lost(
+        &mut self,
+        region: &Region,
+        s: usize,
+        decide: impl FnOnce(u64) -> Verdict,
+    ) -> bool {
         let slot = region.slot(s);
         let Phase::Busy(job) = &mut self.phases[s] else {
             return false;
         };
-        // ORDERING: Acquire: see `try_harvest`.
+        // ORDERING: Acquire: as LookDone.
         if slot.desc.state.load(Acquire) == SLOT_DONE || job.failure.is_some() {
             return false;
         }
@@ -527,7 +537,7 @@ impl Ring {
                     }
                 };
                 // ORDERING: Acquire: an EMPTY entry was released by the
-                // worker that ran it, or reset by us.
+                // worker that ran it (FreeRetry), or by our Reset or Unclaim.
                 let free = slot
                     .retries
                     .0
@@ -535,15 +545,16 @@ impl Ring {
                     .find(|e| e.state.load(Acquire) == RETRY_EMPTY);
                 match free {
                     Some(entry) if tries <= max => {
-                        // ORDERING: Relaxed: published by the SeqCst store of
-                        // READY, which the claiming worker acquires.
+                        // ORDERING: Relaxed: Requeue, published by the SeqCst
+                        // store of READY, which TakeRetry acquires.
                         entry.start.store(start, Relaxed);
                         entry.end.store(range.end as u64, Relaxed);
-                        // ORDERING: SeqCst: before the pending bit (the
-                        // Dekker pair with a worker clearing it), and before
-                        // the drain checks that now see a retry waiting.
+                        // ORDERING: SeqCst: Requeue, before Repend (the Dekker
+                        // pair with a worker's Unpend and LookRetries), and
+                        // before the Stall checks that now see a retry
+                        // waiting.
                         entry.state.store(RETRY_READY, SeqCst);
-                        // ORDERING: SeqCst: see above.
+                        // ORDERING: SeqCst: Repend, see above.
                         region.control().pending.0[s / 64].fetch_or(1u64 << (s % 64), SeqCst);
                         return true;
                     }
@@ -555,33 +566,13 @@ impl Ring {
         false
     }
 
-    /// Worker `w` died in slot `s` (its process is gone): frees the retry
-    /// entries it had claimed, applies `decide` to the range it was running
-    /// (`lost`), and only then clears its record, under the ring lock, so
-    /// that a drain check that no longer sees the worker sees the failure or
-    /// the queued retry. Returns whether a retry was queued (the caller then
-    /// posts tokens).
-    pub(crate) fn bury(
-        &mut self,
-        region: &Region,
-        s: usize,
-        w: usize,
-        decide: impl FnOnce(u64) -> Verdict,
-    ) -> bool {
-        self.release_retries(region, s, w);
-        let queued = self.lost(region, s, decide);
-        // ORDERING: SeqCst: read by the drain check.
-        region.record(w).slot.store(NO_SLOT, SeqCst);
-        queued
-    }
-
     /// Frees the retry entries of slot `s` that worker `w`, now dead, had
     /// claimed (its range is then queued again, or the job fails).
-    fn release_retries(&mut self, region: &Region, s: usize, w: usize) {
+    pub(crate) fn release_retries(&mut self, region: &Region, s: usize, w: usize) {
         let theirs = RETRY_CLAIMED + w as u32;
         for entry in &region.slot(s).retries.0 {
-            // ORDERING: Relaxed: only the parent reads it next, under the
-            // ring lock, or a worker after a SeqCst READY store.
+            // ORDERING: Relaxed: Unclaim: only the parent reads it next, under
+            // the ring lock, or a worker after a Requeue (SeqCst).
             let _ = entry
                 .state
                 .compare_exchange(theirs, RETRY_EMPTY, Relaxed, Relaxed);
@@ -593,7 +584,7 @@ impl Ring {
     /// and (while the pool runs) the shutdown flag is clear.
     pub(crate) fn repair(&mut self, region: &Region, running: bool) {
         let control = region.control();
-        // ORDERING: Relaxed: a repair; workers re-read it on every wake-up.
+        // ORDERING: Relaxed: Repair; workers re-read it on every wake-up.
         if running && control.shutdown.0.load(Relaxed) != 0 {
             control.shutdown.0.store(0, SeqCst);
         }
@@ -606,8 +597,8 @@ impl Ring {
             // rewrites every shared word of a slot before its job.
             if s < self.phases.len() {
                 let desc = &region.slot(s).desc;
-                // ORDERING: Relaxed: see above. A worker entering the slot
-                // reads EMPTY (SeqCst) and leaves.
+                // ORDERING: Relaxed: Repair, see above. A worker entering the
+                // slot reads EMPTY in LookState and leaves.
                 if desc.state.load(Relaxed) != SLOT_EMPTY {
                     desc.state.store(SLOT_EMPTY, SeqCst);
                 }
@@ -643,15 +634,16 @@ impl Ring {
             return false;
         };
         let slot = region.slot(s);
-        // ORDERING: Acquire: see `try_harvest`.
+        // ORDERING: Acquire: as LookDone.
         if slot.desc.state.load(Acquire) == SLOT_DONE {
             return false;
         }
         if job.failure.is_none() {
             job.failure = Some(error(job.len));
         }
-        // ORDERING: SeqCst: stored before any drain check scans the records
-        // (the Dekker pair with `worker::run_slot`).
+        // ORDERING: SeqCst: Abort (Fail), stored before any Drain scans the
+        // records (the Dekker pair with a worker's Announce and LookState,
+        // and with its Leave and LookAbort).
         slot.desc.abort.store(1, SeqCst);
         futex::wake(&slot.desc.state, u32::MAX);
         true
@@ -667,7 +659,8 @@ impl Ring {
             return 0;
         };
         let slot = region.slot(s);
-        // ORDERING: Relaxed: a heuristic; a spurious kick costs one wake-up.
+        // ORDERING: Relaxed: Kick, a heuristic; a spurious kick costs one
+        // wake-up.
         let running = slot.desc.state.load(Relaxed) == SLOT_RUNNING;
         let waiting = slot.claim.next.load(Relaxed) < job.len || retry_ready(slot);
         if running && waiting {
@@ -685,6 +678,11 @@ impl Ring {
     /// If the job `seq` in slot `s` (any job, for `None`) has finished, takes
     /// it out of the ring and returns its waiter and outcome; the slot is
     /// freed, or left draining until the last worker leaves it.
+    ///
+    /// The steps are the harvest's events (`worker/README.md`, "Harvest"):
+    /// `look_done` (LookDone, Believe), `stalled_and_drained` for a job not
+    /// (believably) done (Stall, Drain, Relook), `verdict`, Retire for a
+    /// corrupt job, `empty_and_scan` (Empty, Scan), then `hand_over`.
     pub(crate) fn try_harvest(
         &mut self,
         region: &Region,
@@ -698,96 +696,41 @@ impl Ring {
             return None;
         }
         let slot = region.slot(s);
-        // ORDERING: SeqCst: acquires the completing worker's SeqCst exchange
-        // to DONE, after which every range's output (and every range's
-        // increments of the counts) is visible; and, SeqCst on both sides,
-        // puts that exchange before our store of EMPTY below in the single
-        // order the `in_range` check relies on.
-        let mut state = slot.desc.state.load(SeqCst);
-        if state == SLOT_DONE && job.corrupt.is_none() {
-            // DONE is one word a worker can write: believe it only if the
-            // rest of the slot agrees.
-            job.corrupt = corrupt_when_done(slot, job);
-            if job.corrupt.is_some() {
-                // Workers still in the slot skip what they claim from now on.
-                // ORDERING: SeqCst: stored before the drain check below (the
-                // Dekker pair with `worker::run_slot`).
-                slot.desc.abort.store(1, SeqCst);
-            }
-        }
+        let mut state = look_done(slot, job);
         if state != SLOT_DONE || job.corrupt.is_some() {
-            // Not done (or not believed): finished only if failed, corrupt,
-            // or stalled in an impossible state, *and* no worker is left in
-            // the slot: until then a worker may still write the output.
-            // ORDERING: SeqCst: read before the drain check, like `abort`.
-            let exhausted = slot.claim.next.load(SeqCst) >= job.len && !retry_ready(slot);
-            let stalled = job.corrupt.is_some()
-                || job.failure.is_some()
-                || state != SLOT_RUNNING
-                || exhausted;
-            if !stalled || !drained(region, s) {
-                return None;
-            }
-            // The last worker may have completed the job between our first
-            // look and the drain check.
-            let was_done = state == SLOT_DONE;
-            // ORDERING: Acquire, as above.
-            state = slot.desc.state.load(Acquire);
-            if state == SLOT_DONE && !was_done {
-                job.corrupt = corrupt_when_done(slot, job);
-            }
+            state = stalled_and_drained(region, s, job, state)?;
         }
-        let verdict = if let Some(detail) = job.corrupt {
-            Err(Error::Corrupted { detail })
-        } else if state == SLOT_DONE {
-            match task_error(slot, job.len).or_else(|| job.failure.take()) {
-                Some(e) => Err(e),
-                None => Ok(()),
-            }
-        } else {
-            let detail = if descriptor(slot) != job.published {
-                "a worker overwrote the job descriptor"
-            } else if state == SLOT_RUNNING {
-                "every range was claimed and no worker is running, but the job is not done"
-            } else {
-                "the slot state is not a valid value"
-            };
-            Err(task_error(slot, job.len)
-                .or_else(|| job.failure.take())
-                .unwrap_or(Error::Corrupted { detail }))
-        };
+        let verdict = verdict(slot, job, state);
         if matches!(verdict, Err(Error::Corrupted { .. })) {
-            // Given only once the slot is drained (above), so the bitmap
-            // is complete.
+            // Retire: given only once the slot is drained (above), so the
+            // bitmap is complete.
             retire_visitors(region, s);
         }
-        // ORDERING: SeqCst: from here no worker can enter the slot unseen: one
-        // that announced itself after our scan reads EMPTY and leaves. It
-        // also comes after our load of DONE, so the scan below is the
-        // harvest's half of the `in_range` Dekker pair.
-        slot.desc.state.store(SLOT_EMPTY, SeqCst);
-        clear_pending(region, s);
-        let (drained, in_range) = presence(region, s);
-        if verdict.is_ok() && in_range {
-            // A worker is inside a range of a job whose counts say it is
-            // finished: a rewound claim counter handed the range out again.
-            // It would write the output after the caller got it; the job
-            // fails instead, once the slot is drained.
-            job.corrupt = Some("a worker was running a range of a finished job");
-            // ORDERING: SeqCst: as in `fail`.
-            slot.desc.abort.store(1, SeqCst);
-            return None;
-        }
+        let drained = empty_and_scan(region, s, job, verdict.is_ok())?;
+        Some(self.hand_over(region, s, drained, verdict))
+    }
+
+    /// HandOver: takes the harvested job out of slot `s` (which becomes
+    /// `Free` if `drained`, else `Draining`) and gives its outcome its raw
+    /// form: the output block, or the inline bytes.
+    fn hand_over(
+        &mut self,
+        region: &Region,
+        s: usize,
+        drained: bool,
+        verdict: Result<(), Error>,
+    ) -> Harvest {
+        let slot = region.slot(s);
         let next = if drained {
             Phase::Free
         } else {
             Phase::Draining
         };
         let Phase::Busy(job) = std::mem::replace(&mut self.phases[s], next) else {
-            unreachable!("checked above");
+            unreachable!("checked by `try_harvest`");
         };
-        // ORDERING: Relaxed: ordered after the Acquire of `state` (DONE);
-        // only used when in order.
+        // ORDERING: Relaxed: ordered after LookDone's acquire of DONE; only
+        // used when in order.
         let times = verdict.is_ok().then(|| {
             JobTimes::from_stamps(
                 job.published_ns,
@@ -812,12 +755,111 @@ impl Ring {
         });
         // `job._holds` (staged input, context) are freed here: no worker reads
         // them any more.
-        Some(Harvest {
+        Harvest {
             waiter: job.waiter,
             outcome,
             times: times.flatten(),
-        })
+        }
     }
+}
+
+/// LookDone, Believe: reads the state of `job`'s slot. DONE is one word
+/// that any task can write: it is believed only if the rest of the slot
+/// agrees (`corrupt_when_done`); if not, the job is marked corrupt and its
+/// workers are told to skip what they still claim (Abort).
+fn look_done(slot: &Slot, job: &mut Job) -> u32 {
+    // ORDERING: SeqCst: LookDone. Acquires the completing worker's Complete
+    // (SeqCst), after which every range's output (and every range's Count)
+    // is visible; and, SeqCst on both sides, puts Complete before our Empty
+    // in the single order the `in_range` check relies on (worker/README.md,
+    // "Harvest").
+    let state = slot.desc.state.load(SeqCst);
+    if state == SLOT_DONE && job.corrupt.is_none() {
+        job.corrupt = corrupt_when_done(slot, job);
+        if job.corrupt.is_some() {
+            // ORDERING: SeqCst: Abort, stored before the Drain that follows
+            // (the Dekker pair with a worker's Announce and LookState).
+            slot.desc.abort.store(1, SeqCst);
+        }
+    }
+    state
+}
+
+/// Stall, Drain, Relook, for a job that is not done (or whose DONE is not
+/// believed): it is finished only if it failed, is corrupt, or is stalled
+/// in an impossible state, *and* no worker is left in its slot (until then
+/// a worker may still write the output). Returns the state as read after
+/// the drain check (the last worker may have completed the job in
+/// between), or `None` if the job is not finished.
+fn stalled_and_drained(region: &Region, s: usize, job: &mut Job, state: u32) -> Option<u32> {
+    let slot = region.slot(s);
+    // ORDERING: SeqCst: Stall, read before Drain, like Abort.
+    let exhausted = slot.claim.next.load(SeqCst) >= job.len && !retry_ready(slot);
+    let stalled =
+        job.corrupt.is_some() || job.failure.is_some() || state != SLOT_RUNNING || exhausted;
+    if !stalled || !drained(region, s) {
+        return None;
+    }
+    let was_done = state == SLOT_DONE;
+    // ORDERING: Acquire: Relook, as LookDone.
+    let state = slot.desc.state.load(Acquire);
+    if state == SLOT_DONE && !was_done {
+        job.corrupt = corrupt_when_done(slot, job);
+    }
+    Some(state)
+}
+
+/// The outcome of a finished job, from what its slot and the parent
+/// recorded: `Corrupted` if the slot was found corrupt; else, for DONE, the
+/// task's error, the parent's recorded failure, or success; else the error
+/// that explains the stall, or `Corrupted` if none does.
+fn verdict(slot: &Slot, job: &mut Job, state: u32) -> Result<(), Error> {
+    if let Some(detail) = job.corrupt {
+        Err(Error::Corrupted { detail })
+    } else if state == SLOT_DONE {
+        match task_error(slot, job.len).or_else(|| job.failure.take()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    } else {
+        let detail = if descriptor(slot) != job.published {
+            "a worker overwrote the job descriptor"
+        } else if state == SLOT_RUNNING {
+            "every range was claimed and no worker is running, but the job is not done"
+        } else {
+            "the slot state is not a valid value"
+        };
+        Err(task_error(slot, job.len)
+            .or_else(|| job.failure.take())
+            .unwrap_or(Error::Corrupted { detail }))
+    }
+}
+
+/// Empty, Scan: empties slot `s` and scans the worker records. Returns
+/// whether the slot is drained, or `None` if the job was about to be handed
+/// over as a success while a worker is inside one of its ranges: the job is
+/// then marked corrupt (and aborted), to fail once the slot is drained.
+fn empty_and_scan(region: &Region, s: usize, job: &mut Job, ok: bool) -> Option<bool> {
+    let slot = region.slot(s);
+    // ORDERING: SeqCst: Empty. From here no worker can enter the slot
+    // unseen: one whose Announce comes after our Scan reads EMPTY in
+    // LookState and leaves. It also comes after LookDone, so the Scan
+    // below is the harvest's half of the `in_range` Dekker pair (Enter,
+    // LookRange).
+    slot.desc.state.store(SLOT_EMPTY, SeqCst);
+    clear_pending(region, s);
+    let (drained, in_range) = presence(region, s);
+    if ok && in_range {
+        // A worker is inside a range of a job whose counts say it is
+        // finished: a rewound claim counter handed the range out again.
+        // It would write the output after the caller got it; the job
+        // fails instead, once the slot is drained.
+        job.corrupt = Some("a worker was running a range of a finished job");
+        // ORDERING: SeqCst: Abort, as in `fail`.
+        slot.desc.abort.store(1, SeqCst);
+        return None;
+    }
+    Some(drained)
 }
 
 /// Why a slot that says DONE cannot be believed, if it cannot. An honest
@@ -828,15 +870,15 @@ impl Ring {
 /// claim counter so that ranges ran twice, fails at least one test; the
 /// job is then failed as `Corrupted` once the slot is drained.
 fn corrupt_when_done(slot: &Slot, job: &Job) -> Option<&'static str> {
-    // ORDERING: Relaxed: ordered after the caller's Acquire load of DONE,
-    // which every honest increment happens before.
+    // ORDERING: Relaxed: Believe, ordered after LookDone's acquire of DONE,
+    // which every honest Count happens before.
     let (done, squares) = (
         slot.counts.done.load(Relaxed),
         slot.counts.squares.load(Relaxed),
     );
-    // ORDERING: SeqCst: read before the drain check, as in the stall check.
+    // ORDERING: SeqCst: Believe, read before Drain, as in Stall.
     let claimed = slot.claim.next.load(SeqCst);
-    // ORDERING: Relaxed: ordered after the Acquire of `state`.
+    // ORDERING: Relaxed: Believe, ordered after LookDone's acquire.
     let aborted = slot.desc.abort.load(Relaxed) != 0;
     let detail = if done != job.len {
         "a finished job's done counter does not match its length"
@@ -870,16 +912,16 @@ fn retire_visitors(region: &Region, s: usize) {
     let workers = region.layout().workers;
     let mut any = false;
     for (i, word) in region.slot(s).claim.visitors.iter().enumerate() {
-        // ORDERING: Relaxed: each visitor set its bit before its SeqCst store
-        // of `record.slot = NO_SLOT`, which the drain check loaded.
+        // ORDERING: Relaxed: Retire: each visitor set its bit (Visit) before
+        // its Leave (SeqCst), which the Drain loaded.
         let mut bits = word.load(Relaxed);
         while bits != 0 {
             let w = i * 64 + bits.trailing_zeros() as usize;
             bits &= bits - 1;
             // A scribbled bitmap may name workers that do not exist.
             if w < workers {
-                // ORDERING: Relaxed: a request the worker polls; the token
-                // posted below wakes it if it sleeps.
+                // ORDERING: Relaxed: Retire, a request the worker polls; the
+                // tokens posted below wake it if it sleeps.
                 region.record(w).retire.store(RETIRE_MARK, Relaxed);
                 any = true;
             }
@@ -894,7 +936,7 @@ fn retire_visitors(region: &Region, s: usize) {
 /// The error a worker recorded in the slot, if any, validated.
 fn task_error(slot: &Slot, len: u64) -> Option<Error> {
     let err = &slot.err;
-    // ORDERING: Acquire: pairs with the worker's Release store of ERR_READY.
+    // ORDERING: Acquire: pairs with Record's Release store of ERR_READY.
     match err.state.load(Acquire) {
         ERR_NONE | ERR_WRITING => return None,
         ERR_READY => {}

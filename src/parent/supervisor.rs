@@ -5,7 +5,9 @@
 //! The supervisor is a thread of the parent that never runs user code. The
 //! template process (`template.rs`) forks and reaps the workers and reports
 //! each death with its exit status; the supervisor owns every decision. The
-//! order of a death's handling is in `design.md` ("Supervision").
+//! order of a death's handling is in `design.md` ("Supervision"); its effect
+//! on the slot (Unclaim, Requeue and Repend, or Fail, then Clear) is part of
+//! the slot protocol, in `src/worker/README.md` ("A worker dies").
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -498,7 +500,7 @@ impl Supervisor {
         // A scribbling worker may have left damage behind.
         self.repair();
         // The dead worker may have taken tokens with it, and a retry may wait:
-        // let the others look.
+        // let the others look (a post past the wake cap; `shm/README.md`).
         self.inner
             .region
             .control()
@@ -533,8 +535,9 @@ impl Supervisor {
         // was scribbled), and touching its pages would allocate them.
         if (slot as usize) < ring.len() {
             let s = slot as usize;
+            ring.release_retries(region, s, w);
             let config = &inner.config;
-            ring.bury(region, s, w, |len| {
+            ring.lost(region, s, |len| {
                 let range =
                     (running && start < end && end <= len).then_some(start as usize..end as usize);
                 if timed_out {
@@ -571,12 +574,18 @@ impl Supervisor {
                     None => Verdict::Fail(error),
                 }
             });
+            // Clear: under the ring lock and after the job's fate is
+            // recorded: a Drain that no longer sees this worker also sees
+            // the failure or the queued retry.
+            // ORDERING: SeqCst: Clear, read by Drain and Scan.
+            rec.slot.store(NO_SLOT, SeqCst);
             drop(ring);
             futex::wake(&region.slot(s).desc.state, u32::MAX);
             inner.poke_result_thread();
         } else {
             drop(ring);
-            // ORDERING: SeqCst, as above (a scribbled value is also cleared).
+            // ORDERING: SeqCst: Clear, as above (a scribbled value is also
+            // cleared).
             rec.slot.store(NO_SLOT, SeqCst);
         }
         // ORDERING: Relaxed: only this thread and the next worker use them.
@@ -589,7 +598,8 @@ impl Supervisor {
     /// workers.
     fn initializer_failed(&mut self, status: os::ExitStatus) {
         let err = &self.inner.region.control().init_err;
-        // ORDERING: Acquire: pairs with the worker's Release of READY.
+        // ORDERING: Acquire: pairs with the worker's Record (a Release store
+        // of READY).
         let message = if err.state.load(Acquire) == ERR_READY {
             let n = (err.msg_len.load(Relaxed) as usize).min(MSG_CAP);
             let bytes: Vec<u8> = err.msg[..n].iter().map(|b| b.load(Relaxed)).collect();
@@ -702,8 +712,8 @@ impl Supervisor {
                 continue;
             };
             let rec = self.inner.region.record(w);
-            // ORDERING: Acquire: pairs with the worker's Release store of the
-            // phase, after it stored `started_ns` and its range.
+            // ORDERING: Acquire: pairs with the worker's Begin (a Release
+            // store of the phase, after `started_ns` and its range).
             if self.timed_out[w].is_some() || rec.phase.load(Acquire) != PHASE_RUNNING {
                 continue;
             }
@@ -845,8 +855,8 @@ impl Supervisor {
     /// once instead of waiting for each exit in turn (`join` took 0.8 ms).
     fn graceful(&mut self) {
         let control = self.inner.region.control();
-        // ORDERING: SeqCst: pairs with the workers' SeqCst load after waking;
-        // the post below wakes them.
+        // ORDERING: SeqCst: Shutdown, pairs with the workers' SeqCst load
+        // after waking; the post below wakes them (`shm/README.md`).
         control.shutdown.0.store(1, SeqCst);
         control.sem.post_all(2 * self.workers.len() as u32);
         let deadline = saturating_deadline(GRACE);
@@ -923,7 +933,7 @@ impl Supervisor {
                 ring.fail(region, s, |_| Error::Terminated);
             }
             for w in 0..self.workers.len() {
-                // ORDERING: SeqCst: read by the drain check.
+                // ORDERING: SeqCst: Clear, read by Drain.
                 region.record(w).slot.store(NO_SLOT, SeqCst);
             }
             busy

@@ -11,7 +11,8 @@
 //! offset (never by pointer), and is made of atomics, so that any process may
 //! read or write any word at any time without undefined behaviour. Counters
 //! that many processes update sit on cache lines of their own. Which process
-//! writes which word, and when, is in `design.md`.
+//! writes which word, and when, is in `src/worker/README.md` (the slot
+//! protocol) and `src/shm/README.md` (the sleep protocol).
 
 use std::cell::UnsafeCell;
 use std::mem::{offset_of, size_of};

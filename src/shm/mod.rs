@@ -11,8 +11,10 @@
 //!   ones that are not theirs, and the fork-aware lock that orders mapping
 //!   against forking.
 //!
-//! Which process writes which word, and when, is in `design.md` (sections 2
-//! and 4).
+//! Which process writes which word, and when: the slot protocol in
+//! `src/worker/README.md`, the sleep protocol (the semaphore, the pending
+//! bitmap, ticks and kicks) in `README.md` in this directory; the region's
+//! layout and the arena in `design.md` (section 2).
 
 pub(crate) mod arena;
 pub(crate) mod atomic;

@@ -1,8 +1,9 @@
 //! The documented values of every state word that lives in shared memory.
 //!
 //! Workers and the parent agree on these numbers and nothing else; the
-//! protocols that move between them are written out in `design.md`
-//! ("The slot protocol" and "Worker records").
+//! protocols that move between them are written out, with their named
+//! events, in `src/worker/README.md` (the slot protocol: slot, retry, record
+//! and error states) and `src/shm/README.md` (the sleep protocol).
 
 /// `Slot::state`: the slot holds no job. Workers that find this value leave
 /// the slot without touching it.

@@ -6,25 +6,24 @@
 //! behind is a stale `sleepers` count, which only makes later posts issue a
 //! wake-up system call that finds nobody.
 //!
+//! The sleep and wake protocol (post and wait, spin then sleep, the wake cap
+//! and relays, ticks and kicks) is written out, with its named events and a
+//! proof sketch, in `README.md` in this directory.
+//!
 //! ## Memory ordering
-//! `post` adds tokens and then reads `sleepers`; a sleeper increments
-//! `sleepers` and then reads the count. Both sides use `SeqCst`, so at least
-//! one of them sees the other (the Dekker pattern): either the poster sees a
-//! sleeper and wakes it, or the sleeper sees the tokens and does not sleep.
-//! `FUTEX_WAIT` re-checks the count atomically in the kernel, which closes the
-//! window between the sleeper's check and its sleep.
+//! `post` does Add and then LookSleepers; a sleeper does Sleepy and then
+//! LookCount. All four are `SeqCst`, so at least one side sees the other
+//! (the Dekker pattern): either the poster sees a sleeper and wakes it, or
+//! the sleeper sees the tokens and does not sleep. `FUTEX_WAIT` (Wait)
+//! re-checks the count atomically in the kernel, which closes the window
+//! between the sleeper's LookCount and its sleep.
 //!
 //! ## How many a post wakes
 //! A post of `n` tokens wakes at most `wake_cap` sleepers (the CPUs the
-//! pool may run on, at least two), at least one. With more workers than CPUs, waking one
-//! per token only queued the woken workers for the CPUs, each to find the
-//! work gone (a 16-range map woke 14 of them). The tokens left over stay in
-//! the count, for the next worker that waits; and a worker that claims a
-//! range and leaves more behind `relay`s: it posts one more token, which
-//! wakes one more sleeper, so ranges that block still reach as many workers
-//! as before, one wake-up after another. Liveness is the same argument as
-//! above: every post, relays included, wakes a sleeper or is seen by one
-//! (at least one wake-up, whatever the cap word holds).
+//! pool may run on, at least two), at least one. The tokens left over stay
+//! in the count, and a worker that claims a range and leaves more behind
+//! relays (`relay`: one more token, one more sleeper woken), so ranges that
+//! block still reach as many workers as before, one wake-up after another.
 
 use std::hint::spin_loop;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
@@ -49,14 +48,14 @@ impl Semaphore {
     /// Sets how many sleepers one `post` wakes at most (see the module
     /// docs).
     pub(crate) fn set_wake_cap(&self, cap: u32) {
-        // ORDERING: Relaxed: written before the workers are forked, which
-        // publishes it; a hint after that.
+        // ORDERING: Relaxed: the wake cap, written before the workers are
+        // forked, which publishes it; a hint after that.
         self.wake_cap.store(cap, Relaxed);
     }
 
     /// The most sleepers a `post` wakes, at least 1.
     pub(crate) fn wake_cap(&self) -> u32 {
-        // ORDERING: Relaxed: a hint (see the field).
+        // ORDERING: Relaxed: the wake cap, a hint (see the field).
         self.wake_cap.load(Relaxed).max(1)
     }
 
@@ -82,11 +81,13 @@ impl Semaphore {
         if n == 0 {
             return;
         }
-        // ORDERING: SeqCst, paired with the SeqCst increment of `sleepers` in
-        // `wait` (see the module docs). It also releases everything the
-        // poster wrote before, such as a published job.
+        // ORDERING: SeqCst: Add, before LookSleepers; pairs with a sleeper's
+        // Sleepy followed by LookCount (README.md, "Proof sketch"). It also
+        // releases everything the poster wrote before, such as a published
+        // job (Publish, Pend), to the Take that acquires this token.
         self.count.fetch_add(n, SeqCst);
-        // ORDERING: SeqCst, the second half of the Dekker pair.
+        // ORDERING: SeqCst: LookSleepers, the second half of the pair; Wake
+        // follows if anyone sleeps.
         if self.sleepers.load(SeqCst) != 0 {
             futex::wake(&self.count, wake.max(1));
         }
@@ -94,11 +95,12 @@ impl Semaphore {
 
     /// Takes one token if there is one.
     pub(crate) fn try_acquire(&self) -> bool {
-        // ORDERING: Relaxed: only a hint for the loop below.
+        // ORDERING: Relaxed: only a hint for the loop below (Take).
         let mut c = self.count.load(Relaxed);
         while c != 0 {
-            // ORDERING: Acquire on success synchronises with the `post` that
-            // added the token, so the job published before it is visible.
+            // ORDERING: Acquire: Take; on success it synchronises with the
+            // Add that added the token, so the job published before it is
+            // visible.
             match self.count.compare_exchange_weak(c, c - 1, Acquire, Relaxed) {
                 Ok(_) => return true,
                 Err(now) => c = now,
@@ -111,19 +113,21 @@ impl Semaphore {
     /// or `timeout` passes. Returns whether a token was taken.
     pub(crate) fn wait(&self, spin: u32, timeout: Duration) -> bool {
         for _ in 0..spin {
-            // ORDERING: Relaxed: a read-only poll that keeps the line shared
-            // while spinning; `try_acquire` does the synchronising exchange.
+            // ORDERING: Relaxed: Poll, a read-only look that keeps the line
+            // shared while spinning; Take does the synchronising exchange.
             if self.count.load(Relaxed) != 0 && self.try_acquire() {
                 return true;
             }
             spin_loop();
         }
-        // ORDERING: SeqCst, the sleeper's half of the Dekker pair with `post`.
+        // ORDERING: SeqCst: Sleepy, before LookCount: the sleeper's half of
+        // the Dekker pair with a post's Add and LookSleepers.
         self.sleepers.fetch_add(1, SeqCst);
         // A timeout too long to represent waits without one (`post` wakes).
         let deadline = Instant::now().checked_add(timeout);
         let got = loop {
-            // ORDERING: SeqCst load after the SeqCst increment above.
+            // ORDERING: SeqCst: LookCount, after Sleepy; Wait (FUTEX_WAIT on
+            // 0) then re-checks the count in the kernel.
             if self.count.load(SeqCst) != 0 && self.try_acquire() {
                 break true;
             }
@@ -139,8 +143,8 @@ impl Semaphore {
             };
             futex::wait(&self.count, 0, left);
         };
-        // ORDERING: Relaxed would do (it only suppresses wake-ups), SeqCst
-        // keeps the counter's story simple.
+        // ORDERING: SeqCst: Awake. Relaxed would do (it only suppresses
+        // wake-ups); SeqCst keeps the counter's story simple.
         self.sleepers.fetch_sub(1, SeqCst);
         got
     }

@@ -7,6 +7,11 @@
 //! forever in the child); it reads the region through the layout it was
 //! forked with and allocates only to format a panic message (glibc's malloc
 //! is fork-safe).
+//!
+//! The slot protocol (publish, claim and run, count, complete, harvest,
+//! drain, retries) is written out, with its named events and a proof sketch,
+//! in `README.md` in this directory; the `// ORDERING:` comments below cite
+//! those events.
 
 pub(crate) mod heap_view;
 pub(crate) mod job;
@@ -88,7 +93,8 @@ pub(crate) struct WorkerCtx<'a> {
     pub(crate) config: WorkerConfig,
 }
 
-/// The running job of one slot visit, as the worker read it once on entry.
+/// The running job of one slot visit, as the worker read it once on entry
+/// (`enter`), and what the visit has done so far.
 struct JobView<'a> {
     slot: &'a Slot,
     /// The slot's index.
@@ -96,9 +102,20 @@ struct JobView<'a> {
     args: JobArgs,
     run: usize,
     len: u64,
+    /// Elements per claim, clamped to the job.
+    chunk: u64,
+    /// Guided claims (`FLAG_GUIDED`).
+    guided: bool,
+    /// The pool's workers (for guided claims and the relay).
+    workers: u64,
     notify: u32,
     /// Whether this visit has marked the worker in the slot's visitors.
     visited: Cell<bool>,
+    /// Whether this visit will still relay the wake-up (once, and only when
+    /// the pool has more workers than a post wakes).
+    relay: Cell<bool>,
+    /// Whether this visit ran user code (a range not skipped).
+    ran: Cell<bool>,
 }
 
 /// The entry point of a freshly forked worker. Never returns.
@@ -207,15 +224,14 @@ pub(crate) fn work(
         let woken = control.sem.wait(spin, idle_check);
         spin = idle_spin;
         // ORDERING: SeqCst: pairs with the parent's store before it posts the
-        // shutdown tokens.
+        // shutdown tokens (Shutdown; `shm/README.md`).
         if control.shutdown.0.load(SeqCst) != 0 {
             return 0;
         }
-        // We are in no slot, past the initializer, with no failed
+        // Restore: we are in no slot, past the initializer, with no failed
         // allocation: say so again, in case another worker scribbled over
-        // our record (a drain check would wait for us; a death would be
-        // misread).
-        // ORDERING: SeqCst, like every store of `slot` (see `run_slot`).
+        // our record (a Drain would wait for us; a death would be misread).
+        // ORDERING: SeqCst, like Announce and Leave (README.md, "Draining").
         rec.slot.store(NO_SLOT, SeqCst);
         // ORDERING: Relaxed: read by the supervisor after our death.
         rec.init.store(0, Relaxed);
@@ -305,8 +321,8 @@ fn pass(ctx: &WorkerCtx<'_>, budget: &mut u64) -> bool {
     let rec = ctx.region.record(ctx.index);
     let mut did = false;
     for (w, word) in pending.iter().enumerate().take(ring.div_ceil(64)) {
-        // ORDERING: Acquire: pairs with the parent's Release `fetch_or` after
-        // it published the slot.
+        // ORDERING: Acquire: Find, pairs with the parent's Pend (Release),
+        // which follows its Publish.
         let mut bits = word.load(Acquire);
         while bits != 0 {
             let s = w * 64 + bits.trailing_zeros() as usize;
@@ -325,31 +341,48 @@ fn pass(ctx: &WorkerCtx<'_>, budget: &mut u64) -> bool {
 /// Enters slot `s`, runs ranges until its claims and queued retries are
 /// exhausted (or the worker's task budget is), and leaves. Returns whether
 /// any range was run.
+///
+/// Each step is a group of the slot protocol's events (`README.md` in this
+/// directory): `enter` (Announce, LookState), then rounds of `run_retries`
+/// (TakeRetry, FreeRetry) and `run_claims` (Claim, Relay) until `unpend`
+/// (Unpend, LookRetries) finds no retry waiting, then `leave` (Leave,
+/// LookAbort). Every range runs through `run_claimed`.
 fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
+    let Some(job) = enter(ctx, s) else {
+        return false;
+    };
+    // Retries first: they are the oldest work of the job.
+    while run_retries(ctx, &job, budget) && run_claims(ctx, &job, budget) && unpend(ctx, &job) {}
+    leave(ctx, &job);
+    job.ran.get()
+}
+
+/// Announce, LookState: puts slot `s` in this worker's record, then reads
+/// the job it holds. `None`, with the record cleared again, if the slot
+/// holds no running job.
+fn enter<'a>(ctx: &WorkerCtx<'a>, s: usize) -> Option<JobView<'a>> {
     let region = ctx.region;
     let rec = region.record(ctx.index);
     let slot = region.slot(s);
-    // ORDERING: SeqCst: announce ourselves *before* reading the slot's state
-    // and abort flag. The parent stores state/abort (SeqCst) *before* it scans
-    // the records; so either it sees us, or we see its store (design.md,
-    // "Draining").
+    // ORDERING: SeqCst: Announce, before LookState (pairs with the parent's
+    // Empty or Abort followed by Drain or Scan; README.md, "Draining"):
+    // either the parent's scan sees us, or we see its store.
     rec.slot.store(s as u32, SeqCst);
-    // ORDERING: SeqCst (acquire): the second half of that pair; also acquires
-    // the descriptor published by the parent's Release store of `state`.
+    // ORDERING: SeqCst: LookState, the second half of that pair; it also
+    // acquires the descriptor of the parent's Publish (Release).
     if slot.desc.state.load(SeqCst) != SLOT_RUNNING {
         // ORDERING: Release: we touched nothing.
         rec.slot.store(NO_SLOT, Release);
-        return false;
+        return None;
     }
-    // ORDERING: Relaxed: ordered after the acquire load of `state` above.
+    // ORDERING: Relaxed: ordered after LookState, which acquired Publish.
     let d = &slot.desc;
     let (run, notify) = (d.run.load(Relaxed), d.notify.load(Relaxed));
     // A chunk larger than the job (scribbled) could wrap the claim counter.
     let len = d.len.load(Relaxed);
     let chunk = d.chunk.load(Relaxed).clamp(1, len.max(1));
-    let guided = notify & FLAG_GUIDED != 0;
     let workers = region.layout().workers as u64;
-    let job = JobView {
+    Some(JobView {
         slot,
         index: s as u32,
         args: JobArgs {
@@ -363,94 +396,130 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
         },
         run,
         len,
+        chunk,
+        guided: notify & FLAG_GUIDED != 0,
+        workers,
         notify,
         visited: Cell::new(false),
-    };
-    let mut ran = false;
-    let mut relay = (region.control().sem.wake_cap() as u64) < workers;
-    'visit: loop {
-        // Retries first: they are the oldest work of the job.
-        let mine = RETRY_CLAIMED + ctx.index as u32;
-        for entry in &slot.retries.0 {
-            if *budget == 0 || retiring(rec) {
-                break 'visit;
-            }
-            // ORDERING: AcqRel: acquires the range the supervisor stored
-            // before its Release (SeqCst) store of READY; the exchange makes
-            // the entry ours alone, and names us as its owner.
-            if entry.state.load(Acquire) != RETRY_READY
-                || entry
-                    .state
-                    .compare_exchange(RETRY_READY, mine, AcqRel, Relaxed)
-                    .is_err()
-            {
-                continue;
-            }
-            // ORDERING: Relaxed: ordered by the exchange above.
-            let (start, end) = (entry.start.load(Relaxed), entry.end.load(Relaxed));
-            if start < end && end <= len {
-                ran |= run_claimed(ctx, &job, start, end);
-            } else {
-                record_error(
-                    slot,
-                    KIND_CORRUPT,
-                    0,
-                    0,
-                    "a queued retry is out of bounds",
-                    None,
-                );
-            }
-            *budget -= 1;
-            // ORDERING: Release: the entry may be reused once we are done.
-            entry.state.store(RETRY_EMPTY, Release);
+        relay: Cell::new((region.control().sem.wake_cap() as u64) < workers),
+        ran: Cell::new(false),
+    })
+}
+
+/// Whether the worker must leave its slot now: its budget of ranges is
+/// spent (`max_tasks_per_worker`), or the parent asked it to retire.
+fn must_leave(rec: &WorkerRecord, budget: u64) -> bool {
+    budget == 0 || retiring(rec)
+}
+
+/// TakeRetry, FreeRetry: runs every queued retry of the job this worker can
+/// take. Returns `false` if the worker must leave the slot at once.
+fn run_retries(ctx: &WorkerCtx<'_>, job: &JobView<'_>, budget: &mut u64) -> bool {
+    let rec = ctx.region.record(ctx.index);
+    let mine = RETRY_CLAIMED + ctx.index as u32;
+    for entry in &job.slot.retries.0 {
+        if must_leave(rec, *budget) {
+            return false;
         }
-        loop {
-            if *budget == 0 || retiring(rec) {
-                break 'visit;
-            }
-            let Some((start, end)) = claim(slot, len, chunk, guided, workers) else {
-                break;
-            };
-            if relay && end < len {
-                // A post wakes no more sleepers than the pool has CPUs: with
-                // more workers, pass the wake-up on, once a visit, in case
-                // this range blocks and the rest need other workers.
-                relay = false;
-                region.control().sem.relay();
-            }
-            ran |= run_claimed(ctx, &job, start, end);
-            *budget -= 1;
-        }
-        // ORDERING: SeqCst: the worker's half of a Dekker pair with the
-        // supervisor, which stores a READY entry and then sets the bit: either
-        // its bit survives our clear (and a token brings someone back), or
-        // our load below sees its entry.
-        region.control().pending.0[s / 64].fetch_and(!(1u64 << (s % 64)), SeqCst);
-        // ORDERING: SeqCst: see above.
-        if !slot
-            .retries
-            .0
-            .iter()
-            .any(|e| e.state.load(SeqCst) == RETRY_READY)
+        // ORDERING: AcqRel: TakeRetry: acquires the range of the
+        // supervisor's Requeue (SeqCst, so Release); the exchange makes the
+        // entry ours alone, and names us as its owner.
+        if entry.state.load(Acquire) != RETRY_READY
+            || entry
+                .state
+                .compare_exchange(RETRY_READY, mine, AcqRel, Relaxed)
+                .is_err()
         {
-            break;
+            continue;
         }
+        // ORDERING: Relaxed: ordered by the exchange above.
+        let (start, end) = (entry.start.load(Relaxed), entry.end.load(Relaxed));
+        if start < end && end <= job.len {
+            if run_claimed(ctx, job, start, end) {
+                job.ran.set(true);
+            }
+        } else {
+            record_error(
+                job.slot,
+                KIND_CORRUPT,
+                0,
+                0,
+                "a queued retry is out of bounds",
+                None,
+            );
+        }
+        *budget -= 1;
+        // ORDERING: Release: FreeRetry: the entry may be reused once we are
+        // done (the supervisor's Requeue acquires it).
+        entry.state.store(RETRY_EMPTY, Release);
     }
-    // ORDERING: SeqCst (so also Release: the parent's drain check then sees
-    // all our writes). Clearing the record *before* reading `abort` pairs
-    // with the parent storing `abort` before it scans the records: either we
-    // see the abort and wake the waiters, or the parent's scan sees us gone.
+    true
+}
+
+/// Claim (and Relay): claims and runs ranges until every element of the
+/// job is claimed. Returns `false` if the worker must leave the slot at
+/// once.
+fn run_claims(ctx: &WorkerCtx<'_>, job: &JobView<'_>, budget: &mut u64) -> bool {
+    let rec = ctx.region.record(ctx.index);
+    loop {
+        if must_leave(rec, *budget) {
+            return false;
+        }
+        let Some((start, end)) = claim(job.slot, job.len, job.chunk, job.guided, job.workers)
+        else {
+            return true;
+        };
+        if job.relay.get() && end < job.len {
+            // A post wakes no more sleepers than the pool has CPUs: with
+            // more workers, pass the wake-up on, once a visit, in case this
+            // range blocks and the rest need other workers (Relay; the
+            // sleep protocol, `shm/README.md`).
+            job.relay.set(false);
+            ctx.region.control().sem.relay();
+        }
+        if run_claimed(ctx, job, start, end) {
+            job.ran.set(true);
+        }
+        *budget -= 1;
+    }
+}
+
+/// Unpend, LookRetries: clears the slot's pending bit once its claims are
+/// exhausted, then looks at its retry entries once more. Returns whether a
+/// retry waits (the visit goes on).
+fn unpend(ctx: &WorkerCtx<'_>, job: &JobView<'_>) -> bool {
+    let s = job.index as usize;
+    // ORDERING: SeqCst: Unpend, the worker's half of a Dekker pair with the
+    // supervisor's Requeue then Repend: either its bit survives our clear
+    // (and a token brings someone back), or LookRetries below sees its
+    // entry.
+    ctx.region.control().pending.0[s / 64].fetch_and(!(1u64 << (s % 64)), SeqCst);
+    // ORDERING: SeqCst: LookRetries, see above.
+    job.slot
+        .retries
+        .0
+        .iter()
+        .any(|e| e.state.load(SeqCst) == RETRY_READY)
+}
+
+/// Leave, LookAbort: clears this worker's record, then, if the job failed,
+/// tells its waiters to look again (a failed job is finished once no worker
+/// is left in it).
+fn leave(ctx: &WorkerCtx<'_>, job: &JobView<'_>) {
+    let rec = ctx.region.record(ctx.index);
+    let slot = job.slot;
+    // ORDERING: SeqCst: Leave (so also Release: a Drain that reads it sees
+    // all our writes). Before LookAbort: pairs with the parent's Abort
+    // followed by Drain: either we see the abort and wake the waiters, or
+    // the parent's Drain sees us gone.
     rec.slot.store(NO_SLOT, SeqCst);
-    // ORDERING: SeqCst, the second half of that pair.
+    // ORDERING: SeqCst: LookAbort, the second half of that pair.
     if slot.desc.abort.load(SeqCst) != 0 {
-        // A failed job is finished once no worker is left in it: tell the
-        // waiters to look again.
         futex::wake(&slot.desc.state, u32::MAX);
-        if notify & NOTIFY_EVENT != 0 {
+        if job.notify & NOTIFY_EVENT != 0 {
             os::eventfd_signal(ctx.event_fd);
         }
     }
-    ran
 }
 
 /// Claims the next range of a job of `len` elements: fixed ranges of `chunk`,
@@ -459,7 +528,7 @@ fn run_slot(ctx: &WorkerCtx<'_>, s: usize, budget: &mut u64) -> bool {
 fn claim(slot: &Slot, len: u64, chunk: u64, guided: bool, workers: u64) -> Option<(u64, u64)> {
     let counter = &slot.claim.next;
     if !guided {
-        // ORDERING: AcqRel: the claim counter only hands out disjoint
+        // ORDERING: AcqRel: Claim: the claim counter only hands out disjoint
         // ranges; the atomicity of the RMW is what matters.
         let start = counter.fetch_add(chunk, AcqRel);
         return (start < len).then(|| (start, start.saturating_add(chunk).min(len)));
@@ -473,7 +542,8 @@ fn claim(slot: &Slot, len: u64, chunk: u64, guided: bool, workers: u64) -> Optio
         let share = (len - start) / (2 * workers.max(1));
         let size = (share / chunk).max(1).saturating_mul(chunk);
         let end = start.saturating_add(size).min(len);
-        // ORDERING: AcqRel, as above: the exchange alone hands out `start..end`.
+        // ORDERING: AcqRel: Claim, as above: the exchange alone hands out
+        // `start..end`.
         match counter.compare_exchange_weak(start, end, AcqRel, Relaxed) {
             Ok(_) => return Some((start, end)),
             Err(now) => start = now,
@@ -482,44 +552,46 @@ fn claim(slot: &Slot, len: u64, chunk: u64, guided: bool, workers: u64) -> Optio
 }
 
 /// Runs the range `start..end` of `job`, which this worker claimed, and
-/// accounts for it. Returns whether user code ran (not skipped after an
-/// abort).
+/// accounts for it: Visit (once a visit), Begin, Enter, LookRange, Run,
+/// Exit, Count, and Complete for the range that completes the job
+/// (README.md in this directory). Returns whether user code ran (not
+/// skipped after an abort).
 fn run_claimed(ctx: &WorkerCtx<'_>, job: &JobView<'_>, start: u64, end: u64) -> bool {
     let rec = ctx.region.record(ctx.index);
     let slot = job.slot;
     if !job.visited.replace(true) {
         note_visit(slot, ctx.index);
     }
-    // ORDERING: Relaxed stores, then a Release store of the phase: the
-    // supervisor reads them after reaping this process, or (for a timeout)
-    // after an Acquire load of the phase.
+    // ORDERING: Begin: Relaxed stores, then a Release store of the phase:
+    // the supervisor reads them after reaping this process, or (for a
+    // timeout) after an Acquire load of the phase.
     rec.start.store(start, Relaxed);
     rec.end.store(end, Relaxed);
     if ctx.config.timed {
         rec.started_ns.store(os::monotonic_ns(), Relaxed);
     }
     rec.phase.store(PHASE_RUNNING, Release);
-    // ORDERING: SeqCst: announce the range *before* looking at `abort` and
-    // `state`: the Dekker pair with the harvest, which loads DONE and then
-    // scans `in_range` (design.md, "Harvest"). Either the harvest sees us
-    // here, or we see DONE (or EMPTY) and skip the range.
+    // ORDERING: SeqCst: Enter, before LookRange: the Dekker pair with the
+    // harvest's LookDone, Empty and Scan (README.md, "Harvest"). Either the
+    // harvest's Scan sees us here, or we see DONE (or EMPTY) and skip the
+    // range.
     rec.in_range.store(job.index, SeqCst);
     stamp_first_claim(slot);
-    // ORDERING: SeqCst: the second half of that pair. A job that is no
-    // longer RUNNING while we hold one of its ranges was finished (or said
-    // so) with a range still out: a scribbled claim counter handed it out
-    // twice, or a scribbled state word. Never honest.
+    // ORDERING: SeqCst: LookRange, the second half of that pair. A job that
+    // is no longer RUNNING while we hold one of its ranges was finished (or
+    // said so) with a range still out: a scribbled claim counter handed it
+    // out twice, or a scribbled state word. Never honest.
     let live = slot.desc.state.load(SeqCst) == SLOT_RUNNING;
-    // ORDERING: SeqCst: pairs with the SeqCst store of `abort` by the parent
-    // (see the record store in `run_slot`).
+    // ORDERING: SeqCst: LookRange reads `abort` too: pairs with an Abort
+    // (SeqCst) stored before the parent's Drain, as LookState does.
     let ran = live && slot.desc.abort.load(SeqCst) == 0;
     if ran {
         run_range(slot, &job.args, job.run, start, end);
     }
-    // ORDERING: Relaxed: published by the Release half of the `done`
-    // increment in `account` (or of the error record), which comes after.
+    // ORDERING: Relaxed: Exit; published by the Release half of Count (or
+    // of the error record), which comes after.
     rec.in_range.store(NO_SLOT, Relaxed);
-    // ORDERING: Release: see above.
+    // ORDERING: Release: Exit, see above.
     rec.phase.store(PHASE_IDLE, Release);
     if !live {
         // Not counted: a job that said DONE with this range out must not
@@ -548,10 +620,10 @@ fn note_visit(slot: &Slot, w: usize) {
         return;
     };
     let bit = 1u64 << (w % 64);
-    // ORDERING: Relaxed: the parent reads the bitmap only once the slot is
-    // drained, and our SeqCst store of `record.slot = NO_SLOT` on leaving,
-    // which its drain check loads, comes after this in program order. The
-    // load spares the shared line an RMW on later visits of the same job.
+    // ORDERING: Relaxed: Visit. The parent reads the bitmap only once the
+    // slot is drained, and our Leave (SeqCst), which its Drain loads, comes
+    // after this in program order. The load spares the shared line an RMW
+    // on later visits of the same job.
     if word.load(Relaxed) & bit == 0 {
         word.fetch_or(bit, Relaxed);
     }
@@ -568,15 +640,15 @@ fn account(slot: &Slot, len: u64, start: u64, end: u64) -> bool {
     let squares = end
         .wrapping_mul(end)
         .wrapping_sub(start.wrapping_mul(start));
-    // ORDERING: Relaxed: published by the Release half of the `done`
-    // increment below, which follows it in program order; the runner that
-    // completes the job acquires every increment before its exchange to DONE,
-    // and the harvest acquires that exchange.
+    // ORDERING: Relaxed: Count, the `squares` half: published by the Release
+    // half of the `done` increment below, which follows it in program
+    // order; the runner that completes the job acquires every increment
+    // before its Complete, and the harvest's LookDone acquires that.
     slot.counts.squares.fetch_add(squares, Relaxed);
-    // ORDERING: AcqRel: Release publishes this range's output (and its
-    // `squares` term); Acquire on the increment that completes the job makes
-    // every range's output visible to the runner that then marks the slot
-    // done.
+    // ORDERING: AcqRel: Count, the `done` half: Release publishes this
+    // range's output (and its `squares` term); Acquire on the increment that
+    // completes the job makes every range's output visible to the runner
+    // that then does Complete.
     let before = slot.counts.done.fetch_add(n, AcqRel);
     let after = before.wrapping_add(n);
     if after == len {
@@ -634,18 +706,19 @@ pub(crate) fn run_as_caller(region: &Region, s: usize, spec: &Spec) {
             break;
         }
         stamp_first_claim(slot);
-        // ORDERING: SeqCst: as a worker's load in `run_claimed`.
+        // ORDERING: SeqCst: LookRange's load of `abort`, as in `run_claimed`.
         if slot.desc.abort.load(SeqCst) == 0 {
             run_range(slot, &args, spec.run, start, end);
         }
-        // As in `run_claimed`: the increment that completes the job
+        // Count, as in `run_claimed`: the increment that completes the job
         // acquires every other range's output.
         if account(slot, len, start, end) {
             // ORDERING: Relaxed: published by the exchange below.
             slot.desc.done_ns.store(os::monotonic_ns(), Relaxed);
-            // ORDERING: SeqCst: publishes the outputs to the harvest's load
-            // of `state`, as `complete` does. No one else waits on a blocking
-            // job: its one waiter is this thread, so there is no one to wake.
+            // ORDERING: SeqCst: Complete: publishes the outputs to the
+            // harvest's LookDone, as `complete` does. No one else waits on a
+            // blocking job: its one waiter is this thread, so there is no
+            // one to notify.
             let _ = slot
                 .desc
                 .state
@@ -658,8 +731,8 @@ pub(crate) fn run_as_caller(region: &Region, s: usize, spec: &Spec) {
 /// Stamps the job's first claim (for `Stats::profile`), unless a runner
 /// already did.
 fn stamp_first_claim(slot: &Slot) {
-    // ORDERING: Relaxed: a statistic, read by the harvest after it acquires
-    // DONE, which every runner's `done` increment (Release) precedes.
+    // ORDERING: Relaxed: a statistic, read by the harvest after LookDone
+    // acquires DONE, which every runner's Count (Release) precedes.
     if slot.desc.first_claim_ns.load(Relaxed) == 0 {
         let now = os::monotonic_ns();
         // ORDERING: Relaxed, as above; the first stamp wins.
@@ -715,15 +788,16 @@ fn run_range(slot: &Slot, args: &JobArgs, run: usize, start: u64, end: u64) {
     }
 }
 
-/// Marks the slot done and announces it. Called by the worker whose `done`
-/// increment reached the job's length.
+/// Complete, Notify: marks the slot done and announces it. Called by the
+/// worker whose Count reached the job's length.
 fn complete(ctx: &WorkerCtx<'_>, slot: &Slot, notify: u32) {
     // ORDERING: Relaxed: published by the exchange below.
     slot.desc.done_ns.store(os::monotonic_ns(), Relaxed);
-    // ORDERING: SeqCst: Release publishes all outputs (acquired through the
-    // `done` chain) to the parent's Acquire load of `state`; SeqCst pairs with
-    // the waiter's SeqCst store of `waiters` followed by its load of `state`.
-    // The exchange fails if the parent already emptied the slot.
+    // ORDERING: SeqCst: Complete. Release publishes all outputs (acquired
+    // through the chain of Counts) to the harvest's LookDone; SeqCst pairs
+    // with the caller's Register followed by Sleep (README.md, "Waking a
+    // blocked caller"). The exchange fails if the parent already emptied
+    // the slot.
     if slot
         .desc
         .state
@@ -735,14 +809,15 @@ fn complete(ctx: &WorkerCtx<'_>, slot: &Slot, notify: u32) {
     if notify & NOTIFY_EVENT != 0 {
         os::eventfd_signal(ctx.event_fd);
     }
-    // ORDERING: SeqCst: see above.
+    // ORDERING: SeqCst: Notify's load of `waiters`, after Complete; see
+    // above.
     if slot.desc.waiters.load(SeqCst) != 0 {
         futex::wake(&slot.desc.state, u32::MAX);
     }
 }
 
-/// Writes the job's first error; later errors are dropped. Sets `abort`, so
-/// the job's remaining ranges are skipped.
+/// Record, Abort: writes the job's first error (later errors are dropped)
+/// and sets `abort`, so the job's remaining ranges are skipped.
 fn record_error(
     slot: &Slot,
     kind: u32,
@@ -752,8 +827,8 @@ fn record_error(
     location: Option<&str>,
 ) {
     write_error(&slot.err, kind, start, end, message, location);
-    // ORDERING: SeqCst: other workers' SeqCst loads of `abort` see it from
-    // now on; they skip their remaining ranges.
+    // ORDERING: SeqCst: Abort: other workers' LookRange (SeqCst) sees it
+    // from now on; they skip their remaining ranges.
     slot.desc.abort.store(1, SeqCst);
 }
 
@@ -766,7 +841,7 @@ fn write_error(
     message: &str,
     location: Option<&str>,
 ) {
-    // ORDERING: AcqRel: claims the record; the first error wins.
+    // ORDERING: AcqRel: Record: claims the record; the first error wins.
     if err
         .state
         .compare_exchange(ERR_NONE, ERR_WRITING, AcqRel, Relaxed)
@@ -786,7 +861,8 @@ fn write_error(
             cell.store(b, Relaxed);
         }
         err.loc_len.store(loc.len() as u32, Relaxed);
-        // ORDERING: Release: publishes the fields to the parent's Acquire.
+        // ORDERING: Release: Record: publishes the fields to the parent's
+        // Acquire load of the record's state.
         err.state.store(ERR_READY, Release);
     }
 }
