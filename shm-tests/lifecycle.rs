@@ -280,3 +280,113 @@ fn nothing_is_left_behind_body() {
         shm_files
     );
 }
+
+#[test]
+fn a_big_process_gives_its_template_memory_back() {
+    isolated("a_big_process_gives_its_template_memory_back_body", 120);
+}
+
+/// `bytes` of private anonymous memory, one byte written per page (not from
+/// the global allocator, which may be the shared heap in this suite's heap
+/// run: the template must see private memory).
+struct Touched(*mut u8, usize);
+
+impl Touched {
+    fn new(bytes: usize) -> Touched {
+        // SAFETY: a fresh private anonymous mapping; no existing memory is
+        // named.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        for i in (0..bytes).step_by(4096) {
+            // SAFETY: in the mapping just made, readable and writable.
+            unsafe { p.cast::<u8>().add(i).write_volatile(1) };
+        }
+        Touched(p.cast(), bytes)
+    }
+
+    fn sum(&self) -> u64 {
+        (0..self.1)
+            .step_by(4096)
+            // SAFETY: in the mapping, which lives as long as `self`.
+            .map(|i| u64::from(unsafe { self.0.add(i).read_volatile() }))
+            .sum()
+    }
+}
+
+impl Drop for Touched {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.0.cast(), self.1) };
+    }
+}
+
+/// The seed's program on `pool`: a map, checked, then `close` and `join`;
+/// its template (the child of this process that is not a worker) is gone
+/// after.
+fn seed_on(pool: &Pool) {
+    let xs: Vec<u64> = (0..1000).collect();
+    let ys = pool.map(&xs, |x| x * x).unwrap();
+    assert!(ys.iter().enumerate().all(|(i, &y)| y == (i * i) as u64));
+    let workers = pool.worker_pids();
+    let template = common::children()
+        .into_iter()
+        .find(|p| !workers.contains(p))
+        .expect("the template is a child of this process");
+    pool.close();
+    pool.join().unwrap();
+    assert!(
+        !common::children().contains(&template),
+        "the template is reaped"
+    );
+    assert_reaped(&workers);
+}
+
+#[test]
+#[ignore = "run in a process of its own by a_big_process_gives_its_template_memory_back"]
+fn a_big_process_gives_its_template_memory_back_body() {
+    if !in_isolation() {
+        return;
+    }
+    const MIB: usize = 1 << 20;
+    // A few hundred MiB of private memory in one mapping, and a malloc heap
+    // of many small blocks, all touched, as a numeric program's would be:
+    // each template gives them back before it reaps its workers.
+    let big = Touched::new(320 * MIB);
+    let small: Vec<Box<[u64; 8]>> = (0..100_000u64).map(|i| Box::new([i; 8])).collect();
+    let intact = || {
+        assert_eq!(big.sum(), (320 * MIB / 4096) as u64);
+        assert!(small.iter().enumerate().all(|(i, b)| b[7] == i as u64));
+    };
+    let pool = Pool::new(4).unwrap();
+    seed_on(&pool);
+    drop(pool);
+    // The parent's memory is untouched by its template's release, and a
+    // pool built after that one works as well.
+    intact();
+    let pool = Pool::new(4).unwrap();
+    seed_on(&pool);
+    drop(pool);
+    // Dropped without `join`: the same way out, from `terminate`.
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.map(&[3u32], |x| x + 1).unwrap(), vec![4]);
+    drop(pool);
+    // A template forked from a thread runs on a copy of that thread's
+    // stack, a large private anonymous mapping which must stay.
+    thread::Builder::new()
+        .stack_size(16 * MIB)
+        .spawn(|| seed_on(&Pool::new(4).unwrap()))
+        .unwrap()
+        .join()
+        .unwrap();
+    intact();
+    assert!(common::children().is_empty(), "nothing is left");
+}

@@ -2,7 +2,6 @@
 //! threads and workers.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -346,7 +345,7 @@ impl Builder {
         // is forked later by the single-threaded template.
         let template = Template::fork(
             &inner.region,
-            inner.done_fd.as_raw_fd(),
+            inner.done_fd(),
             worker,
             stdio,
             PanicHook::Own,
@@ -399,7 +398,7 @@ fn explain_map_failure(e: Error, region: usize) -> Error {
     let Error::Io(os_error) = e else {
         return e;
     };
-    if os_error.raw_os_error() != Some(libc::ENOMEM) {
+    if os_error.raw_os_error() != Some(os::errno::ENOMEM) {
         return Error::Io(os_error);
     }
     let mib = |b: u64| b >> 20;

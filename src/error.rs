@@ -175,9 +175,9 @@ impl Error {
 
 /// The name of a signal number, as `kill -l` would print it ("SIGSEGV").
 pub(crate) fn signal_name(signal: i32) -> Cow<'static, str> {
-    match nix::sys::signal::Signal::try_from(signal) {
-        Ok(s) => Cow::Borrowed(s.as_str()),
-        Err(_) => Cow::Owned(format!("signal {signal}")),
+    match crate::os::signal_name(signal) {
+        Some(name) => Cow::Borrowed(name),
+        None => Cow::Owned(format!("signal {signal}")),
     }
 }
 
@@ -281,12 +281,6 @@ impl From<io::Error> for Error {
     }
 }
 
-impl From<nix::Error> for Error {
-    fn from(e: nix::Error) -> Self {
-        Error::Io(io::Error::from(e))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,7 +289,7 @@ mod tests {
     fn display_names_signal_and_range() {
         let e = Error::WorkerDied {
             pid: 42,
-            signal: Some(libc::SIGSEGV),
+            signal: Some(crate::os::signo::SIGSEGV),
             exit_code: None,
             range: Some(3..9),
         };
@@ -328,7 +322,7 @@ mod tests {
     #[test]
     fn io_error_is_the_source() {
         use std::error::Error as _;
-        let e = Error::from(io::Error::from_raw_os_error(libc::ENOMEM));
+        let e = Error::from(io::Error::from_raw_os_error(crate::os::errno::ENOMEM));
         assert!(e.source().is_some());
         assert!(Error::Closed.source().is_none());
         assert_eq!(signal_name(9), "SIGKILL");

@@ -19,7 +19,6 @@
 //! the source is slow.
 
 use std::collections::{HashSet, VecDeque};
-use std::marker::PhantomData;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -162,7 +161,8 @@ where
     stream: Option<u64>,
     /// The thread that last asked for a chunk.
     owner: ThreadId,
-    _f: PhantomData<F>,
+    /// The task (zero-sized: it captures nothing).
+    f: F,
 }
 
 impl<'p, I, U, F> Imap<'p, I, U, F>
@@ -172,7 +172,7 @@ where
     U: Pod + Send,
     F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
 {
-    fn new(pool: &'p Pool, source: I, ordered: bool) -> Self {
+    fn new(pool: &'p Pool, source: I, ordered: bool, f: F) -> Self {
         Imap {
             pool,
             source,
@@ -192,7 +192,7 @@ where
             stopped: false,
             stream: Some(pool.inner.open_stream()),
             owner: thread::current().id(),
-            _f: PhantomData,
+            f,
         }
     }
 
@@ -357,7 +357,7 @@ where
 
     fn submit_batch(&self, seq: u64) -> Result<AsyncResult<ShmVec<U>>, Error> {
         let shared = self.pool.to_shm(&self.buffer)?;
-        let job = admitted(|| self.pool.map_async(shared, conjure_f::<I::Item, U, F>()))?;
+        let job = admitted(|| self.pool.map_async(shared, self.f))?;
         let finished = self.finished.clone();
         job.on_complete(move |_| finished.report(seq));
         Ok(job)
@@ -368,7 +368,7 @@ where
         admitted(|| {
             input
                 .iter()
-                .map(|&x| self.pool.apply_async(x, conjure_f::<I::Item, U, F>()))
+                .map(|&x| self.pool.apply_async(x, self.f))
                 .collect()
         })
     }
@@ -498,16 +498,6 @@ where
     }
 }
 
-/// A value of the zero-sized task type `F`, which the caller held when it
-/// called `imap` (checked there).
-fn conjure_f<T, U, F: Fn(T) -> U + Copy>() -> F {
-    crate::worker::job::assert_no_captures::<F>();
-    // SAFETY: `F` is zero-sized (checked at compile time above) and
-    // inhabited: `imap` received a value of it. Reading a zero-sized value
-    // from a dangling, aligned pointer reads no memory.
-    unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() }
-}
-
 impl<I, U, F> Iterator for Imap<'_, I, U, F>
 where
     I: Iterator,
@@ -629,7 +619,7 @@ impl Pool {
     {
         self.prologue(f)?;
         self.check_not_result_thread()?;
-        Ok(Imap::new(self, iter.into_iter(), true))
+        Ok(Imap::new(self, iter.into_iter(), true, f))
     }
 
     /// Like [`imap`](Self::imap), but yields each chunk's results as soon as
@@ -662,6 +652,6 @@ impl Pool {
     {
         self.prologue(f)?;
         self.check_not_result_thread()?;
-        Ok(Imap::new(self, iter.into_iter(), false))
+        Ok(Imap::new(self, iter.into_iter(), false, f))
     }
 }

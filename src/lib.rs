@@ -45,7 +45,7 @@
 //! protocol, sleep and wake-up, supervision, the template process, misuse)
 //! is described in `design.md`.
 
-#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_code, unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
 
 #[cfg(not(target_os = "linux"))]

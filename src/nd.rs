@@ -5,6 +5,11 @@
 //! layout; its views are ndarray views over the shared block, so results
 //! reach ndarray code with zero copies. An input array that already lies in
 //! this pool's shared memory (a `ShmArray`'s view) is read in place.
+//!
+//! Uses `unsafe` (denied at the crate root): the stencil trampoline reads a
+//! job's raw descriptor and conjures its zero-sized task (`job::conjure`).
+
+#![allow(unsafe_code)]
 
 use std::fmt;
 use std::slice;

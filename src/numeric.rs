@@ -111,7 +111,7 @@ impl Pool {
         let offsets: MoreInputs = [b_loc.resolve(0), c_loc.resolve(0)];
         let mut inline = InlineData::new();
         let ctx = self.place_value(&offsets, &mut inline)?;
-        let (out, _) = self.alloc::<U>(len)?;
+        let out = self.alloc::<U>(len)?.into_alloc();
         let sched = self.schedule_for::<U>(len);
         let (slot, seq) = self.submit_parts(Parts {
             len,
@@ -231,7 +231,7 @@ impl Pool {
         let ctx = self.place_value(&ctx, &mut inline)?;
         let placed = self.place_input(input)?;
         let run: RunFn = run_indexed_with::<C, T, U, F>;
-        let (out, _) = self.alloc::<U>(input.len())?;
+        let out = self.alloc::<U>(input.len())?.into_alloc();
         let sched = self.schedule_for::<U>(input.len());
         let (slot, seq) = self.submit_parts(Parts {
             len: input.len(),
@@ -455,7 +455,7 @@ impl Pool {
     ) -> Result<ShmVec<A>, Error> {
         let mut inline = InlineData::new();
         let ctx = self.place_value(identity, &mut inline)?;
-        let (out, _) = self.alloc::<A>(parts)?;
+        let out = self.alloc::<A>(parts)?.into_alloc();
         let (slot, seq) = self.submit_parts(Parts {
             len,
             sched: Schedule::fixed(chunk),
@@ -479,7 +479,7 @@ impl Pool {
         second: Option<(Loc, Option<crate::shm::region::Alloc>)>,
         inline: Option<InlineData>,
     ) -> Result<ShmVec<U>, Error> {
-        let (out, _) = self.alloc::<U>(len)?;
+        let out = self.alloc::<U>(len)?.into_alloc();
         let sched = self.schedule_for::<U>(len);
         let (slot, seq) = self.submit_parts(Parts {
             len,

@@ -18,7 +18,7 @@ use crate::parent::core::{
 use crate::parent::place::Keep;
 use crate::parent::ring::{Deliver, InlineData, Job, Loc, Out, RawOut, Spec, Waiter};
 use crate::result::{AsyncResult, Cell, in_callback};
-use crate::shm::region::Alloc;
+use crate::shm::region::{Alloc, Fresh};
 use crate::shmvec::ShmVec;
 use crate::stats::{Profile, Stats};
 use crate::worker::job::{RunFn, assert_no_captures, run_map, run_map_with};
@@ -174,12 +174,7 @@ fn byte_len<T>(len: usize) -> Result<usize, Error> {
 
 /// Gives a `map` outcome its type.
 pub(crate) fn into_vec<U: Pod>(raw: RawOut, len: usize) -> ShmVec<U> {
-    match raw {
-        // SAFETY: the block was allocated for `len` values of `U` with `U`'s
-        // alignment, every range has run, and the job released it.
-        RawOut::Block(block) => unsafe { ShmVec::from_alloc(block, len) },
-        RawOut::Bytes(_) | RawOut::Empty => ShmVec::new(),
-    }
+    raw.into_vec(len)
 }
 
 /// Gives an `apply` outcome its type.
@@ -187,8 +182,7 @@ fn into_value<U: Pod>(raw: RawOut, _len: usize) -> U {
     match raw {
         RawOut::Bytes(bytes) => bytemuck::pod_read_unaligned(&bytes[..size_of::<U>()]),
         RawOut::Empty => U::zeroed(),
-        // SAFETY: the block holds one `U`, aligned, written by the worker.
-        RawOut::Block(block) => unsafe { block.ptr().cast::<U>().read() },
+        RawOut::Block(block) => block.read_value(),
     }
 }
 
@@ -274,12 +268,9 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn alloc_zeroed<T: Pod>(&self, len: usize) -> Result<ShmVec<T>, Error> {
-        let (block, dirty) = self.alloc::<T>(len)?;
-        // SAFETY: the first `dirty` bytes of the block are ours to write; the
-        // rest is freshly reserved, hence already zero.
-        unsafe { block.ptr().write_bytes(0, dirty) };
-        // SAFETY: the block holds `len` zeroed `T`s (zero is a valid Pod).
-        Ok(unsafe { ShmVec::from_alloc(block, len) })
+        let mut block = self.alloc::<T>(len)?;
+        block.zero();
+        Ok(block.into_vec(len))
     }
 
     /// Copies `data` into a new vector in shared memory.
@@ -294,13 +285,10 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn to_shm<T: Pod>(&self, data: &[T]) -> Result<ShmVec<T>, Error> {
-        let block = self.copy_to_arena(data)?;
-        // SAFETY: the block holds `data.len()` initialised `T`s, is aligned
-        // for `T`, and nothing else refers to it.
-        Ok(unsafe { ShmVec::from_alloc(block, data.len()) })
+        Ok(self.copy_to_arena(data)?.into_vec(data.len()))
     }
 
-    pub(crate) fn alloc<T: Pod>(&self, len: usize) -> Result<(Alloc, usize), Error> {
+    pub(crate) fn alloc<T: Pod>(&self, len: usize) -> Result<Fresh, Error> {
         if in_task() {
             return Err(Error::WouldDeadlock {
                 reason: "a task allocated from the pool that runs it",
@@ -492,19 +480,16 @@ impl Pool {
         }
         let bytes = size_of_val(out);
         let block = if copy_in {
-            self.copy_to_arena(&*out)?
+            self.copy_to_arena(&*out)?.into_alloc()
         } else {
-            self.alloc::<U>(out.len())?.0
+            self.alloc::<U>(out.len())?.into_alloc()
         };
         // The block outlives the job: `wait_sync` returns only once no
         // worker can write it any more (a failed job is drained first).
         let (slot, seq) = submit(Loc::Arena(block.off()))?;
         self.inner.wait_sync(slot, seq)?;
-        // SAFETY: the block holds `out.len()` values of `U` (aligned for `U`),
-        // written by the finished job; no worker touches it any more; it is
-        // ours and does not overlap `out`.
-        let staged = unsafe { std::slice::from_raw_parts(block.ptr().cast::<U>(), out.len()) };
-        out.copy_from_slice(staged);
+        // Written by the finished job; no worker touches it any more.
+        block.read_into(out);
         // ORDERING: Relaxed: statistics.
         let copied = if copy_in { 2 * bytes } else { bytes };
         self.inner
@@ -576,7 +561,7 @@ impl Pool {
             cell.deliver(Ok(RawOut::Empty));
             None
         } else {
-            let (out, _) = self.alloc::<U>(len)?;
+            let out = self.alloc::<U>(len)?.into_alloc();
             let parts = Parts {
                 len,
                 sched: self.schedule_for::<U>(len),
@@ -669,7 +654,7 @@ impl Pool {
         inline: InlineData,
         waiter: Waiter,
     ) -> Result<(usize, u64), Error> {
-        let (out, _) = self.alloc::<U>(len)?;
+        let out = self.alloc::<U>(len)?.into_alloc();
         let sched = self.schedule_for::<U>(len);
         self.submit_parts(Parts {
             len,
@@ -789,7 +774,7 @@ impl Pool {
                 },
             ),
             None => {
-                let (block, _) = self.alloc::<U>(1)?;
+                let block = self.alloc::<U>(1)?.into_alloc();
                 (Loc::Arena(block.off()), Out::Block(block))
             }
         };

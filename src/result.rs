@@ -665,14 +665,10 @@ pub(crate) fn result_loop(inner: Arc<Core>) {
             continue;
         }
         let timeout = if busy { 100 } else { 1000 };
-        let mut fds = [libc::pollfd {
-            fd: std::os::fd::AsRawFd::as_raw_fd(&*inner.done_fd),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
+        let mut fds = [os::watch(inner.done_fd())];
         let woken = matches!(os::poll(&mut fds, timeout), Ok(n) if n > 0);
         if woken {
-            os::eventfd_drain(&inner.done_fd);
+            os::eventfd_drain(inner.done_fd());
             quiet_rounds = 0;
         } else {
             quiet_rounds += 1;

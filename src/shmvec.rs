@@ -1,5 +1,10 @@
 //! `ShmVec<T>`: an owned, fixed-length vector of plain-old-data in a pool's
 //! shared arena.
+//!
+//! Uses `unsafe` (denied at the crate root): a `ShmVec` is a slice over raw
+//! shared memory.
+
+#![allow(unsafe_code)]
 
 use std::fmt;
 use std::marker::PhantomData;

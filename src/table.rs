@@ -6,6 +6,11 @@
 //! otherwise. Its descriptor offset and length travel in the slot's inline
 //! area; the trampolines here validate them as `JobArgs` validates every
 //! offset.
+//!
+//! Uses `unsafe` (denied at the crate root): the table trampolines read a
+//! job's raw descriptor and conjure its zero-sized task (`job::conjure`).
+
+#![allow(unsafe_code)]
 
 use std::slice;
 

@@ -7,14 +7,14 @@
 
 use std::alloc::Layout;
 use std::cell::UnsafeCell;
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{BorrowedFd, IntoRawFd};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicU64, AtomicUsize};
 
 use super::bins::{Span, Tag};
 use super::books::{Books, Grant};
 use super::lock::ForkLock;
-use super::{DEFAULT_CAPACITY, sys};
+use super::{DEFAULT_CAPACITY, cgroup};
 use crate::os;
 
 /// A default capacity below this leaves the heap off.
@@ -149,8 +149,8 @@ fn reserve(capacity: usize, keep_warm: usize) -> bool {
     let wanted = if capacity == DEFAULT_CAPACITY {
         let cap = default_capacity(
             os::physical_memory(),
-            sys::cgroup_limit(),
-            sys::address_space_limit(),
+            cgroup::cgroup_limit(),
+            os::address_space_limit(),
             os::mapped_bytes().unwrap_or(0),
         );
         if cap < MIN_DEFAULT_CAPACITY {
@@ -169,19 +169,22 @@ fn reserve(capacity: usize, keep_warm: usize) -> bool {
         return false;
     }
     let pages = len >> shift;
-    let Ok(fd) = sys::memfd(len as u64) else {
+    // `memfd:heap.shmpool` in `/proc/<pid>/maps` (not `shmpool...`: tools
+    // that count a pool's regions look for that prefix).
+    let Ok(fd) = os::memfd(c"heap.shmpool", len as u64) else {
         return false;
     };
     let table_len = pages * size_of::<Tag>();
-    let Ok(table) = sys::map_private(table_len) else {
+    let Ok(table) = os::map_private(table_len) else {
         return false;
     };
-    let Ok(base) = sys::map_shared(&fd, len, MAP_ALIGN.max(page)) else {
+    let Ok(base) = os::map_shared_aligned(std::os::fd::AsFd::as_fd(&fd), len, MAP_ALIGN.max(page))
+    else {
         // SAFETY: the table mapping was made above and is not used.
-        unsafe { sys::unmap(table as usize, table_len) };
+        unsafe { os::munmap(table as usize, table_len) };
         return false;
     };
-    let (dev, ino) = sys::file_id(fd.as_raw_fd()).unwrap_or((0, 0));
+    let (dev, ino) = os::file_id(&fd).unwrap_or((0, 0));
     // SAFETY: a fresh, zero-filled private mapping of `pages` tags that only
     // the books use; `pages < u32::MAX` by `most`.
     let books = unsafe { Books::new(table.cast(), pages as u32, (base >> shift) as u64) };
@@ -200,11 +203,9 @@ fn reserve(capacity: usize, keep_warm: usize) -> bool {
     STATE.base.store(base, Relaxed);
     // ORDERING: Release: see `State::len`.
     STATE.len.store(len, Release);
-    // SAFETY: registers a plain function as a child-side fork handler; it
-    // makes only async-signal-safe system calls. glibc keeps the handler
-    // list in its own memory (its `malloc`, never Rust's allocator), so
-    // this does not recurse into us.
-    unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    // The handler makes only async-signal-safe system calls; registering
+    // it does not recurse into us (see `os::at_fork_in_child`).
+    os::at_fork_in_child(after_fork_in_child);
     true
 }
 
@@ -219,20 +220,20 @@ extern "C" fn after_fork_in_child() {
     }
     // ORDERING: Relaxed: as above.
     CHILD_VIEW.store(true, Relaxed);
-    let (base, len, fd) = (base(), capacity(), STATE.fd.load(Relaxed));
+    let (base, len, fd) = (base(), capacity(), fd());
     // ORDERING: Relaxed: written before the heap was published; this thread
     // saw it (it was forked from a process that did).
     let ours = (STATE.file_dev.load(Relaxed), STATE.file_ino.load(Relaxed));
-    if sys::file_id(fd) == Some(ours) {
+    if os::file_id(fd) == Some(ours) {
         // SAFETY: `base..base + len` is our mapping of all of that memfd
         // (checked by its identity: the program may have closed our
         // descriptor and reused the number), and this freshly forked child
         // has a single thread.
-        unsafe { sys::private_view(base, len, fd) };
+        unsafe { os::private_view(base, len, fd) };
     } else {
         // SAFETY: our mapping; read-only keeps the owner's pages safe from
         // this child.
-        unsafe { sys::protect(base, len, libc::PROT_READ) };
+        unsafe { os::protect(base, len, false) };
     }
 }
 
@@ -289,16 +290,21 @@ fn block_of(ptr: *mut u8, size: usize) -> (u32, u32) {
 
 #[cold]
 fn not_a_block() -> ! {
-    sys::fatal(
+    cgroup::fatal(
         "shmpool: SharedHeap: a block the heap did not hand out was freed or resized \
          (a double free, a wrong layout, or a wild pointer); aborting\n",
     )
 }
 
 /// The memfd's descriptor.
-fn fd() -> RawFd {
+fn fd() -> BorrowedFd<'static> {
     // ORDERING: Relaxed: as in `address`.
-    STATE.fd.load(Relaxed)
+    let fd = STATE.fd.load(Relaxed);
+    // SAFETY: the heap's memfd, published before the heap was, is never
+    // closed (the heap lives as long as the process). The program may
+    // close the number behind our back; every use that matters checks the
+    // file's identity first (`os::file_id`), and the others only fail.
+    unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
 /// Set once `MADV_POPULATE_WRITE` is refused outright (a kernel before
@@ -335,7 +341,7 @@ fn reserve_cold(grant: &Grant) -> bool {
                 Err(e)
                     if matches!(
                         e.raw_os_error(),
-                        Some(libc::EINVAL | libc::ENOSYS | libc::EPERM)
+                        Some(os::errno::EINVAL | os::errno::ENOSYS | os::errno::EPERM)
                     ) =>
                 {
                     // ORDERING: Relaxed: a hint.
@@ -345,8 +351,7 @@ fn reserve_cold(grant: &Grant) -> bool {
             }
             punch(c);
         }
-        // SAFETY: the memfd stays open for the life of the process.
-        unsafe { sys::reserve(fd(), off, len) }.is_ok()
+        os::reserve(fd(), off, len).is_ok()
     })
 }
 
@@ -358,8 +363,7 @@ fn punch(span: Span) {
         u64::from(span.start) << shift,
         u64::from(span.pages) << shift,
     );
-    // SAFETY: the memfd stays open for the life of the process.
-    unsafe { sys::punch(fd(), off, len) };
+    os::punch(fd(), off, len);
 }
 
 /// A heap block for `layout`, in the owner; `None` in any other process,
@@ -526,7 +530,7 @@ pub(crate) fn capacity() -> usize {
 /// Open in the owner for the life of the process, and in children until
 /// they close it.
 #[allow(dead_code, reason = "the pool's integration with the heap uses it")]
-pub(crate) fn memfd() -> Option<RawFd> {
+pub(crate) fn memfd() -> Option<BorrowedFd<'static>> {
     (capacity() != 0).then(fd)
 }
 
@@ -574,12 +578,12 @@ pub(crate) unsafe fn share_view(writable: bool) -> bool {
     let fd = fd();
     // ORDERING: Relaxed: written before the heap was published.
     let ours = (STATE.file_dev.load(Relaxed), STATE.file_ino.load(Relaxed));
-    if sys::file_id(fd) != Some(ours) {
+    if os::file_id(fd) != Some(ours) {
         return false;
     }
     // SAFETY: our view of all of that file (checked by its identity); the
     // caller's contract.
-    unsafe { sys::shared_view(base(), capacity(), fd, writable) }
+    unsafe { os::shared_view(base(), capacity(), fd, writable) }
 }
 
 /// Makes this process's view of the heap read-only (for a worker: a task
@@ -594,7 +598,7 @@ pub(crate) unsafe fn protect_read_only() -> bool {
         return false;
     }
     // SAFETY: our view of the heap; the caller's contract.
-    unsafe { sys::protect(base(), capacity(), libc::PROT_READ) }
+    unsafe { os::protect(base(), capacity(), false) }
 }
 
 /// The start of a second, writable, shared mapping of the whole heap; 0
@@ -629,25 +633,11 @@ pub(crate) fn writable_alias() -> Option<usize> {
         let alias = ALIAS.load(Acquire);
         return (alias != 0).then_some(alias);
     }
-    let len = capacity();
-    // SAFETY: a new shared mapping of all of our own memfd, at an address
-    // the kernel picks; it overlaps nothing of ours.
-    let got = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_NORESERVE,
-            fd(),
-            0,
-        )
-    };
-    if got == libc::MAP_FAILED {
-        return None;
-    }
+    // SAFETY: the heap's memfd is never shrunk.
+    let got = unsafe { os::map_alias(fd(), capacity()) }.ok()?;
     // ORDERING: Release: publishes the mapping to the Acquire above.
-    ALIAS.store(got as usize, Release);
-    Some(got as usize)
+    ALIAS.store(got, Release);
+    Some(got)
 }
 
 /// What the books hold, for `SharedHeap::stats` (in the owner).

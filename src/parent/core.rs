@@ -8,8 +8,7 @@
 //! (`src/shm/README.md`).
 
 use std::cell::Cell;
-use std::mem::ManuallyDrop;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -161,10 +160,11 @@ pub(crate) struct Core {
     pub(crate) stop: AtomicU8,
     pub(crate) stats: Counters,
     /// Workers write it when an asynchronous job finishes; the result thread
-    /// reads it. (Closed on drop except in a worker: see `Drop`.)
-    pub(crate) done_fd: ManuallyDrop<OwnedFd>,
-    /// Wakes the supervisor.
-    pub(crate) ctl_fd: ManuallyDrop<OwnedFd>,
+    /// reads it. (Closed on drop except in a worker: see `Drop`; `None`
+    /// only there.)
+    done_fd: Option<OwnedFd>,
+    /// Wakes the supervisor. (As `done_fd`.)
+    ctl_fd: Option<OwnedFd>,
     pub(crate) procs: Mutex<Procs>,
     pub(crate) procs_cv: Condvar,
     pub(crate) result_thread: OnceLock<ThreadId>,
@@ -194,12 +194,8 @@ impl Drop for Core {
         if in_worker() {
             let procs = self.procs.get_mut().unwrap_or_else(PoisonError::into_inner);
             std::mem::forget(std::mem::take(&mut procs.workers));
-            return;
-        }
-        // SAFETY: dropped once, here; the descriptors are not used after.
-        unsafe {
-            ManuallyDrop::drop(&mut self.done_fd);
-            ManuallyDrop::drop(&mut self.ctl_fd);
+            std::mem::forget(self.done_fd.take());
+            std::mem::forget(self.ctl_fd.take());
         }
     }
 }
@@ -234,6 +230,16 @@ pub(crate) fn sleep_on_job(desc: &Desc, draining: bool) -> Wake {
 }
 
 impl Core {
+    /// The eventfd workers write when an asynchronous job finishes.
+    pub(crate) fn done_fd(&self) -> BorrowedFd<'_> {
+        self.done_fd.as_ref().expect("open until dropped").as_fd()
+    }
+
+    /// The eventfd that wakes the supervisor.
+    pub(crate) fn ctl_fd(&self) -> BorrowedFd<'_> {
+        self.ctl_fd.as_ref().expect("open until dropped").as_fd()
+    }
+
     pub(crate) fn new(region: Arc<Region>, config: Config) -> Result<Self, Error> {
         let layout = *region.layout();
         Ok(Core {
@@ -248,8 +254,8 @@ impl Core {
             life: AtomicU8::new(OPEN),
             stop: AtomicU8::new(STOP_NONE),
             stats: Counters::default(),
-            done_fd: ManuallyDrop::new(os::new_eventfd()?),
-            ctl_fd: ManuallyDrop::new(os::new_eventfd()?),
+            done_fd: Some(os::new_eventfd()?),
+            ctl_fd: Some(os::new_eventfd()?),
             procs: Mutex::new(Procs {
                 workers: (0..layout.workers).map(|_| None).collect(),
                 gone: false,
@@ -379,7 +385,7 @@ impl Core {
     }
 
     pub(crate) fn poke_result_thread(&self) {
-        os::eventfd_signal(self.done_fd.as_raw_fd());
+        os::eventfd_signal(self.done_fd());
     }
 
     /// Sends `SIGKILL` to every live worker, through its pidfd: never to a
@@ -392,7 +398,7 @@ impl Core {
     }
 
     pub(crate) fn poke_supervisor(&self) {
-        os::eventfd_signal(self.ctl_fd.as_raw_fd());
+        os::eventfd_signal(self.ctl_fd());
     }
 
     /// Starts the result thread, which delivers asynchronous outcomes, if

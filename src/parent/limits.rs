@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+pub(crate) use crate::os::{address_space_limit, can_cap_address_space, cpus};
+
 /// A cgroup v1 limit at or above this means "no limit" (v1 reports
 /// `PAGE_COUNTER_MAX` pages, 2^63 - 4096 bytes on x86-64).
 const UNLIMITED_FROM: u64 = 1 << 62;
@@ -34,19 +36,6 @@ fn margin(limit: u64) -> u64 {
     (limit / 32).max(8 << 20)
 }
 
-/// The soft `RLIMIT_AS` of this process, if it is finite.
-pub(crate) fn address_space_limit() -> Option<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into a live struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } != 0 {
-        return None;
-    }
-    (lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
-}
-
 /// The address space this process may still map under its soft
 /// `RLIMIT_AS`, if that is finite: the limit less what it maps now (from
 /// `/proc/self/statm`; without `/proc`, assumed to be half the limit).
@@ -56,42 +45,6 @@ pub(crate) fn address_space_room() -> Option<u64> {
         Some(mapped) => limit.saturating_sub(mapped),
         None => limit / 2,
     })
-}
-
-/// Whether a worker will be able to cap its own address space
-/// (`Builder::worker_memory_limit`): sets this process's `RLIMIT_AS` to
-/// the value it has, which a filter that forbids the call refuses.
-pub(crate) fn can_cap_address_space() -> io::Result<()> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into a live struct; setrlimit reads it back
-    // unchanged, so no limit of this process changes.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_AS, &mut lim) != 0
-            || libc::setrlimit(libc::RLIMIT_AS, &lim) != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// The number of CPUs this process may run on: the CPUs of its affinity
-/// mask (`sched_getaffinity`, one system call; `available_parallelism`
-/// also reads the cgroup's CPU quota from files, 50-100 µs here). At least
-/// 1.
-pub(crate) fn cpus() -> usize {
-    use nix::sched::{CpuSet, sched_getaffinity};
-    use nix::unistd::Pid;
-    match sched_getaffinity(Pid::from_raw(0)) {
-        Ok(set) => (0..CpuSet::count())
-            .filter(|&c| set.is_set(c).unwrap_or(false))
-            .count()
-            .max(1),
-        Err(_) => 1,
-    }
 }
 
 /// Which cgroup interface holds the memory controller.
@@ -286,7 +239,7 @@ impl MemoryCgroup {
         match room {
             Some(room) if room < bytes => {
                 budget.read_at = None;
-                Err(io::Error::from_raw_os_error(libc::ENOMEM))
+                Err(io::Error::from_raw_os_error(crate::os::errno::ENOMEM))
             }
             room => {
                 budget.read_at = Some(Instant::now());

@@ -23,6 +23,11 @@
 //! A `ShmVec` of *another* pool is "elsewhere": its bytes are at an offset of
 //! a different region, which this pool's workers do not map (they unmap
 //! other pools' regions when they start).
+//!
+//! Uses `unsafe` (denied at the crate root): a shared-heap `Vec` kept alive
+//! by a job is freed as raw memory of its layout (`Kept`).
+
+#![allow(unsafe_code)]
 
 use std::alloc::Layout;
 use std::mem::{ManuallyDrop, size_of_val};
@@ -36,7 +41,7 @@ use crate::error::Error;
 use crate::heap;
 use crate::parent::ring::{InlineData, Loc};
 use crate::pool::Pool;
-use crate::shm::region::Alloc;
+use crate::shm::region::{Alloc, Fresh};
 use crate::shmvec::ShmVec;
 
 /// Where a slice lives, as far as one pool is concerned.
@@ -92,10 +97,6 @@ impl Drop for Kept {
 
 /// What a job keeps alive until it is harvested.
 pub(crate) type Keep = Option<Kept>;
-
-/// Inputs at least this large are staged by several threads at once: one
-/// thread cannot saturate the memory bus.
-const PARALLEL_COPY_FROM: usize = 8 << 20;
 
 impl Pool {
     /// Where `data` lives, for this pool. The one answer every map form
@@ -180,7 +181,7 @@ impl Pool {
             return Ok((self.nowhere(), None));
         }
         let started = Instant::now();
-        let block = self.copy_to_arena(input)?;
+        let block = self.copy_to_arena(input)?.into_alloc();
         let took = started.elapsed().as_nanos() as u64;
         // ORDERING: Relaxed: statistics.
         let c = &self.inner.stats;
@@ -191,14 +192,10 @@ impl Pool {
 
     /// A new arena block holding a copy of `data` (streamed when large, as
     /// `Builder::stream_stores_from` says).
-    pub(crate) fn copy_to_arena<T: Pod>(&self, data: &[T]) -> Result<Alloc, Error> {
-        let (block, _) = self.alloc::<T>(data.len())?;
+    pub(crate) fn copy_to_arena<T: Pod>(&self, data: &[T]) -> Result<Fresh, Error> {
+        let mut block = self.alloc::<T>(data.len())?;
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        let stream = self.streams(bytes.len());
-        // SAFETY: the block has room for `data`, is ours alone (just
-        // allocated, not yet published), and cannot overlap `data` for the
-        // same reason.
-        unsafe { copy_in(bytes, block.ptr(), self.inner.workers, stream) };
+        block.fill_from(bytes, self.inner.workers, self.streams(bytes.len()));
         Ok(block)
     }
 
@@ -211,57 +208,8 @@ impl Pool {
         if let Some(rel) = inline.put(v) {
             return Ok((Loc::Inline(rel), None));
         }
-        let (block, _) = self.alloc::<V>(1)?;
-        // SAFETY: the block holds one `V`, aligned, and is ours.
-        unsafe { block.ptr().cast::<V>().write(*v) };
-        Ok((Loc::Arena(block.off()), Some(block)))
+        let mut block = self.alloc::<V>(1)?;
+        block.write_value(v);
+        Ok((Loc::Arena(block.off()), Some(block.into_alloc())))
     }
-}
-
-/// Copies `src` to `dst`, split across up to `threads` threads when it is
-/// large (the calling thread copies the first piece), with streaming stores
-/// when `stream`.
-///
-/// # Safety
-/// `dst` is valid for writes of `src.len()` bytes that no one else reads or
-/// writes during the call, and does not overlap `src`.
-unsafe fn copy_in(src: &[u8], dst: *mut u8, threads: usize, stream: bool) {
-    let threads = threads.clamp(1, 8);
-    if src.len() < PARALLEL_COPY_FROM || threads == 1 {
-        // SAFETY: the caller's contract.
-        unsafe { crate::worker::stream::copy(src.as_ptr(), dst, src.len(), stream) };
-        return;
-    }
-    let piece = src.len().div_ceil(threads).next_multiple_of(4096);
-    // Raw pointers are not Send; the address is.
-    let base = dst as usize;
-    let copy = move |i: usize, part: &[u8]| {
-        // SAFETY: the caller's contract; the pieces are disjoint slices of
-        // the block, each written by one thread, and the scope ends before
-        // the caller uses the block.
-        unsafe {
-            crate::worker::stream::copy(
-                part.as_ptr(),
-                (base as *mut u8).add(i * piece),
-                part.len(),
-                stream,
-            )
-        }
-    };
-    std::thread::scope(|s| {
-        let mut parts = src.chunks(piece).enumerate();
-        let first = parts.next();
-        for (i, part) in parts {
-            // A thread that cannot be started: copy that piece here.
-            if std::thread::Builder::new()
-                .spawn_scoped(s, move || copy(i, part))
-                .is_err()
-            {
-                copy(i, part);
-            }
-        }
-        if let Some((i, part)) = first {
-            copy(i, part);
-        }
-    });
 }

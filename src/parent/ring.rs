@@ -8,10 +8,17 @@
 //! events and a proof sketch, is in `src/worker/README.md`; the
 //! `// ORDERING:` comments below cite its events (Reset, Publish, Pend,
 //! LookDone, Drain, Empty, Scan, ...).
+//!
+//! Uses `unsafe` (denied at the crate root): a harvested job's output block
+//! becomes a `ShmVec` (`RawOut::into_vec`), once no worker can write it.
+
+#![allow(unsafe_code)]
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+
+use bytemuck::Pod;
 
 use crate::error::Error;
 use crate::os;
@@ -19,6 +26,7 @@ use crate::shm::futex;
 use crate::shm::layout::{INLINE_CAP, LINE, LOC_CAP, MSG_CAP, Slot};
 use crate::shm::region::{Alloc, FIRST_SLOTS, Region};
 use crate::shm::states::*;
+use crate::shmvec::ShmVec;
 use crate::worker::job::HEAP_TAG;
 
 /// Receives the outcome of an asynchronous job; implemented by the typed
@@ -38,6 +46,30 @@ pub(crate) enum RawOut {
     Block(Alloc),
     /// A small `apply` result, copied out of the slot's inline area.
     Bytes([u8; INLINE_CAP]),
+}
+
+impl RawOut {
+    /// A `map` outcome as a vector of `len` values of `U`.
+    ///
+    /// # Panics
+    /// If the block is too small for them, or not aligned for `U`: the job
+    /// allocated it for them.
+    pub(crate) fn into_vec<U: Pod>(self, len: usize) -> ShmVec<U> {
+        match self {
+            RawOut::Block(block) => {
+                let fits = len
+                    .checked_mul(size_of::<U>())
+                    .is_some_and(|b| b <= block.len());
+                assert!(fits && block.ptr().cast::<U>().is_aligned());
+                // SAFETY: large enough and aligned (checked above); an
+                // outcome is made only once every range has run and the
+                // slot has drained (`try_harvest`), so no worker reads or
+                // writes the block any more, and the job gave it up.
+                unsafe { ShmVec::from_alloc(block, len) }
+            }
+            RawOut::Bytes(_) | RawOut::Empty => ShmVec::new(),
+        }
+    }
 }
 
 /// Where a job's result will be.
@@ -384,15 +416,8 @@ impl Ring {
         let sync = matches!(job.waiter, Waiter::Sync);
         let inline_off = region.layout().inline_off(s);
         let inline = &spec.inline;
-        // SAFETY: the inline area of slot `s` is `INLINE_CAP` bytes inside the
-        // mapping, and no worker is in the slot; `used <= INLINE_CAP`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                inline.bytes.as_ptr(),
-                region.ptr(inline_off),
-                inline.used,
-            )
-        };
+        // No worker is in the slot (it is free or drained).
+        region.write_inline(s, &inline.bytes[..inline.used]);
         // ORDERING: Relaxed: Reset: no worker is in the slot (it is free or
         // drained), and these stores are published by Publish (Release).
         slot.claim.next.store(0, Relaxed);
@@ -745,11 +770,8 @@ impl Ring {
             Out::Inline { rel, size } => {
                 let mut bytes = [0u8; INLINE_CAP];
                 let size = size.min(INLINE_CAP - (rel as usize).min(INLINE_CAP));
-                let off = region.layout().inline_off(s) + rel;
-                // SAFETY: `off..off + size` is this slot's inline area (the
-                // parent chose it), inside the mapping; every range is done,
-                // so no worker writes it any more. Bytes are copied, not typed.
-                unsafe { std::ptr::copy_nonoverlapping(region.ptr(off), bytes.as_mut_ptr(), size) };
+                // Every range is done, so no worker writes it any more.
+                region.read_inline(s, rel as usize, &mut bytes[..size]);
                 RawOut::Bytes(bytes)
             }
         });

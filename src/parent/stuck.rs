@@ -144,7 +144,7 @@ fn private_untimed_futex_wait(syscall: &str) -> Option<u64> {
     // that is running reads "running"; one not in a system call, "-1 ...".
     let mut fields = syscall.split_whitespace();
     let nr: i64 = fields.next()?.parse().ok()?;
-    if nr != libc::SYS_futex {
+    if nr != crate::os::SYS_FUTEX {
         return None;
     }
     let mut args = [0u64; 4];
@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn a_private_untimed_futex_wait_is_recognised() {
-        let nr = libc::SYS_futex;
+        let nr = crate::os::SYS_FUTEX;
         let wait = format!("{nr} 0x55d1c0 0x89 0x5 0x0 0x0 0xffffffff 0x7ffd1234 0x7f001234\n");
         assert_eq!(private_untimed_futex_wait(&wait), Some(0x55d1c0));
         let plain = format!("{nr} 0x1000 0x80 0x2 0x0 0x0 0x0 0x7ffd1234 0x7f001234");
@@ -197,7 +197,7 @@ mod tests {
         let wake = format!("{nr} 0x1000 0x81 0x1 0x0 0x0 0x0 0x7ffd1234 0x7f001234");
         let read = format!(
             "{} 0x3 0x1000 0x10 0x0 0x0 0x0 0x7ffd1234 0x7f001234",
-            libc::SYS_read
+            crate::os::SYS_READ
         );
         for s in [
             timed,

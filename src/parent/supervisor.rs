@@ -10,7 +10,7 @@
 //! the slot protocol, in `src/worker/README.md` ("A worker dies").
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
@@ -204,10 +204,14 @@ impl Supervisor {
             let Some(template) = &self.template else {
                 continue;
             };
-            let mut fds = [pollfd(&template.sock), pollfd(&template.pidfd)];
+            let mut fds = [
+                os::watch(template.sock.as_fd()),
+                os::watch(template.pidfd.as_fd()),
+            ];
             let _ = os::poll(&mut fds, left.as_millis().clamp(1, 100) as i32);
+            let died = os::fired(&fds[1]);
             self.read_reports();
-            if fds[1].revents != 0 {
+            if died {
                 self.template_died();
             }
         }
@@ -220,10 +224,11 @@ impl Supervisor {
                 STOP_GRACEFUL => return self.graceful(),
                 _ => {}
             }
-            let mut fds = vec![pollfd(&self.inner.ctl_fd)];
+            let inner = self.inner.clone();
+            let mut fds = vec![os::watch(inner.ctl_fd())];
             if let Some(t) = &self.template {
-                fds.push(pollfd(&t.sock));
-                fds.push(pollfd(&t.pidfd));
+                fds.push(os::watch(t.sock.as_fd()));
+                fds.push(os::watch(t.pidfd.as_fd()));
             }
             let missing = self.template.is_none()
                 || self.workers.iter().any(|w| !matches!(w, Worker::Live(_)));
@@ -242,8 +247,11 @@ impl Supervisor {
             if os::poll(&mut fds, timeout.as_millis().max(1) as i32).is_err() {
                 thread::sleep(RESPAWN_RETRY);
             }
-            if fds[0].revents != 0 {
-                os::eventfd_drain(&self.inner.ctl_fd);
+            let poked = os::fired(&fds[0]);
+            let template_fired = fds.len() == 3 && os::fired(&fds[2]);
+            drop(fds);
+            if poked {
+                os::eventfd_drain(self.inner.ctl_fd());
             }
             // `terminate` stores STOP_KILL before it kills the workers, so
             // deaths it caused are never taken for crashes (their jobs fail
@@ -252,7 +260,7 @@ impl Supervisor {
                 return;
             }
             self.read_reports();
-            if fds.len() == 3 && fds[2].revents != 0 {
+            if template_fired {
                 self.template_died();
             }
             self.enforce_timeouts();
@@ -281,7 +289,12 @@ impl Supervisor {
                 Ok(Some(report)) => self.on_report(report),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // Short of kernel memory: the report waits for next round.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOMEM | libc::ENOBUFS)) => {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(os::errno::ENOMEM | os::errno::ENOBUFS)
+                    ) =>
+                {
                     return;
                 }
                 // End of file, or garbage: the template is gone or broken.
@@ -374,7 +387,7 @@ impl Supervisor {
             Some(t) => os::descriptor_available(&t.sock).err(),
             None => None,
         };
-        self.start_failed(error.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EMFILE)));
+        self.start_failed(error.unwrap_or_else(|| io::Error::from_raw_os_error(os::errno::EMFILE)));
     }
 
     /// Asks the template to kill discarded worker `w`, unless it was asked
@@ -688,7 +701,7 @@ impl Supervisor {
         let inner = &self.inner;
         match Template::fork(
             &inner.region,
-            inner.done_fd.as_raw_fd(),
+            inner.done_fd(),
             inner.config.worker,
             StdioProbe::start(),
             self.hook,
@@ -871,9 +884,9 @@ impl Supervisor {
                 return;
             }
             let mut fds = [
-                pollfd(&template.sock),
-                pollfd(&template.pidfd),
-                pollfd(&self.inner.ctl_fd),
+                os::watch(template.sock.as_fd()),
+                os::watch(template.pidfd.as_fd()),
+                os::watch(self.inner.ctl_fd()),
             ];
             // A tick: a slot drains without telling us.
             let _ = os::poll(&mut fds, left.as_millis().clamp(1, 10) as i32);
@@ -881,9 +894,10 @@ impl Supervisor {
             if self.stop() == STOP_KILL {
                 return;
             }
-            os::eventfd_drain(&self.inner.ctl_fd);
+            os::eventfd_drain(self.inner.ctl_fd());
+            let died = os::fired(&fds[1]);
             self.read_reports();
-            if fds[1].revents != 0 {
+            if died {
                 self.template_died();
             }
         }
@@ -952,13 +966,5 @@ impl Supervisor {
             futex::wake(&region.slot(s).desc.state, u32::MAX);
         }
         self.inner.poke_result_thread();
-    }
-}
-
-fn pollfd(fd: &OwnedFd) -> libc::pollfd {
-    libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
     }
 }

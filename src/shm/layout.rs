@@ -13,6 +13,11 @@
 //! that many processes update sit on cache lines of their own. Which process
 //! writes which word, and when, is in `src/worker/README.md` (the slot
 //! protocol) and `src/shm/README.md` (the sleep protocol).
+//!
+//! Uses `unsafe` (denied at the crate root): the shared structures are read
+//! by reference in a raw mapping (`Inline` is `Sync` across processes).
+
+#![allow(unsafe_code)]
 
 use std::cell::UnsafeCell;
 use std::mem::{offset_of, size_of};

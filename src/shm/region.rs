@@ -5,6 +5,12 @@
 //! inherits the mapping at the same address. It is reference-counted: the
 //! pool, every `ShmVec` and every outstanding job hold an `Arc<Region>`, so
 //! the mapping outlives the pool for as long as data in it is reachable.
+//!
+//! Uses `unsafe` (denied at the crate root): it owns the raw mapping: every
+//! typed view of shared memory (control block, slots, records, arena blocks)
+//! starts here.
+
+#![allow(unsafe_code)]
 
 use std::io;
 use std::mem::ManuallyDrop;
@@ -13,15 +19,16 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use memmap2::MmapMut;
+use bytemuck::Pod;
 
 use crate::error::Error;
 use crate::os;
 use crate::parent::limits;
 use crate::shm::arena::FreeList;
-use crate::shm::layout::{Control, LINE, Layout, MAGIC, Slot, WorkerRecord};
+use crate::shm::layout::{Control, INLINE_CAP, LINE, Layout, MAGIC, Slot, WorkerRecord};
 use crate::shm::registry;
 use crate::shm::states::NO_SLOT;
+use crate::shmvec::ShmVec;
 use crate::worker::in_worker;
 
 /// The slots whose pages a new region reserves; a job that finds them all
@@ -48,7 +55,7 @@ struct Heap {
 pub(crate) struct Region {
     /// Owns the mapping; unmapped when the region is dropped, under the
     /// registry's mapping lock.
-    map: ManuallyDrop<MmapMut>,
+    map: ManuallyDrop<os::SharedMap>,
     /// The start of the mapping, taken once from `map`.
     base: *mut u8,
     layout: Layout,
@@ -70,6 +77,10 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 /// An arena block. Freed when dropped.
+///
+/// Its bytes are read and written only through its methods, as plain bytes
+/// of `Pod` values, never through references: a job that was handed the
+/// block's offset writes it from another process.
 pub(crate) struct Alloc {
     region: Arc<Region>,
     off: u64,
@@ -80,7 +91,7 @@ impl Region {
     /// Creates the memfd, reserves the pages of the header, maps it and
     /// initialises the control block and worker records.
     pub(crate) fn create(layout: Layout) -> Result<Arc<Region>, Error> {
-        let fd = os::memfd(layout.len as u64)?;
+        let fd = os::memfd(c"shmpool", layout.len as u64)?;
         // Reserve the control block, the records and the first slots only;
         // the ring reserves the rest as it first needs them
         // (`reserve_slots`), and nothing uses the padding up to the 2 MiB
@@ -94,18 +105,13 @@ impl Region {
         // another test's pool).
         let guard = registry::lock();
         // SAFETY: the memfd is ours alone: no other process or file handle can
-        // truncate it under the mapping, which is what map_mut requires.
-        let mut map = unsafe { MmapMut::map_mut(&fd)? };
-        debug_assert_eq!(map.len(), layout.len);
+        // truncate it under the mapping.
+        let map = unsafe { os::SharedMap::new(&fd, layout.len)? };
         // Large blocks may use transparent huge pages where the kernel allows
         // them on shared memory (`shmem_enabled` of `advise` or `always`); on
         // `never`, as on the CI machine, the advice is a no-op. Best effort.
-        let _ = map.advise_range(
-            memmap2::Advice::HugePage,
-            layout.arena_off,
-            layout.len - layout.arena_off,
-        );
-        let base = map.as_mut_ptr();
+        map.advise_huge_pages(layout.arena_off, layout.len - layout.arena_off);
+        let base = map.base();
         let region = Region {
             map: ManuallyDrop::new(map),
             base,
@@ -162,7 +168,7 @@ impl Region {
     /// yet (`Region::create` reserved the first `FIRST_SLOTS`).
     pub(crate) fn reserve_slots(&self, from: usize, to: usize) -> Result<(), Error> {
         let (start, end) = (self.layout.slot_end(from), self.layout.slot_end(to));
-        os::reserve(&self.fd, start as u64, (end - start) as u64)
+        os::reserve(&*self.fd, start as u64, (end - start) as u64)
             .map_err(|e| oom_or_io(e, end - start, 0))
     }
 
@@ -175,6 +181,38 @@ impl Region {
         unsafe {
             &*(self.ptr((self.layout.slots_off + s * size_of::<Slot>()) as u64) as *const Slot)
         }
+    }
+
+    /// Copies `bytes` to the start of slot `s`'s inline area.
+    ///
+    /// # Panics
+    /// If `s` is not a slot of this ring, or `bytes` is longer than the
+    /// area.
+    pub(crate) fn write_inline(&self, s: usize, bytes: &[u8]) {
+        assert!(s < self.layout.ring, "slot index out of range");
+        assert!(bytes.len() <= INLINE_CAP, "more than an inline area");
+        let off = self.layout.inline_off(s);
+        // SAFETY: the slot's inline area is `INLINE_CAP` bytes inside the
+        // mapping (checked above, and by the layout); bytes are copied, no
+        // reference into shared memory is made.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr(off), bytes.len()) };
+    }
+
+    /// Copies bytes `rel..rel + out.len()` of slot `s`'s inline area into
+    /// `out`.
+    ///
+    /// # Panics
+    /// If `s` is not a slot of this ring, or the range leaves the area.
+    pub(crate) fn read_inline(&self, s: usize, rel: usize, out: &mut [u8]) {
+        assert!(s < self.layout.ring, "slot index out of range");
+        assert!(
+            rel.checked_add(out.len())
+                .is_some_and(|end| end <= INLINE_CAP),
+            "past an inline area"
+        );
+        let off = self.layout.inline_off(s) + rel as u64;
+        // SAFETY: as in `write_inline`.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr(off), out.as_mut_ptr(), out.len()) };
     }
 
     /// Worker `w`'s record; panics if there is no such worker.
@@ -209,21 +247,17 @@ impl Region {
     /// # Errors
     /// `OutOfSharedMemory` when no free block fits or the kernel cannot
     /// supply the pages.
-    pub(crate) fn alloc(
-        self: &Arc<Self>,
-        bytes: usize,
-        align: usize,
-    ) -> Result<(Alloc, usize), Error> {
+    pub(crate) fn alloc(self: &Arc<Self>, bytes: usize, align: usize) -> Result<Fresh, Error> {
         if bytes == 0 {
             let off = self.layout.arena_off as u64;
-            return Ok((
-                Alloc {
+            return Ok(Fresh {
+                block: Alloc {
                     region: self.clone(),
                     off,
                     size: 0,
                 },
-                0,
-            ));
+                dirty: 0,
+            });
         }
         let mut align = align.max(LINE);
         if bytes >= PAGE_ALIGN_FROM {
@@ -256,14 +290,14 @@ impl Region {
             heap.reserved_to = end;
         }
         let dirty = reserved.saturating_sub(off).min(size) as usize;
-        Ok((
-            Alloc {
+        Ok(Fresh {
+            block: Alloc {
                 region: self.clone(),
                 off,
                 size,
             },
             dirty,
-        ))
+        })
     }
 
     /// Allocates the memfd's pages for arena bytes `from..to`.
@@ -306,7 +340,7 @@ impl Region {
                 Err(e) => {
                     if matches!(
                         e.raw_os_error(),
-                        Some(libc::EINVAL | libc::EPERM | libc::ENOSYS)
+                        Some(os::errno::EINVAL | os::errno::EPERM | os::errno::ENOSYS)
                     ) {
                         // ORDERING: Relaxed, as above.
                         POPULATE_REFUSED.store(true, Relaxed);
@@ -316,11 +350,11 @@ impl Region {
                     // (and it reads as zeros, punched or not). Up to the end
                     // of the huge page the fault may have allocated.
                     let end = to.next_multiple_of(HUGE_PAGE);
-                    os::punch(&self.fd, from, end - from);
+                    os::punch(&*self.fd, from, end - from);
                 }
             }
         }
-        os::reserve(&self.fd, from, to - from)
+        os::reserve(&*self.fd, from, to - from)
     }
 
     fn free(&self, off: u64, size: u64) {
@@ -361,10 +395,12 @@ impl Region {
 
 fn oom_or_io(e: io::Error, requested: usize, available: usize) -> Error {
     match e.raw_os_error() {
-        Some(libc::ENOSPC | libc::ENOMEM | libc::EFBIG) => Error::OutOfSharedMemory {
-            requested,
-            available,
-        },
+        Some(os::errno::ENOSPC | os::errno::ENOMEM | os::errno::EFBIG) => {
+            Error::OutOfSharedMemory {
+                requested,
+                available,
+            }
+        }
         _ => Error::Io(e),
     }
 }
@@ -404,9 +440,161 @@ impl Alloc {
         self.region.ptr(self.off)
     }
 
+    /// The block's size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.size as usize
+    }
+
+    /// The `U` at the start of the block, as its bytes are now.
+    ///
+    /// # Panics
+    /// If the block is smaller than a `U`.
+    pub(crate) fn read_value<U: Pod>(&self) -> U {
+        assert!(size_of::<U>() <= self.len(), "a value past its block");
+        // SAFETY: the block's first `size_of::<U>()` bytes lie in the live
+        // mapping (checked above; the block lies in it); shared memory
+        // always holds initialised bytes, and every bit pattern is a valid
+        // `U: Pod`. Read unaligned and by value: no reference to the block
+        // is made, so a worker writing it is no aliasing violation here.
+        unsafe { self.ptr().cast::<U>().read_unaligned() }
+    }
+
+    /// Copies the first `out.len()` values of the block into `out`.
+    ///
+    /// # Panics
+    /// If the block is smaller than `out`.
+    pub(crate) fn read_into<U: Pod>(&self, out: &mut [U]) {
+        let bytes = size_of_val(out);
+        assert!(bytes <= self.len(), "a copy past its block");
+        // SAFETY: as in `read_value`; `out` is this process's memory, never
+        // the arena block (it is borrowed mutably, the block is not
+        // reachable by reference), so the two do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr(), out.as_mut_ptr().cast::<u8>(), bytes);
+        }
+    }
+
     /// The fork generation of the process that owns the block's region.
     pub(crate) fn owner(&self) -> u64 {
         self.region.owner
+    }
+}
+
+/// An arena block just allocated, whose offset no job has yet: this
+/// process alone can reach its bytes, so it may write them and hand them
+/// to a [`ShmVec`]. [`Fresh::into_alloc`] gives the block up to be
+/// published.
+pub(crate) struct Fresh {
+    block: Alloc,
+    /// How many leading bytes may hold old data (the rest is freshly
+    /// reserved, hence zero).
+    dirty: usize,
+}
+
+/// Inputs at least this large are copied by several threads at once: one
+/// thread cannot saturate the memory bus.
+const PARALLEL_COPY_FROM: usize = 8 << 20;
+
+impl Fresh {
+    /// The block, to be published to a job (or freed when dropped).
+    pub(crate) fn into_alloc(self) -> Alloc {
+        self.block
+    }
+
+    /// The block's offset in the region.
+    pub(crate) fn off(&self) -> u64 {
+        self.block.off
+    }
+
+    /// Zeroes the bytes that may hold old data: the whole block reads as
+    /// zeros.
+    pub(crate) fn zero(&mut self) {
+        // SAFETY: the first `dirty <= size` bytes of the block lie in the
+        // mapping, and nothing else reaches them (the block is fresh).
+        unsafe { self.block.ptr().write_bytes(0, self.dirty) };
+        self.dirty = 0;
+    }
+
+    /// Writes `v` at the start of the block.
+    ///
+    /// # Panics
+    /// If the block is smaller than a `V`.
+    pub(crate) fn write_value<V: Pod>(&mut self, v: &V) {
+        assert!(size_of::<V>() <= self.block.len(), "a value past its block");
+        // SAFETY: in the block (checked above), which nothing else reaches;
+        // written unaligned, so any offset will do.
+        unsafe { self.block.ptr().cast::<V>().write_unaligned(*v) };
+    }
+
+    /// Copies `src` to the start of the block, split across up to `threads`
+    /// threads when it is large (the calling thread copies the first
+    /// piece), with streaming stores when `stream`.
+    ///
+    /// # Panics
+    /// If the block is smaller than `src`.
+    pub(crate) fn fill_from(&mut self, src: &[u8], threads: usize, stream: bool) {
+        assert!(src.len() <= self.block.len(), "a copy past its block");
+        let dst = self.block.ptr();
+        let threads = threads.clamp(1, 8);
+        if src.len() < PARALLEL_COPY_FROM || threads == 1 {
+            // SAFETY: `dst..dst + src.len()` is in the block (checked
+            // above), which nothing else reaches and which cannot overlap
+            // `src` (this process holds no reference into a fresh block).
+            unsafe { crate::worker::stream::copy(src.as_ptr(), dst, src.len(), stream) };
+            return;
+        }
+        let piece = src.len().div_ceil(threads).next_multiple_of(4096);
+        // Raw pointers are not Send; the address is.
+        let base = dst as usize;
+        let copy = move |i: usize, part: &[u8]| {
+            // SAFETY: as above; the pieces are disjoint parts of the block,
+            // each written by one thread, and the scope ends before the
+            // block is used.
+            unsafe {
+                crate::worker::stream::copy(
+                    part.as_ptr(),
+                    (base as *mut u8).add(i * piece),
+                    part.len(),
+                    stream,
+                )
+            }
+        };
+        std::thread::scope(|s| {
+            let mut parts = src.chunks(piece).enumerate();
+            let first = parts.next();
+            for (i, part) in parts {
+                // A thread that cannot be started: copy that piece here.
+                if std::thread::Builder::new()
+                    .spawn_scoped(s, move || copy(i, part))
+                    .is_err()
+                {
+                    copy(i, part);
+                }
+            }
+            if let Some((i, part)) = first {
+                copy(i, part);
+            }
+        });
+    }
+
+    /// The block as a vector of its first `len` values of `T`.
+    ///
+    /// # Panics
+    /// If the block is too small for them, or not aligned for `T`.
+    pub(crate) fn into_vec<T: Pod>(self, len: usize) -> ShmVec<T> {
+        let bytes = len.checked_mul(size_of::<T>());
+        assert!(
+            bytes.is_some_and(|b| b <= self.block.len()),
+            "a vector past its block"
+        );
+        assert!(
+            self.block.ptr().cast::<T>().is_aligned(),
+            "a vector misaligned in its block"
+        );
+        // SAFETY: the block is large enough and aligned (checked above);
+        // no job has its offset, so no worker reads or writes it, and this
+        // `Fresh` was its only handle.
+        unsafe { ShmVec::from_alloc(self.block, len) }
     }
 }
 
@@ -429,7 +617,7 @@ mod tests {
 
     /// Bytes of the memfd that have pages.
     fn allocated(r: &Region) -> u64 {
-        os::tests::allocated_bytes(&r.fd)
+        os::tests::allocated_bytes(&*r.fd)
     }
 
     /// `ShmemPmdMapped` of this process's mapping that starts at `start`.
@@ -468,7 +656,7 @@ mod tests {
         let before = allocated(&r);
         // SAFETY: the first 4 MiB of the arena: shared, writable, unused.
         match unsafe { os::populate(r.ptr(from), (4 << 20) + 100) } {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            Err(e) if e.raw_os_error() == Some(os::errno::EINVAL) => {
                 eprintln!("this kernel has no MADV_POPULATE_WRITE: fallocate only");
             }
             done => {
@@ -502,26 +690,74 @@ mod tests {
     fn alloc_reserves_reuses_and_reports() {
         let layout = Layout::new(1, 4, 1 << 20).unwrap();
         let r = Region::create(layout).unwrap();
-        let (a, dirty) = r.alloc(1000, 8).unwrap();
-        assert_eq!(dirty, 0, "a first block is freshly reserved");
+        let mut a = r.alloc(1000, 8).unwrap();
+        assert_eq!(a.dirty, 0, "a first block is freshly reserved");
         assert_eq!(a.off() % LINE as u64, 0);
-        // SAFETY: the block is ours and 1000 bytes long.
-        unsafe { a.ptr().write_bytes(7, 1000) };
+        a.fill_from(&[7; 1000], 1, false);
         let off = a.off();
         drop(a);
-        let (b, dirty) = r.alloc(100, 8).unwrap();
+        let b = r.alloc(100, 8).unwrap();
         assert_eq!(b.off(), off, "first fit reuses the freed block");
-        assert_eq!(dirty, 128, "reused bytes may hold old data");
+        assert_eq!(b.dirty, 128, "reused bytes may hold old data");
         let err = r.alloc(2 << 20, 8).err().unwrap();
         assert!(matches!(err, Error::OutOfSharedMemory { requested, .. } if requested == 2 << 20));
         let (cap, used) = r.arena_usage();
         assert_eq!((cap, used), (1 << 20, 128));
-        assert!(r.arena_offset(b.ptr(), 100).is_some());
+        assert!(r.arena_offset(b.block.ptr(), 100).is_some());
         assert!(
             r.arena_offset(r.base(), 1).is_none(),
             "the header is not arena"
         );
-        let (z, _) = r.alloc(0, 8).unwrap();
-        assert_eq!(z.size, 0);
+        let z = r.alloc(0, 8).unwrap();
+        assert_eq!(z.block.size, 0);
+    }
+
+    #[test]
+    fn blocks_are_written_and_read_as_plain_values() {
+        let layout = Layout::new(1, 4, 1 << 20).unwrap();
+        let r = Region::create(layout).unwrap();
+        let mut a = r.alloc(64, 8).unwrap();
+        a.fill_from(&[9; 64], 1, false);
+        drop(a);
+        // The same bytes again: old data until zeroed.
+        let mut b = r.alloc(64, 8).unwrap();
+        assert_eq!(b.dirty, 128, "the whole line the first block had");
+        assert_eq!(b.block.read_value::<[u8; 4]>(), [9; 4], "old data");
+        b.zero();
+        assert_eq!(b.block.read_value::<u64>(), 0);
+        b.write_value(&[1u32, 2]);
+        let mut out = [0u32; 3];
+        b.block.read_into(&mut out);
+        assert_eq!(out, [1, 2, 0]);
+        let v = b.into_vec::<u32>(16);
+        assert_eq!(v.len(), 16);
+        assert_eq!(&v[..3], &[1, 2, 0]);
+        // Too small for the value, the copy or the vector: a panic, never a
+        // write or read past the block.
+        let c = r.alloc(8, 8).unwrap();
+        let big = |f: &dyn Fn()| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err();
+        assert!(big(&|| {
+            let _: [u8; 256] = c.block.read_value();
+        }));
+        assert!(big(&|| c.block.read_into(&mut [0u8; 129])));
+        let mut d = r.alloc(8, 8).unwrap();
+        assert!(big(&|| {
+            let mut e = r.alloc(8, 8).unwrap();
+            e.write_value(&[0u8; 256]);
+        }));
+        assert!(big(&|| {
+            let e = r.alloc(8, 8).unwrap();
+            drop(e.into_vec::<u64>(100));
+        }));
+        d.fill_from(&[1; 128], 1, false);
+        assert_eq!(
+            d.block.read_value::<u8>(),
+            1,
+            "a LINE-sized block takes 128 bytes"
+        );
+        assert!(big(&|| {
+            let mut e = r.alloc(8, 8).unwrap();
+            e.fill_from(&[0; 129], 1, false);
+        }));
     }
 }

@@ -17,6 +17,11 @@
 //! treats a word held by another generation as free: the thread that held
 //! it does not exist in the child. A `std::sync::Mutex` would stay locked
 //! there forever (a task that dropped an orphaned `ShmVec` hung on it).
+//!
+//! Uses `unsafe` (denied at the crate root): a worker unmaps the other pools'
+//! regions it inherited (`os::munmap`).
+
+#![allow(unsafe_code)]
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};

@@ -13,35 +13,26 @@
 //! fails the job with `Error::HeapWrite` and does not retry the range (it
 //! would write again). The engine itself writes job outputs that live in
 //! the heap through the heap's writable alias, never through this view.
+//!
+//! Uses `unsafe` (denied at the crate root): the `SIGSEGV` hook marks the
+//! worker's record through a raw pointer, and the template narrows the heap's
+//! protection.
 
-use std::cell::UnsafeCell;
-use std::mem::MaybeUninit;
+#![allow(unsafe_code)]
+
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicPtr, AtomicUsize};
 
 use crate::heap;
+use crate::os;
 use crate::shm::atomic::AtomicU32;
 use crate::shm::states::HEAP_WRITE_MARK;
-
-/// `si_code` of a `SIGSEGV` for an access the mapping's protection refused
-/// (Linux's `SEGV_ACCERR`; the `libc` crate does not name it).
-const SEGV_ACCERR: libc::c_int = 2;
 
 /// The record word the handler marks (the worker's `oom` word).
 static MARK: AtomicPtr<AtomicU32> = AtomicPtr::new(std::ptr::null_mut());
 /// The heap's range in this process, for the handler.
 static HEAP_BASE: AtomicUsize = AtomicUsize::new(0);
 static HEAP_LEN: AtomicUsize = AtomicUsize::new(0);
-
-/// The `SIGSEGV` disposition the handler replaced, put back on its first
-/// call.
-struct Previous(UnsafeCell<MaybeUninit<libc::sigaction>>);
-
-// SAFETY: written once by `install`, before the handler is installed, in a
-// single-threaded worker; read only by the handler afterwards.
-unsafe impl Sync for Previous {}
-
-static PREVIOUS: Previous = Previous(UnsafeCell::new(MaybeUninit::uninit()));
 
 /// In the template, before it forks any worker: makes its view of the
 /// shared heap read-only (a freshly forked child of the owner has a private,
@@ -67,33 +58,19 @@ pub(crate) fn install(mark: &AtomicU32) {
     HEAP_BASE.store(base, Relaxed);
     // ORDERING: Relaxed: as above.
     HEAP_LEN.store(len, Relaxed);
-    // SAFETY: `PREVIOUS` is written here once, before the handler exists;
-    // `sigaction` with a zeroed struct, an empty mask and an `SA_SIGINFO`
-    // handler only changes this single-threaded process's disposition.
-    unsafe {
-        let previous = (*PREVIOUS.0.get()).as_mut_ptr();
-        let mut act: libc::sigaction = std::mem::zeroed();
-        act.sa_sigaction =
-            on_segv as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
-        act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
-        libc::sigemptyset(&mut act.sa_mask);
-        if libc::sigaction(libc::SIGSEGV, &act, previous) != 0 {
-            // Could not install it: a write then dies as a plain SIGSEGV.
-        }
-    }
+    // If it cannot be installed, a write dies as a plain SIGSEGV.
+    let _ = os::on_protection_fault(on_fault);
 }
 
-/// The `SIGSEGV` handler: marks a write into the heap's read-only view, then
-/// puts back the previous disposition and returns, so the access faults
-/// again and the previous handler (or the default action) ends the worker.
-/// Async-signal-safe: atomics and `sigaction` only.
-extern "C" fn on_segv(_signal: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler;
-    // `si_addr` is the faulting address for SIGSEGV.
-    let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
+/// What the `SIGSEGV` handler calls for an access a protection refused
+/// (`os::on_protection_fault`): marks a write into the heap's read-only
+/// view. The handler then puts back the previous disposition and returns,
+/// so the access faults again and the previous handler (or the default
+/// action) ends the worker. Async-signal-safe: atomics only.
+fn on_fault(addr: usize) {
     // ORDERING: Relaxed: stored by `install` in this thread.
     let (base, len) = (HEAP_BASE.load(Relaxed), HEAP_LEN.load(Relaxed));
-    if code == SEGV_ACCERR && addr.wrapping_sub(base) < len {
+    if addr.wrapping_sub(base) < len {
         // ORDERING: Relaxed: as above.
         let mark = MARK.load(Relaxed);
         if !mark.is_null() {
@@ -103,13 +80,4 @@ extern "C" fn on_segv(_signal: libc::c_int, info: *mut libc::siginfo_t, _ctx: *m
             unsafe { (*mark).store(HEAP_WRITE_MARK, Relaxed) };
         }
     }
-    // SAFETY: `PREVIOUS` was filled by `install` before this handler was
-    // installed; sigaction is async-signal-safe.
-    unsafe {
-        libc::sigaction(
-            libc::SIGSEGV,
-            (*PREVIOUS.0.get()).as_ptr(),
-            std::ptr::null_mut(),
-        )
-    };
 }

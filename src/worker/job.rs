@@ -6,6 +6,11 @@
 //! called, and a worker calls it through a `RunFn` pointer. Inside, `F` is a
 //! zero-sized closure type: the worker conjures it and calls it in a plain
 //! loop that the compiler inlines and vectorises.
+//!
+//! Uses `unsafe` (denied at the crate root): the job trampolines read raw
+//! descriptors, build slices over shared memory and conjure zero-sized tasks.
+
+#![allow(unsafe_code)]
 
 use std::mem::{align_of, size_of};
 use std::ptr::NonNull;

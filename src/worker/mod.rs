@@ -12,6 +12,12 @@
 //! drain, retries) is written out, with its named events and a proof sketch,
 //! in `README.md` in this directory; the `// ORDERING:` comments below cite
 //! those events.
+//!
+//! Uses `unsafe` (denied at the crate root): a worker calls a job's
+//! type-erased trampoline, and its `SIGABRT` hook marks its record through a
+//! raw pointer.
+
+#![allow(unsafe_code)]
 
 pub(crate) mod heap_view;
 pub(crate) mod job;
@@ -20,7 +26,7 @@ pub(crate) mod template;
 
 use std::any::Any;
 use std::cell::Cell;
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 use std::panic::{self, AssertUnwindSafe, catch_unwind};
 use std::sync::Once;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
@@ -87,7 +93,7 @@ pub(crate) struct WorkerConfig {
 pub(crate) struct WorkerCtx<'a> {
     pub(crate) region: &'a Region,
     pub(crate) index: usize,
-    pub(crate) event_fd: RawFd,
+    pub(crate) event_fd: BorrowedFd<'a>,
     /// The process that forked this worker (the template).
     pub(crate) parent: u32,
     pub(crate) config: WorkerConfig,
@@ -131,7 +137,11 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
     if !os::worker_process_setup(ctx.parent) {
         return 0;
     }
-    os::close_fds_except(&[ctx.event_fd]);
+    // SAFETY: the worker ends with `_exit` and, of what it inherited, uses
+    // only the region's mapping and its event fd: the `OwnedFd`s it
+    // inherited are never dropped (the stack frames that own them never
+    // return).
+    unsafe { os::close_fds_except(&[ctx.event_fd]) };
     registry::unmap_others(ctx.region.base() as usize);
     let control = ctx.region.control();
     let rec = ctx.region.record(ctx.index);
@@ -244,8 +254,7 @@ pub(crate) fn work(
             return EXIT_RETIRED;
         }
         if !woken {
-            // SAFETY: getppid has no preconditions.
-            if unsafe { libc::getppid() } as u32 != ctx.parent {
+            if os::parent_pid() != ctx.parent {
                 return 0;
             }
             continue;
@@ -282,13 +291,11 @@ static AS_SLACK: AtomicU64 = AtomicU64::new(0);
 /// eighth of the limit of the cap (a leak that crept up to it): mapping that
 /// eighth, inaccessible, fails. Returning lets `abort` go on to kill the
 /// process.
-extern "C" fn on_abort(_signal: libc::c_int) {
-    // SAFETY: __errno_location returns this thread's errno; reading it is
-    // async-signal-safe.
-    let errno = unsafe { *libc::__errno_location() };
+fn on_abort() {
+    let errno = os::errno();
     // ORDERING: Relaxed: set before the handler was installed.
     let (cap, slack) = (AS_CAP.load(Relaxed), AS_SLACK.load(Relaxed));
-    if errno == libc::ENOMEM || (cap != 0 && !os::can_map(slack)) {
+    if errno == os::errno::ENOMEM || (cap != 0 && !os::can_map(slack)) {
         // ORDERING: Relaxed: set once before the handler can run.
         let flag = OOM_FLAG.load(Relaxed);
         if !flag.is_null() {
@@ -303,14 +310,8 @@ extern "C" fn on_abort(_signal: libc::c_int) {
 fn install_abort_handler(flag: &AtomicU32) {
     // ORDERING: Relaxed: the handler runs in this thread.
     OOM_FLAG.store(std::ptr::from_ref(flag).cast_mut(), Relaxed);
-    // SAFETY: sigaction with a zeroed struct, an empty mask and a plain
-    // handler (no SA_SIGINFO) only changes this process's disposition.
-    unsafe {
-        let mut act: libc::sigaction = std::mem::zeroed();
-        act.sa_sigaction = on_abort as extern "C" fn(libc::c_int) as usize;
-        libc::sigemptyset(&mut act.sa_mask);
-        libc::sigaction(libc::SIGABRT, &act, std::ptr::null_mut());
-    }
+    // `on_abort` is async-signal-safe: atomics, `errno`, `mmap`.
+    os::on_abort(on_abort);
 }
 
 /// Visits every slot whose pending bit is set, once. Returns whether it ran

@@ -14,6 +14,11 @@
 //! [`fill`] computes a block of results into a buffer on the stack (in L1),
 //! then copies the block out with non-temporal stores. The user's loop stays a
 //! plain slice loop over the buffer, which the compiler vectorises as before.
+//!
+//! Uses `unsafe` (denied at the crate root): streaming stores write raw
+//! shared memory with SIMD intrinsics.
+
+#![allow(unsafe_code)]
 
 use std::mem::{align_of, size_of, size_of_val};
 

@@ -29,14 +29,17 @@
 //! closes, and the template kills its workers and exits at once. Workers die
 //! with the template (`PR_SET_PDEATHSIG`, bound to the template's only
 //! thread), so nothing outlives the parent.
+//!
+//! Uses `unsafe` (denied at the crate root): it forks (`os::fork`) and closes
+//! inherited descriptors in the child (`os::close_fds_except`).
+
+#![allow(unsafe_code)]
 
 use std::io::{self, StderrLock, StdoutLock, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
-
-use nix::unistd::{ForkResult, fork};
 
 use crate::os;
 use crate::shm::region::Region;
@@ -146,7 +149,7 @@ impl PanicHook {
     pub(crate) fn after(self, status: Option<os::ExitStatus>) -> PanicHook {
         match status {
             Some(os::ExitStatus {
-                signal: Some(libc::SIGALRM),
+                signal: Some(os::signo::SIGALRM),
                 ..
             }) => PanicHook::Inherited,
             _ => self,
@@ -186,7 +189,7 @@ impl Template {
     /// forks without them (see `StdioProbe`).
     pub(crate) fn fork(
         region: &Region,
-        event_fd: RawFd,
+        event_fd: BorrowedFd<'_>,
         config: WorkerConfig,
         stdio: StdioProbe,
         hook: PanicHook,
@@ -210,22 +213,20 @@ impl Template {
         // they were free (the child releases them first), and the panic
         // hook's (design.md, "Lock order across fork"). The registry's lock,
         // also held here, is fork-aware: a child finds it free.
-        let forked = unsafe { fork() };
-        match forked.map_err(io::Error::from)? {
-            ForkResult::Child => {
+        let forked = unsafe { os::fork() };
+        match forked? {
+            os::Forked::Child => {
                 // Held by the parent's thread; the child never takes it.
                 std::mem::forget(mapping);
                 drop(stdio);
-                let sock = theirs.as_raw_fd();
+                // Closed with the other inherited descriptors by `serve`.
                 std::mem::forget(ours);
-                std::mem::forget(theirs);
-                serve(region, event_fd, sock, parent, config, hook)
+                serve(region, event_fd, theirs, parent, config, hook)
             }
-            ForkResult::Parent { child } => {
+            os::Forked::Parent(pid) => {
                 drop(mapping);
                 drop(stdio);
                 drop(theirs);
-                let pid = child.as_raw() as u32;
                 match os::pidfd_open(pid) {
                     Ok(pidfd) => Ok(Template {
                         pid,
@@ -246,7 +247,7 @@ impl Template {
     /// Asks for worker `index`; the answer arrives as a `Report`. Never
     /// blocks: a full socket is `WouldBlock` (ask again later).
     pub(crate) fn request(&self, index: usize) -> io::Result<()> {
-        os::send_message(self.sock.as_raw_fd(), &[SPAWN, index as u64, 0], None, true)
+        os::send_message(&self.sock, &[SPAWN, index as u64, 0], None, true)
     }
 
     /// Asks the template to kill worker `index` (process `pid`), whose
@@ -254,14 +255,13 @@ impl Template {
     /// Never blocks: a full socket is `WouldBlock` (ask again later).
     pub(crate) fn kill_worker(&self, index: usize, pid: u32) -> io::Result<()> {
         let msg = [KILL, index as u64, u64::from(pid)];
-        os::send_message(self.sock.as_raw_fd(), &msg, None, true)
+        os::send_message(&self.sock, &msg, None, true)
     }
 
     /// Reads one report without blocking. `Ok(None)`: the template is gone;
     /// `WouldBlock`: no report is waiting. A malformed message is an error.
     pub(crate) fn receive(&self) -> io::Result<Option<Report>> {
-        let Some(([op, index, arg], attached)) = os::recv_message(self.sock.as_raw_fd(), true)?
-        else {
+        let Some(([op, index, arg], attached)) = os::recv_message(&self.sock, true)? else {
             return Ok(None);
         };
         let index = usize::try_from(index).unwrap_or(usize::MAX);
@@ -311,9 +311,7 @@ impl Template {
 
     fn shut(&mut self, grace: Duration) {
         // A closed end reads as end of file in the template.
-        // SAFETY: shutdown only affects the socket; the descriptor stays
-        // valid until `self` drops.
-        unsafe { libc::shutdown(self.sock.as_raw_fd(), libc::SHUT_RDWR) };
+        os::shutdown(&self.sock);
         if !os::pidfd_exited(&self.pidfd, grace.as_millis().max(1) as i32) {
             os::pidfd_kill(&self.pidfd);
         }
@@ -333,27 +331,19 @@ struct Child {
 /// end (killing them) when the parent goes away.
 fn serve(
     region: &Region,
-    event_fd: RawFd,
-    sock: RawFd,
+    event_fd: BorrowedFd<'_>,
+    sock: OwnedFd,
     parent: u32,
     config: WorkerConfig,
     hook: PanicHook,
 ) -> ! {
     set_in_worker();
-    // SAFETY: signal/sigprocmask only change this single-threaded process's
-    // dispositions. The terminal's Ctrl-C is for the parent to handle (the
-    // template never `exec`s, so ignoring it here reaches no program; each
-    // worker catches it instead, see `os::worker_process_setup`); a parent
-    // that ignores SIGCHLD would make the kernel reap our workers before we
-    // learn how they died.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-    }
-    os::close_fds_except(&[event_fd, sock]);
+    let sock = sock.as_fd();
+    os::template_signals();
+    // SAFETY: this child ends with `_exit` and, of what it inherited, uses
+    // only the region's mapping and these two descriptors (the other
+    // `OwnedFd`s it inherited are forgotten or never dropped).
+    unsafe { os::close_fds_except(&[event_fd, sock]) };
     registry::unmap_others(region.base() as usize);
     // Workers see the shared heap live and read-only (design.md, "The
     // shared heap and the pool").
@@ -370,47 +360,41 @@ fn serve(
     let me = os::getpid();
     let mut children: Vec<Child> = Vec::new();
     loop {
-        // SAFETY: getppid has no preconditions.
-        if unsafe { libc::getppid() } as u32 != parent {
+        if os::parent_pid() != parent {
             break;
         }
-        let mut fds = vec![libc::pollfd {
-            fd: sock,
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        fds.extend(children.iter().map(|c| libc::pollfd {
-            fd: c.pidfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }));
+        let mut fds = vec![os::watch(sock)];
+        fds.extend(children.iter().map(|c| os::watch(c.pidfd.as_fd())));
         if os::poll(&mut fds, PARENT_CHECK.as_millis() as i32).is_err() {
             break;
         }
+        let (hung_up, input) = (os::hung_up(&fds[0]), os::has_input(&fds[0]));
+        let mut died: Vec<bool> = fds[1..].iter().map(os::fired).collect();
+        drop(fds);
         // Reap first, so that a death is reported before a replacement.
         let mut i = 0;
         let mut gone = false;
         while i < children.len() {
-            if fds[i + 1].revents == 0 {
+            if !died[i] {
                 i += 1;
                 continue;
             }
-            fds.remove(i + 1);
+            died.remove(i);
             let c = children.remove(i);
             let raw = os::wait_raw(c.pid).map_or(STATUS_UNKNOWN, |r| r as u32);
             let arg = u64::from(c.pid) | (u64::from(raw) << 32);
             gone |= os::send_message(sock, &[DIED, c.index as u64, arg], None, false).is_err();
         }
-        if gone || fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+        if gone || hung_up {
             break;
         }
-        if fds[0].revents & libc::POLLIN == 0 {
+        if !input {
             continue;
         }
         match os::recv_message(sock, false) {
             Ok(Some(([SPAWN, index, _], _))) => {
                 let index = index as usize;
-                let reply = match spawn(region, event_fd, sock, me, config, index) {
+                let reply = match spawn(region, event_fd, me, config, index) {
                     Ok(child) => report_spawned(sock, child, &mut children),
                     Err(e) => spawn_failed(sock, index, &e),
                 };
@@ -434,7 +418,12 @@ fn serve(
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {}
             // Short of kernel memory for the moment: look again shortly
             // rather than take the workers down.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOMEM | libc::ENOBUFS)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(os::errno::ENOMEM | os::errno::ENOBUFS)
+                ) =>
+            {
                 std::thread::sleep(Duration::from_millis(10));
             }
             Ok(None) | Err(_) => break,
@@ -456,9 +445,9 @@ fn serve(
 /// `ETOOMANYREFS`; no kernel memory), the worker is killed and reaped and
 /// the parent told `SPAWN_FAILED` instead. An error means the socket is
 /// gone.
-fn report_spawned(sock: RawFd, child: Child, children: &mut Vec<Child>) -> io::Result<()> {
+fn report_spawned(sock: BorrowedFd<'_>, child: Child, children: &mut Vec<Child>) -> io::Result<()> {
     let msg = [SPAWNED, child.index as u64, u64::from(child.pid)];
-    match os::send_message(sock, &msg, Some(child.pidfd.as_raw_fd()), false) {
+    match os::send_message(sock, &msg, Some(child.pidfd.as_fd()), false) {
         Ok(()) => {
             children.push(child);
             Ok(())
@@ -466,7 +455,7 @@ fn report_spawned(sock: RawFd, child: Child, children: &mut Vec<Child>) -> io::R
         Err(e)
             if matches!(
                 e.raw_os_error(),
-                Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN)
+                Some(os::errno::EPIPE | os::errno::ECONNRESET | os::errno::ENOTCONN)
             ) =>
         {
             children.push(child);
@@ -480,47 +469,41 @@ fn report_spawned(sock: RawFd, child: Child, children: &mut Vec<Child>) -> io::R
     }
 }
 
-fn spawn_failed(sock: RawFd, index: usize, e: &io::Error) -> io::Result<()> {
-    let errno = e.raw_os_error().unwrap_or(libc::EIO) as u64;
+fn spawn_failed(sock: BorrowedFd<'_>, index: usize, e: &io::Error) -> io::Result<()> {
+    let errno = e.raw_os_error().unwrap_or(os::errno::EIO) as u64;
     os::send_message(sock, &[SPAWN_FAILED, index as u64, errno], None, false)
 }
 
 /// Forks worker `index` from the template.
 fn spawn(
     region: &Region,
-    event_fd: RawFd,
-    sock: RawFd,
+    event_fd: BorrowedFd<'_>,
     me: u32,
     config: WorkerConfig,
     index: usize,
 ) -> io::Result<Child> {
     if index >= region.layout().workers {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        return Err(io::Error::from_raw_os_error(os::errno::EINVAL));
     }
     // SAFETY: the template is single-threaded, so the child inherits no lock
     // held by another thread; it runs only `worker_main`, which never returns.
-    match unsafe { fork() }.map_err(io::Error::from)? {
-        ForkResult::Child => {
-            // SAFETY: the worker has no use for the template's socket.
-            unsafe { libc::close(sock) };
-            worker_main(WorkerCtx {
-                region,
-                index,
-                event_fd,
-                parent: me,
-                config,
-            })
-        }
-        ForkResult::Parent { child } => {
-            let pid = child.as_raw() as u32;
-            match os::pidfd_open(pid) {
-                Ok(pidfd) => Ok(Child { index, pid, pidfd }),
-                Err(e) => {
-                    os::kill_now(pid);
-                    os::wait_raw(pid);
-                    Err(e)
-                }
+    match unsafe { os::fork() }? {
+        // The worker closes the template's socket with every other
+        // descriptor it inherited but its event fd (`worker_main`).
+        os::Forked::Child => worker_main(WorkerCtx {
+            region,
+            index,
+            event_fd,
+            parent: me,
+            config,
+        }),
+        os::Forked::Parent(pid) => match os::pidfd_open(pid) {
+            Ok(pidfd) => Ok(Child { index, pid, pidfd }),
+            Err(e) => {
+                os::kill_now(pid);
+                os::wait_raw(pid);
+                Err(e)
             }
-        }
+        },
     }
 }

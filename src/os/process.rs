@@ -1,0 +1,371 @@
+//! Processes: fork and exit, the fork generation, the parent, pidfds,
+//! reaping, the descriptors a child keeps, and the resource limits.
+//!
+//! `fork` goes through `nix`, which calls libc's `fork`, so the handlers
+//! registered with `pthread_atfork` run (the fork generation below, the
+//! shared heap's child view, libc's own); rustix's raw fork would skip them.
+//! The resource limits go through `nix` too: its `getrlimit` reports a
+//! failure, where rustix's takes the call to be infallible. Pidfds, waits,
+//! kills, the parent-death signal and the CPU mask go through `rustix`.
+//!
+//! Hand-written, because neither crate offers them: `_exit`,
+//! `pthread_atfork` and `close_range`.
+
+#![allow(unsafe_code)]
+
+use std::ffi::c_uint;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use rustix::io::Errno;
+use rustix::process::{
+    Pid, PidfdFlags, Signal, WaitId, WaitIdOptions, WaitOptions, pidfd_open as rustix_pidfd_open,
+    pidfd_send_signal, waitid, waitpid,
+};
+
+use super::memory::{mapped_bytes, probe_mapped_bytes};
+
+/// Which side of a [`fork`] this process is on.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Forked {
+    /// The new process.
+    Child,
+    /// The process that forked, with the child's pid.
+    Parent(u32),
+}
+
+/// Forks this process (libc's `fork`, so `pthread_atfork` handlers run).
+///
+/// # Errors
+/// `EAGAIN` or `ENOMEM` when the kernel refuses a process.
+///
+/// # Safety
+/// In the child, until it ends with [`exit_now`], only this thread exists:
+/// it must take no lock that another thread of the parent may have held at
+/// the fork (that lock stays held forever), and must never return into
+/// code that expects the parent's other threads.
+pub(crate) unsafe fn fork() -> io::Result<Forked> {
+    // SAFETY: the caller's contract.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child.as_raw() as u32)),
+    }
+}
+
+/// Ends this process at once: no destructors, no atexit handlers, no stdio
+/// flush. The only way a forked worker ever ends. Hand-written: `nix` has
+/// no `_exit`, and rustix's is in its unstable `runtime` module.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is async-signal-safe and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// The current process id.
+pub(crate) fn getpid() -> u32 {
+    std::process::id()
+}
+
+/// The pid of this process's parent (0 when it has none: the parent is in
+/// another pid namespace).
+pub(crate) fn parent_pid() -> u32 {
+    rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32)
+}
+
+/// Forks this process has been through: 0 in the process that first called
+/// `fork_generation`, one more in each child forked (through libc's `fork`)
+/// since. A pool compares it with the value it was built with to tell
+/// whether it is still in the process that owns it, without a `getpid`
+/// system call on every job (it cost 330 ns here, a sixth of an `apply`).
+pub(crate) fn fork_generation() -> u64 {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| at_fork_in_child(forked));
+    fork_generation_registered()
+}
+
+/// Registers `handler` to run in every child this process forks through
+/// libc's `fork`, right after the fork, while the child has one thread.
+/// Hand-written: neither `nix` nor `rustix` offers `pthread_atfork`. glibc
+/// keeps the handler list in its own memory (its `malloc`, never Rust's
+/// allocator), so the shared heap may call it from the global allocator.
+pub(crate) fn at_fork_in_child(handler: extern "C" fn()) {
+    // SAFETY: registers a plain function with no arguments as a child-side
+    // fork handler; the callers' handlers make only async-signal-safe calls.
+    unsafe { libc::pthread_atfork(None, None, Some(handler)) };
+}
+
+/// [`fork_generation`] without the registration check: for hot paths that
+/// only run once a region exists (creating one registered the handler).
+/// A plain load, not an atomic one, so that a loop indexing a `ShmVec` can
+/// check it once rather than on every element (an atomic load each time
+/// kept such loops from being vectorised: 1.3-1.6x slower).
+#[inline]
+pub(crate) fn fork_generation_registered() -> u64 {
+    // SAFETY: `FORKS` is written only by `forked`, in a child process right
+    // after `fork`, while that process has a single thread; every other
+    // thread of any process starts after that write (thread creation
+    // orders it), so no read races with it.
+    unsafe { *FORKS.0.get() }
+}
+
+/// The fork generation of this process (see `fork_generation`).
+struct Generation(std::cell::UnsafeCell<u64>);
+
+// SAFETY: written only in a freshly forked child before it has a second
+// thread (see `fork_generation_registered`), so shared reads never race.
+unsafe impl Sync for Generation {}
+
+static FORKS: Generation = Generation(std::cell::UnsafeCell::new(0));
+
+extern "C" fn forked() {
+    // SAFETY: runs in the child right after `fork`, where this is the only
+    // thread (see `fork_generation_registered`).
+    unsafe { *FORKS.0.get() += 1 };
+}
+
+/// Prepares a freshly forked worker: it dies with the thread that forked it,
+/// it survives the terminal's Ctrl-C (the parent decides), and it unblocks
+/// every signal the forking thread may have blocked (see
+/// `signals::catch_interrupts`).
+///
+/// Returns `false` if the parent is already gone.
+pub(crate) fn worker_process_setup(parent: u32) -> bool {
+    // Only changes this process's settings; it cannot fail for SIGKILL.
+    let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
+    // The parent may have died between fork and prctl; then the death signal
+    // was never armed for it. (A subreaper would be our parent now.)
+    if parent_pid() != parent {
+        return false;
+    }
+    super::signals::catch_interrupts();
+    super::signals::unblock_all();
+    true
+}
+
+/// Closes every inherited descriptor above stderr except those in `keep`,
+/// so that a worker holds no pipe ends, sockets or other pools' files of its
+/// parent. Allocation-free: a freshly forked child calls it. Hand-written:
+/// neither `nix` nor `rustix` offers `close_range`.
+///
+/// # Safety
+/// Closing descriptors that `OwnedFd`s (or `File`s, ...) of this process
+/// still own breaks their ownership: after the call, nothing in this
+/// process may use or drop any of them but those in `keep` (their numbers
+/// are closed, or someone else's). A freshly forked child that ends with
+/// [`exit_now`] and never returns into its parent's frames meets this.
+pub(crate) unsafe fn close_fds_except(keep: &[BorrowedFd<'_>]) {
+    let close_range = |lo: c_uint, hi: c_uint| {
+        if lo <= hi {
+            // SAFETY: close_range takes two numbers and flags, and only
+            // closes descriptors of this process (see above for why that is
+            // what this child wants).
+            unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0 as c_uint) };
+        }
+    };
+    let mut lo: c_uint = 3;
+    loop {
+        // The smallest kept descriptor at or above `lo`.
+        let next = keep
+            .iter()
+            .filter_map(|k| c_uint::try_from(k.as_raw_fd()).ok())
+            .filter(|&k| k >= lo)
+            .min();
+        match next {
+            Some(k) => {
+                if k > lo {
+                    close_range(lo, k - 1);
+                }
+                lo = k + 1;
+            }
+            None => {
+                close_range(lo, c_uint::MAX);
+                return;
+            }
+        }
+    }
+}
+
+/// `pid` as rustix's `Pid`, if it can be one.
+fn rustix_pid(pid: u32) -> Option<Pid> {
+    Pid::from_raw(i32::try_from(pid).ok()?)
+}
+
+/// A file descriptor that becomes readable when process `pid` exits.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = rustix_pid(pid).ok_or_else(|| io::Error::from(Errno::SRCH))?;
+    Ok(rustix_pidfd_open(pid, PidfdFlags::empty())?)
+}
+
+/// Sends `SIGKILL` to `pid`. Errors (the process is already gone) are ignored.
+pub(crate) fn kill_now(pid: u32) {
+    if let Some(pid) = rustix_pid(pid) {
+        let _ = rustix::process::kill_process(pid, Signal::KILL);
+    }
+}
+
+/// Sends `SIGKILL` to the process behind `pidfd`. Unlike `kill`, it can never
+/// reach a stranger that recycled the pid. Errors (already gone) are ignored.
+pub(crate) fn pidfd_kill(pidfd: &OwnedFd) {
+    let _ = pidfd_send_signal(pidfd, Signal::KILL);
+}
+
+/// Whether the process behind `pidfd` has exited (it may be a zombie),
+/// waiting up to `timeout_ms` milliseconds (-1: no limit) for it.
+pub(crate) fn pidfd_exited(pidfd: &OwnedFd, timeout_ms: i32) -> bool {
+    let mut fds = [super::sync::watch(pidfd.as_fd())];
+    matches!(super::sync::poll(&mut fds, timeout_ms), Ok(n) if n > 0)
+}
+
+/// Reaps the process behind `pidfd` if it has exited and is (now) our child:
+/// a worker orphaned by its template is re-parented to us when we are a
+/// subreaper or PID 1. Anything else (`ECHILD`) is ignored.
+pub(crate) fn reap_pidfd(pidfd: &OwnedFd) {
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
+    let _ = waitid(WaitId::PidFd(pidfd.as_fd()), options);
+}
+
+/// How a child process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ExitStatus {
+    pub(crate) signal: Option<i32>,
+    pub(crate) code: Option<i32>,
+}
+
+/// Decodes a raw `waitpid` status (a status word the template sends on, so
+/// rustix's `WaitStatus`, which cannot be made from one, does not fit).
+pub(crate) fn decode_status(raw: i32) -> ExitStatus {
+    if libc::WIFSIGNALED(raw) {
+        ExitStatus {
+            signal: Some(libc::WTERMSIG(raw)),
+            code: None,
+        }
+    } else if libc::WIFEXITED(raw) {
+        ExitStatus {
+            signal: None,
+            code: Some(libc::WEXITSTATUS(raw)),
+        }
+    } else {
+        ExitStatus {
+            signal: None,
+            code: None,
+        }
+    }
+}
+
+/// Blocks until child `pid` ends and returns its raw status (`None` if it is
+/// not our child any more).
+pub(crate) fn wait_raw(pid: u32) -> Option<i32> {
+    let pid = rustix_pid(pid)?;
+    loop {
+        match waitpid(Some(pid), WaitOptions::empty()) {
+            Ok(Some((_, status))) => return Some(status.as_raw()),
+            Err(Errno::INTR) => {}
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+/// The number of CPUs this process may run on: the CPUs of its affinity
+/// mask (`sched_getaffinity`, one system call; `available_parallelism`
+/// also reads the cgroup's CPU quota from files, 50-100 µs here). At least
+/// 1.
+pub(crate) fn cpus() -> usize {
+    rustix::thread::sched_getaffinity(None).map_or(1, |set| (set.count() as usize).max(1))
+}
+
+/// This process's `RLIMIT_AS`, in bytes (`u64::MAX`: unlimited).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AddressLimit {
+    pub(crate) soft: u64,
+    pub(crate) hard: u64,
+}
+
+/// This process's `RLIMIT_AS`; `None` if it cannot be read. No allocation.
+pub(crate) fn address_limit() -> Option<AddressLimit> {
+    read_address_limit().ok()
+}
+
+fn read_address_limit() -> io::Result<AddressLimit> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_AS)?;
+    Ok(AddressLimit { soft, hard })
+}
+
+/// Sets this process's `RLIMIT_AS`. No allocation.
+///
+/// # Errors
+/// `EPERM` when raising the hard limit, or under a filter that forbids the
+/// call; `EINVAL` when the soft limit exceeds the hard one.
+pub(crate) fn set_address_limit(limit: AddressLimit) -> io::Result<()> {
+    Ok(setrlimit(Resource::RLIMIT_AS, limit.soft, limit.hard)?)
+}
+
+/// The soft `RLIMIT_AS` of this process, if it is finite.
+pub(crate) fn address_space_limit() -> Option<u64> {
+    let limit = address_limit()?;
+    (limit.soft != libc::RLIM_INFINITY).then_some(limit.soft)
+}
+
+/// Whether a worker will be able to cap its own address space
+/// (`Builder::worker_memory_limit`): sets this process's `RLIMIT_AS` to
+/// the value it has, which a filter that forbids the call refuses.
+pub(crate) fn can_cap_address_space() -> io::Result<()> {
+    set_address_limit(read_address_limit()?)
+}
+
+/// Caps this process's address space at what it maps now plus `extra` bytes
+/// (`RLIMIT_AS`), never above the limit it already has. Returns the cap, or
+/// `None` if it could not be set.
+///
+/// What it maps now comes from `/proc/self/statm`, or, where `/proc` is not
+/// mounted, from [`probe_mapped_bytes`]. Only for a single-threaded process
+/// (a freshly forked worker): the probe lowers the limit for a moment.
+pub(crate) fn limit_address_space(extra: usize) -> Option<u64> {
+    let now = match mapped_bytes() {
+        Some(now) => now,
+        None => probe_mapped_bytes()?,
+    };
+    let old = address_limit()?;
+    let cap = now.saturating_add(extra as u64).min(old.soft);
+    set_address_limit(AddressLimit {
+        soft: cap,
+        hard: cap,
+    })
+    .ok()?;
+    Some(cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_decode() {
+        // A raw status as waitpid reports it: the code in bits 8..16, or
+        // the signal in bits 0..7.
+        assert_eq!(
+            decode_status(3 << 8),
+            ExitStatus {
+                signal: None,
+                code: Some(3)
+            }
+        );
+        assert_eq!(
+            decode_status(libc::SIGKILL),
+            ExitStatus {
+                signal: Some(libc::SIGKILL),
+                code: None
+            }
+        );
+    }
+
+    #[test]
+    fn limits_read_back() {
+        let limit = address_limit().unwrap();
+        assert!(limit.soft <= limit.hard);
+        assert_eq!(address_space_limit().is_none(), limit.soft == u64::MAX);
+        can_cap_address_space().unwrap();
+        assert_eq!(address_limit(), Some(limit), "unchanged");
+        assert!(cpus() >= 1);
+        assert_ne!(parent_pid(), 0);
+    }
+}
