@@ -77,6 +77,10 @@ mod parent;
 mod shm;
 mod worker;
 
+// Loom models of the shared-memory protocols (`--cfg shmpool_loom`).
+#[cfg(all(test, shmpool_loom))]
+mod models;
+
 pub use builder::Builder;
 pub use bytemuck;
 pub use element::Element;

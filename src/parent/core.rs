@@ -19,6 +19,8 @@ use crate::error::Error;
 use crate::os::{self, Wake};
 use crate::parent::ring::{Job, JobTimes, RawOut, Ring, Spec, Waiter};
 use crate::result::result_loop;
+use crate::shm::futex;
+use crate::shm::layout::Desc;
 use crate::shm::region::Region;
 use crate::shm::states::{NOTIFY_EVENT, SLOT_DONE, SLOT_RUNNING};
 use crate::worker::{WorkerConfig, in_task, in_worker};
@@ -201,6 +203,30 @@ impl Drop for Core {
 /// Locks a mutex whose data stays consistent even if a holder panicked.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A blocking caller's sleep between two looks at its job (`wait_sync`),
+/// which it found unfinished; `draining`: the job said DONE but was found
+/// corrupt, and waits for its last worker to leave. Returns `TimedOut` after
+/// a `WAIT_TICK` without a wake-up (then the caller kicks the job), else
+/// `Changed`: look again.
+pub(crate) fn sleep_on_job(desc: &Desc, draining: bool) -> Wake {
+    // ORDERING: SeqCst: Register, before Sleep's load of `state`: pairs
+    // with the completing worker's Complete followed by Notify's load of
+    // `waiters` (worker/README.md, "Waking a blocked caller").
+    desc.waiters.store(1, SeqCst);
+    // ORDERING: SeqCst: Sleep, see above; FUTEX_WAIT compares `state` with
+    // this value.
+    let seen = desc.state.load(SeqCst);
+    if seen == SLOT_DONE && !draining {
+        // Finished since we looked (its wake-up may be gone): harvest.
+        return Wake::Changed;
+    }
+    // RUNNING: sleep until the completing worker wakes us. DONE but found
+    // corrupt: until the last worker leaves the slot (workers leaving an
+    // aborted job wake us). Anything else is a scribbled word: sleep a tick
+    // rather than spin.
+    futex::wait(&desc.state, seen, Some(WAIT_TICK))
 }
 
 impl Core {
@@ -477,23 +503,7 @@ impl Core {
                 }
                 ring.awaits_drain(s)
             };
-            // ORDERING: SeqCst: Register, before Sleep's load of `state`:
-            // pairs with the completing worker's Complete followed by
-            // Notify's load of `waiters` (worker/README.md, "Waking a
-            // blocked caller").
-            desc.waiters.store(1, SeqCst);
-            // ORDERING: SeqCst: Sleep, see above; FUTEX_WAIT compares
-            // `state` with this value.
-            let seen = desc.state.load(SeqCst);
-            if seen == SLOT_DONE && !draining {
-                // Finished since we looked (its wake-up may be gone): harvest.
-                continue;
-            }
-            // RUNNING: sleep until the completing worker wakes us. DONE but
-            // found corrupt: until the last worker leaves the slot (workers
-            // leaving an aborted job wake us). Anything else is a scribbled
-            // word: sleep a tick rather than spin.
-            if os::futex_wait(&desc.state, seen, Some(WAIT_TICK)) == Wake::TimedOut {
+            if sleep_on_job(desc, draining) == Wake::TimedOut {
                 let tokens = self.ring().kick(&self.region, s);
                 self.region.control().sem.post(tokens);
             }

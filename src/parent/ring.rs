@@ -22,6 +22,7 @@ use bytemuck::Pod;
 
 use crate::error::Error;
 use crate::os;
+use crate::shm::futex;
 use crate::shm::layout::{INLINE_CAP, LINE, LOC_CAP, MSG_CAP, Slot};
 use crate::shm::region::{Alloc, FIRST_SLOTS, Region};
 use crate::shm::states::*;
@@ -669,7 +670,7 @@ impl Ring {
         // records (the Dekker pair with a worker's Announce and LookState,
         // and with its Leave and LookAbort).
         slot.desc.abort.store(1, SeqCst);
-        os::futex_wake(&slot.desc.state, u32::MAX);
+        futex::wake(&slot.desc.state, u32::MAX);
         true
     }
 
@@ -974,7 +975,7 @@ fn task_error(slot: &Slot, len: u64) -> Option<Error> {
     } else {
         0..0
     };
-    let read = |cells: &[std::sync::atomic::AtomicU8], n: u32, cap: usize| {
+    let read = |cells: &[crate::shm::atomic::AtomicU8], n: u32, cap: usize| {
         let bytes: Vec<u8> = cells
             .iter()
             .take((n as usize).min(cap))

@@ -22,6 +22,7 @@ use crate::os;
 use crate::parent::core::{Core, STOP_GRACEFUL, STOP_KILL, STOP_NONE, lock, saturating_deadline};
 use crate::parent::ring::Verdict;
 use crate::parent::stuck::{self, Subject, Watch};
+use crate::shm::futex;
 use crate::shm::layout::{LOC_CAP, MSG_CAP};
 use crate::shm::states::*;
 use crate::worker::template::{PanicHook, Report, StdioProbe, Template};
@@ -593,7 +594,7 @@ impl Supervisor {
             // ORDERING: SeqCst: Clear, read by Drain and Scan.
             rec.slot.store(NO_SLOT, SeqCst);
             drop(ring);
-            os::futex_wake(&region.slot(s).desc.state, u32::MAX);
+            futex::wake(&region.slot(s).desc.state, u32::MAX);
             inner.poke_result_thread();
         } else {
             drop(ring);
@@ -963,7 +964,7 @@ impl Supervisor {
         // 0.3-0.5 ms of every drop); a missed wake would still be caught
         // by the caller's `WAIT_TICK`.
         for s in busy {
-            os::futex_wake(&region.slot(s).desc.state, u32::MAX);
+            futex::wake(&region.slot(s).desc.state, u32::MAX);
         }
         self.inner.poke_result_thread();
     }

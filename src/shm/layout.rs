@@ -21,9 +21,9 @@
 
 use std::cell::UnsafeCell;
 use std::mem::{offset_of, size_of};
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize};
 
 use crate::error::Error;
+use crate::shm::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize};
 use crate::shm::sync::Semaphore;
 
 /// The unit of alignment for shared structures: two 64-byte lines, because
@@ -55,6 +55,7 @@ pub(crate) struct Line<T>(pub(crate) T);
 
 /// The region's header.
 #[repr(C)]
+#[cfg_attr(shmpool_loom, derive(Default))]
 pub(crate) struct Control {
     pub(crate) magic: Line<AtomicU64>,
     /// Set (to 1) by the parent when workers should exit after their current
@@ -74,6 +75,7 @@ pub(crate) struct Control {
 /// What one worker is doing. Only that worker writes it while it lives; the
 /// supervisor clears it after reaping the worker.
 #[repr(C, align(128))]
+#[cfg_attr(shmpool_loom, derive(Default))]
 pub(crate) struct WorkerRecord {
     /// The slot the worker is in, or `NO_SLOT`. Written *before* the worker
     /// looks at the slot's state, so the parent can tell when a slot is
@@ -108,6 +110,7 @@ pub(crate) struct WorkerRecord {
 /// The job descriptor: written by the parent while the slot is empty and no
 /// worker is in it, published by the `Release` store of `state`.
 #[repr(C, align(128))]
+#[cfg_attr(shmpool_loom, derive(Default))]
 pub(crate) struct Desc {
     /// `SLOT_EMPTY`, `SLOT_RUNNING` or `SLOT_DONE`; also the futex word that
     /// blocking callers sleep on.
@@ -152,6 +155,7 @@ pub(crate) struct ErrorRecord {
 
 /// A range of a job to run again because the worker running it died.
 #[repr(C)]
+#[cfg_attr(shmpool_loom, derive(Default))]
 pub(crate) struct RetryEntry {
     /// `RETRY_EMPTY`, `RETRY_READY` (queued by the supervisor) or
     /// `RETRY_CLAIMED + w` (worker `w` took it with a compare-exchange).
@@ -164,6 +168,29 @@ pub(crate) struct RetryEntry {
 #[repr(C, align(128))]
 pub(crate) struct Inline(UnsafeCell<[u8; INLINE_CAP]>);
 
+#[cfg(shmpool_loom)]
+impl Default for Inline {
+    fn default() -> Self {
+        Inline(UnsafeCell::new([0; INLINE_CAP]))
+    }
+}
+
+#[cfg(shmpool_loom)]
+impl Default for ErrorRecord {
+    fn default() -> Self {
+        ErrorRecord {
+            state: AtomicU32::default(),
+            kind: AtomicU32::default(),
+            msg_len: AtomicU32::default(),
+            loc_len: AtomicU32::default(),
+            start: AtomicU64::default(),
+            end: AtomicU64::default(),
+            msg: std::array::from_fn(|_| AtomicU8::default()),
+            loc: std::array::from_fn(|_| AtomicU8::default()),
+        }
+    }
+}
+
 // SAFETY: `Inline` is never read or written through a reference: the parent
 // and the workers reach it only through raw pointers computed from region
 // offsets, under the slot protocol's ownership rules.
@@ -174,6 +201,7 @@ unsafe impl Sync for Inline {}
 /// first), so the pair moves together; a scribble that sets one word to
 /// "finished" leaves the other short.
 #[repr(C, align(128))]
+#[cfg_attr(shmpool_loom, derive(Default))]
 pub(crate) struct Counts {
     /// Elements finished (run, or skipped after an abort): `end - start`
     /// per range.
@@ -191,6 +219,7 @@ pub(crate) const MAX_WORKERS: usize = VISITOR_WORDS * 64;
 
 /// The claim counter, and the workers that ran ranges of the job.
 #[repr(C, align(128))]
+#[cfg_attr(shmpool_loom, derive(Default))]
 pub(crate) struct Claim {
     /// The next unclaimed element index; workers `fetch_add` the chunk size.
     pub(crate) next: AtomicU64,
@@ -206,6 +235,7 @@ pub(crate) struct Claim {
 
 /// One entry of the job ring.
 #[repr(C)]
+#[cfg_attr(shmpool_loom, derive(Default))]
 pub(crate) struct Slot {
     pub(crate) desc: Desc,
     pub(crate) claim: Claim,

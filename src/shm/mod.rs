@@ -17,6 +17,8 @@
 //! layout and the arena in `design.md` (section 2).
 
 pub(crate) mod arena;
+pub(crate) mod atomic;
+pub(crate) mod futex;
 pub(crate) mod layout;
 pub(crate) mod region;
 pub(crate) mod registry;

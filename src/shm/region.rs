@@ -125,6 +125,8 @@ impl Region {
             owner: os::fork_generation(),
         };
         drop(guard);
+        #[cfg(shmpool_loom)]
+        region.make_in_place();
         for w in 0..layout.workers {
             // ORDERING: Relaxed: no worker exists yet; fork publishes it.
             region.record(w).slot.store(NO_SLOT, Relaxed);
@@ -363,6 +365,31 @@ impl Region {
     pub(crate) fn arena_usage(&self) -> (u64, u64) {
         let cap = (self.layout.len - self.layout.arena_off) as u64;
         (cap, self.heap().list.in_use())
+    }
+}
+
+#[cfg(shmpool_loom)]
+impl Region {
+    /// Makes the control block, the records and the slots in place. Built
+    /// for the loom models, the region's atomics are loom's: each must be
+    /// created (it registers with the model), not found zeroed in a fresh
+    /// mapping as std's are. The values are those of zeroed memory.
+    fn make_in_place(&self) {
+        let l = &self.layout;
+        // SAFETY: each pointer is a structure's place in this mapping, which
+        // is writable, aligned for it (see `slot` and `record`) and not yet
+        // seen by any other thread; what it holds (zeros) needs no drop.
+        unsafe {
+            self.base.cast::<Control>().write(Control::default());
+            for w in 0..l.workers {
+                let at = self.ptr((l.records_off + w * size_of::<WorkerRecord>()) as u64);
+                at.cast::<WorkerRecord>().write(WorkerRecord::default());
+            }
+            for s in 0..l.ring {
+                let at = self.ptr((l.slots_off + s * size_of::<Slot>()) as u64);
+                at.cast::<Slot>().write(Slot::default());
+            }
+        }
     }
 }
 

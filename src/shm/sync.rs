@@ -26,14 +26,15 @@
 //! block still reach as many workers as before, one wake-up after another.
 
 use std::hint::spin_loop;
-use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
-use crate::os::{futex_wait, futex_wake};
+use crate::shm::atomic::AtomicU32;
+use crate::shm::futex;
 
 /// A counting semaphore in shared memory.
 #[repr(C, align(128))]
+#[cfg_attr(shmpool_loom, derive(Default))]
 pub(crate) struct Semaphore {
     count: AtomicU32,
     sleepers: AtomicU32,
@@ -88,7 +89,7 @@ impl Semaphore {
         // ORDERING: SeqCst: LookSleepers, the second half of the pair; Wake
         // follows if anyone sleeps.
         if self.sleepers.load(SeqCst) != 0 {
-            futex_wake(&self.count, wake.max(1));
+            futex::wake(&self.count, wake.max(1));
         }
     }
 
@@ -140,7 +141,7 @@ impl Semaphore {
                 }
                 None => None,
             };
-            futex_wait(&self.count, 0, left);
+            futex::wait(&self.count, 0, left);
         };
         // ORDERING: SeqCst: Awake. Relaxed would do (it only suppresses
         // wake-ups); SeqCst keeps the counter's story simple.

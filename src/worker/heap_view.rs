@@ -21,10 +21,11 @@
 #![allow(unsafe_code)]
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize};
+use std::sync::atomic::{AtomicPtr, AtomicUsize};
 
 use crate::heap;
 use crate::os;
+use crate::shm::atomic::AtomicU32;
 use crate::shm::states::HEAP_WRITE_MARK;
 
 /// The record word the handler marks (the worker's `oom` word).

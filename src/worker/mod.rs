@@ -30,11 +30,13 @@ use std::os::fd::BorrowedFd;
 use std::panic::{self, AssertUnwindSafe, catch_unwind};
 use std::sync::Once;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64};
 use std::time::Duration;
 
 use crate::os;
 use crate::parent::ring::Spec;
+use crate::shm::atomic::AtomicU32;
+use crate::shm::futex;
 use crate::shm::layout::{ErrorRecord, LOC_CAP, MSG_CAP, Slot, WorkerRecord};
 use crate::shm::region::Region;
 use crate::shm::registry;
@@ -186,7 +188,7 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
     }
     // ORDERING: Relaxed: as above.
     rec.init.store(0, Relaxed);
-    let mut budget = match ctx.config.max_tasks {
+    let budget = match ctx.config.max_tasks {
         0 => u64::MAX,
         n => n,
     };
@@ -206,13 +208,30 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
     // the cores from the template while it forks the rest. A replacement
     // (or a recycled worker's successor) follows the same rule: it sleeps
     // until a job's tokens wake it, which costs one wake-up at most.
-    let mut spin = if ctx.index + 1 == workers {
+    let spin = if ctx.index + 1 == workers {
         idle_spin
     } else {
         0
     };
+    work(ctx, spin, idle_spin, budget, IDLE_CHECK)
+}
+
+/// The worker's life once it is set up: takes a work token (spinning
+/// `spin` rounds the first time, `idle_spin` after), visits the slots whose
+/// pending bits are set, and waits again, until it is told to exit or its
+/// `budget` of ranges is spent. Returns its exit code. A sleep lasts at
+/// most `idle_check`, after which the worker checks that its parent lives.
+pub(crate) fn work(
+    ctx: &WorkerCtx<'_>,
+    mut spin: u32,
+    idle_spin: u32,
+    mut budget: u64,
+    idle_check: Duration,
+) -> i32 {
+    let control = ctx.region.control();
+    let rec = ctx.region.record(ctx.index);
     loop {
-        let woken = control.sem.wait(spin, IDLE_CHECK);
+        let woken = control.sem.wait(spin, idle_check);
         spin = idle_spin;
         // ORDERING: SeqCst: pairs with the parent's store before it posts the
         // shutdown tokens (Shutdown; `shm/README.md`).
@@ -497,7 +516,7 @@ fn leave(ctx: &WorkerCtx<'_>, job: &JobView<'_>) {
     rec.slot.store(NO_SLOT, SeqCst);
     // ORDERING: SeqCst: LookAbort, the second half of that pair.
     if slot.desc.abort.load(SeqCst) != 0 {
-        os::futex_wake(&slot.desc.state, u32::MAX);
+        futex::wake(&slot.desc.state, u32::MAX);
         if job.notify & NOTIFY_EVENT != 0 {
             os::eventfd_signal(ctx.event_fd);
         }
@@ -794,7 +813,7 @@ fn complete(ctx: &WorkerCtx<'_>, slot: &Slot, notify: u32) {
     // ORDERING: SeqCst: Notify's load of `waiters`, after Complete; see
     // above.
     if slot.desc.waiters.load(SeqCst) != 0 {
-        os::futex_wake(&slot.desc.state, u32::MAX);
+        futex::wake(&slot.desc.state, u32::MAX);
     }
 }
 
