@@ -431,6 +431,15 @@ fn main() {
         "(context)",
         true,
     ));
+    let staged_floor = staged_profile[0] + t_map;
+    rows.push(row(
+        "floor: a staged map vs its floor (the copy alone + the ShmVec map)",
+        ms(t_staged),
+        format!("{} copy + map", ms(staged_floor)),
+        t_staged.as_secs_f64() / staged_floor.as_secs_f64(),
+        "(context)",
+        true,
+    ));
     if let Some(p) = &py {
         rows.push(row(
             "context: Python's seed vs the 5-process floor",
