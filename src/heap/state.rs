@@ -301,9 +301,11 @@ fn fd() -> BorrowedFd<'static> {
     // ORDERING: Relaxed: as in `address`.
     let fd = STATE.fd.load(Relaxed);
     // SAFETY: the heap's memfd, published before the heap was, is never
-    // closed (the heap lives as long as the process). The program may
-    // close the number behind our back; every use that matters checks the
-    // file's identity first (`os::file_id`), and the others only fail.
+    // closed (the heap lives as long as the process). A program that
+    // closes the number behind our back breaks the heap, as it would break
+    // any `File` it closed that way: mapping a new view checks the file's
+    // identity first (`os::file_id`); reserving or punching pages would act
+    // on whatever file the number then names.
     unsafe { BorrowedFd::borrow_raw(fd) }
 }
 

@@ -5,6 +5,8 @@
 //! control buffer from the caller (on the stack here: no allocation) and
 //! hand received descriptors over as `OwnedFd`s.
 
+#![deny(unsafe_code)]
+
 use std::io;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;

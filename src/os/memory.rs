@@ -260,8 +260,12 @@ pub(crate) fn map_shared_aligned(
     // SAFETY: the slack before and after the file's mapping is part of our
     // reservation, and unused.
     unsafe {
-        munmap(raw, start - raw);
-        munmap(start + len, raw + span - start - len);
+        if start > raw {
+            munmap(raw, start - raw);
+        }
+        if raw + span > start + len {
+            munmap(start + len, raw + span - start - len);
+        }
     }
     Ok(start)
 }
@@ -419,17 +423,31 @@ pub(crate) fn probe_mapped_bytes() -> Option<u64> {
 pub(crate) fn mapped_bytes() -> Option<u64> {
     let mut buf = [0u8; 128];
     let n = super::read_file(c"/proc/self/statm", &mut buf)?;
-    let pages = buf[..n]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .try_fold(0u64, |acc, &b| {
-            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-        })?;
-    pages.checked_mul(page_size() as u64)
+    leading_number(&buf[..n])?.checked_mul(page_size() as u64)
+}
+
+/// The decimal number `text` starts with; `None` if it starts with none
+/// (an empty or unreadable file is no answer, not 0).
+fn leading_number(text: &[u8]) -> Option<u64> {
+    let digits = text.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    text[..digits].iter().try_fold(0u64, |acc, &b| {
+        acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn statm_s_first_field_or_no_answer() {
+        assert_eq!(super::leading_number(b"12345 678 9\n"), Some(12345));
+        assert_eq!(super::leading_number(b""), None);
+        assert_eq!(super::leading_number(b" 12"), None);
+        assert_eq!(super::leading_number(b"99999999999999999999999"), None);
+    }
+
     use super::*;
 
     /// Bytes of a file that have pages.

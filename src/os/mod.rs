@@ -104,7 +104,9 @@ pub(crate) fn read_file(path: &CStr, buf: &mut [u8]) -> Option<usize> {
 /// (the shared heap's last words).
 pub(crate) fn write_stderr(msg: &[u8]) {
     // SAFETY: descriptor 2 stays open for the life of the process (the
-    // standard library never closes it); a closed one only fails the write.
+    // standard library never closes it). A program that closes it and
+    // reuses the number would get these bytes in that file: the same as
+    // `eprintln!` then.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(2) };
     let mut rest = msg;
     while !rest.is_empty() {

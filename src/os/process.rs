@@ -13,7 +13,7 @@
 
 #![allow(unsafe_code)]
 
-use std::ffi::c_uint;
+use std::ffi::{c_int, c_uint};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
@@ -155,11 +155,32 @@ pub(crate) fn worker_process_setup(parent: u32) -> bool {
 /// [`exit_now`] and never returns into its parent's frames meets this.
 pub(crate) unsafe fn close_fds_except(keep: &[BorrowedFd<'_>]) {
     let close_range = |lo: c_uint, hi: c_uint| {
-        if lo <= hi {
-            // SAFETY: close_range takes two numbers and flags, and only
-            // closes descriptors of this process (see above for why that is
-            // what this child wants).
-            unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0 as c_uint) };
+        if lo > hi {
+            return;
+        }
+        // SAFETY: close_range takes two numbers and flags, and only closes
+        // descriptors of this process (see above for why that is what this
+        // child wants).
+        let done = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0 as c_uint) };
+        if done == 0 {
+            return;
+        }
+        // A kernel without close_range (before 5.9), or a filter that
+        // refuses it: one by one, up to the descriptor limit.
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the one struct it is given.
+        let top = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            c_uint::try_from(limit.rlim_cur).unwrap_or(c_uint::MAX)
+        } else {
+            1 << 20
+        };
+        for fd in lo..=hi.min(top.saturating_sub(1)) {
+            // SAFETY: as above: it closes a descriptor of this process, or
+            // fails with EBADF.
+            unsafe { libc::close(fd as c_int) };
         }
     };
     let mut lo: c_uint = 3;

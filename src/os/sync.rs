@@ -6,6 +6,8 @@
 //! [`futex_wake`], [`eventfd_signal`] and [`monotonic_ns`]: they are
 //! async-signal-safe (raw system calls, no allocation, no locks).
 
+#![deny(unsafe_code)]
+
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::AtomicU32;

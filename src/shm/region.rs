@@ -248,6 +248,13 @@ impl Region {
     /// `OutOfSharedMemory` when no free block fits or the kernel cannot
     /// supply the pages.
     pub(crate) fn alloc(self: &Arc<Self>, bytes: usize, align: usize) -> Result<Fresh, Error> {
+        // A forked copy's free list is a private snapshot: a block it hands
+        // out may be the creator's, and `Fresh` promises this process alone.
+        if !self.owned_here() {
+            return Err(Error::invalid(
+                "shared memory was allocated in a forked copy of the process that created it",
+            ));
+        }
         if bytes == 0 {
             let off = self.layout.arena_off as u64;
             return Ok(Fresh {
@@ -454,8 +461,10 @@ impl Alloc {
         // SAFETY: the block's first `size_of::<U>()` bytes lie in the live
         // mapping (checked above; the block lies in it); shared memory
         // always holds initialised bytes, and every bit pattern is a valid
-        // `U: Pod`. Read unaligned and by value: no reference to the block
-        // is made, so a worker writing it is no aliasing violation here.
+        // `U: Pod`. Read unaligned and by value. No worker writes the block
+        // meanwhile: it is read only once its job is harvested (no worker
+        // can be in the job, `worker/README.md`, "Draining") or before it
+        // was ever published.
         unsafe { self.ptr().cast::<U>().read_unaligned() }
     }
 

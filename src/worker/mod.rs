@@ -138,9 +138,12 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
         return 0;
     }
     // SAFETY: the worker ends with `_exit` and, of what it inherited, uses
-    // only the region's mapping and its event fd: the `OwnedFd`s it
-    // inherited are never dropped (the stack frames that own them never
-    // return).
+    // only the region's mapping and its event fd: the `OwnedFd`s that
+    // shmpool's own frames inherited are never dropped (those frames never
+    // return). A task that drops a `File` it reaches through a `static`
+    // closes whatever number that is by then, as it would after any
+    // `close_range`: the documented limit of what a task may do with
+    // inherited descriptors (design.md, "Fork safety").
     unsafe { os::close_fds_except(&[ctx.event_fd]) };
     registry::unmap_others(ctx.region.base() as usize);
     let control = ctx.region.control();
