@@ -113,3 +113,65 @@ pub mod design {}
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// Every entry point that takes a task refuses a capturing closure at
+/// compile time, naming the caller's line (one `compile_fail` check per
+/// entry point: a check that moved into a shared helper would name
+/// shmpool's own line instead, and one check per doctest keeps each honest).
+/// ```compile_fail,E0080
+/// let pool = shmpool::Pool::new(1).unwrap();
+/// let k = 3.0f64;
+/// let _ = pool.apply_async(1.0f64, move |x| x * k);
+/// ```
+///
+/// ```compile_fail,E0080
+/// let pool = shmpool::Pool::new(1).unwrap();
+/// let k = 3.0f64;
+/// let _ = pool.map_async(vec![1.0f64], move |x| x * k);
+/// ```
+///
+/// ```compile_fail,E0080
+/// let pool = shmpool::Pool::new(1).unwrap();
+/// let k = 3.0f64;
+/// let mut out = [0.0f64; 1];
+/// let _ = pool.map_into(&[1.0f64], &mut out, move |x| x * k);
+/// ```
+///
+/// ```compile_fail,E0080
+/// let pool = shmpool::Pool::new(1).unwrap();
+/// let k = 3.0f64;
+/// let mut v = [1.0f64];
+/// let _ = pool.map_in_place(&mut v, move |x| x * k);
+/// ```
+///
+/// ```compile_fail,E0080
+/// let pool = shmpool::Pool::new(1).unwrap();
+/// let k = 3.0f64;
+/// let _ = pool.map2(&[1.0f64], &[2.0f64], move |a, b| a * b * k);
+/// ```
+///
+/// ```compile_fail,E0080
+/// let pool = shmpool::Pool::new(1).unwrap();
+/// let k = 3.0f64;
+/// let _ = pool.map_reduce(&[1.0f64], move |x| x * k, |a, b| a + b, 0.0);
+/// ```
+///
+/// ```compile_fail,E0080
+/// let pool = shmpool::Pool::new(1).unwrap();
+/// let k = 3.0f64;
+/// let _ = pool.map_indexed_with(2.0f64, &[1.0f64], move |c, xs: &[f64], i| c * xs[i] * k);
+/// ```
+///
+/// ```compile_fail,E0080
+/// let pool = shmpool::Pool::new(1).unwrap();
+/// let k = 3.0f64;
+/// let _ = pool.imap(0..10u64, move |x| x as f64 * k);
+/// ```
+///
+/// ```compile_fail,E0080
+/// let pool = shmpool::Pool::new(1).unwrap();
+/// let k = 3.0f64;
+/// let _ = pool.map_shared(&[1.0f64], &[2.0f64], move |t: &[f64], x| t[0] * x * k);
+/// ```
+#[cfg(doctest)]
+pub struct CaptureChecks;
