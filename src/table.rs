@@ -57,15 +57,12 @@ where
 {
     // SAFETY: the caller's contract.
     let table = unsafe { table::<S>(a)? };
-    let input = a.input::<T>(a.in_off, a.len, start, end)?;
-    let output = a.output::<U>(a.out_off, a.len, start, end)?;
-    let n = end - start;
-    // SAFETY: as in `job::run_map`: checked, aligned, initialised Pod
-    // memory; this runner alone claimed `start..end` of the output.
+    // SAFETY: as in `job::run_map`: this runner alone claimed `start..end`
+    // of the output; the input is read-only for the job's life.
     let (input, output) = unsafe {
         (
-            slice::from_raw_parts(input, n),
-            slice::from_raw_parts_mut(output, n),
+            a.read::<T>(a.in_off, a.len, start, end)?,
+            a.write::<U>(a.out_off, a.len, start, end)?,
         )
     };
     // SAFETY: the parent held an `F` when it submitted the job.
@@ -96,13 +93,11 @@ where
     // SAFETY: the caller's contract.
     let table = unsafe { table::<S>(a)? };
     let len = usize::try_from(a.len).map_err(|_| BadDescriptor)?;
-    let input = a.input::<T>(a.in_off, a.len, 0, len)?;
-    let output = a.output::<U>(a.out_off, a.len, start, end)?;
     // SAFETY: as in `run_shared`; the whole input is read-only for the job.
     let (input, output) = unsafe {
         (
-            slice::from_raw_parts(input, len),
-            slice::from_raw_parts_mut(output, end - start),
+            a.read::<T>(a.in_off, a.len, 0, len)?,
+            a.write::<U>(a.out_off, a.len, start, end)?,
         )
     };
     // SAFETY: the parent held an `F` when it submitted the job.

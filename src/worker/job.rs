@@ -155,6 +155,49 @@ impl JobArgs {
         self.elems::<T>(off, count, start, end, true)
     }
 
+    /// Elements `start..end` of the array of `count` `T`s at `off`, to read,
+    /// after the checks of [`input`](Self::input).
+    ///
+    /// # Safety
+    /// [`RunFn`]'s contract: the array holds this job's `T`s, and nothing
+    /// writes these elements while the slice lives (a job's inputs, context
+    /// and table are read-only for its life).
+    pub(crate) unsafe fn read<T: Pod>(
+        &self,
+        off: u64,
+        count: u64,
+        start: usize,
+        end: usize,
+    ) -> Result<&[T], BadDescriptor> {
+        let first = self.input::<T>(off, count, start, end)?;
+        // SAFETY: `input` checked that the `end - start` elements lie in a
+        // live mapping and are aligned; shared memory holds initialised
+        // bytes and every bit pattern is a valid Pod value; nothing writes
+        // them meanwhile (the caller's contract).
+        Ok(unsafe { slice::from_raw_parts(first, end - start) })
+    }
+
+    /// Elements `start..end` of the array of `count` `T`s at `off`, to
+    /// write, after the checks of [`output`](Self::output).
+    ///
+    /// # Safety
+    /// [`RunFn`]'s contract: the array holds this job's `T`s, this runner
+    /// alone claimed elements `start..end` of it, and no slice this runner
+    /// holds overlaps them.
+    #[allow(clippy::mut_from_ref)] // shared memory: exclusivity is the caller's contract
+    pub(crate) unsafe fn write<T: Pod>(
+        &self,
+        off: u64,
+        count: u64,
+        start: usize,
+        end: usize,
+    ) -> Result<&mut [T], BadDescriptor> {
+        let first = self.output::<T>(off, count, start, end)?;
+        // SAFETY: as in `read`, and this runner has the elements to itself
+        // (the caller's contract).
+        Ok(unsafe { slice::from_raw_parts_mut(first, end - start) })
+    }
+
     fn elems<T>(
         &self,
         off: u64,
@@ -228,18 +271,13 @@ where
     U: Pod,
     F: Fn(T) -> U + Copy,
 {
-    let input = a.input::<T>(a.in_off, a.len, start, end)?;
-    let output = a.output::<U>(a.out_off, a.len, start, end)?;
-    let n = end - start;
-    // SAFETY: both ranges were checked to lie in the live mapping and to be
-    // aligned; shared memory holds initialised bytes and every bit pattern is
-    // a valid Pod value; this worker claimed `start..end`, so no one else
-    // writes those output elements, and the parent does not write the input
-    // while the job runs (it is borrowed or owned by the job).
+    // SAFETY: this worker claimed `start..end`, so no one else writes those
+    // output elements, and the parent does not write the input while the
+    // job runs (it is borrowed or owned by the job).
     let (input, output) = unsafe {
         (
-            slice::from_raw_parts(input, n),
-            slice::from_raw_parts_mut(output, n),
+            a.read::<T>(a.in_off, a.len, start, end)?,
+            a.write::<U>(a.out_off, a.len, start, end)?,
         )
     };
     // SAFETY: the parent held an `F` when it submitted the job.
@@ -267,16 +305,12 @@ where
     U: Pod,
     F: Fn(&C, T) -> U + Copy,
 {
-    let ctx = a.input::<C>(a.ctx_off, 1, 0, 1)?;
-    let input = a.input::<T>(a.in_off, a.len, start, end)?;
-    let output = a.output::<U>(a.out_off, a.len, start, end)?;
-    let n = end - start;
     // SAFETY: as in `run_map`; the context is read-only for the job's life.
     let (ctx, input, output) = unsafe {
         (
-            &*ctx,
-            slice::from_raw_parts(input, n),
-            slice::from_raw_parts_mut(output, n),
+            &a.read::<C>(a.ctx_off, 1, 0, 1)?[0],
+            a.read::<T>(a.in_off, a.len, start, end)?,
+            a.write::<U>(a.out_off, a.len, start, end)?,
         )
     };
     // SAFETY: the parent held an `F` when it submitted the job.
@@ -307,16 +341,12 @@ where
     U: Pod,
     F: Fn(A, B) -> U + Copy,
 {
-    let xs = a.input::<A>(a.in_off, a.len, start, end)?;
-    let ys = a.input::<B>(a.ctx_off, a.len, start, end)?;
-    let output = a.output::<U>(a.out_off, a.len, start, end)?;
-    let n = end - start;
     // SAFETY: as in `run_map`; both inputs are read-only for the job's life.
     let (xs, ys, output) = unsafe {
         (
-            slice::from_raw_parts(xs, n),
-            slice::from_raw_parts(ys, n),
-            slice::from_raw_parts_mut(output, n),
+            a.read::<A>(a.in_off, a.len, start, end)?,
+            a.read::<B>(a.ctx_off, a.len, start, end)?,
+            a.write::<U>(a.out_off, a.len, start, end)?,
         )
     };
     // SAFETY: the parent held an `F` when it submitted the job.
@@ -346,13 +376,8 @@ where
     U: Pod,
     F: Fn(A, B, C) -> U + Copy,
 {
-    let more = a.input::<MoreInputs>(a.ctx_off, 1, 0, 1)?;
-    // SAFETY: checked to lie in the mapping, aligned; any bits are valid.
-    let more = unsafe { more.read() };
-    let xs = a.input::<A>(a.in_off, a.len, start, end)?;
-    let ys = a.input::<B>(more[0], a.len, start, end)?;
-    let zs = a.input::<C>(more[1], a.len, start, end)?;
-    let output = a.output::<U>(a.out_off, a.len, start, end)?;
+    // SAFETY: as in `run_map`: the context is read-only for the job's life.
+    let more = unsafe { a.read::<MoreInputs>(a.ctx_off, 1, 0, 1)?[0] };
     // The offsets of `b` and `c` come from the slot's inline area, which any
     // worker can write, and `run_as_caller` runs this in the parent: an
     // input aliasing the output would be a `&` and a `&mut` to the same
@@ -363,15 +388,14 @@ where
     {
         return Err(BadDescriptor);
     }
-    let n = end - start;
     // SAFETY: as in `run_map`; the inputs are read-only for the job's life,
     // and checked above not to overlap the output.
     let (xs, ys, zs, output) = unsafe {
         (
-            slice::from_raw_parts(xs, n),
-            slice::from_raw_parts(ys, n),
-            slice::from_raw_parts(zs, n),
-            slice::from_raw_parts_mut(output, n),
+            a.read::<A>(a.in_off, a.len, start, end)?,
+            a.read::<B>(more[0], a.len, start, end)?,
+            a.read::<C>(more[1], a.len, start, end)?,
+            a.write::<U>(a.out_off, a.len, start, end)?,
         )
     };
     // SAFETY: the parent held an `F` when it submitted the job.
@@ -399,14 +423,11 @@ where
     U: Pod,
     F: Fn(&[T], &mut [U]) + Copy,
 {
-    let input = a.input::<T>(a.in_off, a.len, start, end)?;
-    let output = a.output::<U>(a.out_off, a.len, start, end)?;
-    let n = end - start;
     // SAFETY: as in `run_map`.
     let (input, output) = unsafe {
         (
-            slice::from_raw_parts(input, n),
-            slice::from_raw_parts_mut(output, n),
+            a.read::<T>(a.in_off, a.len, start, end)?,
+            a.write::<U>(a.out_off, a.len, start, end)?,
         )
     };
     // SAFETY: the parent held an `F` when it submitted the job.
@@ -429,10 +450,9 @@ where
     T: Pod,
     F: Fn(T) -> T + Copy,
 {
-    let data = a.output::<T>(a.in_off, a.len, start, end)?;
-    // SAFETY: checked to lie in the mapping and be aligned; this worker alone
-    // claimed `start..end`, and the parent holds the vector exclusively.
-    let data = unsafe { slice::from_raw_parts_mut(data, end - start) };
+    // SAFETY: this worker alone claimed `start..end`, and the parent holds
+    // the vector exclusively.
+    let data = unsafe { a.write::<T>(a.in_off, a.len, start, end)? };
     // SAFETY: the parent held an `F` when it submitted the job.
     let f = unsafe { conjure::<F>() };
     for x in data {
@@ -466,17 +486,18 @@ where
     if start as u64 % chunk != 0 || end as u64 != (start as u64 + chunk).min(a.len) {
         return Err(BadDescriptor);
     }
-    let identity = a.input::<A>(a.ctx_off, 1, 0, 1)?;
-    let input = a.input::<T>(a.in_off, a.len, start, end)?;
-    let partial = a.output::<A>(a.out_off, parts, index as usize, index as usize + 1)?;
-    // SAFETY: as in `run_map`: checked, aligned, initialised Pod memory; the
-    // identity is read-only; partial `index` belongs to this range alone.
-    let (identity, input) = unsafe { (identity.read(), slice::from_raw_parts(input, end - start)) };
+    // SAFETY: as in `run_map`; the identity is read-only; partial `index`
+    // belongs to this range alone.
+    let (identity, input, partial) = unsafe {
+        (
+            a.read::<A>(a.ctx_off, 1, 0, 1)?[0],
+            a.read::<T>(a.in_off, a.len, start, end)?,
+            a.write::<A>(a.out_off, parts, index as usize, index as usize + 1)?,
+        )
+    };
     // SAFETY: the parent held an `M` and an `R` when it submitted the job.
     let (map, reduce) = unsafe { (conjure::<M>(), conjure::<R>()) };
-    let acc = input.iter().fold(identity, |acc, &x| reduce(acc, map(x)));
-    // SAFETY: see above.
-    unsafe { partial.write(acc) };
+    partial[0] = input.iter().fold(identity, |acc, &x| reduce(acc, map(x)));
     Ok(())
 }
 
@@ -496,13 +517,11 @@ where
     F: Fn(&[T], usize) -> U + Copy,
 {
     let len = usize::try_from(a.len).map_err(|_| BadDescriptor)?;
-    let input = a.input::<T>(a.in_off, a.len, 0, len)?;
-    let output = a.output::<U>(a.out_off, a.len, start, end)?;
     // SAFETY: as in `run_map`; the whole input is read-only for the job.
     let (input, output) = unsafe {
         (
-            slice::from_raw_parts(input, len),
-            slice::from_raw_parts_mut(output, end - start),
+            a.read::<T>(a.in_off, a.len, 0, len)?,
+            a.write::<U>(a.out_off, a.len, start, end)?,
         )
     };
     // SAFETY: the parent held an `F` when it submitted the job.
@@ -531,16 +550,13 @@ where
     F: Fn(&C, &[T], usize) -> U + Copy,
 {
     let len = usize::try_from(a.len).map_err(|_| BadDescriptor)?;
-    let ctx = a.input::<C>(a.ctx_off, 1, 0, 1)?;
-    let input = a.input::<T>(a.in_off, a.len, 0, len)?;
-    let output = a.output::<U>(a.out_off, a.len, start, end)?;
     // SAFETY: as in `run_indexed`; the context is read-only for the job's
     // life, like the input.
     let (ctx, input, output) = unsafe {
         (
-            &*ctx,
-            slice::from_raw_parts(input, len),
-            slice::from_raw_parts_mut(output, end - start),
+            &a.read::<C>(a.ctx_off, 1, 0, 1)?[0],
+            a.read::<T>(a.in_off, a.len, 0, len)?,
+            a.write::<U>(a.out_off, a.len, start, end)?,
         )
     };
     // SAFETY: the parent held an `F` when it submitted the job.
