@@ -121,8 +121,8 @@ pub(crate) enum StdioProbe {
 
 impl StdioProbe {
     /// Looks at the process, and starts the probe thread if another thread
-    /// exists (starting a thread costs about as much as forking a process
-    /// here, so the common single-threaded program does without).
+    /// exists (the common single-threaded program is spared starting a
+    /// thread and waiting for it to run).
     pub(crate) fn start() -> StdioProbe {
         if os::single_threaded() {
             return StdioProbe::Alone;
