@@ -358,6 +358,20 @@ fn pool_new_completes_while_the_calling_thread_holds_stdout() {
 }
 
 #[test]
+fn a_single_threaded_program_builds_pools_with_stdout_free_or_held() {
+    let out = common::run_to_end(
+        std::process::Command::new(env!("CARGO_BIN_EXE_single_threaded")),
+        "the single-threaded program",
+        60,
+    );
+    for x in 1..=3 {
+        assert!(out.contains(&format!("free: task {x}\n")), "{out}");
+        assert!(out.contains(&format!("held: task {x}\n")), "{out}");
+    }
+    assert!(out.ends_with("done\n"), "{out}");
+}
+
+#[test]
 fn pool_new_completes_while_another_thread_runs_a_panic_hook() {
     isolated("panic_hook_held_body", 60);
 }

@@ -343,14 +343,20 @@ impl Builder {
             caller_runs: self.caller_runs,
         };
         let inner = Arc::new(Core::new(region, config)?);
+        // A descriptor for each worker's pidfd, and three for the template
+        // (its pidfd and a socket pair, one end of which is closed after the
+        // fork): without them, fail before anything is forked.
+        os::descriptors_available(inner.done_fd(), workers + 3)?;
         // The one fork of this (possibly multi-threaded) process: every worker
-        // is forked later by the single-threaded template.
+        // is forked by the single-threaded template, the first `workers` of
+        // them at once.
         let template = Template::fork(
             &inner.region,
             inner.done_fd(),
             worker,
             stdio,
             PanicHook::Own,
+            workers,
         )?;
         let supervisor = supervisor::start(inner.clone(), template)?;
         // The result thread starts with the first asynchronous job

@@ -279,7 +279,7 @@ pub fn isolated_with_heap(name: &str, secs: u64) -> String {
 }
 
 fn isolated_with(name: &str, secs: u64, mut command: Command) -> String {
-    let mut child = command
+    command
         .args([
             "--exact",
             name,
@@ -287,14 +287,22 @@ fn isolated_with(name: &str, secs: u64, mut command: Command) -> String {
             "--test-threads=1",
             "--nocapture",
         ])
-        .env(ISOLATED, "1")
+        .env(ISOLATED, "1");
+    run_to_end(command, &format!("isolated test {name}"), secs)
+}
+
+/// Runs `command` with its stdout and stderr captured, and fails unless it
+/// exits successfully within `secs` seconds (`what` names it in the
+/// message). Returns its stdout.
+pub fn run_to_end(mut command: Command, what: &str, secs: u64) -> String {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("re-run the test binary");
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
     let end = Instant::now() + Duration::from_secs(secs);
     let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the isolated test") {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
             break Some(status);
         }
         if Instant::now() >= end {
@@ -309,8 +317,8 @@ fn isolated_with(name: &str, secs: u64, mut command: Command) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     match status {
         Some(s) if s.success() => stdout,
-        Some(s) => panic!("isolated test {name} failed ({s}):\n{stdout}\n{stderr}"),
-        None => panic!("isolated test {name} missed its deadline of {secs} s:\n{stdout}\n{stderr}"),
+        Some(s) => panic!("{what} failed ({s}):\n{stdout}\n{stderr}"),
+        None => panic!("{what} missed its deadline of {secs} s:\n{stdout}\n{stderr}"),
     }
 }
 

@@ -147,7 +147,16 @@ pub(crate) fn recv_message(
 /// (or `ENFILE`) if not. Checked before a worker is asked for, whose pidfd
 /// the kernel would otherwise have to drop on arrival.
 pub(crate) fn descriptor_available(any: impl AsFd) -> io::Result<()> {
-    rustix::io::fcntl_dupfd_cloexec(any, 0)?;
+    descriptors_available(any, 1)
+}
+
+/// Whether this process can open `n` more descriptors now: `Err(EMFILE)` (or
+/// `ENFILE`) if not. (They are opened, as copies of `any`, and closed.)
+pub(crate) fn descriptors_available(any: impl AsFd, n: usize) -> io::Result<()> {
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        held.push(rustix::io::fcntl_dupfd_cloexec(any.as_fd(), 0)?);
+    }
     Ok(())
 }
 

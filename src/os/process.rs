@@ -72,6 +72,15 @@ pub(crate) fn parent_pid() -> u32 {
     rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32)
 }
 
+/// Whether the calling thread is the only thread of this process, as far as
+/// the kernel says (`/proc/self/task` has a link per thread, plus two).
+/// `false` when it cannot tell (no procfs): callers take the careful path.
+/// Only the calling thread could start another, so `true` stays true until
+/// it does.
+pub(crate) fn single_threaded() -> bool {
+    rustix::fs::stat("/proc/self/task").is_ok_and(|st| st.st_nlink == 3)
+}
+
 /// Forks this process has been through: 0 in the process that first called
 /// `fork_generation`, one more in each child forked (through libc's `fork`)
 /// since. A pool compares it with the value it was built with to tell
@@ -358,6 +367,25 @@ pub(crate) fn limit_address_space(extra: usize) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_with_another_thread_is_not_single_threaded() {
+        // The test harness runs this on a thread of its own: at least two.
+        assert!(!single_threaded());
+        // Counted by the kernel: one more, running or parked.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || rx.recv());
+        assert!(!single_threaded());
+        drop(tx);
+        let _ = other.join();
+        // What it counts: a link per thread, plus two (`.` and `..`).
+        let threads = std::fs::read_dir("/proc/self/task").unwrap().count() as u64;
+        let links = rustix::fs::stat("/proc/self/task").unwrap().st_nlink;
+        assert!(
+            links >= 3 && links.abs_diff(threads + 2) <= 1,
+            "{links} links, {threads} threads"
+        );
+    }
 
     #[test]
     fn statuses_decode() {

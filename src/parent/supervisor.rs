@@ -12,8 +12,8 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -105,50 +105,87 @@ struct Supervisor {
     stuck: Vec<Option<(u32, u64, u64)>>,
 }
 
-/// Starts every worker, waits until each runs, then starts the supervisor
-/// thread with the pool's template. On error, the workers already started and
-/// the template are killed and reaped.
+/// Starts the supervisor thread, waits until every worker runs, then hands
+/// the pool's template and workers to the thread. On error, the workers
+/// already started and the template are killed and reaped.
 pub(crate) fn start(inner: Arc<Core>, template: Template) -> Result<thread::JoinHandle<()>, Error> {
     let n = inner.workers;
+    let now = Instant::now();
     let mut sup = Supervisor {
         inner,
+        workers: (0..n)
+            .map(|w| {
+                if w < template.unasked {
+                    Worker::Requested(now)
+                } else {
+                    Worker::Missing
+                }
+            })
+            .collect(),
         template: Some(template),
-        workers: vec![Worker::Missing; n],
         timed_out: vec![None; n],
         sighted: vec![None; n],
         replacing: vec![false; n],
         respawn_error: None,
         failures: 0,
-        retry_at: Instant::now(),
-        spawned_at: vec![Instant::now(); n],
+        retry_at: now,
+        spawned_at: vec![now; n],
         discarded: vec![false; n],
-        repaired: Instant::now(),
+        repaired: now,
         hook: PanicHook::Own,
         watch: (0..n).map(|_| Watch::default()).collect(),
         stuck: vec![None; n],
     };
-    // The workers are requested and awaited on this thread: the pool is
-    // ready the moment the last one reports, with no hand-over from another
-    // thread, and a failure is cleaned up here. (No gain measurable within
-    // this machine's noise; simpler.)
-    if let Err(e) = sup.start_all() {
-        sup.kill_all();
-        sup.finish();
-        return Err(e);
-    }
-    // If the thread cannot be created, `sup` is dropped with the closure:
-    // dropping its template dismisses it, and it kills and reaps the workers.
-    let handle = thread::Builder::new()
+    // The thread is started first, so that its start overlaps with the
+    // template's forks (this thread would only wait for them); it waits
+    // for the supervisor, which this thread keeps until the workers run:
+    // the pool is ready the moment the last one reports, with no hand-over,
+    // and a failure is cleaned up here.
+    let (hand_over, taken) = mpsc::sync_channel::<Supervisor>(1);
+    let spawned = thread::Builder::new()
         .name("shmpool-supervisor".into())
         .spawn(move || {
+            // The sender is dropped without a send if the pool failed to
+            // start.
+            let Ok(mut sup) = taken.recv() else {
+                return;
+            };
             // Whatever happens in the loop (even a bug that panics), the
             // workers are killed and reaped and `gone` is set, so that
             // `terminate`, `join` and `Drop`, which wait for it, return.
             let _ = catch_unwind(AssertUnwindSafe(|| sup.run()));
             sup.kill_all();
             sup.finish();
-        })?;
-    Ok(handle)
+        });
+    let handle = match spawned {
+        Ok(handle) => handle,
+        Err(e) => {
+            sup.kill_all();
+            sup.finish();
+            return Err(e.into());
+        }
+    };
+    if let Err(e) = sup.start_all() {
+        sup.kill_all();
+        sup.finish();
+        // Ends the thread.
+        drop(hand_over);
+        let _ = handle.join();
+        return Err(e);
+    }
+    match hand_over.send(sup) {
+        Ok(()) => Ok(handle),
+        // The thread is gone (it cannot be, short of a bug): no one would
+        // watch the workers.
+        Err(mpsc::SendError(mut sup)) => {
+            sup.kill_all();
+            sup.finish();
+            let _ = handle.join();
+            Err(Error::Io(io::Error::other(
+                "the supervisor thread ended at its start",
+            )))
+        }
+    }
 }
 
 impl Supervisor {
@@ -706,6 +743,7 @@ impl Supervisor {
             inner.config.worker,
             StdioProbe::start(),
             self.hook,
+            0,
         ) {
             Ok(t) => self.template = Some(t),
             Err(e) => self.start_failed(e),

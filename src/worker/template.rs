@@ -68,6 +68,9 @@ pub(crate) struct Template {
     pub(crate) pid: u32,
     pub(crate) pidfd: OwnedFd,
     pub(crate) sock: OwnedFd,
+    /// Workers `0..unasked` are forked by the template as it starts, without
+    /// a request (the pool's first workers).
+    pub(crate) unasked: usize,
     /// Set once the template has been reaped: its pid may be anyone's now.
     reaped: bool,
 }
@@ -91,24 +94,39 @@ const DROP_GRACE: Duration = Duration::from_millis(200);
 /// long time by another, makes it wait this long.
 const STDIO_PATIENCE: Duration = Duration::from_millis(10);
 
-/// Finds out, on a thread of its own, whether stdout's and stderr's locks can
-/// be taken now, so that `Pool::new` never waits for a lock that user code
-/// holds (a thread that holds stdout while it waits for the pool to be built
-/// would deadlock it). Started early in `Builder::build`, so it runs while the
-/// region is created.
+/// Finds out whether stdout's and stderr's locks can be taken now, so that
+/// `Pool::new` never waits for a lock that user code holds (a thread that
+/// holds stdout while it waits for the pool to be built would deadlock it).
 ///
 /// A forked child inherits a lock held by another thread as locked forever,
-/// and a task that prints would then block; so when the probe finds both
-/// free, the forking thread takes them itself and holds them across the fork.
-/// When it does not answer in time (the calling thread holds stdout itself,
-/// which the child then owns and may use, or another thread holds it for
-/// long), the template is forked without them.
-pub(crate) struct StdioProbe(Option<mpsc::Receiver<()>>);
+/// and a task that prints would then block; so when both are free, the
+/// forking thread takes them itself and holds them across the fork.
+///
+/// In a single-threaded process no other thread can hold them, and the
+/// calling thread takes them again even if it holds them (they are
+/// reentrant; the child, the same thread, may then use them too): they are
+/// taken at once. Otherwise a thread of its own tries them, started early in
+/// `Builder::build` so that it runs while the region is created; when it
+/// does not answer in time (the calling thread holds a lock itself, or
+/// another thread holds one for long), the template is forked without them.
+pub(crate) enum StdioProbe {
+    /// The calling thread is the process's only thread.
+    Alone,
+    /// The probe thread answers on this channel once it has taken and
+    /// released both locks.
+    Probing(mpsc::Receiver<()>),
+    /// No probe thread could be started: fork without the locks.
+    Unknown,
+}
 
 impl StdioProbe {
-    /// Starts the probe thread (if it cannot be started, the fork goes ahead
-    /// without the locks).
+    /// Looks at the process, and starts the probe thread if another thread
+    /// exists (the common single-threaded program is spared starting a
+    /// thread and waiting for it to run).
     pub(crate) fn start() -> StdioProbe {
+        if os::single_threaded() {
+            return StdioProbe::Alone;
+        }
         let (tx, rx) = mpsc::sync_channel(1);
         let probe = thread::Builder::new()
             .name("shmpool-stdio".into())
@@ -117,13 +135,17 @@ impl StdioProbe {
                 drop((io::stdout().lock(), io::stderr().lock()));
                 let _ = tx.send(());
             });
-        StdioProbe(probe.ok().map(|_| rx))
+        probe.map_or(StdioProbe::Unknown, |_| StdioProbe::Probing(rx))
     }
 
-    /// Both locks, taken by this thread, if the probe found them free within
-    /// `patience`.
+    /// Both locks, taken by this thread, if they were found free (within
+    /// `patience`, when another thread had to look).
     fn take(self, patience: Duration) -> Option<(StdoutLock<'static>, StderrLock<'static>)> {
-        self.0?.recv_timeout(patience).ok()?;
+        match self {
+            StdioProbe::Alone => {}
+            StdioProbe::Probing(rx) => rx.recv_timeout(patience).ok()?,
+            StdioProbe::Unknown => return None,
+        }
         Some((io::stdout().lock(), io::stderr().lock()))
     }
 }
@@ -183,16 +205,19 @@ pub(crate) enum Report {
 }
 
 impl Template {
-    /// Forks the template. If `stdio` found stdout's and stderr's locks
-    /// free, this thread takes them and holds them across the fork, so the
-    /// template (and every worker) starts with them unlocked; otherwise it
-    /// forks without them (see `StdioProbe`).
+    /// Forks the template, which forks workers `0..first` at once, unasked
+    /// (each reported as if requested), then serves requests. If `stdio`
+    /// found stdout's and stderr's locks free, this thread takes them and
+    /// holds them across the fork, so the template (and every worker) starts
+    /// with them unlocked; otherwise it forks without them (see
+    /// `StdioProbe`).
     pub(crate) fn fork(
         region: &Region,
         event_fd: BorrowedFd<'_>,
         config: WorkerConfig,
         stdio: StdioProbe,
         hook: PanicHook,
+        first: usize,
     ) -> io::Result<Template> {
         let (ours, theirs) = os::seqpacket_pair()?;
         let parent = os::getpid();
@@ -221,7 +246,7 @@ impl Template {
                 drop(stdio);
                 // Closed with the other inherited descriptors by `serve`.
                 std::mem::forget(ours);
-                serve(region, event_fd, theirs, parent, config, hook)
+                serve(region, event_fd, theirs, parent, config, hook, first)
             }
             os::Forked::Parent(pid) => {
                 drop(mapping);
@@ -232,6 +257,7 @@ impl Template {
                         pid,
                         pidfd,
                         sock: ours,
+                        unasked: first,
                         reaped: false,
                     }),
                     Err(e) => {
@@ -336,6 +362,7 @@ fn serve(
     parent: u32,
     config: WorkerConfig,
     hook: PanicHook,
+    first: usize,
 ) -> ! {
     set_in_worker();
     let sock = sock.as_fd();
@@ -359,9 +386,18 @@ fn serve(
     }
     let me = os::getpid();
     let mut children: Vec<Child> = Vec::new();
+    let mut unasked = 0..first;
     loop {
         if os::parent_pid() != parent {
             break;
+        }
+        // The pool's first workers, back to back: a request for each would
+        // cost a round trip with the parent (and a wake-up of each) apiece.
+        if let Some(index) = unasked.next() {
+            if spawn_and_report(region, event_fd, me, config, index, sock, &mut children).is_err() {
+                break;
+            }
+            continue;
         }
         let mut fds = vec![os::watch(sock)];
         fds.extend(children.iter().map(|c| os::watch(c.pidfd.as_fd())));
@@ -394,11 +430,9 @@ fn serve(
         match os::recv_message(sock, false) {
             Ok(Some(([SPAWN, index, _], _))) => {
                 let index = index as usize;
-                let reply = match spawn(region, event_fd, me, config, index) {
-                    Ok(child) => report_spawned(sock, child, &mut children),
-                    Err(e) => spawn_failed(sock, index, &e),
-                };
-                if reply.is_err() {
+                if spawn_and_report(region, event_fd, me, config, index, sock, &mut children)
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -437,6 +471,23 @@ fn serve(
         os::wait_raw(c.pid);
     }
     os::exit_now(0)
+}
+
+/// Forks worker `index` and reports it (`SPAWNED` or `SPAWN_FAILED`). An
+/// error means the socket is gone.
+fn spawn_and_report(
+    region: &Region,
+    event_fd: BorrowedFd<'_>,
+    me: u32,
+    config: WorkerConfig,
+    index: usize,
+    sock: BorrowedFd<'_>,
+    children: &mut Vec<Child>,
+) -> io::Result<()> {
+    match spawn(region, event_fd, me, config, index) {
+        Ok(child) => report_spawned(sock, child, children),
+        Err(e) => spawn_failed(sock, index, &e),
+    }
 }
 
 /// Sends `SPAWNED` with the new worker's pidfd attached and keeps the
