@@ -9,7 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use bytemuck::{Pod, Zeroable};
+// In your own crate: `use bytemuck::{Pod, Zeroable};` with bytemuck's `derive` feature.
+use bytemuck_derive::{Pod, Zeroable};
 use rayon::prelude::*;
 use shmpool::Pool;
 

@@ -3,7 +3,8 @@
 
 mod common;
 
-use bytemuck::{Pod, Zeroable};
+use bytemuck::Zeroable;
+use bytemuck_derive::{Pod, Zeroable};
 use common::deadline;
 use shmpool::{Error, Pool};
 

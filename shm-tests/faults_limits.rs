@@ -442,7 +442,7 @@ fn a_worker_that_corrupts_the_control_block_fails_at_most_its_job() {
 
 /// One element of a job whose task forges its own slot's completion words
 /// (`common::forge`) at the element with `kind != 0`.
-#[derive(Clone, Copy, Debug, bytemuck::Zeroable, bytemuck::Pod)]
+#[derive(Clone, Copy, Debug, bytemuck_derive::Zeroable, bytemuck_derive::Pod)]
 #[repr(C)]
 struct Item {
     x: u64,

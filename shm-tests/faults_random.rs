@@ -33,7 +33,7 @@ const TIMEOUT: Duration = Duration::from_millis(300);
 const MEMORY_LIMIT: usize = 128 << 20;
 
 /// What a trial's task does, and where.
-#[derive(Clone, Copy, bytemuck::Zeroable, bytemuck::Pod)]
+#[derive(Clone, Copy, bytemuck_derive::Zeroable, bytemuck_derive::Pod)]
 #[repr(C)]
 struct Fault {
     kind: u64,

@@ -4,7 +4,8 @@
 
 mod common;
 
-use bytemuck::{Pod, Zeroable};
+use bytemuck::Pod;
+use bytemuck_derive::{Pod, Zeroable};
 use common::deadline;
 use shmpool::{Error, Pool, ShmVec};
 

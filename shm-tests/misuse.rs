@@ -676,12 +676,12 @@ type Bytes64K = [[u8; 4096]; 16];
 
 /// A type aligned to two pages: more than an arena block guarantees.
 #[repr(C, align(8192))]
-#[derive(Clone, Copy, Debug, bytemuck::Zeroable, bytemuck::Pod)]
+#[derive(Clone, Copy, Debug, bytemuck_derive::Zeroable, bytemuck_derive::Pod)]
 struct Big([[u8; 4096]; 2]);
 
 /// A type aligned to exactly one page: the largest alignment allowed.
 #[repr(C, align(4096))]
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Zeroable, bytemuck::Pod)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck_derive::Zeroable, bytemuck_derive::Pod)]
 struct Paged([u8; 4096]);
 
 fn triple_words(mut a: Words64K) -> Words64K {

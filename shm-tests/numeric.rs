@@ -137,7 +137,7 @@ fn map_indexed_runs_a_stencil_like_serial_code() {
 fn map_indexed_with_passes_its_context_like_serial_code() {
     deadline(120, || {
         let pool = Pool::new(2).unwrap();
-        #[derive(Clone, Copy, bytemuck::Zeroable, bytemuck::Pod)]
+        #[derive(Clone, Copy, bytemuck_derive::Zeroable, bytemuck_derive::Pod)]
         #[repr(C)]
         struct Stencil {
             first: u64,

@@ -14,16 +14,22 @@ use bytemuck::Pod;
 /// read by another process, so they must be plain old data: integers and
 /// floats, arrays of them (`[f64; 2]` for a pair; any length), and
 /// `#[repr(C)]` structs of them without padding that derive `Pod` and
-/// `Zeroable`. Not `String`, `Vec`, `Box` or references (they point into the
-/// caller's heap, which means nothing in a worker), nor tuples, `bool` or
-/// `char` (tuples have no fixed layout and may hold padding; not every byte
-/// pattern is a valid `bool` or `char`).
+/// `Zeroable` (bytemuck's `derive` feature: `bytemuck = { version = "1.25",
+/// features = ["derive"] }` in your Cargo.toml). Not `String`, `Vec`, `Box`
+/// or references (they point into the caller's heap, which means nothing in
+/// a worker), nor tuples, `bool` or `char` (tuples have no fixed layout and
+/// may hold padding; not every byte pattern is a valid `bool` or `char`).
 ///
 /// A generic function that maps can ask for `T: Pod` or `T: Element`; the
 /// two are the same.
 ///
 /// ```
 /// use shmpool::bytemuck::{Pod, Zeroable};
+/// # // The derive macros, from bytemuck_derive: the workspace leaves
+/// # // bytemuck's `derive` feature off so that building an example does not
+/// # // build syn (see Cargo.toml, [workspace]). Should the feature come back,
+/// # // this line fails with E0252 (`Pod` defined twice), which is the point.
+/// # use bytemuck_derive::{Pod, Zeroable};
 ///
 /// #[derive(Clone, Copy, Pod, Zeroable)]
 /// #[repr(C)]

@@ -392,7 +392,14 @@ impl Pool {
     /// As [`map`](Self::map).
     ///
     /// ```
-    /// #[derive(Clone, Copy, bytemuck::Zeroable, bytemuck::Pod)]
+    /// use bytemuck::{Pod, Zeroable};
+    /// # // The derive macros, from bytemuck_derive: the workspace leaves
+    /// # // bytemuck's `derive` feature off so that building an example does not
+    /// # // build syn (see Cargo.toml, [workspace]). Should the feature come back,
+    /// # // this line fails with E0252 (`Pod` defined twice), which is the point.
+    /// # use bytemuck_derive::{Pod, Zeroable};
+    ///
+    /// #[derive(Clone, Copy, Pod, Zeroable)]
     /// #[repr(C)]
     /// struct Affine { a: f64, b: f64 }
     ///
