@@ -193,11 +193,17 @@ impl Gate {
     pub fn open(&self) {
         std::fs::write(gate_path(self.token), b"").expect("create the gate's file");
     }
+
+    /// Whether a task has reached this gate (it may have passed it since).
+    pub fn reached(&self) -> bool {
+        arrival_path(self.token).exists()
+    }
 }
 
 impl Drop for Gate {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(gate_path(self.token));
+        let _ = std::fs::remove_file(arrival_path(self.token));
     }
 }
 
@@ -205,9 +211,15 @@ fn gate_path(token: u64) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("shmpool-test-gate-{token:x}"))
 }
 
-/// A task that waits until the gate of `token` is open (or a minute has
-/// passed), then returns `token`.
+fn arrival_path(token: u64) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("shmpool-test-gate-{token:x}.reached"))
+}
+
+/// A task that says it has reached the gate of `token` ([`Gate::reached`]),
+/// waits until the gate is open (or a minute has passed), then returns
+/// `token`.
 pub fn gated(token: u64) -> u64 {
+    let _ = std::fs::write(arrival_path(token), b"");
     let end = Instant::now() + GATE_PATIENCE;
     while !gate_path(token).exists() && Instant::now() < end {
         thread::sleep(Duration::from_millis(1));
