@@ -123,9 +123,9 @@ impl Builder {
     /// 50 ms). A timeout too large for the clock (`Duration::MAX`) is no
     /// limit. It is wall-clock time: a range that a busy machine leaves
     /// unscheduled runs out of it too, so leave headroom. A worker killed
-    /// from outside (or by the kernel's OOM killer) is a death, not a
-    /// timeout, even if it exits or is reported only after its range passed
-    /// the deadline: its range is retried ([`max_retries`](Self::max_retries)).
+    /// from outside that has exited is a death, not a timeout, even if its
+    /// death is reported only after its range passed the deadline: its range
+    /// is retried ([`max_retries`](Self::max_retries)).
     ///
     /// ```
     /// use std::time::Duration;

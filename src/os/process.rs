@@ -237,28 +237,6 @@ pub(crate) fn pidfd_exited(pidfd: &OwnedFd, timeout_ms: i32) -> bool {
     matches!(super::sync::poll(&mut fds, timeout_ms), Ok(n) if n > 0)
 }
 
-/// Whether process `pid` has a `SIGKILL` pending, as `/proc/<pid>/status`
-/// shows (`ShdPnd` for a kill sent to the process, `SigPnd` for one sent to
-/// its main thread): it is dying, though it may not have exited yet (a
-/// process has to be scheduled to exit, which a busy machine can put off).
-/// False where `/proc` cannot be read.
-pub(crate) fn kill_pending(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .is_ok_and(|status| kill_in_status(&status))
-}
-
-/// Whether a `/proc/<pid>/status` text shows `SIGKILL` pending.
-fn kill_in_status(status: &str) -> bool {
-    let bit = 1u64 << (libc::SIGKILL - 1);
-    status.lines().any(|line| {
-        let Some((key, mask)) = line.split_once(':') else {
-            return false;
-        };
-        matches!(key, "SigPnd" | "ShdPnd")
-            && u64::from_str_radix(mask.trim(), 16).is_ok_and(|m| m & bit != 0)
-    })
-}
-
 /// Reaps the process behind `pidfd` if it has exited and is (now) our child:
 /// a worker orphaned by its template is re-parented to us when we are a
 /// subreaper or PID 1. Anything else (`ECHILD`) is ignored.
@@ -399,28 +377,6 @@ mod tests {
                 code: None
             }
         );
-    }
-
-    #[test]
-    fn a_pending_kill_is_read_from_the_status() {
-        let status = |shd: &str, sig: &str| {
-            format!(
-                "Name:\tw\nState:\tR (running)\nSigQ:\t1/63432\nSigPnd:\t{sig}\n\
-                 ShdPnd:\t{shd}\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000001000\n"
-            )
-        };
-        let none = "0000000000000000";
-        // SIGKILL is signal 9: bit 8.
-        let kill = "0000000000000100";
-        assert!(kill_in_status(&status(kill, none)), "sent to the process");
-        assert!(kill_in_status(&status(none, kill)), "sent to its thread");
-        assert!(!kill_in_status(&status(none, none)));
-        // SIGTERM (bit 14) and SIGSTOP (bit 18) pending, ignored SIGPIPE.
-        assert!(!kill_in_status(&status("0000000000024000", none)));
-        assert!(!kill_in_status(""));
-        assert!(!kill_in_status("ShdPnd:\tnot hex\n"));
-        // This process is alive and not being killed.
-        assert!(!kill_pending(getpid()));
     }
 
     #[test]

@@ -722,10 +722,9 @@ impl Supervisor {
         let limit_ns = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
         let procs = lock(&self.inner.procs);
         for w in 0..self.workers.len() {
-            let Some((pid, pidfd)) = &procs.workers[w] else {
+            let Some((_, pidfd)) = &procs.workers[w] else {
                 continue;
             };
-            let pid = *pid;
             let rec = self.inner.region.record(w);
             // ORDERING: Acquire: pairs with the worker's Begin (a Release
             // store of the phase, after `started_ns` and its range).
@@ -757,10 +756,7 @@ impl Supervisor {
                 // overrunning: its report settles it, and its range may run
                 // again. Taking it for a timeout failed its job with
                 // `TaskTimedOut` whenever the report came later than the limit.
-                // So is one already dying, with a SIGKILL pending (the
-                // kernel's OOM killer, or a kill from outside, that a busy
-                // machine has not yet let it act on).
-                if os::pidfd_exited(pidfd, 0) || os::kill_pending(pid) {
+                if os::pidfd_exited(pidfd, 0) {
                     continue;
                 }
                 os::pidfd_kill(pidfd);
