@@ -10,39 +10,47 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use common::{deadline, sleepy};
+use common::{Gate, deadline, gated, sleepy};
 use shmpool::{Error, Pool};
 
 #[test]
 fn get_wait_ready_successful() {
     deadline(60, || {
         let pool = Pool::new(2).unwrap();
-        // A job of a second: long enough that "not yet" holds even on a
-        // loaded machine.
-        let r = pool.apply_async(1_000u64, sleepy).unwrap();
+        // A job that waits until the test opens its gate: "not yet" holds
+        // however slowly this thread runs on a loaded machine.
+        let gate = Gate::new();
+        let r = pool.apply_async(gate.token(), gated).unwrap();
         assert!(!r.ready());
         assert_eq!(r.successful(), None);
         assert!(
             !r.wait_timeout(Duration::from_millis(10)),
             "a short wait times out"
         );
+        assert!(!r.ready(), "and leaves the job running");
+        gate.open();
         assert!(
             r.wait_timeout(Duration::from_secs(10)),
             "and the job still completes"
         );
         assert!(r.ready());
         assert_eq!(r.successful(), Some(true));
-        assert_eq!(r.get().unwrap(), 1_000);
+        assert_eq!(r.get().unwrap(), gate.token());
 
         let failing = pool.apply_async(0u32, |x| 1 / x).unwrap();
         failing.wait();
         assert_eq!(failing.successful(), Some(false));
         assert!(matches!(failing.get(), Err(Error::TaskPanicked { .. })));
 
-        let mut slow = pool.apply_async(1_000u64, sleepy).unwrap();
+        let gate = Gate::new();
+        let mut slow = pool.apply_async(gate.token(), gated).unwrap();
         let err = slow.get_timeout(Duration::from_millis(5)).unwrap_err();
         assert!(matches!(err, Error::WaitTimedOut { .. }), "{err}");
-        assert_eq!(slow.get_timeout(Duration::from_secs(10)).unwrap(), 1_000);
+        gate.open();
+        assert_eq!(
+            slow.get_timeout(Duration::from_secs(10)).unwrap(),
+            gate.token()
+        );
         assert!(matches!(
             slow.get_timeout(Duration::ZERO),
             Err(Error::InvalidArgument { .. })
@@ -287,18 +295,22 @@ fn blocking_on_an_unfinished_job_inside_a_callback_is_an_error() {
     deadline(60, || {
         let pool = Arc::new(Pool::new(2).unwrap());
         let verdict = Arc::new(Mutex::new(None));
+        // Both jobs wait at gates: `slow` is still unfinished when the
+        // callback asks for it (its gate is never opened: dropping the pool
+        // ends it), and `first` finishes only once its callback is
+        // registered, so that the callback runs in the result thread.
+        let (never, release) = (Gate::new(), Gate::new());
         let slow = Arc::new(Mutex::new(Some(
-            pool.apply_async(5_000u64, sleepy).unwrap(),
+            pool.apply_async(never.token(), gated).unwrap(),
         )));
-        // Long enough that the callback is registered before it finishes, so
-        // it runs in the result thread.
-        let first = pool.apply_async(200u64, sleepy).unwrap();
+        let first = pool.apply_async(release.token(), gated).unwrap();
         let (v, s) = (verdict.clone(), slow.clone());
         first.on_complete(move |_| {
             let r = s.lock().unwrap().take().unwrap();
             let thread = thread::current().name().map(str::to_owned);
             *v.lock().unwrap() = Some((thread, r.get()));
         });
+        release.open();
         first.get().unwrap();
         let (thread, got) = verdict.lock().unwrap().take().expect("the callback ran");
         assert_eq!(

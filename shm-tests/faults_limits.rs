@@ -79,6 +79,79 @@ fn a_task_past_its_timeout_is_killed_and_its_job_fails() {
     })
 }
 
+/// Stops a process (SIGSTOP) for as long as it lives; continues it when
+/// dropped, whatever happens to the test.
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> Stopped {
+        // SAFETY: kill(2) on a process of this pool.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process stopped above.
+        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+    }
+}
+
+#[test]
+fn a_kill_from_outside_reported_after_the_timeout_is_a_death_not_a_timeout() {
+    deadline(60, || {
+        // The template reports deaths. Stopped, it reports a worker killed
+        // from outside only once continued, long after the range that
+        // worker was in has passed the task timeout. The worker died; it
+        // did not overrun: its range is retried, as for any death.
+        let limit = Duration::from_millis(200);
+        // An attempt whose kill came later than `limit` after the job was
+        // submitted proves nothing (its range may really have overrun
+        // while this thread was held up): it is made again.
+        for _ in 0..5 {
+            let pool = Pool::builder()
+                .workers(1)
+                .task_timeout(limit)
+                .max_retries(1)
+                .build()
+                .unwrap();
+            let worker = pool.worker_pids()[0];
+            let template = common::proc_stat(worker).expect("the worker runs").1;
+            let stopped = Stopped::new(template);
+            let gate = common::Gate::new();
+            let submitted = Instant::now();
+            let r = pool.apply_async(gate.token(), common::gated).unwrap();
+            assert!(wait_until(Duration::from_secs(10), || gate.reached()));
+            // SAFETY: kill(2) on our worker.
+            unsafe { libc::kill(worker as i32, libc::SIGKILL) };
+            let killed_after = submitted.elapsed();
+            assert!(wait_until(Duration::from_secs(10), || is_dead(worker)));
+            // The supervisor looks every `limit / 8`: it sees the dead
+            // worker's range running for five times the limit.
+            thread::sleep(5 * limit);
+            // The retry passes the gate at once.
+            gate.open();
+            drop(stopped);
+            let outcome = r.get();
+            if killed_after >= limit {
+                continue;
+            }
+            match outcome {
+                Ok(v) => assert_eq!(v, gate.token()),
+                Err(e) => panic!("the range is retried after a death, got {e:?}"),
+            }
+            assert!(wait_until(Duration::from_secs(5), || pool
+                .stats()
+                .worker_restarts
+                == 1));
+            assert_healthy(&pool);
+            return;
+        }
+        panic!("in 5 attempts, the worker was never killed within {limit:?} of its job");
+    })
+}
+
 /// Allocates and touches `mib` MiB, and keeps it.
 fn hog(mib: &u64, x: u64) -> u64 {
     if x == 3 {

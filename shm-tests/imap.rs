@@ -192,9 +192,15 @@ fn dropping_a_stream_midway_cancels_its_jobs_and_frees_memory() {
     deadline(60, || {
         let pool = Pool::new(2).unwrap();
         let base = pool.stats().arena_in_use;
+        // The first chunk is quick; the chunks in flight behind it take
+        // seconds (5 ms an element, 1000 elements a chunk, two workers), so
+        // the drop finds them unfinished however slowly this thread gets
+        // there on a loaded machine. Their running ranges (32 elements)
+        // finish within a fraction of a second of the cancel.
         let mut it = pool
             .imap(0..1_000_000u64, |x| {
-                std::thread::sleep(Duration::from_micros(50));
+                let pause = if x < 1000 { 50 } else { 5_000 };
+                std::thread::sleep(Duration::from_micros(pause));
                 x
             })
             .unwrap()

@@ -121,7 +121,11 @@ impl Builder {
     /// range overrun a 1 s timeout. Set `chunk_size(1)` for a deadline per
     /// element. The deadline is checked every `timeout / 8` (at least every
     /// 50 ms). A timeout too large for the clock (`Duration::MAX`) is no
-    /// limit.
+    /// limit. It is wall-clock time: a range that a busy machine leaves
+    /// unscheduled runs out of it too, so leave headroom. A worker killed
+    /// from outside that has exited is a death, not a timeout, even if its
+    /// death is reported only after its range passed the deadline: its range
+    /// is retried ([`max_retries`](Self::max_retries)).
     ///
     /// ```
     /// use std::time::Duration;

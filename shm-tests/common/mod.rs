@@ -158,6 +158,75 @@ pub fn sleepy(ms: u64) -> u64 {
     ms
 }
 
+/// A gate that tasks in worker processes wait at until the test opens it:
+/// a file in the temporary directory, named by a token that the task gets
+/// as its argument. A job that must still be running when the test looks
+/// at it (not `ready`, a short wait that times out) waits at a gate rather
+/// than sleeping for a while, which a loaded machine can outlast between
+/// two lines of the test. Dropping the gate removes its file (a task still
+/// waiting at it goes on waiting: a failed test's pool, dropped, kills it).
+pub struct Gate {
+    token: u64,
+}
+
+/// Gates made so far by this process (part of each token).
+static GATES: AtomicU32 = AtomicU32::new(0);
+
+/// How long a task waits at a gate that is never opened.
+const GATE_PATIENCE: Duration = Duration::from_secs(60);
+
+impl Gate {
+    pub fn new() -> Gate {
+        // ORDERING: Relaxed: only uniqueness matters.
+        let n = GATES.fetch_add(1, Relaxed);
+        Gate {
+            token: (u64::from(std::process::id()) << 32) | u64::from(n),
+        }
+    }
+
+    /// The argument for a task that calls [`gated`].
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// Lets every task waiting at this gate (and any later one) go on.
+    pub fn open(&self) {
+        std::fs::write(gate_path(self.token), b"").expect("create the gate's file");
+    }
+
+    /// Whether a task has reached this gate (it may have passed it since).
+    pub fn reached(&self) -> bool {
+        arrival_path(self.token).exists()
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(gate_path(self.token));
+        let _ = std::fs::remove_file(arrival_path(self.token));
+    }
+}
+
+fn gate_path(token: u64) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("shmpool-test-gate-{token:x}"))
+}
+
+fn arrival_path(token: u64) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("shmpool-test-gate-{token:x}.reached"))
+}
+
+/// A task that says it has reached the gate of `token` ([`Gate::reached`]),
+/// waits until the gate is open (or a minute has passed), then returns
+/// `token`.
+pub fn gated(token: u64) -> u64 {
+    let _ = std::fs::write(arrival_path(token), b"");
+    let end = Instant::now() + GATE_PATIENCE;
+    while !gate_path(token).exists() && Instant::now() < end {
+        thread::sleep(Duration::from_millis(1));
+    }
+    token
+}
+
 /// Polls `cond` every 5 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
