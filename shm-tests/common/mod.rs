@@ -110,7 +110,8 @@ static TEST_PID: AtomicU32 = AtomicU32::new(0);
 /// allocate past its worker's memory limit on purpose: Rust prints "memory
 /// allocation of N bytes failed" (and, under `RUST_BACKTRACE`, a backtrace)
 /// before it aborts, and the test checks the typed error instead
-/// (`MemoryLimit`, `WorkerDied`). The worker dies, so nothing else it would
+/// (`MemoryLimit`, `WorkerDied`). Also a pool's initializer, for a task that
+/// overflows its stack before its first statement. The worker dies, so nothing else it would
 /// print is lost; a worker that survives (an allocation within the limit)
 /// only ever reports through the pool's errors, which the test sees. Does
 /// nothing in the test process itself (a pool whose caller runs ranges),
