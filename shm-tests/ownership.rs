@@ -628,3 +628,40 @@ fn a_refused_map_async_drops_the_vector_moved_in_and_frees_its_memory() {
         assert_eq!(w, vec![2; 8]);
     })
 }
+
+#[test]
+fn what_a_task_prints_without_a_newline_is_not_lost() {
+    let out = isolated("partial_lines_body", 60);
+    for x in 1..=3 {
+        assert!(out.contains(&format!("<{x}>")), "{out:?}");
+    }
+    assert!(out.contains("<apply 7>"), "{out:?}");
+}
+
+#[test]
+#[ignore = "run in a process of its own by what_a_task_prints_without_a_newline_is_not_lost"]
+fn partial_lines_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(50, || {
+        let pool = Pool::new(2).unwrap();
+        // `print!` keeps a partial line in the worker's stdout buffer; the
+        // worker is killed at `join`, idle.
+        let ys = pool.map(&[1u32, 2, 3], |x| {
+            print!("<{x}>");
+            x
+        });
+        assert_eq!(ys.unwrap(), vec![1, 2, 3]);
+        assert_eq!(
+            pool.apply(7u32, |x| {
+                print!("<apply {x}>");
+                x
+            })
+            .unwrap(),
+            7
+        );
+        pool.close();
+        pool.join().unwrap();
+    })
+}

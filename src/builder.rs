@@ -335,6 +335,8 @@ impl Builder {
             max_tasks: self.max_tasks_per_worker as u64,
             memory_limit: self.worker_memory_limit,
             timed: self.task_timeout.is_some(),
+            // Decided at the fork (`Template::fork`).
+            flush_stdout: false,
         };
         let config = Config {
             worker,

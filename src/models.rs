@@ -245,6 +245,7 @@ fn start_workers(region: &Arc<Region>) -> Vec<thread::JoinHandle<i32>> {
                         max_tasks: 0,
                         memory_limit: None,
                         timed: false,
+                        flush_stdout: false,
                     },
                 };
                 work(&ctx, 0, 0, u64::MAX, FOREVER)

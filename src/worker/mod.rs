@@ -26,6 +26,7 @@ pub(crate) mod template;
 
 use std::any::Any;
 use std::cell::Cell;
+use std::io::Write;
 use std::os::fd::BorrowedFd;
 use std::panic::{self, AssertUnwindSafe, catch_unwind};
 use std::sync::Once;
@@ -87,6 +88,10 @@ pub(crate) struct WorkerConfig {
     pub(crate) memory_limit: Option<usize>,
     /// Whether ranges are timed (the pool has a task timeout).
     pub(crate) timed: bool,
+    /// Whether the worker may flush stdout: its lock was free when the
+    /// template was forked (`Template::fork`). Otherwise a thread that no
+    /// longer exists may hold it, and a flush would block forever.
+    pub(crate) flush_stdout: bool,
 }
 
 /// Everything a worker needs, copied into the child by `fork`.
@@ -174,7 +179,9 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
         // ORDERING: Relaxed: the supervisor reads it after the process is
         // gone.
         rec.init.store(INIT_MARK, Relaxed);
-        if let Err(payload) = catch_unwind(init) {
+        let outcome = catch_unwind(init);
+        flush_stdout(&ctx.config);
+        if let Err(payload) = outcome {
             let message = payload_message(&*payload);
             let location = take_panic_location();
             write_error(
@@ -262,13 +269,30 @@ pub(crate) fn work(
             }
             continue;
         }
-        while pass(ctx, &mut budget) {}
+        let mut ran = false;
+        while pass(ctx, &mut budget) {
+            ran = true;
+        }
+        if ran {
+            flush_stdout(&ctx.config);
+        }
         if budget == 0 {
             return EXIT_RECYCLED;
         }
         if retiring(rec) {
             return EXIT_RETIRED;
         }
+    }
+}
+
+/// Writes out what tasks left in stdout's buffer (a `print!` without a
+/// newline), as the worker runs out of work: it may be killed idle, at
+/// `join` or `terminate`, or exit to be replaced, and `_exit` flushes
+/// nothing. Stderr is unbuffered. An empty buffer costs a lock and no
+/// system call, once per burst of work, not per range.
+fn flush_stdout(config: &WorkerConfig) {
+    if config.flush_stdout {
+        let _ = std::io::stdout().flush();
     }
 }
 

@@ -229,6 +229,11 @@ impl Template {
         if let Some((out, _)) = &mut stdio {
             let _ = out.flush();
         }
+        // Workers flush what tasks print only if the lock is free in them.
+        let config = WorkerConfig {
+            flush_stdout: stdio.is_some(),
+            ..config
+        };
         // Every region this fork inherits is in the registry, so that the
         // template's workers can unmap the other pools' (`registry::lock`).
         let mapping = registry::lock();
