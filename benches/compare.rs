@@ -141,9 +141,113 @@ fn row(
     }
 }
 
+/// The seed, its floor and Python's seed, measured in turn.
+struct Seed {
+    /// Median wall time of the seed's program.
+    ours: Duration,
+    /// Median wall time of five bare processes forked, exited and reaped.
+    floor: Duration,
+    /// Mean CPU time (every process, user and system) of one seed and of
+    /// one floor.
+    ours_cpu: Duration,
+    floor_cpu: Duration,
+    /// Median of Python's warm seeds, if `python3` runs the script.
+    python: Option<Duration>,
+}
+
+/// CPU time (user and system) of this process and of its reaped
+/// descendants (the template reaps the workers; we reap the template).
+fn cpu_time() -> Duration {
+    let usage = |who| {
+        // SAFETY: an all-zero `rusage` is valid, and `getrusage` writes only it.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `u` is a valid place to write.
+        unsafe { libc::getrusage(who, &mut u) };
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        tv(u.ru_utime) + tv(u.ru_stime)
+    };
+    usage(libc::RUSAGE_SELF) + usage(libc::RUSAGE_CHILDREN)
+}
+
+/// The seed against its floor and against Python, each measured in turn
+/// with the others, so that all three see the same minutes of a shared,
+/// noisy machine: three rounds of seven seeds alternating with seven bare
+/// floors, then Python's seed (one warm run and five measured, in a fresh
+/// interpreter, as `pool_bench.py --seed` does). Measured one after the
+/// other instead, a load change between them moved the ratios by 30-50%.
+fn seed_in_turn() -> Seed {
+    let seed = || {
+        let p = Pool::new(4).unwrap();
+        let xs: Vec<i64> = (0..100).collect();
+        let ys = p.map(&xs, |x| x * x).unwrap();
+        assert_eq!(ys[99], 9801);
+        p.close();
+        p.join().unwrap();
+    };
+    // The seed's floor: its five processes, bare, forked and reaped in turn.
+    let floor = || (0..5).for_each(|_| fork_exit_reap());
+    for _ in 0..3 {
+        seed();
+        floor();
+    }
+    let timed = |f: &dyn Fn(), wall: &mut Vec<Duration>, cpu: &mut Duration| {
+        let (t, c) = (Instant::now(), cpu_time());
+        f();
+        wall.push(t.elapsed());
+        *cpu += cpu_time().saturating_sub(c);
+    };
+    let (mut ours, mut bare, mut python) = (vec![], vec![], vec![]);
+    let (mut ours_cpu, mut floor_cpu) = (Duration::ZERO, Duration::ZERO);
+    let mut python_runs = true;
+    for _ in 0..3 {
+        for _ in 0..7 {
+            timed(&seed, &mut ours, &mut ours_cpu);
+            timed(&floor, &mut bare, &mut floor_cpu);
+        }
+        if python_runs {
+            match python_seed() {
+                Some(runs) => python.extend(runs),
+                None => python_runs = false,
+            }
+        }
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    Seed {
+        ours_cpu: ours_cpu / ours.len() as u32,
+        floor_cpu: floor_cpu / bare.len() as u32,
+        ours: median(ours),
+        floor: median(bare),
+        python: (python_runs && !python.is_empty()).then(|| median(python)),
+    }
+}
+
+/// Python's seed (`pool_bench.py --seed`): the times of five warm runs.
+fn python_seed() -> Option<Vec<Duration>> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/pool_bench.py");
+    let out = Command::new("python3")
+        .args([script, "--seed"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "pool_bench.py --seed failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return None;
+    }
+    let text = String::from_utf8(out.stdout).ok()?;
+    let list = text.split("\"seed_runs_s\":").nth(1)?;
+    let list = &list[list.find('[')? + 1..list.find(']')?];
+    list.split(',')
+        .map(|s| s.trim().parse::<f64>().ok().map(Duration::from_secs_f64))
+        .collect()
+}
+
 /// The Python baselines, if `python3` runs the script.
 struct Python {
-    seed_s: f64,
     apply_rate: f64,
     map_rates: Vec<(usize, f64)>,
 }
@@ -183,7 +287,6 @@ fn python() -> Option<Python> {
         })
         .unwrap_or_default();
     Some(Python {
-        seed_s: number("seed_end_to_end_s")?,
         apply_rate: number("apply_async_tasks_per_s")?,
         map_rates,
     })
@@ -204,16 +307,8 @@ fn main() {
     // (the seed is a small program, like Python's script): forking copies
     // the parent's page tables, and another pool's idle workers cost a new
     // one a little more.
-    let t_seed = median(3, 21, || {
-        let p = Pool::new(4).unwrap();
-        let xs: Vec<i64> = (0..100).collect();
-        let ys = p.map(&xs, |x| x * x).unwrap();
-        assert_eq!(ys[99], 9801);
-        p.close();
-        p.join().unwrap();
-    });
-    // The seed's floor: its five processes, bare, forked and reaped in turn.
-    let t_seed_floor = median(3, 21, || (0..5).for_each(|_| fork_exit_reap()));
+    let seed = seed_in_turn();
+    let (t_seed, t_seed_floor) = (seed.ours, seed.floor);
 
     let pool = Pool::new(w).unwrap();
     let k = 50_000;
@@ -290,15 +385,15 @@ fn main() {
     assert_eq!(out[n - 3], data[n - 3] * data[n - 3]);
 
     let py = python();
-    match &py {
-        Some(p) => {
+    match seed.python {
+        Some(t_python) => {
             rows.push(row(
                 "the seed end to end (Pool(4), map 0..100, close, join) vs Python",
                 ms(t_seed),
-                format!("{} Python", ms(Duration::from_secs_f64(p.seed_s))),
-                p.seed_s / t_seed.as_secs_f64(),
+                format!("{} Python", ms(t_python)),
+                t_python.as_secs_f64() / t_seed.as_secs_f64(),
                 "≥ 8× faster",
-                p.seed_s >= 8.0 * t_seed.as_secs_f64(),
+                t_python >= 8 * t_seed,
             ));
         }
         None => println!("(python3 not found: the Python rows are skipped)"),
@@ -456,16 +551,24 @@ fn main() {
         "(context)",
         true,
     ));
-    if let Some(p) = &py {
+    if let Some(t_python) = seed.python {
         rows.push(row(
             "context: Python's seed vs the 5-process floor",
-            ms(Duration::from_secs_f64(p.seed_s)),
+            ms(t_python),
             format!("{} bare", ms(t_seed_floor)),
-            p.seed_s / t_seed_floor.as_secs_f64(),
+            t_python.as_secs_f64() / t_seed_floor.as_secs_f64(),
             "(context)",
             true,
         ));
     }
+    rows.push(row(
+        "context: the seed's CPU time (all its processes) vs the floor's",
+        ms(seed.ours_cpu),
+        format!("{} bare", ms(seed.floor_cpu)),
+        seed.ours_cpu.as_secs_f64() / seed.floor_cpu.as_secs_f64(),
+        "(context)",
+        true,
+    ));
 
     println!(
         "\n{w} workers; medians; ratio = shmpool / baseline time (throughput rows: shmpool / baseline; \

@@ -4,6 +4,8 @@ example (create a pool of 4, map squares over 0..100, close, join; the
 median of 5 warm runs) and on 50,000 apply_async + get, plus map throughput at several sizes for the plot.
 
 Prints one JSON object on stdout. Usage: python3 pool_bench.py [--quick]
+(everything) or python3 pool_bench.py --seed (the seed only, its five warm
+runs listed: compare.rs runs it between its own seeds).
 """
 import json
 import multiprocessing
@@ -53,6 +55,9 @@ def main():
     # multiprocessing (about 30 ms against 10-15 ms warm).
     seed_end_to_end()
     seed = [seed_end_to_end() for _ in range(5)]
+    if "--seed" in sys.argv:
+        print(json.dumps({"seed_runs_s": seed}))
+        return
     with multiprocessing.Pool(workers) as pool:
         pool.map(square, range(1000))  # warm up
         rate = apply_async_rate(20_000 if quick else 50_000, pool)
