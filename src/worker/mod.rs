@@ -269,13 +269,7 @@ pub(crate) fn work(
             }
             continue;
         }
-        let mut ran = false;
-        while pass(ctx, &mut budget) {
-            ran = true;
-        }
-        if ran {
-            flush_stdout(&ctx.config);
-        }
+        while pass(ctx, &mut budget) {}
         if budget == 0 {
             return EXIT_RECYCLED;
         }
@@ -285,11 +279,13 @@ pub(crate) fn work(
     }
 }
 
-/// Writes out what tasks left in stdout's buffer (a `print!` without a
-/// newline), as the worker runs out of work: it may be killed idle, at
-/// `join` or `terminate`, or exit to be replaced, and `_exit` flushes
-/// nothing. Stderr is unbuffered. An empty buffer costs a lock and no
-/// system call, once per burst of work, not per range.
+/// Writes out what a range (or the initializer) left in stdout's buffer (a
+/// `print!` without a newline), before the range counts as done: the
+/// worker may be killed idle as soon as its job is, at `join` or
+/// `terminate`, or exit to be replaced, and `_exit` flushes nothing. A
+/// flush that blocks (a full pipe) is part of the range, as the task's own
+/// printing would be. Stderr is unbuffered. An empty buffer costs a lock
+/// and no system call.
 fn flush_stdout(config: &WorkerConfig) {
     if config.flush_stdout {
         let _ = std::io::stdout().flush();
@@ -615,6 +611,7 @@ fn run_claimed(ctx: &WorkerCtx<'_>, job: &JobView<'_>, start: u64, end: u64) -> 
     let ran = live && slot.desc.abort.load(SeqCst) == 0;
     if ran {
         run_range(slot, &job.args, job.run, start, end);
+        flush_stdout(&ctx.config);
     }
     // ORDERING: Relaxed: Exit; published by the Release half of Count (or
     // of the error record), which comes after.
