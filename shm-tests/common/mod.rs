@@ -111,11 +111,11 @@ static TEST_PID: AtomicU32 = AtomicU32::new(0);
 /// allocation of N bytes failed" (and, under `RUST_BACKTRACE`, a backtrace)
 /// before it aborts, and the test checks the typed error instead
 /// (`MemoryLimit`, `WorkerDied`). Also a pool's initializer, for a task that
-/// overflows its stack before its first statement. The worker dies, so nothing else it would
-/// print is lost; a worker that survives (an allocation within the limit)
-/// only ever reports through the pool's errors, which the test sees. Does
-/// nothing in the test process itself (a pool whose caller runs ranges),
-/// whose output belongs to the test harness.
+/// overflows its stack before its first statement. The worker dies, so
+/// nothing else it would print is lost; a worker that survives (an
+/// allocation within the limit) only ever reports through the pool's
+/// errors, which the test sees. Does nothing in the test process itself (a
+/// pool whose caller runs ranges), whose output belongs to the test harness.
 pub fn mute_stderr() {
     // ORDERING: Relaxed: set by the test process before it built the pool
     // that forked this worker.
