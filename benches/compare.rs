@@ -224,21 +224,29 @@ fn seed_in_turn() -> Seed {
     }
 }
 
-/// Python's seed (`pool_bench.py --seed`): the times of five warm runs.
-fn python_seed() -> Option<Vec<Duration>> {
+/// Runs `pool_bench.py` with `args` and returns what it printed, if
+/// `python3` runs it.
+fn pool_bench(args: &[&str]) -> Option<String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/pool_bench.py");
     let out = Command::new("python3")
-        .args([script, "--seed"])
+        .arg(script)
+        .args(args)
         .output()
         .ok()?;
     if !out.status.success() {
         eprintln!(
-            "pool_bench.py --seed failed: {}",
+            "pool_bench.py {} failed: {}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
         return None;
     }
-    let text = String::from_utf8(out.stdout).ok()?;
+    String::from_utf8(out.stdout).ok()
+}
+
+/// Python's seed (`pool_bench.py --seed`): the times of five warm runs.
+fn python_seed() -> Option<Vec<Duration>> {
+    let text = pool_bench(&["--seed"])?;
     let list = text.split("\"seed_runs_s\":").nth(1)?;
     let list = &list[list.find('[')? + 1..list.find(']')?];
     list.split(',')
@@ -253,16 +261,7 @@ struct Python {
 }
 
 fn python() -> Option<Python> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/pool_bench.py");
-    let out = Command::new("python3").arg(script).output().ok()?;
-    if !out.status.success() {
-        eprintln!(
-            "pool_bench.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return None;
-    }
-    let text = String::from_utf8(out.stdout).ok()?;
+    let text = pool_bench(&[])?;
     // A tiny reader for the script's flat JSON: no dependency needed.
     let number = |key: &str| -> Option<f64> {
         let at = text.find(&format!("\"{key}\":"))? + key.len() + 3;
