@@ -4,7 +4,9 @@
 //! minute on a 2-core machine.
 //!
 //! Each side is measured as a user calls it: rayon from the program's main
-//! thread, Python's pool from a script. Beside the targets it measures the
+//! thread, Python's pool from a script. The sides of a row run in turn (one
+//! run of each, repeated, and the median of each side), so that a change in
+//! the machine's load reaches both alike. Beside the targets it measures the
 //! machine's floors, as context rows: a parallel and a single-thread memcpy,
 //! `process_vm_readv`, rayon's own threads mapping out of place with
 //! streaming stores, the staging copy alone, and five bare processes forked,
@@ -41,6 +43,31 @@ fn median(warm: usize, reps: usize, mut f: impl FnMut()) -> Duration {
         .collect();
     times.sort_unstable();
     times[reps / 2]
+}
+
+/// The median wall times of `fs`, run in turn `reps` times (after `warm`
+/// unmeasured rounds): a change in the machine's load during the
+/// measurement reaches every side alike, where measuring one side's runs
+/// and then the other's would credit it to one of them.
+fn medians_in_turn(warm: usize, reps: usize, fs: &mut [&mut dyn FnMut()]) -> Vec<Duration> {
+    for _ in 0..warm {
+        fs.iter_mut().for_each(|f| f());
+    }
+    let mut times = vec![Vec::with_capacity(reps); fs.len()];
+    for _ in 0..reps {
+        for (f, t) in fs.iter_mut().zip(&mut times) {
+            let started = Instant::now();
+            f();
+            t.push(started.elapsed());
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_unstable();
+            t[reps / 2]
+        })
+        .collect()
 }
 
 fn heavy(mut x: f64) -> f64 {
@@ -327,12 +354,24 @@ fn main() {
 
     // In place: the same `x + 1` on both sides, each on its own buffer as a
     // user holds it (a ShmVec for shmpool, a Vec for rayon).
+    // The floor beside them: rayon itself on the kind of memory
+    // map_in_place works on (a memfd mapped shared, where a Vec is private
+    // anonymous memory: the kernel faults, caches and may back them
+    // differently).
     let mut v = pool.to_shm(&data).unwrap();
-    let t_in_place = median(2, 9, || pool.map_in_place(&mut v, |x| x + 1.0).unwrap());
     let mut in_place = data.clone();
-    let t_rayon_in_place = median(2, 9, || {
-        in_place.par_iter_mut().for_each(|x| *x += 1.0);
-    });
+    let mut v_rayon = pool.to_shm(&data).unwrap();
+    let [t_in_place, t_rayon_in_place, t_rayon_in_place_shm] = medians_in_turn(
+        2,
+        9,
+        &mut [
+            &mut || pool.map_in_place(&mut v, |x| x + 1.0).unwrap(),
+            &mut || in_place.par_iter_mut().for_each(|x| *x += 1.0),
+            &mut || v_rayon.par_iter_mut().for_each(|x| *x += 1.0),
+        ],
+    )[..] else {
+        unreachable!()
+    };
     rows.push(row(
         "x+1 in place, 16 Mi f64: map_in_place vs rayon par_iter_mut",
         ms(t_in_place),
@@ -341,13 +380,6 @@ fn main() {
         "≤ 1.05",
         t_in_place.as_secs_f64() <= 1.05 * t_rayon_in_place.as_secs_f64(),
     ));
-    // The in-place floor: rayon itself on the kind of memory map_in_place
-    // works on (a memfd mapped shared, where a Vec is private anonymous
-    // memory: the kernel faults, caches and may back them differently).
-    let mut v_rayon = pool.to_shm(&data).unwrap();
-    let t_rayon_in_place_shm = median(2, 9, || {
-        v_rayon.par_iter_mut().for_each(|x| *x += 1.0);
-    });
     rows.push(row(
         "floor: x+1 in place, map_in_place vs rayon par_iter_mut on a ShmVec",
         ms(t_in_place),
@@ -361,15 +393,33 @@ fn main() {
     // Out of place into a reused output: rayon as a user writes it, zipping
     // chunks of a preallocated Vec with chunks of the input.
     let mut out = pool.alloc_zeroed::<f64>(n).unwrap();
-    let t_into = median(2, 9, || {
-        pool.map_into(&shared, &mut out, |x| x * x).unwrap()
-    });
     let mut copy = vec![0.0f64; n];
-    let t_rayon_zip = median(2, 9, || {
-        copy.par_chunks_mut(1 << 16)
-            .zip(data.par_chunks(1 << 16))
-            .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, x)| *o = x * x))
-    });
+    // Beside them, the out-of-place floor (rayon itself with streaming
+    // stores between two ShmVecs) and a parallel memcpy of the same bytes
+    // (the bandwidth target's comparator).
+    let mut out_stream = pool.alloc_zeroed::<f64>(n).unwrap();
+    let mut copy_par = vec![0.0f64; n];
+    let [t_into, t_rayon_zip, t_rayon_stream, t_par_memcpy] = medians_in_turn(
+        2,
+        9,
+        &mut [
+            &mut || pool.map_into(&shared, &mut out, |x| x * x).unwrap(),
+            &mut || {
+                copy.par_chunks_mut(1 << 16)
+                    .zip(data.par_chunks(1 << 16))
+                    .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, x)| *o = x * x))
+            },
+            &mut || square_streaming(&shared, &mut out_stream),
+            &mut || {
+                copy_par
+                    .par_chunks_mut(1 << 16)
+                    .zip(data.par_chunks(1 << 16))
+                    .for_each(|(d, s)| d.copy_from_slice(s))
+            },
+        ],
+    )[..] else {
+        unreachable!()
+    };
     rows.push(row(
         "x*x, 16 Mi f64, map_into a reused output vs rayon into a preallocated Vec",
         ms(t_into),
@@ -378,10 +428,10 @@ fn main() {
         "≤ 1.10",
         t_into.as_secs_f64() <= 1.10 * t_rayon_zip.as_secs_f64(),
     ));
-    // The out-of-place floor: rayon itself, with streaming stores, between
-    // the same two ShmVecs.
-    let t_rayon_stream = median(2, 9, || square_streaming(&shared, &mut out));
     assert_eq!(out[n - 3], data[n - 3] * data[n - 3]);
+    assert_eq!(out_stream[n - 3], out[n - 3]);
+    assert_eq!(copy_par[n - 3], data[n - 3]);
+    drop((out_stream, copy_par));
 
     let py = python();
     match seed.python {
@@ -417,12 +467,22 @@ fn main() {
     }
 
     // A plain Vec (staged: copied in) against a ShmVec (read in place).
-    let t_map = median(2, 9, || {
-        drop(black_box(pool.map(&shared, |x| x * x).unwrap()))
-    });
-    let t_staged = median(2, 9, || {
-        drop(black_box(pool.map(&data, |x| x * x).unwrap()))
-    });
+    // The same map into a fresh output, from each, and rayon's collect.
+    let [t_map, t_staged, t_collect] = medians_in_turn(
+        2,
+        9,
+        &mut [
+            &mut || drop(black_box(pool.map(&shared, |x| x * x).unwrap())),
+            &mut || drop(black_box(pool.map(&data, |x| x * x).unwrap())),
+            &mut || {
+                drop(black_box(
+                    data.par_iter().map(|x| x * x).collect::<Vec<f64>>(),
+                ))
+            },
+        ],
+    )[..] else {
+        unreachable!()
+    };
     rows.push(row(
         "x*x, 16 Mi f64, map from a Vec (staged) vs from a ShmVec",
         ms(t_staged),
@@ -452,11 +512,6 @@ fn main() {
         t_rt.as_secs_f64() <= 0.5 * t_rt_rayon.as_secs_f64(),
     ));
 
-    let t_collect = median(2, 9, || {
-        drop(black_box(
-            data.par_iter().map(|x| x * x).collect::<Vec<f64>>(),
-        ))
-    });
     rows.push(row(
         "x*x, 16 Mi f64, map into a fresh output vs rayon collect",
         ms(t_map),
@@ -470,12 +525,20 @@ fn main() {
     let hn = 1 << 20;
     let hdata: Vec<f64> = (0..hn).map(|i| i as f64 * 1e-6).collect();
     let hshared = pool.to_shm(&hdata).unwrap();
-    let t_heavy = median(1, 5, || drop(black_box(pool.map(&hshared, heavy).unwrap())));
-    let t_heavy_rayon = median(1, 5, || {
-        drop(black_box(
-            hdata.par_iter().map(|&x| heavy(x)).collect::<Vec<f64>>(),
-        ))
-    });
+    let [t_heavy, t_heavy_rayon] = medians_in_turn(
+        1,
+        5,
+        &mut [
+            &mut || drop(black_box(pool.map(&hshared, heavy).unwrap())),
+            &mut || {
+                drop(black_box(
+                    hdata.par_iter().map(|&x| heavy(x)).collect::<Vec<f64>>(),
+                ))
+            },
+        ],
+    )[..] else {
+        unreachable!()
+    };
     rows.push(row(
         "50 chained sin over 1 Mi f64 vs rayon",
         ms(t_heavy),
@@ -487,13 +550,18 @@ fn main() {
 
     // Bandwidth: map_into moves 16 bytes per element (read 8, write 8), as
     // a copy of the same block does.
-    let t_par_memcpy = median(2, 9, || {
-        copy.par_chunks_mut(1 << 16)
-            .zip(data.par_chunks(1 << 16))
-            .for_each(|(d, s)| d.copy_from_slice(s))
-    });
-    let t_memcpy = median(2, 9, || copy.copy_from_slice(black_box(&data)));
-    let t_vm_readv = median(2, 9, || vm_readv_own(&data, &mut copy));
+    // (The parallel memcpy ran in turn with map_into, above.)
+    let mut copy_vm = vec![0.0f64; n];
+    let [t_memcpy, t_vm_readv] = medians_in_turn(
+        2,
+        9,
+        &mut [&mut || copy.copy_from_slice(black_box(&data)), &mut || {
+            vm_readv_own(&data, &mut copy_vm)
+        }],
+    )[..] else {
+        unreachable!()
+    };
+    drop(copy_vm);
     let gbs = |d: Duration| 16.0 * n as f64 / d.as_secs_f64() / 1e9;
     rows.push(row(
         "x*x, 16 Mi f64, map_into bandwidth vs a parallel memcpy",
