@@ -502,9 +502,7 @@ impl TestCgroup {
             let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
             ctrl.split(',').any(|c| c == "memory").then_some(path)
         });
-        if let Some(path) = v1_path
-            && v1.join("memory.limit_in_bytes").exists()
-        {
+        if let Some(path) = v1_path.filter(|_| v1.join("memory.limit_in_bytes").exists()) {
             let dir = v1.join(path.trim_start_matches('/')).join(&name);
             std::fs::create_dir(&dir).map_err(|e| format!("mkdir {dir:?}: {e}"))?;
             let cg = TestCgroup { dir };

@@ -200,10 +200,10 @@ impl MemoryCgroup {
     /// again once the last reading is a second old.
     pub(crate) fn limit(&self) -> Option<u64> {
         let mut cached = self.limit.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((at, limit)) = *cached
-            && at.elapsed() < REREAD
-        {
-            return limit;
+        if let Some((at, limit)) = *cached {
+            if at.elapsed() < REREAD {
+                return limit;
+            }
         }
         let limit = self
             .levels

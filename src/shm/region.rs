@@ -636,12 +636,13 @@ mod tests {
         let mut ours = false;
         for line in smaps.lines() {
             let first = line.split_whitespace().next().unwrap_or("");
-            if let Some((from, _)) = first.split_once('-')
-                && u64::from_str_radix(from, 16).is_ok()
-            {
-                ours = from == start;
-            } else if ours && let Some(kib) = line.strip_prefix("ShmemPmdMapped:") {
-                return kib.trim().trim_end_matches("kB").trim().parse().unwrap();
+            match first.split_once('-') {
+                Some((from, _)) if u64::from_str_radix(from, 16).is_ok() => ours = from == start,
+                _ => {
+                    if let Some(kib) = line.strip_prefix("ShmemPmdMapped:").filter(|_| ours) {
+                        return kib.trim().trim_end_matches("kB").trim().parse().unwrap();
+                    }
+                }
             }
         }
         0
