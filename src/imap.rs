@@ -50,7 +50,7 @@ const FAST_BLOCK: Duration = Duration::from_micros(100);
 const MAX_BLOCK: usize = 1024;
 
 /// One chunk of the stream, in flight or being yielded.
-enum Chunk<T: Pod, U: Pod> {
+enum Chunk<T, U> {
     /// Submitted as one job; its input is kept to run it again one element
     /// at a time if the job fails.
     Batch {
@@ -126,12 +126,7 @@ impl Finished {
 /// it had already yielded stay in the stream and are submitted if iteration
 /// goes on.
 #[must_use = "an imap iterator does nothing until it is iterated"]
-pub struct Imap<'p, I, U, F>
-where
-    I: Iterator,
-    I::Item: Pod,
-    U: Pod,
-{
+pub struct Imap<'p, I: Iterator, U, F> {
     pool: &'p Pool,
     source: I,
     ordered: bool,
@@ -543,12 +538,7 @@ where
     }
 }
 
-impl<I, U, F> Drop for Imap<'_, I, U, F>
-where
-    I: Iterator,
-    I::Item: Pod,
-    U: Pod,
-{
+impl<I: Iterator, U, F> Drop for Imap<'_, I, U, F> {
     /// Cancels the chunks in flight (their callbacks see `Cancelled`; the
     /// element-by-element jobs are cancelled by their own drop) and tells
     /// the pool the stream is finished.
@@ -635,12 +625,12 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     #[inline(never)]
-    pub fn imap<It, U, F>(&self, iter: It, f: F) -> Result<Imap<'_, It::IntoIter, U, F>, Error>
+    pub fn imap<It, T, U, F>(&self, iter: It, f: F) -> Result<Imap<'_, It::IntoIter, U, F>, Error>
     where
-        It: IntoIterator,
-        It::Item: Element,
+        It: IntoIterator<Item = T>,
+        T: Element,
         U: Element + Send,
-        F: Fn(It::Item) -> U + Copy + Send + Sync + 'static,
+        F: Fn(T) -> U + Copy + Send + Sync + 'static,
     {
         const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
         self.prologue(f)?;
@@ -666,16 +656,16 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     #[inline(never)]
-    pub fn imap_unordered<It, U, F>(
+    pub fn imap_unordered<It, T, U, F>(
         &self,
         iter: It,
         f: F,
     ) -> Result<Imap<'_, It::IntoIter, U, F>, Error>
     where
-        It: IntoIterator,
-        It::Item: Element,
+        It: IntoIterator<Item = T>,
+        T: Element,
         U: Element + Send,
-        F: Fn(It::Item) -> U + Copy + Send + Sync + 'static,
+        F: Fn(T) -> U + Copy + Send + Sync + 'static,
     {
         const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
         self.prologue(f)?;

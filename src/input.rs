@@ -10,7 +10,6 @@
 
 use bytemuck::Pod;
 
-use crate::element::Element;
 use crate::shmvec::ShmVec;
 
 pub(crate) mod sealed {
@@ -19,7 +18,7 @@ pub(crate) mod sealed {
     pub trait Sealed {}
 
     /// How an input reaches the job.
-    pub enum Source<'a, T: Pod> {
+    pub enum Source<'a, T> {
         /// Copied into the arena when the job is submitted.
         Copy(&'a [T]),
         /// Owned by the job, read in place, freed when the job finishes.
@@ -64,15 +63,15 @@ pub(crate) mod sealed {
 )]
 pub trait AsyncInput<'a>: sealed::Sealed {
     /// The element type.
-    type Elem: Element;
+    type Elem;
     #[doc(hidden)]
     fn source(self) -> sealed::Source<'a, Self::Elem>;
 }
 
 macro_rules! copied {
     ($($ty:ty),*) => {$(
-        impl<'a, T: Element> sealed::Sealed for $ty {}
-        impl<'a, T: Element> AsyncInput<'a> for $ty {
+        impl<'a, T> sealed::Sealed for $ty {}
+        impl<'a, T> AsyncInput<'a> for $ty {
             type Elem = T;
             fn source(self) -> sealed::Source<'a, T> {
                 sealed::Source::Copy(self)
@@ -81,26 +80,35 @@ macro_rules! copied {
     )*};
 }
 
-copied!(&'a [T], &'a Vec<T>, &'a ShmVec<T>);
+copied!(&'a [T], &'a Vec<T>);
 
-impl<T: Element, const N: usize> sealed::Sealed for &[T; N] {}
-impl<'a, T: Element, const N: usize> AsyncInput<'a> for &'a [T; N] {
+// A `ShmVec` of anything else cannot be made.
+impl<T: Pod> sealed::Sealed for &ShmVec<T> {}
+impl<'a, T: Pod> AsyncInput<'a> for &'a ShmVec<T> {
     type Elem = T;
     fn source(self) -> sealed::Source<'a, T> {
         sealed::Source::Copy(self)
     }
 }
 
-impl<T: Element> sealed::Sealed for Vec<T> {}
-impl<T: Element> AsyncInput<'static> for Vec<T> {
+impl<T, const N: usize> sealed::Sealed for &[T; N] {}
+impl<'a, T, const N: usize> AsyncInput<'a> for &'a [T; N] {
+    type Elem = T;
+    fn source(self) -> sealed::Source<'a, T> {
+        sealed::Source::Copy(self)
+    }
+}
+
+impl<T> sealed::Sealed for Vec<T> {}
+impl<T> AsyncInput<'static> for Vec<T> {
     type Elem = T;
     fn source(self) -> sealed::Source<'static, T> {
         sealed::Source::Vec(self)
     }
 }
 
-impl<T: Element> sealed::Sealed for ShmVec<T> {}
-impl<T: Element> AsyncInput<'static> for ShmVec<T> {
+impl<T> sealed::Sealed for ShmVec<T> {}
+impl<T> AsyncInput<'static> for ShmVec<T> {
     type Elem = T;
     fn source(self) -> sealed::Source<'static, T> {
         sealed::Source::Own(self)

@@ -41,7 +41,7 @@ type Shape = [u64; MAX_AXES + 1];
 /// assert_eq!(doubled.view(), array![[2.0, 4.0], [6.0, 8.0]]);
 /// # Ok::<(), shmpool::Error>(())
 /// ```
-pub struct ShmArray<T: Pod, D: Dimension> {
+pub struct ShmArray<T, D: Dimension> {
     data: ShmVec<T>,
     dim: D,
 }

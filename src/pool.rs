@@ -578,11 +578,12 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     #[inline(never)]
-    pub fn map_async<'a, I, U, F>(&self, input: I, f: F) -> Result<AsyncResult<ShmVec<U>>, Error>
+    pub fn map_async<'a, I, T, U, F>(&self, input: I, f: F) -> Result<AsyncResult<ShmVec<U>>, Error>
     where
-        I: AsyncInput<'a>,
+        I: AsyncInput<'a, Elem = T>,
+        T: Element,
         U: Element + Send,
-        F: Fn(I::Elem) -> U + Copy + Send + Sync + 'static,
+        F: Fn(T) -> U + Copy + Send + Sync + 'static,
     {
         const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
         self.map_async_unchecked(input, f)
@@ -597,6 +598,7 @@ impl Pool {
     ) -> Result<AsyncResult<ShmVec<U>>, Error>
     where
         I: AsyncInput<'a>,
+        I::Elem: Element,
         U: Element + Send,
         F: Fn(I::Elem) -> U + Copy + Send + Sync + 'static,
     {

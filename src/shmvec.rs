@@ -52,7 +52,7 @@ use crate::shm::region::Alloc;
 /// assert_eq!(pool.stats().bytes_staged, 0);
 /// # Ok::<(), shmpool::Error>(())
 /// ```
-pub struct ShmVec<T: Pod> {
+pub struct ShmVec<T> {
     ptr: NonNull<T>,
     len: usize,
     /// The arena block, owned only to be freed on drop; `None` for vectors
