@@ -151,6 +151,25 @@ impl Builder {
     /// How many times a range whose worker died is run again, on a fresh
     /// worker, before its job fails with [`Error::WorkerDied`] (default: 1).
     /// Ranges that ran past the task timeout are not retried.
+    ///
+    /// ```
+    /// use std::{fs::File, process};
+    /// // Dies the first time it runs for `tag` (it leaves a mark first).
+    /// fn flaky(tag: u32) -> u32 {
+    ///     let mark = std::env::temp_dir().join(format!("flaky-{tag}"));
+    ///     if File::create_new(&mark).is_ok() {
+    ///         process::abort();
+    ///     }
+    ///     tag
+    /// }
+    /// let tag = process::id();
+    /// # let mark = std::env::temp_dir().join(format!("flaky-{tag}"));
+    /// # let _ = std::fs::remove_file(&mark);
+    /// let pool = shmpool::Pool::builder().workers(1).max_retries(1).build()?;
+    /// assert_eq!(pool.apply(tag, flaky)?, tag); // the second try, on a fresh worker
+    /// # let _ = std::fs::remove_file(&mark);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn max_retries(mut self, retries: u32) -> Self {
         self.max_retries = retries;
         self
@@ -181,6 +200,14 @@ impl Builder {
     /// (Python's `maxtasksperchild`; default 0: never). Useful against tasks
     /// that leak. Recycled workers are reaped and counted in
     /// [`Stats::workers_recycled`](crate::Stats::workers_recycled).
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::builder().workers(1).max_tasks_per_worker(1).build()?;
+    /// let first = pool.apply(0u32, |_| std::process::id())?;
+    /// let second = pool.apply(0u32, |_| std::process::id())?;
+    /// assert_ne!(first, second); // one range each, then a fresh process
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn max_tasks_per_worker(mut self, n: usize) -> Self {
         self.max_tasks_per_worker = n;
         self
@@ -195,6 +222,26 @@ impl Builder {
     /// what it maps by probing. [`build`](Self::build) fails with
     /// `Error::Io` if `RLIMIT_AS` cannot be set at all (a filter refuses
     /// `setrlimit`).
+    ///
+    /// ```
+    /// // Leaks `mib` MiB, one MiB at a time.
+    /// fn leak(mib: u32) -> u32 {
+    ///     for _ in 0..mib {
+    ///         std::mem::forget(vec![1u8; 1 << 20]);
+    ///     }
+    ///     mib
+    /// }
+    /// let pool = shmpool::Pool::builder()
+    ///     .workers(1)
+    ///     .worker_memory_limit(64 << 20)
+    ///     .max_retries(0)
+    ///     .build()?;
+    /// assert_eq!(pool.apply(8, leak)?, 8);
+    /// let err = pool.apply(1024, leak).unwrap_err();
+    /// assert!(matches!(err, shmpool::Error::MemoryLimit { limit, .. } if limit == 64 << 20));
+    /// assert_eq!(pool.apply(8, leak)?, 8); // a fresh worker
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn worker_memory_limit(mut self, bytes: usize) -> Self {
         self.worker_memory_limit = Some(bytes);
         self
@@ -205,6 +252,16 @@ impl Builder {
     /// worker (`len / (16 × workers)` elements), claimed dynamically; large
     /// ranges end on page boundaries of the output. 0 is refused by
     /// [`build`](Self::build).
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::builder().workers(2).chunk_size(4).build()?;
+    /// // Each range writes its own length: 10 elements are ranges of 4, 4 and 2.
+    /// let lens = pool.map_chunks(&[0u32; 10], |inp: &[u32], out: &mut [u32]| {
+    ///     out.fill(inp.len() as u32)
+    /// })?;
+    /// assert_eq!(lens, vec![4, 4, 4, 4, 4, 4, 4, 4, 2, 2]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn chunk_size(mut self, elements: usize) -> Self {
         self.chunk_size = Some(elements);
         self
@@ -216,6 +273,17 @@ impl Builder {
     /// of the job. Fewer claims than the default; better when the expensive
     /// elements come last, worse when they come first (measured in
     /// `benches/tuning.rs`). Reductions always use fixed ranges.
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::builder().workers(2).guided(true).build()?;
+    /// // Each range writes its own length.
+    /// let lens = pool.map_chunks(&[0u32; 1024], |inp: &[u32], out: &mut [u32]| {
+    ///     out.fill(inp.len() as u32)
+    /// })?;
+    /// assert_eq!(lens[0], 256); // 1024 / (2 × 2): a quarter of the job
+    /// assert_eq!(lens[1023], 32); // 1024 / (16 × 2): the smallest
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn guided(mut self, on: bool) -> Self {
         self.guided = on;
         self
@@ -258,6 +326,16 @@ impl Builder {
     /// [`build`](Self::build) refuses it together with `task_timeout`,
     /// `worker_memory_limit` or an `initializer`: none of them can hold for
     /// ranges that run in the caller.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = shmpool::Pool::builder().workers(2).caller_runs(true).build()?;
+    /// // One range: the caller runs it, in its own process.
+    /// assert_eq!(pool.apply(0u32, |_| std::process::id())?, std::process::id());
+    /// let timed = shmpool::Pool::builder().caller_runs(true).task_timeout(Duration::from_secs(1));
+    /// assert!(matches!(timed.build(), Err(shmpool::Error::InvalidArgument { .. })));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn caller_runs(mut self, on: bool) -> Self {
         self.caller_runs = on;
         self
@@ -276,6 +354,16 @@ impl Builder {
     /// pool is built with all its workers or not at all: on error, whatever
     /// was started is killed and reaped. The result thread starts with the
     /// first asynchronous job.
+    ///
+    /// ```
+    /// use shmpool::{Error, Pool};
+    ///
+    /// let pool = Pool::builder().workers(3).build()?;
+    /// assert_eq!(pool.worker_pids().len(), 3); // every worker is running
+    /// let refused = Pool::builder().workers(2).chunk_size(0).build();
+    /// assert!(matches!(refused, Err(Error::InvalidArgument { .. })));
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn build(self) -> Result<Pool, Error> {
         if in_task() {
             return Err(Error::invalid(

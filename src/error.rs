@@ -34,6 +34,23 @@ pub enum Error {
     Terminated,
     /// A task panicked. The job's other ranges were skipped; the pool stays
     /// usable.
+    ///
+    /// ```
+    /// use shmpool::{Error, Pool};
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let xs: Vec<u32> = (0..8).collect();
+    /// let err = pool.map(&xs, |x| if x == 5 { panic!("bad input {x}") } else { x });
+    /// match err {
+    ///     Err(Error::TaskPanicked { message, range, .. }) => {
+    ///         assert_eq!(message, "bad input 5");
+    ///         assert!(range.contains(&5));
+    ///     }
+    ///     other => panic!("expected TaskPanicked, got {other:?}"),
+    /// }
+    /// assert_eq!(pool.map(&xs, |x| x * 2)?[7], 14); // the pool carries on
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     #[non_exhaustive]
     TaskPanicked {
         /// The panic message.
@@ -45,6 +62,17 @@ pub enum Error {
     },
     /// A worker process died while running part of the job (a signal, an
     /// `abort`, an `exit`). The pool replaced it and stays usable.
+    ///
+    /// ```
+    /// use shmpool::{Error, Pool};
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let err = pool.apply(0u32, |x| if x == 0 { std::process::abort() } else { x }).unwrap_err();
+    /// assert!(matches!(err, Error::WorkerDied { signal: Some(6), .. })); // SIGABRT
+    /// assert!(err.to_string().contains("was killed by SIGABRT"), "{err}");
+    /// assert_eq!(pool.map(&[1u32, 2, 3], |x| x * 10)?, vec![10, 20, 30]); // fresh workers
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     #[non_exhaustive]
     WorkerDied {
         /// The process id of the worker that died.

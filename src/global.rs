@@ -39,6 +39,13 @@ pub fn global() -> &'static Pool {
 /// # Errors
 /// `WouldDeadlock` inside a task when the global pool did not exist before
 /// the task's pool was built; otherwise what [`Pool::new`] returns.
+///
+/// ```
+/// let pool = shmpool::try_global()?;
+/// assert_eq!(pool.apply(20u64, |x| x + 1)?, 21);
+/// assert!(std::ptr::eq(pool, shmpool::global())); // built once
+/// # Ok::<(), shmpool::Error>(())
+/// ```
 pub fn try_global() -> Result<&'static Pool, Error> {
     if let Some(pool) = GLOBAL.get() {
         return Ok(pool);

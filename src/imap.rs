@@ -207,6 +207,15 @@ where
     /// Chunks in flight at once (default: twice the workers, plus two). The
     /// bound on memory: `window × chunksize` elements in shared memory, plus
     /// one chunk being read. 0 is taken as 1.
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// // At most 4 chunks of 100 elements in shared memory at once.
+    /// let squares = pool.imap(0..10_000u64, |x| x * x)?.chunksize(100).window(4);
+    /// let total: u64 = squares.map(Result::unwrap).sum();
+    /// assert_eq!(total, (0..10_000u64).map(|x| x * x).sum::<u64>());
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn window(mut self, n: usize) -> Self {
         self.window = n.max(1);
         self

@@ -51,6 +51,17 @@ impl<T: Pod, D: Dimension> ShmArray<T, D> {
     ///
     /// # Errors
     /// `InvalidArgument` if the shape's size is not `data.len()`.
+    ///
+    /// ```
+    /// use shmpool::ShmArray;
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let data = pool.to_shm(&[1u32, 2, 3, 4, 5, 6])?;
+    /// let a = ShmArray::from_shmvec(data, (2, 3))?;
+    /// assert_eq!(a.view()[[1, 0]], 4);
+    /// let data = pool.to_shm(&[1u32, 2, 3, 4, 5, 6])?;
+    /// assert!(ShmArray::from_shmvec(data, (4, 2)).is_err()); // 8 ≠ 6
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn from_shmvec<Sh>(data: ShmVec<T>, shape: Sh) -> Result<Self, Error>
     where
         Sh: IntoDimension<Dim = D>,
@@ -127,6 +138,15 @@ impl Pool {
     ///
     /// # Errors
     /// As [`alloc_zeroed`](Self::alloc_zeroed).
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let mut grid = pool.alloc_array::<f64, _>((3, 4))?;
+    /// assert_eq!(grid.shape(), [3, 4]);
+    /// grid.view_mut().row_mut(1).fill(1.0);
+    /// assert_eq!(grid.view().sum(), 4.0);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn alloc_array<T, Sh>(&self, shape: Sh) -> Result<ShmArray<T, Sh::Dim>, Error>
     where
         T: Element,
@@ -143,6 +163,16 @@ impl Pool {
     ///
     /// # Errors
     /// As [`to_shm`](Self::to_shm).
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let a = array![[1u32, 2], [3, 4]];
+    /// let t = pool.array_to_shm(&a.t())?; // a transposed view, copied row-major
+    /// assert_eq!(t.as_slice(), [1, 3, 2, 4]);
+    /// assert_eq!(t.view(), a.t());
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn array_to_shm<S, T, D>(&self, a: &ArrayBase<S, D>) -> Result<ShmArray<T, D>, Error>
     where
         S: Data<Elem = T>,
@@ -158,6 +188,16 @@ impl Pool {
     ///
     /// # Errors
     /// As [`map`](Self::map).
+    ///
+    /// ```
+    /// use ndarray::Array3;
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let cube = Array3::from_shape_fn((2, 3, 4), |(i, j, k)| (i * 12 + j * 4 + k) as f32);
+    /// let halves = pool.map_array(&cube, |x| x / 2.0)?;
+    /// assert_eq!(halves.shape(), [2, 3, 4]);
+    /// assert_eq!(halves.view(), cube.mapv(|x| x / 2.0));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     #[inline(never)]
     pub fn map_array<S, T, U, D, F>(
         &self,

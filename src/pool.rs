@@ -243,6 +243,16 @@ impl Pool {
     }
 
     /// A counters snapshot.
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// pool.map(&[1u32, 2, 3], |x| x + 1)?;
+    /// let failed = pool.apply(0u32, |x| if x == 0 { panic!("zero") } else { x });
+    /// assert!(failed.is_err());
+    /// let s = pool.stats();
+    /// assert_eq!((s.jobs_submitted, s.jobs_completed, s.jobs_failed), (2, 1, 1));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn stats(&self) -> Stats {
         let c = &self.inner.stats;
         let (arena_capacity, arena_in_use) = self.inner.region.arena_usage();
