@@ -327,7 +327,19 @@ fn ctrl_c_body() {
     deadline(80, || {
         become_subreaper();
         // The helper leads a process group of its own, as a shell job would.
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        let mut helper = Command::new(std::env::current_exe().unwrap());
+        // SAFETY: the closure runs in the forked child before exec and calls
+        // only `signal`, which is async-signal-safe.
+        unsafe {
+            // Ctrl-C's default action, whatever this process inherited: a
+            // shell without job control starts background commands with
+            // SIGINT ignored, and an ignored signal stays ignored across exec.
+            helper.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut child = helper
             .args([
                 "--exact",
                 "ctrl_c_helper",
