@@ -82,7 +82,10 @@ macro_rules! copied {
 
 copied!(&'a [T], &'a Vec<T>);
 
-// A `ShmVec` of anything else cannot be made.
+// The other impls take any element type, so that a non-`Pod` one fails
+// `map_async`'s own `Element` bound, whose message says what to use instead.
+// This one needs `Pod` to read the vector as a slice; a `ShmVec` of any
+// other type cannot be made, so the bound hides no message.
 impl<T: Pod> sealed::Sealed for &ShmVec<T> {}
 impl<'a, T: Pod> AsyncInput<'a> for &'a ShmVec<T> {
     type Elem = T;
