@@ -31,29 +31,23 @@ fn workers() -> usize {
 
 /// The median wall time of `reps` runs of `f`, after `warm` unmeasured ones.
 fn median(warm: usize, reps: usize, mut f: impl FnMut()) -> Duration {
-    for _ in 0..warm {
-        f();
-    }
-    let mut times: Vec<Duration> = (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect();
-    times.sort_unstable();
-    times[reps / 2]
+    let [t] = medians_in_turn(warm, reps, [&mut f]);
+    t
 }
 
 /// The median wall times of `fs`, run in turn `reps` times (after `warm`
 /// unmeasured rounds): a change in the machine's load during the
 /// measurement reaches every side alike, where measuring one side's runs
 /// and then the other's would credit it to one of them.
-fn medians_in_turn(warm: usize, reps: usize, fs: &mut [&mut dyn FnMut()]) -> Vec<Duration> {
+fn medians_in_turn<const N: usize>(
+    warm: usize,
+    reps: usize,
+    mut fs: [&mut dyn FnMut(); N],
+) -> [Duration; N] {
     for _ in 0..warm {
         fs.iter_mut().for_each(|f| f());
     }
-    let mut times = vec![Vec::with_capacity(reps); fs.len()];
+    let mut times: [Vec<Duration>; N] = std::array::from_fn(|_| Vec::with_capacity(reps));
     for _ in 0..reps {
         for (f, t) in fs.iter_mut().zip(&mut times) {
             let started = Instant::now();
@@ -61,13 +55,10 @@ fn medians_in_turn(warm: usize, reps: usize, fs: &mut [&mut dyn FnMut()]) -> Vec
             t.push(started.elapsed());
         }
     }
-    times
-        .into_iter()
-        .map(|mut t| {
-            t.sort_unstable();
-            t[reps / 2]
-        })
-        .collect()
+    times.map(|mut t| {
+        t.sort_unstable();
+        t[reps / 2]
+    })
 }
 
 fn heavy(mut x: f64) -> f64 {
@@ -364,14 +355,12 @@ fn main() {
     let [t_in_place, t_rayon_in_place, t_rayon_in_place_shm] = medians_in_turn(
         2,
         9,
-        &mut [
+        [
             &mut || pool.map_in_place(&mut v, |x| x + 1.0).unwrap(),
             &mut || in_place.par_iter_mut().for_each(|x| *x += 1.0),
             &mut || v_rayon.par_iter_mut().for_each(|x| *x += 1.0),
         ],
-    )[..] else {
-        unreachable!()
-    };
+    );
     rows.push(row(
         "x+1 in place, 16 Mi f64: map_in_place vs rayon par_iter_mut",
         ms(t_in_place),
@@ -402,7 +391,7 @@ fn main() {
     let [t_into, t_rayon_zip, t_rayon_stream, t_par_memcpy] = medians_in_turn(
         2,
         9,
-        &mut [
+        [
             &mut || pool.map_into(&shared, &mut out, |x| x * x).unwrap(),
             &mut || {
                 copy.par_chunks_mut(1 << 16)
@@ -417,9 +406,7 @@ fn main() {
                     .for_each(|(d, s)| d.copy_from_slice(s))
             },
         ],
-    )[..] else {
-        unreachable!()
-    };
+    );
     rows.push(row(
         "x*x, 16 Mi f64, map_into a reused output vs rayon into a preallocated Vec",
         ms(t_into),
@@ -471,7 +458,7 @@ fn main() {
     let [t_map, t_staged, t_collect] = medians_in_turn(
         2,
         9,
-        &mut [
+        [
             &mut || drop(black_box(pool.map(&shared, |x| x * x).unwrap())),
             &mut || drop(black_box(pool.map(&data, |x| x * x).unwrap())),
             &mut || {
@@ -480,9 +467,7 @@ fn main() {
                 ))
             },
         ],
-    )[..] else {
-        unreachable!()
-    };
+    );
     rows.push(row(
         "x*x, 16 Mi f64, map from a Vec (staged) vs from a ShmVec",
         ms(t_staged),
@@ -528,7 +513,7 @@ fn main() {
     let [t_heavy, t_heavy_rayon] = medians_in_turn(
         1,
         5,
-        &mut [
+        [
             &mut || drop(black_box(pool.map(&hshared, heavy).unwrap())),
             &mut || {
                 drop(black_box(
@@ -536,9 +521,7 @@ fn main() {
                 ))
             },
         ],
-    )[..] else {
-        unreachable!()
-    };
+    );
     rows.push(row(
         "50 chained sin over 1 Mi f64 vs rayon",
         ms(t_heavy),
@@ -555,12 +538,10 @@ fn main() {
     let [t_memcpy, t_vm_readv] = medians_in_turn(
         2,
         9,
-        &mut [&mut || copy.copy_from_slice(black_box(&data)), &mut || {
+        [&mut || copy.copy_from_slice(black_box(&data)), &mut || {
             vm_readv_own(&data, &mut copy_vm)
         }],
-    )[..] else {
-        unreachable!()
-    };
+    );
     drop(copy_vm);
     let gbs = |d: Duration| 16.0 * n as f64 / d.as_secs_f64() / 1e9;
     rows.push(row(
@@ -590,7 +571,7 @@ fn main() {
         true,
     ));
     rows.push(row(
-        "floor: rayon out of place with streaming stores, same ShmVecs, vs rayon zip",
+        "floor: rayon out of place with streaming stores, between ShmVecs, vs rayon zip",
         ms(t_rayon_stream),
         format!("{} rayon zip", ms(t_rayon_zip)),
         t_rayon_stream.as_secs_f64() / t_rayon_zip.as_secs_f64(),
