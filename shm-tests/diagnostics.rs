@@ -9,8 +9,10 @@
 //! kept between runs (the first run checks shmpool's dependencies, about
 //! 15 s; later runs take about a second per case).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// What every case's error must say.
 const MESSAGE: &str = "is not plain old data: shmpool cannot send it to a worker process";
@@ -126,23 +128,45 @@ fn fixture() -> PathBuf {
     dir
 }
 
+/// How long one `cargo check` may take (the first checks shmpool's
+/// dependencies, about 15 s on 2 cores).
+const CHECK_LIMIT: Duration = Duration::from_secs(300);
+
 /// `cargo check` of one target of the fixture: whether it passed, and what
-/// the compiler said.
+/// the compiler said. One that runs past `CHECK_LIMIT` (waiting on a lock
+/// another cargo holds, say) is killed and fails the test.
 fn check(dir: &Path, target: &[&str]) -> (bool, String) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
+    let mut child = Command::new(cargo)
         .current_dir(dir)
         .args(["check", "--offline", "--quiet", "--color", "never"])
         .args(target)
         .env("CARGO_TARGET_DIR", dir.join("target"))
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("cargo runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("cargo's status") {
+            break status;
+        }
+        if started.elapsed() > CHECK_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("cargo check {target:?} took over {CHECK_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status.success(), reader.join().unwrap())
 }
 
 #[test]
