@@ -625,6 +625,59 @@ fn a_forged_completion_never_returns_ok_with_wrong_values() {
     })
 }
 
+/// `map_shared`'s task: `2x + table[0]` (the table is all ones), after
+/// pointing the job's table at its own output on the forging element.
+fn through_table(table: &[u64], i: Item) -> u64 {
+    if i.kind != 0 && !common::forge::redirect_more(i.len, i.parent as u32) {
+        return u64::MAX;
+    }
+    2 * i.x + table[0]
+}
+
+/// `map3`'s task: `2x + b·c` (both all ones), after pointing the job's
+/// second and third inputs at its own output on the forging element.
+fn through_more(i: Item, b: u64, c: u64) -> u64 {
+    if i.kind != 0 && !common::forge::redirect_more(i.len, i.parent as u32) {
+        return u64::MAX;
+    }
+    2 * i.x + b * c
+}
+
+#[test]
+fn a_worker_that_moves_a_table_or_map3_s_inputs_fails_its_job() {
+    deadline(120, || {
+        for caller_runs in [false, true] {
+            let pool = Pool::builder()
+                .workers(2)
+                .ring_size(8)
+                .caller_runs(caller_runs)
+                .build()
+                .unwrap();
+            let n = 2000u64;
+            let ones = vec![1u64; n as usize];
+            let (mut jobs, mut failed) = (0, 0);
+            for at in [0, n / 2, n - 1] {
+                let items = forged_job(n, 0, at, 5, 0);
+                let what = format!("table moved at {at} (caller_runs {caller_runs})");
+                let out = pool.map_shared(&[1u64; 4], &items, through_table);
+                failed += judge_forgery(&what, out.as_deref(), n) as u32;
+                assert_healthy(&pool);
+                let what = format!("map3 inputs moved at {at} (caller_runs {caller_runs})");
+                let out = pool.map3(&items, &ones, &ones, through_more);
+                failed += judge_forgery(&what, out.as_deref(), n) as u32;
+                assert_healthy(&pool);
+                jobs += 2;
+            }
+            // A worker that moved them changed the descriptor, which the
+            // harvest compares; a caller running ranges moves nothing.
+            if !caller_runs {
+                assert_eq!(failed, jobs, "every job with moved inputs fails");
+            }
+            println!("caller_runs {caller_runs}: {failed} of {jobs} jobs failed with Corrupted");
+        }
+    })
+}
+
 #[test]
 fn after_a_forged_completion_no_worker_writes_the_output_and_the_forger_is_replaced() {
     deadline(120, || {

@@ -179,6 +179,7 @@ fn submit(region: &Region, ring: &mut Ring, job: usize, len: u64, tokens: u32) -
         ctx: Loc::Arena(job as u64),
         len,
         chunk: 1,
+        more: [0; 2],
         guided: false,
         stream: false,
         inline: InlineData::new(),
@@ -187,7 +188,7 @@ fn submit(region: &Region, ring: &mut Ring, job: usize, len: u64, tokens: u32) -
         region,
         s,
         &spec,
-        Job::new(len, Out::Nothing, [None, None, None], Waiter::Sync),
+        Job::new(len, Out::Nothing, [None, None, None, None], Waiter::Sync),
         0,
     );
     region.control().sem.post(tokens);

@@ -11,12 +11,11 @@ use crate::element::Element;
 use crate::error::Error;
 use crate::parent::place::Place;
 use crate::parent::ring::{InlineData, Loc, Waiter};
-use crate::pool::{Output, Parts, Pool, Schedule, check_align, into_vec};
+use crate::pool::{More, Output, Parts, Pool, Schedule, check_align, into_vec};
 use crate::shmvec::ShmVec;
 use crate::worker::job::CAPTURE_MESSAGE;
 use crate::worker::job::{
-    MoreInputs, RunFn, run_chunks, run_in_place, run_indexed, run_indexed_with, run_map2, run_map3,
-    run_reduce,
+    RunFn, run_chunks, run_in_place, run_indexed, run_indexed_with, run_map2, run_map3, run_reduce,
 };
 
 /// The identity, as a zero-sized fn item: the "map" of the combining job.
@@ -113,10 +112,6 @@ impl Pool {
         let input = self.place_input(a)?;
         let (b_loc, b_block) = self.place_input(b)?;
         let (c_loc, c_block) = self.place_input(c)?;
-        // Inputs are never inline: the offsets stand on their own.
-        let offsets: MoreInputs = [b_loc.resolve(0), c_loc.resolve(0)];
-        let mut inline = InlineData::new();
-        let ctx = self.place_value(&offsets, &mut inline)?;
         let out = self.alloc::<U>(len)?.into_alloc();
         let sched = self.schedule_for::<U>(len);
         let (slot, seq) = self.submit_parts(Parts {
@@ -124,10 +119,14 @@ impl Pool {
             sched,
             run: run_map3::<A, B, C, U, F>,
             input,
-            more: b_block,
-            ctx: Some((ctx.0, c_block)),
+            // Inputs are never inline: the offsets stand on their own.
+            more: More {
+                words: [b_loc.resolve(0), c_loc.resolve(0)],
+                holds: [b_block, c_block],
+            },
+            ctx: None,
             out: Output::New(out),
-            inline,
+            inline: InlineData::new(),
             waiter: Waiter::Sync,
         })?;
         Ok(into_vec(self.inner.wait_sync(slot, seq)?, len))
@@ -253,7 +252,7 @@ impl Pool {
             sched,
             run,
             input: placed,
-            more: None,
+            more: More::default(),
             ctx: Some(ctx),
             out: Output::New(out),
             inline,
@@ -311,7 +310,7 @@ impl Pool {
                 sched,
                 run: run_in_place::<T, F>,
                 input: (at, None),
-                more: None,
+                more: More::default(),
                 ctx: None,
                 out: Output::Input,
                 inline: InlineData::new(),
@@ -484,7 +483,7 @@ impl Pool {
             sched: Schedule::fixed(chunk),
             run,
             input,
-            more: None,
+            more: More::default(),
             ctx: Some(ctx),
             out: Output::New(out),
             inline,
@@ -509,7 +508,7 @@ impl Pool {
             sched,
             run,
             input,
-            more: None,
+            more: More::default(),
             ctx: second,
             out: Output::New(out),
             inline: inline.unwrap_or_else(InlineData::new),

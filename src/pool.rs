@@ -116,14 +116,23 @@ pub(crate) enum Output {
     Input,
 }
 
+/// Where a job's inputs beyond the first two are, in the descriptor's
+/// `more` words (`map3`'s second and third inputs, or a table's offset and
+/// length), and the staged blocks the job owns for them.
+#[derive(Default)]
+pub(crate) struct More {
+    pub(crate) words: [u64; 2],
+    pub(crate) holds: [Option<Alloc>; 2],
+}
+
 /// A job ready to submit: where its pieces are, and who waits for it.
 pub(crate) struct Parts {
     pub(crate) len: usize,
     pub(crate) sched: Schedule,
     pub(crate) run: RunFn,
     pub(crate) input: (Loc, Option<Alloc>),
-    /// A further block the job owns (a second staged input).
-    pub(crate) more: Option<Alloc>,
+    /// Inputs beyond the first two (`map3`'s, a table).
+    pub(crate) more: More,
     pub(crate) ctx: Option<(Loc, Option<Alloc>)>,
     pub(crate) out: Output,
     pub(crate) inline: InlineData,
@@ -502,7 +511,7 @@ impl Pool {
                 sched,
                 run: run_map::<T, U, F>,
                 input: placed,
-                more: None,
+                more: More::default(),
                 ctx: None,
                 out: Output::At(at),
                 inline: InlineData::new(),
@@ -633,7 +642,7 @@ impl Pool {
                 sched: self.schedule_for::<U>(len),
                 run: run_map::<I::Elem, U, F>,
                 input: placed,
-                more: None,
+                more: More::default(),
                 ctx: None,
                 out: Output::New(out),
                 inline: InlineData::new(),
@@ -748,7 +757,7 @@ impl Pool {
             sched,
             run,
             input,
-            more: None,
+            more: More::default(),
             ctx,
             out: Output::New(out),
             inline,
@@ -824,6 +833,7 @@ impl Pool {
             ctx: ctx_loc,
             len: p.len as u64,
             chunk: chunk as u64,
+            more: p.more.words,
             guided: p.sched.guided,
             stream: p.sched.stream && !in_place,
             inline: p.inline,
@@ -831,7 +841,9 @@ impl Pool {
         // A blocking caller that runs ranges takes one itself: a job of one
         // range wakes no worker at all.
         let helps = self.inner.config.caller_runs && matches!(p.waiter, Waiter::Sync);
-        let mut job = Job::new(p.len as u64, out, [staged, ctx_block, p.more], p.waiter);
+        let [more_b, more_c] = p.more.holds;
+        let holds = [staged, ctx_block, more_b, more_c];
+        let mut job = Job::new(p.len as u64, out, holds, p.waiter);
         job.retryable = !in_place;
         job._keep = keep;
         let ranges = p.len.div_ceil(chunk).saturating_sub(usize::from(helps));
@@ -873,12 +885,13 @@ impl Pool {
             ctx: self.nowhere(),
             len: 1,
             chunk: 1,
+            more: [0; 2],
             guided: false,
             stream: false,
             inline,
         };
         let helps = self.inner.config.caller_runs && matches!(waiter, Waiter::Sync);
-        let job = Job::new(1, out, [staged, None, None], waiter);
+        let job = Job::new(1, out, [staged, None, None, None], waiter);
         let (slot, seq) = self.inner.submit(&spec, job, u32::from(!helps))?;
         if helps {
             run_as_caller(&self.inner.region, slot, &spec);

@@ -3,9 +3,10 @@
 //!
 //! The table is placed like any input (`place.rs`): read in place when it
 //! lies in this pool's arena or in the shared heap, copied in once per call
-//! otherwise. Its descriptor offset and length travel in the slot's inline
-//! area; the trampolines here validate them as `JobArgs` validates every
-//! offset.
+//! otherwise. Its descriptor offset and length are the descriptor's `more`
+//! words, which the harvest compares with what it published, like every
+//! descriptor word; the trampolines here validate them as `JobArgs`
+//! validates every offset.
 //!
 //! Uses `unsafe` (denied at the crate root): the table trampolines read a
 //! job's raw descriptor and conjure its zero-sized task (`job::conjure`).
@@ -18,15 +19,11 @@ use bytemuck::Pod;
 
 use crate::element::Element;
 use crate::error::Error;
-use crate::parent::ring::InlineData;
-use crate::pool::Pool;
+use crate::parent::ring::{InlineData, Waiter};
+use crate::pool::{More, Output, Parts, Pool, into_vec};
 use crate::shmvec::ShmVec;
 use crate::worker::job::{BadDescriptor, CAPTURE_MESSAGE, JobArgs, RunFn, conjure};
 use crate::worker::stream::fill;
-
-/// Where a job's table is: its descriptor offset and its length in
-/// elements.
-type TableRef = [u64; 2];
 
 /// The table of job `a`, validated.
 ///
@@ -34,9 +31,7 @@ type TableRef = [u64; 2];
 /// As [`RunFn`]: `a.mem` describes live mappings; the table holds `S`s and
 /// is read-only for the job's life.
 unsafe fn table<S: Pod>(a: &JobArgs) -> Result<&[S], BadDescriptor> {
-    let at = a.input::<TableRef>(a.ctx_off, 1, 0, 1)?;
-    // SAFETY: checked to lie in the mapping, aligned; any bits are valid.
-    let [off, len] = unsafe { at.read() };
+    let [off, len] = a.more;
     let n = usize::try_from(len).map_err(|_| BadDescriptor)?;
     let table = a.input::<S>(off, len, 0, n)?;
     // SAFETY: checked to lie in the mapping and be aligned; initialised Pod
@@ -188,7 +183,7 @@ impl Pool {
     }
 
     /// Places `table` and `input` and runs `run`, a `map`-shaped job over
-    /// `input` whose context is the table's reference.
+    /// `input` whose `more` words say where the table is.
     fn run_with_table<S: Pod, T: Pod, U: Pod>(
         &self,
         table: &[S],
@@ -200,18 +195,23 @@ impl Pool {
         }
         let (table_loc, table_block) = self.place_input(table)?;
         let placed = self.place_input(input)?;
-        let mut inline = InlineData::new();
-        // Inputs are never inline: the offset stands on its own.
-        let reference: TableRef = [table_loc.resolve(0), table.len() as u64];
-        let (ctx, ctx_block) = self.place_value(&reference, &mut inline)?;
-        debug_assert!(ctx_block.is_none(), "two words fit in the slot");
-        // The job holds a staged table as it holds a context's block.
-        self.run_blocking::<U>(
-            input.len(),
+        let len = input.len();
+        let out = self.alloc::<U>(len)?.into_alloc();
+        let (slot, seq) = self.submit_parts(Parts {
+            len,
+            sched: self.schedule_for::<U>(len),
             run,
-            placed,
-            Some((ctx, table_block)),
-            Some(inline),
-        )
+            input: placed,
+            // Inputs are never inline: the offset stands on its own.
+            more: More {
+                words: [table_loc.resolve(0), table.len() as u64],
+                holds: [table_block, None],
+            },
+            ctx: None,
+            out: Output::New(out),
+            inline: InlineData::new(),
+            waiter: Waiter::Sync,
+        })?;
+        Ok(into_vec(self.inner.wait_sync(slot, seq)?, len))
     }
 }

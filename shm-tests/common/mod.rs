@@ -472,6 +472,10 @@ pub mod forge {
     /// are at these offsets from its start.
     const LEN: usize = 48;
     const CHUNK: usize = 56;
+    /// `Desc::out_off`, and `Desc::more` (two u64: `map3`'s second and
+    /// third inputs, or a table's offset and length).
+    const OUT_OFF: usize = 32;
+    const MORE: usize = 64;
     /// `Slot::claim` (its counter first) after the 128-byte descriptor, and
     /// `Slot::counts` (`done`, then `squares`) after its 256 bytes.
     const CLAIM: usize = 128;
@@ -500,6 +504,36 @@ pub mod forge {
         unsafe { &*(addr as *const AtomicU64) }
     }
 
+    /// The running job of `len` elements (the only one of that length in
+    /// the ring), found from inside one of its tasks: its slot's address.
+    fn running_slot(len: u64) -> Option<usize> {
+        let base = region_base()?;
+        (0..SCAN).step_by(128).map(|off| base + off).find(|&s| {
+            // SAFETY: as in `word`; a slot's first word is its u32 state.
+            let state = unsafe { &*(s as *const AtomicU32) };
+            word(s + LEN).load(SeqCst) == len && state.load(SeqCst) == SLOT_RUNNING
+        })
+    }
+
+    /// Points the `more` words of the running job of `len` elements (a
+    /// `map_shared` table, or `map3`'s inputs) at the job's own output, from
+    /// inside one of its tasks: a runner that believed them would read the
+    /// output as a table (or as inputs) while writing it. Does nothing
+    /// outside a worker and returns true then; false if the slot was not
+    /// found.
+    pub fn redirect_more(len: u64, parent: u32) -> bool {
+        if std::process::id() == parent {
+            return true;
+        }
+        let Some(slot) = running_slot(len) else {
+            return false;
+        };
+        let out = word(slot + OUT_OFF).load(SeqCst);
+        word(slot + MORE).store(out, SeqCst);
+        word(slot + MORE + 8).store(len, SeqCst);
+        true
+    }
+
     /// Forgery `kind` over the completion words of the running job of
     /// `len` elements (the only one of that length in the ring), from inside
     /// one of its tasks. Wakes the caller if it sleeps on the slot, as an
@@ -511,14 +545,7 @@ pub mod forge {
         if std::process::id() == parent {
             return true;
         }
-        let Some(base) = region_base() else {
-            return false;
-        };
-        let Some(slot) = (0..SCAN).step_by(128).map(|off| base + off).find(|&s| {
-            // SAFETY: as in `word`; a slot's first word is its u32 state.
-            let state = unsafe { &*(s as *const AtomicU32) };
-            word(s + LEN).load(SeqCst) == len && state.load(SeqCst) == SLOT_RUNNING
-        }) else {
+        let Some(slot) = running_slot(len) else {
             return false;
         };
         // SAFETY: as in `word`; `slot` is 128-byte aligned.

@@ -111,7 +111,7 @@ pub(crate) struct Job {
     pub(crate) len: u64,
     pub(crate) out: Out,
     /// Blocks the job owns until it finishes: staged inputs, a context.
-    pub(crate) _holds: [Option<Alloc>; 3],
+    pub(crate) _holds: [Option<Alloc>; 4],
     /// A value the job reads in place and keeps alive until it is harvested
     /// (a shared-heap `Vec` moved into `map_async`).
     pub(crate) _keep: crate::parent::place::Keep,
@@ -126,7 +126,7 @@ pub(crate) struct Job {
     /// twice).
     pub(crate) retryable: bool,
     /// The descriptor as published, to detect a worker overwriting it.
-    pub(crate) published: [u64; 7],
+    pub(crate) published: [u64; 9],
     /// Why the harvest found the slot corrupt although it said DONE (its
     /// counts do not add up, say). The job is then failed with
     /// `Corrupted` once no worker is left in the slot.
@@ -136,7 +136,7 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    pub(crate) fn new(len: u64, out: Out, holds: [Option<Alloc>; 3], waiter: Waiter) -> Self {
+    pub(crate) fn new(len: u64, out: Out, holds: [Option<Alloc>; 4], waiter: Waiter) -> Self {
         Job {
             seq: 0,
             len,
@@ -147,7 +147,7 @@ impl Job {
             waiter,
             attempts: Vec::new(),
             retryable: true,
-            published: [0; 7],
+            published: [0; 9],
             corrupt: None,
             published_ns: 0,
         }
@@ -155,7 +155,7 @@ impl Job {
 }
 
 /// The descriptor words a job is published with, in a fixed order.
-fn descriptor(slot: &Slot) -> [u64; 7] {
+fn descriptor(slot: &Slot) -> [u64; 9] {
     let d = &slot.desc;
     // ORDERING: Relaxed: Believe: compared by the parent, which wrote them
     // in Reset; a worker that changed them is what the comparison looks for.
@@ -167,6 +167,8 @@ fn descriptor(slot: &Slot) -> [u64; 7] {
         d.len.load(Relaxed),
         d.chunk.load(Relaxed),
         u64::from(d.notify.load(Relaxed)),
+        d.more[0].load(Relaxed),
+        d.more[1].load(Relaxed),
     ]
 }
 
@@ -248,6 +250,8 @@ pub(crate) struct Spec {
     pub(crate) ctx: Loc,
     pub(crate) len: u64,
     pub(crate) chunk: u64,
+    /// `Desc::more`: where the inputs beyond the first two are.
+    pub(crate) more: [u64; 2],
     /// Guided claims (`FLAG_GUIDED`); else fixed ranges of `chunk`.
     pub(crate) guided: bool,
     /// Streaming stores for the output (`FLAG_STREAM`).
@@ -443,6 +447,8 @@ impl Ring {
         d.ctx_off.store(spec.ctx.resolve(inline_off), Relaxed);
         d.len.store(spec.len, Relaxed);
         d.chunk.store(spec.chunk, Relaxed);
+        d.more[0].store(spec.more[0], Relaxed);
+        d.more[1].store(spec.more[1], Relaxed);
         d.first_claim_ns.store(0, Relaxed);
         d.done_ns.store(0, Relaxed);
         job.published_ns = os::monotonic_ns();

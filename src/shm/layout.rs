@@ -130,6 +130,10 @@ pub(crate) struct Desc {
     pub(crate) ctx_off: AtomicU64,
     pub(crate) len: AtomicU64,
     pub(crate) chunk: AtomicU64,
+    /// Where the inputs beyond the first two are (`job::More`): `map3`'s
+    /// second and third inputs, or a table's offset and length. Part of the
+    /// descriptor, so that a worker rewriting them fails the job.
+    pub(crate) more: [AtomicU64; 2],
     /// `CLOCK_MONOTONIC` nanoseconds of the job's first claim (0 until then),
     /// set once by whichever runner claims first; for `Stats::profile`.
     pub(crate) first_claim_ns: AtomicU64,

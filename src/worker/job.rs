@@ -106,6 +106,9 @@ pub(crate) struct JobArgs {
     pub(crate) out_off: u64,
     pub(crate) ctx_off: u64,
     pub(crate) len: u64,
+    /// `Desc::more`: `map3`'s second and third inputs, or a table's offset
+    /// and length.
+    pub(crate) more: [u64; 2],
     /// The claim size (at least 1): ranges start at multiples of it.
     pub(crate) chunk: u64,
     /// Write outputs with streaming stores (`FLAG_STREAM`).
@@ -234,14 +237,6 @@ impl JobArgs {
     }
 }
 
-/// Whether two byte ranges `(offset, length)` of a job's memory overlap.
-/// Both were checked by `JobArgs::elems` to lie in the region or the heap
-/// (the heap's offsets carry `HEAP_TAG`, so ranges of different memories
-/// never compare as overlapping), so the sums do not overflow.
-fn overlap(a: (u64, u64), b: (u64, u64)) -> bool {
-    a.1 != 0 && b.1 != 0 && a.0 < b.0 + b.1 && b.0 < a.0 + a.1
-}
-
 /// Makes a value of the zero-sized closure type `F`.
 ///
 /// # Safety
@@ -323,9 +318,6 @@ where
     Ok(())
 }
 
-/// Where the second and third inputs of `map3` lie (region offsets).
-pub(crate) type MoreInputs = [u64; 2];
-
 /// The trampoline of `map2`: `out[i] = f(a[i], b[i])`; `b` is at `ctx_off`.
 ///
 /// # Safety
@@ -360,7 +352,7 @@ where
 }
 
 /// The trampoline of `map3`: `out[i] = f(a[i], b[i], c[i])`; the offsets of
-/// `b` and `c` are in a `MoreInputs` at `ctx_off`.
+/// `b` and `c` are the descriptor's `more` words.
 ///
 /// # Safety
 /// See [`run_map`].
@@ -376,20 +368,8 @@ where
     U: Pod,
     F: Fn(A, B, C) -> U + Copy,
 {
-    // SAFETY: as in `run_map`: the context is read-only for the job's life.
-    let more = unsafe { a.read::<MoreInputs>(a.ctx_off, 1, 0, 1)?[0] };
-    // The offsets of `b` and `c` come from the slot's inline area, which any
-    // worker can write, and `run_as_caller` runs this in the parent: an
-    // input aliasing the output would be a `&` and a `&mut` to the same
-    // bytes there. The parent never publishes such a job.
-    let out = (a.out_off, a.len * size_of::<U>() as u64);
-    if overlap((more[0], a.len * size_of::<B>() as u64), out)
-        || overlap((more[1], a.len * size_of::<C>() as u64), out)
-    {
-        return Err(BadDescriptor);
-    }
-    // SAFETY: as in `run_map`; the inputs are read-only for the job's life,
-    // and checked above not to overlap the output.
+    let more = a.more;
+    // SAFETY: as in `run_map`; the inputs are read-only for the job's life.
     let (xs, ys, zs, output) = unsafe {
         (
             a.read::<A>(a.in_off, a.len, start, end)?,
@@ -586,6 +566,7 @@ mod tests {
             out_off,
             ctx_off: 0,
             len,
+            more: [0; 2],
             chunk: 1,
             stream: false,
         }
@@ -672,22 +653,19 @@ mod tests {
     }
 
     #[test]
-    fn map3_refuses_inputs_that_alias_the_output() {
-        // [b_off, c_off] at 0, a at 16, b at 32, c at 48, out at 64.
+    fn map3_reads_its_second_and_third_inputs_at_the_more_words() {
+        // a at 16, b at 32, c at 48, out at 64.
         let mut buf = [0u64, 0, 1, 2, 10, 20, 100, 200, 0, 0, 0, 0];
-        buf[0] = 32;
-        buf[1] = 48;
         let mut a = args(&mut buf, 16, 64, 2);
-        a.ctx_off = 0;
+        a.more = [32, 48];
         assert_eq!(run3(&a, |x, y, z| x + y + z), Ok(()));
         assert_eq!(&buf[8..10], &[111, 222]);
-        for (i, bad) in [(0, 64u64), (1, 64), (0, 72), (1, 56)] {
+        // Past the memory, or misaligned: refused.
+        for (i, bad) in [(0, 96u64), (1, 88), (0, 33), (1, u64::MAX)] {
             let mut buf = [0u64, 0, 1, 2, 10, 20, 100, 200, 0, 0, 0, 0];
-            buf[0] = 32;
-            buf[1] = 48;
-            buf[i] = bad;
             let mut a = args(&mut buf, 16, 64, 2);
-            a.ctx_off = 0;
+            a.more = [32, 48];
+            a.more[i] = bad;
             assert_eq!(
                 run3(&a, |x, y, z| x + y + z),
                 Err(BadDescriptor),

@@ -415,6 +415,7 @@ fn enter<'a>(ctx: &WorkerCtx<'a>, s: usize) -> Option<JobView<'a>> {
             out_off: d.out_off.load(Relaxed),
             ctx_off: d.ctx_off.load(Relaxed),
             len,
+            more: [d.more[0].load(Relaxed), d.more[1].load(Relaxed)],
             chunk,
             stream: notify & FLAG_STREAM != 0,
         },
@@ -711,6 +712,7 @@ pub(crate) fn run_as_caller(region: &Region, s: usize, spec: &Spec) {
         out_off: spec.output.resolve(inline_off),
         ctx_off: spec.ctx.resolve(inline_off),
         len,
+        more: spec.more,
         chunk,
         stream: spec.stream,
     };
