@@ -554,6 +554,68 @@ fn async_calls_from_inside_a_task_would_deadlock() {
     })
 }
 
+/// An unfinished asynchronous result, set before a second pool forks its
+/// workers, so that their tasks find a copy of it.
+static PENDING: std::sync::Mutex<Vec<shmpool::AsyncResult<u64>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Waits for a copy of a pending result from inside a task, with `get` (0),
+/// `wait_timeout` (1), or by polling it as a `Future` (2): 1 for
+/// `WouldDeadlock` (or, from `wait_timeout`, "not complete"), 0 otherwise.
+fn wait_for_pending(how: u64) -> u64 {
+    let Some(r) = PENDING.lock().unwrap().pop() else {
+        return 0;
+    };
+    let would_deadlock = |r: Result<u64, Error>| matches!(r, Err(Error::WouldDeadlock { .. }));
+    let ok = match how {
+        0 => would_deadlock(r.get()),
+        1 => !r.wait_timeout(Duration::from_secs(3600)),
+        _ => {
+            use std::future::Future;
+            let mut r = std::pin::pin!(r);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            matches!(
+                r.as_mut().poll(&mut cx),
+                std::task::Poll::Ready(Err(Error::WouldDeadlock { .. }))
+            )
+        }
+    };
+    u64::from(ok)
+}
+
+#[test]
+fn waiting_for_another_pool_s_result_inside_a_task_would_deadlock() {
+    deadline(60, || {
+        let gate = common::Gate::new();
+        let outer = Pool::new(1).unwrap();
+        let pending = outer.apply_async(gate.token(), common::gated).unwrap();
+        {
+            let mut copies = PENDING.lock().unwrap();
+            for _ in 0..3 {
+                // Copies of the same result (the job is the same), one per
+                // way of waiting; only the tasks' snapshots use them.
+                copies.push(outer.apply_async(gate.token(), common::gated).unwrap());
+            }
+        }
+        // The workers of `pool` fork now, with the three results pending.
+        let pool = Pool::new(1).unwrap();
+        // Waited for in a worker, none can ever complete there: each returns
+        // at once instead of waiting for the outer job (or forever).
+        let t = Instant::now();
+        let got: Vec<u64> = (0..3)
+            .map(|how| pool.apply(how, wait_for_pending).unwrap())
+            .collect();
+        assert_eq!(got, [1, 1, 1], "get, wait_timeout, poll");
+        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+        gate.open();
+        assert_eq!(pending.get().unwrap(), gate.token());
+        for r in std::mem::take(&mut *PENDING.lock().unwrap()) {
+            assert_eq!(r.get().unwrap(), gate.token());
+        }
+        assert_maps(&pool);
+    })
+}
+
 // 9: a pool used in a forked child.
 
 #[test]

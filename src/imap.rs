@@ -381,6 +381,13 @@ where
 
     /// Waits until a chunk in flight reports that it finished.
     fn wait_finished(&mut self) -> Result<(), Error> {
+        if !self.pool.inner.in_owner() {
+            // A snapshot of the stream, in a task or a forked copy: its
+            // chunks report to the process that submitted them.
+            return Err(Error::WouldDeadlock {
+                reason: "imap iterated in a task or a forked process; its chunks complete in the process that started it",
+            });
+        }
         if self.pool.inner.on_result_thread() {
             // The chunks report on this very thread.
             return Err(Error::WouldDeadlock {

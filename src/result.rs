@@ -320,7 +320,9 @@ impl<R: Send + 'static> AsyncResult<R> {
     /// result thread, a thread that called [`cancel`](Self::cancel), or one
     /// that registered a callback on a finished result), or from any
     /// callback on the pool's result thread while the job is unfinished
-    /// (only that thread could deliver it).
+    /// (only that thread could deliver it), or, while it is unfinished,
+    /// from another process: a task that reached the result through a
+    /// static, or a forked copy of the program.
     ///
     /// # Example
     /// ```
@@ -330,11 +332,8 @@ impl<R: Send + 'static> AsyncResult<R> {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn get(mut self) -> Result<R, Error> {
-        if !self.block(None) {
-            return Err(Error::WouldDeadlock {
-                reason: "get() on an unfinished job from inside a completion callback",
-            });
-        }
+        self.block(None)
+            .map_err(|reason| Error::WouldDeadlock { reason })?;
         self.take()
     }
 
@@ -358,18 +357,15 @@ impl<R: Send + 'static> AsyncResult<R> {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn get_timeout(&mut self, timeout: Duration) -> Result<R, Error> {
-        if self.block(Some(timeout)) {
-            if matches!(
-                &*lock(&self.cell.state),
-                State::Pending { .. } | State::Lent { .. }
-            ) {
-                return Err(Error::WaitTimedOut { after: timeout });
-            }
-            return self.take();
+        self.block(Some(timeout))
+            .map_err(|reason| Error::WouldDeadlock { reason })?;
+        if matches!(
+            &*lock(&self.cell.state),
+            State::Pending { .. } | State::Lent { .. }
+        ) {
+            return Err(Error::WaitTimedOut { after: timeout });
         }
-        Err(Error::WouldDeadlock {
-            reason: "get_timeout() on an unfinished job from inside a completion callback",
-        })
+        self.take()
     }
 
     /// Blocks until the job is complete. Where waiting would wait for the
@@ -384,7 +380,7 @@ impl<R: Send + 'static> AsyncResult<R> {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn wait(&self) {
-        self.block(None);
+        let _ = self.block(None);
     }
 
     /// Blocks until the job is complete or `timeout` passes; returns whether
@@ -400,7 +396,7 @@ impl<R: Send + 'static> AsyncResult<R> {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.block(Some(timeout));
+        let _ = self.block(Some(timeout));
         self.ready()
     }
 
@@ -532,20 +528,16 @@ impl<R: Send + 'static> AsyncResult<R> {
     /// result's callbacks (so the outcome cannot become visible before it
     /// returns), or it is the result thread (the only one that could
     /// deliver an unfinished job).
-    fn block(&self, timeout: Option<Duration>) -> bool {
+    fn block(&self, timeout: Option<Duration>) -> Result<(), &'static str> {
         // A deadline too far away to represent is no deadline: wait forever.
         let deadline = timeout.and_then(deadline_after);
         let mut state = lock(&self.cell.state);
         loop {
-            match &*state {
-                State::Done(_) | State::Taken { .. } => break,
-                State::Pending { .. } if self.inner.on_result_thread() => return false,
-                State::Pending { .. } | State::Lent { .. }
-                    if running_callbacks_of(self.cell.id()) =>
-                {
-                    return false;
-                }
-                State::Pending { .. } | State::Lent { .. } => {}
+            if let Some(reason) = self.never_delivered(&state) {
+                return Err(reason);
+            }
+            if matches!(&*state, State::Done(_) | State::Taken { .. }) {
+                break;
             }
             let wait = match deadline {
                 None => Duration::from_secs(1),
@@ -561,7 +553,29 @@ impl<R: Send + 'static> AsyncResult<R> {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        true
+        Ok(())
+    }
+
+    /// Why the job, in `state`, can never complete for this thread, if it
+    /// cannot: only the pool's result thread, in the process that submitted
+    /// the job, delivers an outcome. So a thread of another process (a
+    /// task, which sees a snapshot of the result; a forked copy of the
+    /// program), the result thread itself, and a callback of this result
+    /// would each wait forever.
+    fn never_delivered(&self, state: &State<R>) -> Option<&'static str> {
+        let unfinished = matches!(state, State::Pending { .. } | State::Lent { .. });
+        if unfinished && !self.inner.in_owner() {
+            Some(
+                "waited for an unfinished asynchronous result in a task or a forked process; \
+                 only the process that submitted the job receives its outcome",
+            )
+        } else if matches!(state, State::Pending { .. }) && self.inner.on_result_thread()
+            || unfinished && running_callbacks_of(self.cell.id())
+        {
+            Some("waited for an unfinished job from inside a completion callback")
+        } else {
+            None
+        }
     }
 
     fn take(&mut self) -> Result<R, Error> {
@@ -610,6 +624,14 @@ impl<R: Send + 'static> Future for AsyncResult<R> {
         let this = self.get_mut();
         {
             let mut state = lock(&this.cell.state);
+            // Polled in another process (a task, a forked copy), where no
+            // one will ever wake it. (On the result thread it may still
+            // complete once the callback that polls it returns.)
+            if !this.inner.in_owner() {
+                if let Some(reason) = this.never_delivered(&state) {
+                    return Poll::Ready(Err(Error::WouldDeadlock { reason }));
+                }
+            }
             match &mut *state {
                 State::Pending { waker, .. } => {
                     match waker {
