@@ -503,6 +503,53 @@ fn join_waits_for_a_stream_iterated_by_another_thread() {
 }
 
 #[test]
+fn after_terminate_join_does_not_wait_for_a_forgotten_stream() {
+    deadline(60, || {
+        // Forgotten on another thread, then terminate and join.
+        let pool = Pool::new(2).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| std::mem::forget(pool.imap(0..10u64, |x| x * 2).unwrap()));
+        });
+        pool.terminate();
+        pool.join().unwrap();
+        // Forgotten after a first item, then close: join waits (the stream
+        // could still be iterated) until another thread terminates the pool.
+        let pool = Pool::new(2).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut it = pool.imap(0..1000u64, |x| x * 2).unwrap().chunksize(10);
+                assert_eq!(it.next().unwrap().unwrap(), 0);
+                std::mem::forget(it);
+            });
+        });
+        pool.close();
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(300));
+                pool.terminate();
+            });
+            pool.join().unwrap();
+        });
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(250), "join waited {took:?}");
+        assert!(took < Duration::from_secs(10), "join waited {took:?}");
+        assert!(pool.worker_pids().is_empty());
+        // Held by the joining thread, never iterated there: the same.
+        let pool = Pool::new(1).unwrap();
+        let mut it = pool.imap(0..100u32, |x| x).unwrap().chunksize(10);
+        std::thread::scope(|s| {
+            s.spawn(|| assert_eq!(it.next().unwrap().unwrap(), 0));
+        });
+        pool.terminate();
+        pool.join().unwrap();
+        // The stream yields the chunks that had finished, then the error of
+        // the chunk it could no longer submit, and ends.
+        assert!(it.by_ref().any(|r| r.is_err()));
+    })
+}
+
+#[test]
 fn items_read_before_the_source_panicked_are_not_lost() {
     deadline(60, || {
         let pool = Pool::new(2).unwrap();

@@ -276,11 +276,13 @@ where
     /// yield: then it is yielded before anything more is read.
     fn feed(&mut self) -> bool {
         loop {
-            if self.stopped {
-                return false;
-            }
+            // Ready first: a chunk that failed to submit stopped the stream,
+            // and it is yielded (as the stream's one error) before the end.
             if self.ready_at().is_some() {
                 return true;
+            }
+            if self.stopped {
+                return false;
             }
             let idle = self.flight.is_empty();
             let pending = !self.buffer.is_empty();

@@ -923,6 +923,12 @@ impl Pool {
     /// reaps them. Callbacks registered on a result that had already
     /// completed run in the registering thread and are not waited for.
     ///
+    /// A stream that is never iterated to its end nor dropped (forgotten
+    /// with `mem::forget`, or held by the joining thread after another
+    /// thread iterated it) keeps `join` waiting: after `terminate`, from any
+    /// thread, `join` no longer waits for streams (their jobs fail with
+    /// `Terminated`) and returns.
+    ///
     /// # Errors
     /// `InvalidArgument` if the pool is still open; `WouldDeadlock` from a
     /// completion callback (on any thread), from a task, or from the thread

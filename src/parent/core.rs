@@ -553,11 +553,13 @@ impl Core {
     /// Blocks until every submitted job has been handed to its waiter (its
     /// callbacks have returned) and every stream accepted while the pool was
     /// open is finished. A stream this thread iterates can only finish if
-    /// this thread goes on iterating it: then `WouldDeadlock`.
+    /// this thread goes on iterating it: then `WouldDeadlock`. Once the pool
+    /// is terminated, streams are not waited for: none can submit another
+    /// job, and one may never be finished (forgotten, say).
     pub(crate) fn wait_idle(&self) -> Result<(), Error> {
         let me = thread::current().id();
         loop {
-            let streams_open = {
+            let streams_open = self.life() != TERMINATED && {
                 let streams = lock(&self.streams);
                 if streams.open.iter().any(|(_, owner)| *owner == me) {
                     return Err(Error::WouldDeadlock {
