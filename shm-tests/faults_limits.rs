@@ -420,6 +420,45 @@ fn a_panicking_initializer_fails_every_job_with_its_message() {
     })
 }
 
+fn quiet_init() {}
+
+/// Marks its worker's record as if the initializer were running, then
+/// returns (`how == 0`) or dies (`how == 1`). 2: the mark was not found.
+fn marks_itself_initializing(how: u32) -> u32 {
+    if !common::forge::mark_as_initializing(0, 1) {
+        return 2;
+    }
+    if how == 1 {
+        // SAFETY: kills this worker process, on purpose.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    how
+}
+
+#[test]
+fn a_task_that_marks_its_worker_as_initializing_does_not_break_the_pool() {
+    deadline(60, || {
+        let pool = Pool::builder()
+            .workers(2)
+            .initializer(quiet_init)
+            .max_tasks_per_worker(3)
+            .build()
+            .unwrap();
+        // Recycled after its third task, with the mark left behind.
+        for _ in 0..12 {
+            assert_eq!(pool.apply(0u32, marks_itself_initializing).unwrap(), 0);
+        }
+        let s = pool.stats();
+        assert!(s.workers_recycled >= 2, "{s:?}");
+        // Killed inside the task, with the mark: a task's death.
+        for _ in 0..3 {
+            let err = pool.apply(1u32, marks_itself_initializing).unwrap_err();
+            assert!(matches!(err, Error::WorkerDied { .. }), "{err:?}");
+        }
+        assert_healthy(&pool);
+    })
+}
+
 #[test]
 fn workers_are_recycled_after_max_tasks_and_reaped() {
     deadline(60, || {

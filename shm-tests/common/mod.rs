@@ -534,6 +534,34 @@ pub mod forge {
         true
     }
 
+    /// Writes the initializer's mark (`INIT_MARK`) into the record of the
+    /// worker running range `start..end` (this one, when the job runs one
+    /// range at a time), from inside a task: the word a worker holds while
+    /// its initializer runs. Returns whether it found the record.
+    pub fn mark_as_initializing(start: u64, end: u64) -> bool {
+        /// `WorkerRecord`: `phase` (u32) at 4, `init` (u32) at 12, `start`
+        /// and `end` (u64) at 16 and 24; the records follow the 1280-byte
+        /// control block, one 128-byte line each.
+        const RECORDS: usize = 1280;
+        const INIT_MARK: u32 = 0x494e_4954;
+        let Some(base) = region_base() else {
+            return false;
+        };
+        let u32_at = |a: usize| {
+            // SAFETY: as in `word`, for an aligned u32 of the mapping.
+            unsafe { &*(a as *const AtomicU32) }
+        };
+        let found = (0..64).map(|w| base + RECORDS + 128 * w).find(|&r| {
+            u32_at(r + 4).load(SeqCst) == 1
+                && word(r + 16).load(SeqCst) == start
+                && word(r + 24).load(SeqCst) == end
+        });
+        if let Some(r) = found {
+            u32_at(r + 12).store(INIT_MARK, SeqCst);
+        }
+        found.is_some()
+    }
+
     /// Forgery `kind` over the completion words of the running job of
     /// `len` elements (the only one of that length in the ring), from inside
     /// one of its tasks. Wakes the caller if it sleeps on the slot, as an

@@ -529,7 +529,16 @@ impl Supervisor {
         }
         let rec = self.inner.region.record(w);
         // ORDERING: Relaxed: the process is gone; its stores are visible.
-        let in_init = rec.init.load(Relaxed) == INIT_MARK;
+        // The mark is shared memory, which any task may have written, so
+        // it counts only where an honest worker could have left it: not in
+        // a range (the mark is cleared before the first and after each),
+        // and not with an exit code a worker gives only after its
+        // initializer (recycled, retired). A forged mark can then only
+        // misname the death of an idle worker that a task also killed.
+        let in_init = rec.init.load(Relaxed) == INIT_MARK
+            // ORDERING: Relaxed, as above.
+            && rec.phase.load(Relaxed) != PHASE_RUNNING
+            && !matches!(status.code, Some(EXIT_RECYCLED | EXIT_RETIRED));
         let idle = rec.slot.load(Relaxed) == NO_SLOT;
         self.settle(w, pid, status);
         if in_init && self.inner.config.worker.initializer.is_some() {

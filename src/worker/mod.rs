@@ -617,6 +617,11 @@ fn run_claimed(ctx: &WorkerCtx<'_>, job: &JobView<'_>, start: u64, end: u64) -> 
     // ORDERING: Relaxed: Exit; published by the Release half of Count (or
     // of the error record), which comes after.
     rec.in_range.store(NO_SLOT, Relaxed);
+    // Past the initializer: a mark a task wrote here (by mistake or on
+    // purpose) must not outlive its range and make a later death look like
+    // the initializer's. ORDERING: Relaxed: read by the supervisor after
+    // our death.
+    rec.init.store(0, Relaxed);
     // ORDERING: Release: Exit, see above.
     rec.phase.store(PHASE_IDLE, Release);
     if !live {
