@@ -420,6 +420,58 @@ fn a_panicking_initializer_fails_every_job_with_its_message() {
     })
 }
 
+/// The first time any worker reaches element 3: stops the template (this
+/// worker's parent) and exits, so that no one reports the death.
+fn stop_template_and_die(test: &u64, x: u64) -> u64 {
+    if x == 3 {
+        let marker = std::env::temp_dir().join(format!("shmpool-test-stopped-{test}"));
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(marker)
+            .is_ok()
+        {
+            // SAFETY: signals this worker's parent, then ends this process
+            // without unwinding, on purpose.
+            unsafe {
+                libc::kill(libc::getppid(), libc::SIGSTOP);
+                libc::_exit(7);
+            }
+        }
+    }
+    x
+}
+
+#[test]
+fn a_stopped_template_does_not_leave_a_dead_worker_s_job_waiting() {
+    deadline(90, || {
+        let pool = Pool::builder().workers(2).build().unwrap();
+        let test = u64::from(std::process::id());
+        let marker = std::env::temp_dir().join(format!("shmpool-test-stopped-{test}"));
+        let _ = std::fs::remove_file(&marker);
+        let worker = pool.worker_pids()[0];
+        let (_, template) = common::proc_stat(worker).expect("a worker's parent");
+        let xs: Vec<u64> = (0..16).collect();
+        let t = Instant::now();
+        // The template is found stopped with a death unreported, and
+        // replaced; the range runs again (or the job fails: no hang).
+        match pool.map_with(test, &xs, stop_template_and_die) {
+            Ok(ys) => assert_eq!(ys, xs),
+            Err(e) => assert!(matches!(e, Error::WorkerDied { .. }), "{e:?}"),
+        }
+        let took = t.elapsed();
+        let _ = std::fs::remove_file(&marker);
+        // It waited for the template to be found wedged (about ten
+        // seconds), and no longer.
+        assert!(took >= Duration::from_secs(5), "took {took:?}");
+        assert!(took < Duration::from_secs(30), "took {took:?}");
+        // The stopped template is gone (killed and reaped), and the pool
+        // carries on with a new one.
+        assert!(wait_until(Duration::from_secs(5), || is_dead(template)));
+        assert_healthy(&pool);
+    })
+}
+
 fn quiet_init() {}
 
 /// Marks its worker's record as if the initializer were running, then

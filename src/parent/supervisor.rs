@@ -42,6 +42,9 @@ const DIED_AT_START: Duration = Duration::from_millis(100);
 /// How long a spawn request may go unanswered before the template is taken
 /// for wedged and replaced.
 const SPAWN_PATIENCE: Duration = Duration::from_secs(10);
+/// How long a worker may be gone without the template reporting its death
+/// before the template is taken for wedged (stopped, say) and replaced.
+const REPORT_PATIENCE: Duration = Duration::from_secs(10);
 /// At most this many spawn requests are unanswered at once.
 const MAX_REQUESTS: usize = 32;
 /// How long to wait for killed processes to exit before giving up on them.
@@ -103,6 +106,9 @@ struct Supervisor {
     /// Worker `w` was killed blocked forever in this range (slot, start,
     /// end): its job fails with `WouldDeadlock`.
     stuck: Vec<Option<(u32, u64, u64)>>,
+    /// When worker `w`'s process was first seen gone while the template had
+    /// not reported its death.
+    unreported: Vec<Option<Instant>>,
 }
 
 /// Starts the supervisor thread, waits until every worker runs, then hands
@@ -135,6 +141,7 @@ pub(crate) fn start(inner: Arc<Core>, template: Template) -> Result<thread::Join
         hook: PanicHook::Own,
         watch: (0..n).map(|_| Watch::default()).collect(),
         stuck: vec![None; n],
+        unreported: vec![None; n],
     };
     // The thread is started first, so that its start overlaps with the
     // template's forks (this thread would only wait for them); it waits
@@ -304,6 +311,7 @@ impl Supervisor {
             self.watch_stuck();
             if self.repaired.elapsed() >= REPAIR_EVERY {
                 self.repair();
+                self.check_reports();
             }
             self.respawn_missing();
         }
@@ -314,6 +322,37 @@ impl Supervisor {
         let running = self.stop() == STOP_NONE;
         self.inner.ring().repair(&self.inner.region, running);
         self.repaired = Instant::now();
+    }
+
+    /// Replaces the template if a worker has been gone for
+    /// `REPORT_PATIENCE` without the template reporting its death. Only the
+    /// template reaps workers and reports their deaths, so a template that
+    /// was stopped (a task can `SIGSTOP` its parent) would otherwise leave
+    /// that worker's job waiting forever, `task_timeout` or not, and the
+    /// worker never replaced. Replacing it settles every worker's record.
+    fn check_reports(&mut self) {
+        let mut wedged = false;
+        {
+            let procs = lock(&self.inner.procs);
+            for (w, state) in self.workers.iter().enumerate() {
+                let gone = matches!(state, Worker::Live(_))
+                    && procs.workers[w]
+                        .as_ref()
+                        .is_some_and(|(_, pidfd)| os::pidfd_exited(pidfd, 0));
+                self.unreported[w] = match (gone, self.unreported[w]) {
+                    (false, _) => None,
+                    (true, None) => Some(Instant::now()),
+                    (true, Some(since)) => {
+                        wedged |= since.elapsed() >= REPORT_PATIENCE;
+                        Some(since)
+                    }
+                };
+            }
+        }
+        if wedged {
+            self.unreported.fill(None);
+            self.template_died();
+        }
     }
 
     /// Handles every report waiting on the template's socket.
