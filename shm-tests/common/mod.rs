@@ -31,8 +31,12 @@ static ALLOC: TestAlloc = TestAlloc;
 /// The environment variable that installs the shared heap in a test binary.
 pub const TEST_HEAP: &str = "SHMPOOL_TEST_HEAP";
 
-static DEFAULT_HEAP: shmpool::SharedHeap = shmpool::SharedHeap::new();
-static SMALL_HEAP: shmpool::SharedHeap = shmpool::SharedHeap::new()
+// SAFETY (both): the tests' tasks read heap memory only through their
+// arguments, or data built before `Pool::new` that no task reads while the
+// test process changes it (`heap_pool` checks what a task sees of a
+// `static`).
+static DEFAULT_HEAP: shmpool::SharedHeap = unsafe { shmpool::SharedHeap::new() };
+static SMALL_HEAP: shmpool::SharedHeap = unsafe { shmpool::SharedHeap::new() }
     .capacity(256 << 20)
     .keep_warm(16 << 20);
 

@@ -73,7 +73,9 @@ const MIN_BLOCK: usize = 4096;
 ///
 /// ```no_run
 /// #[global_allocator]
-/// static HEAP: shmpool::SharedHeap = shmpool::SharedHeap::new();
+/// // SAFETY: tasks read heap memory only through their arguments (see
+/// // "Safety" below).
+/// static HEAP: shmpool::SharedHeap = unsafe { shmpool::SharedHeap::new() };
 /// ```
 ///
 /// Allocations of at least [`threshold`](SharedHeap::threshold) bytes
@@ -132,12 +134,28 @@ const MIN_BLOCK: usize = 4096;
 /// **Statics read inside tasks.** A `static` itself is private memory: a
 /// worker sees the value it had when the pool's template was forked, at
 /// [`Pool::new`](crate::Pool::new). The heap blocks it points to are live.
-/// So a `static` `Vec` filled before `Pool::new` can be read in tasks, and
-/// tasks see later changes to its elements (made under the owner's lock,
-/// which the worker's copy of the lock does not know about: a task may see
-/// a change half done). A `static` first filled after `Pool::new` is still
-/// empty in the workers, and a `Vec` that the owner grows or frees after
-/// `Pool::new` leaves the workers' copy pointing at the old block.
+/// So a task that reads a `static` `Vec`, `String` or `Box` (or anything
+/// else that leads into the heap: a `OnceLock`, a `Mutex`, a leaked
+/// reference, a library's cache) reads the owner's memory as it is *now*,
+/// through pointers as they were at `Pool::new`: if the owner has since
+/// changed that memory, freed it, or handed it out again, the task reads
+/// half-done changes, another allocation's bytes, or pointers into memory
+/// the worker does not share. With `Pod` data that is a wrong value; with
+/// a `String`, a `Box<dyn Fn>` or a reference, undefined behaviour.
+/// Hence the contract of [`new`](SharedHeap::new).
+///
+/// # Safety
+///
+/// Installing the heap is `unsafe` because workers see it live. The
+/// program promises that **tasks reach heap memory only through their
+/// arguments** (the input, table, context or output a pool call hands
+/// them, which the pool keeps alive and unchanged for the job). The one
+/// exception is data built before `Pool::new` that the owner then neither
+/// frees, grows, nor changes while a task may read it (a lookup table kept
+/// in a `static`, say). The same holds for any child the program forks
+/// without `exec`. Data a task needs should travel as an argument:
+/// [`map_shared`](crate::Pool::map_shared) hands a whole table to every
+/// task.
 ///
 /// # Example
 ///
@@ -147,7 +165,8 @@ const MIN_BLOCK: usize = 4096;
 /// use std::alloc::{GlobalAlloc, Layout};
 /// use shmpool::SharedHeap;
 ///
-/// static HEAP: SharedHeap = SharedHeap::new().keep_warm(64 << 20);
+/// // SAFETY: no pool here; nothing reads the heap in another process.
+/// static HEAP: SharedHeap = unsafe { SharedHeap::new() }.keep_warm(64 << 20);
 ///
 /// let layout = Layout::from_size_align(1 << 20, 8).unwrap();
 /// // SAFETY: a non-zero size; the block is freed with the same layout.
@@ -205,10 +224,23 @@ impl SharedHeap {
     /// capacity decided when it is reserved (see [`capacity`](Self::capacity)).
     ///
     /// ```
+    /// // SAFETY: tasks read heap memory only through their arguments.
+    /// static HEAP: shmpool::SharedHeap = unsafe { shmpool::SharedHeap::new() };
+    /// ```
+    ///
+    /// # Safety
+    /// Once this value is the global allocator, tasks (and children forked
+    /// without `exec`) must reach heap memory only through the arguments a
+    /// pool call hands them, or data built before `Pool::new` that the
+    /// owner neither frees, grows, nor changes while a task may read it:
+    /// see ["Safety"](SharedHeap#safety). Without `unsafe`, it does not
+    /// compile:
+    ///
+    /// ```compile_fail,E0133
     /// static HEAP: shmpool::SharedHeap = shmpool::SharedHeap::new();
     /// ```
     #[must_use]
-    pub const fn new() -> SharedHeap {
+    pub const unsafe fn new() -> SharedHeap {
         SharedHeap {
             threshold: DEFAULT_THRESHOLD,
             capacity: DEFAULT_CAPACITY,
@@ -222,7 +254,8 @@ impl SharedHeap {
     /// value routes by its own threshold; all of them share the one heap.
     ///
     /// ```
-    /// static HEAP: shmpool::SharedHeap = shmpool::SharedHeap::new().threshold(1 << 20);
+    /// # // SAFETY: tasks read heap memory only through their arguments.
+    /// static HEAP: shmpool::SharedHeap = unsafe { shmpool::SharedHeap::new() }.threshold(1 << 20);
     /// ```
     #[must_use]
     pub const fn threshold(self, bytes: usize) -> SharedHeap {
@@ -242,7 +275,8 @@ impl SharedHeap {
     /// capacity and the warm bound.
     ///
     /// ```
-    /// static HEAP: shmpool::SharedHeap = shmpool::SharedHeap::new().capacity(64 << 30);
+    /// # // SAFETY: tasks read heap memory only through their arguments.
+    /// static HEAP: shmpool::SharedHeap = unsafe { shmpool::SharedHeap::new() }.capacity(64 << 30);
     /// ```
     #[must_use]
     pub const fn capacity(self, bytes: usize) -> SharedHeap {
@@ -257,7 +291,8 @@ impl SharedHeap {
     /// that are given back to the system when a block is freed.
     ///
     /// ```
-    /// static HEAP: shmpool::SharedHeap = shmpool::SharedHeap::new().keep_warm(1 << 30);
+    /// # // SAFETY: tasks read heap memory only through their arguments.
+    /// static HEAP: shmpool::SharedHeap = unsafe { shmpool::SharedHeap::new() }.keep_warm(1 << 30);
     /// ```
     #[must_use]
     pub const fn keep_warm(self, bytes: usize) -> SharedHeap {
@@ -270,7 +305,8 @@ impl SharedHeap {
     /// What the heap holds now. Reserves the heap if nothing has yet.
     ///
     /// ```
-    /// static HEAP: shmpool::SharedHeap = shmpool::SharedHeap::new();
+    /// # // SAFETY: tasks read heap memory only through their arguments.
+    /// static HEAP: shmpool::SharedHeap = unsafe { shmpool::SharedHeap::new() };
     ///
     /// let stats = HEAP.stats();
     /// assert_eq!(stats.threshold, 64 << 10);
@@ -304,7 +340,8 @@ impl SharedHeap {
     /// pages. Does nothing outside the owner process.
     ///
     /// ```
-    /// static HEAP: shmpool::SharedHeap = shmpool::SharedHeap::new();
+    /// # // SAFETY: tasks read heap memory only through their arguments.
+    /// static HEAP: shmpool::SharedHeap = unsafe { shmpool::SharedHeap::new() };
     ///
     /// HEAP.trim();
     /// assert_eq!(HEAP.stats().warm, 0);
@@ -434,12 +471,6 @@ impl SharedHeap {
     }
 }
 
-impl Default for SharedHeap {
-    fn default() -> SharedHeap {
-        SharedHeap::new()
-    }
-}
-
 impl fmt::Debug for SharedHeap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("SharedHeap");
@@ -520,7 +551,10 @@ mod tests {
 
     /// The heap of this test process (the first `SharedHeap` used in it
     /// decides for all: only these tests use one), one test at a time.
-    static HEAP: SharedHeap = SharedHeap::new().capacity(64 << 20).keep_warm(4 << 20);
+    // SAFETY: no pool here; nothing reads the heap in another process.
+    static HEAP: SharedHeap = unsafe { SharedHeap::new() }
+        .capacity(64 << 20)
+        .keep_warm(4 << 20);
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
     fn heap() -> (&'static SharedHeap, MutexGuard<'static, ()>) {
@@ -658,10 +692,15 @@ mod tests {
 
     #[test]
     fn configuration_is_const() {
-        static H: SharedHeap = SharedHeap::new().threshold(1).capacity(0).keep_warm(5);
+        // SAFETY: never installed; nothing reads the heap in another process.
+        static H: SharedHeap = unsafe { SharedHeap::new() }
+            .threshold(1)
+            .capacity(0)
+            .keep_warm(5);
         assert_eq!((H.threshold, H.capacity, H.keep_warm), (1, 0, 5));
         assert_eq!(
-            format!("{:?}", SharedHeap::new()),
+            // SAFETY: as above.
+            format!("{:?}", unsafe { SharedHeap::new() }),
             "SharedHeap { threshold: 65536, capacity: \"default\", keep_warm: 268435456 }"
         );
     }
