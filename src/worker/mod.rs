@@ -728,7 +728,15 @@ pub(crate) fn run_as_caller(region: &Region, s: usize, spec: &Spec) {
     install_caller_panic_hook();
     // Restored, not cleared, after: a task run here may itself make a
     // blocking call that runs ranges here.
-    let outer = RUNNING_RANGES.with(|r| r.replace(true));
+    // Put back however this function ends (a panic that escaped a range's
+    // `catch_unwind` would otherwise leave the thread marked as in a task).
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = RUNNING_RANGES.try_with(|r| r.set(self.0));
+        }
+    }
+    let _restore = Restore(RUNNING_RANGES.with(|r| r.replace(true)));
     // A worker rewinding the shared claim counter must not keep the parent
     // here: a correct job never hands out more than `len` elements.
     let mut claimed = 0u64;
@@ -757,7 +765,6 @@ pub(crate) fn run_as_caller(region: &Region, s: usize, spec: &Spec) {
                 .compare_exchange(SLOT_RUNNING, SLOT_DONE, SeqCst, Relaxed);
         }
     }
-    RUNNING_RANGES.with(|r| r.set(outer));
 }
 
 /// Stamps the job's first claim (for `Stats::profile`), unless a runner
