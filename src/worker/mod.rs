@@ -726,10 +726,8 @@ pub(crate) fn run_as_caller(region: &Region, s: usize, spec: &Spec) {
     // in `Pool::new`, which never waits for the hook's lock (design.md,
     // "Lock order across fork").
     install_caller_panic_hook();
-    // Restored, not cleared, after: a task run here may itself make a
-    // blocking call that runs ranges here.
-    // Put back however this function ends (a panic that escaped a range's
-    // `catch_unwind` would otherwise leave the thread marked as in a task).
+    // Restored, not cleared, after (a task run here may itself make a
+    // blocking call that runs ranges here), however this function ends.
     struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
