@@ -683,16 +683,22 @@ fn judge_forgery(what: &str, outcome: Result<&[u64], &Error>, n: u64) -> bool {
     }
 }
 
+/// Two workers and a small ring (the forgers search the first 64 KiB for
+/// their slot), with the caller running ranges or not.
+fn forgers_pool(caller_runs: bool) -> Pool {
+    Pool::builder()
+        .workers(2)
+        .ring_size(8)
+        .caller_runs(caller_runs)
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn a_forged_completion_never_returns_ok_with_wrong_values() {
     deadline(240, || {
         for caller_runs in [false, true] {
-            let pool = Pool::builder()
-                .workers(2)
-                .ring_size(8)
-                .caller_runs(caller_runs)
-                .build()
-                .unwrap();
+            let pool = forgers_pool(caller_runs);
             let n = 2000u64;
             let mut failed = 0;
             for (kind, name) in common::forge::KINDS.iter().enumerate() {
@@ -738,12 +744,7 @@ fn through_more(i: Item, b: u64, c: u64) -> u64 {
 fn a_worker_that_moves_a_table_or_map3_s_inputs_fails_its_job() {
     deadline(120, || {
         for caller_runs in [false, true] {
-            let pool = Pool::builder()
-                .workers(2)
-                .ring_size(8)
-                .caller_runs(caller_runs)
-                .build()
-                .unwrap();
+            let pool = forgers_pool(caller_runs);
             let n = 2000u64;
             let ones = vec![1u64; n as usize];
             let (mut jobs, mut failed) = (0, 0);

@@ -20,7 +20,7 @@ use ndarray::{Array, ArrayBase, ArrayView, ArrayViewMut, Data, Dimension, IntoDi
 use crate::element::Element;
 use crate::error::Error;
 use crate::parent::ring::InlineData;
-use crate::pool::Pool;
+use crate::pool::{More, Pool};
 use crate::shmvec::ShmVec;
 use crate::worker::job::{BadDescriptor, CAPTURE_MESSAGE, JobArgs, RunFn, conjure};
 
@@ -274,7 +274,8 @@ impl Pool {
         let mut inline = InlineData::new();
         let ctx = self.place_value(&shape, &mut inline)?;
         let run: RunFn = run_stencil::<T, U, D, F>;
-        let out = self.run_blocking::<U>(len, run, input, Some(ctx), Some(inline))?;
+        let out =
+            self.run_blocking::<U>(len, run, input, Some(ctx), Some(inline), More::default())?;
         ShmArray::from_shmvec(out, a.raw_dim())
     }
 }

@@ -78,7 +78,14 @@ impl Pool {
         }
         let input = self.place_input(a)?;
         let second = self.place_input(b)?;
-        self.run_blocking::<U>(len, run_map2::<A, B, U, F>, input, Some(second), None)
+        self.run_blocking::<U>(
+            len,
+            run_map2::<A, B, U, F>,
+            input,
+            Some(second),
+            None,
+            More::default(),
+        )
     }
 
     /// `f(a[i], b[i], c[i])` for every `i`: a zip of three slices. For more
@@ -112,24 +119,12 @@ impl Pool {
         let input = self.place_input(a)?;
         let (b_loc, b_block) = self.place_input(b)?;
         let (c_loc, c_block) = self.place_input(c)?;
-        let out = self.alloc::<U>(len)?.into_alloc();
-        let sched = self.schedule_for::<U>(len);
-        let (slot, seq) = self.submit_parts(Parts {
-            len,
-            sched,
-            run: run_map3::<A, B, C, U, F>,
-            input,
-            // Inputs are never inline: the offsets stand on their own.
-            more: More {
-                words: [b_loc.resolve(0), c_loc.resolve(0)],
-                holds: [b_block, c_block],
-            },
-            ctx: None,
-            out: Output::New(out),
-            inline: InlineData::new(),
-            waiter: Waiter::Sync,
-        })?;
-        Ok(into_vec(self.inner.wait_sync(slot, seq)?, len))
+        // Inputs are never inline: the offsets stand on their own.
+        let more = More {
+            words: [b_loc.resolve(0), c_loc.resolve(0)],
+            holds: [b_block, c_block],
+        };
+        self.run_blocking::<U>(len, run_map3::<A, B, C, U, F>, input, None, None, more)
     }
 
     /// Runs `f(&input[r], &mut output[r])` once per claimed range `r`: a
@@ -169,7 +164,14 @@ impl Pool {
             return Ok(ShmVec::new());
         }
         let placed = self.place_input(input)?;
-        self.run_blocking::<U>(input.len(), run_chunks::<T, U, F>, placed, None, None)
+        self.run_blocking::<U>(
+            input.len(),
+            run_chunks::<T, U, F>,
+            placed,
+            None,
+            None,
+            More::default(),
+        )
     }
 
     /// `out[i] = f(input, i)` for every `i`: each call sees the whole input,
@@ -202,7 +204,14 @@ impl Pool {
             return Ok(ShmVec::new());
         }
         let placed = self.place_input(input)?;
-        self.run_blocking::<U>(input.len(), run_indexed::<T, U, F>, placed, None, None)
+        self.run_blocking::<U>(
+            input.len(),
+            run_indexed::<T, U, F>,
+            placed,
+            None,
+            None,
+            More::default(),
+        )
     }
 
     /// [`map_indexed`](Self::map_indexed) with a context value that every
@@ -500,6 +509,7 @@ impl Pool {
         input: (Loc, Option<crate::shm::region::Alloc>),
         second: Option<(Loc, Option<crate::shm::region::Alloc>)>,
         inline: Option<InlineData>,
+        more: More,
     ) -> Result<ShmVec<U>, Error> {
         let out = self.alloc::<U>(len)?.into_alloc();
         let sched = self.schedule_for::<U>(len);
@@ -508,7 +518,7 @@ impl Pool {
             sched,
             run,
             input,
-            more: More::default(),
+            more,
             ctx: second,
             out: Output::New(out),
             inline: inline.unwrap_or_else(InlineData::new),

@@ -19,8 +19,7 @@ use bytemuck::Pod;
 
 use crate::element::Element;
 use crate::error::Error;
-use crate::parent::ring::{InlineData, Waiter};
-use crate::pool::{More, Output, Parts, Pool, into_vec};
+use crate::pool::{More, Pool};
 use crate::shmvec::ShmVec;
 use crate::worker::job::{BadDescriptor, CAPTURE_MESSAGE, JobArgs, RunFn, conjure};
 use crate::worker::stream::fill;
@@ -195,23 +194,11 @@ impl Pool {
         }
         let (table_loc, table_block) = self.place_input(table)?;
         let placed = self.place_input(input)?;
-        let len = input.len();
-        let out = self.alloc::<U>(len)?.into_alloc();
-        let (slot, seq) = self.submit_parts(Parts {
-            len,
-            sched: self.schedule_for::<U>(len),
-            run,
-            input: placed,
-            // Inputs are never inline: the offset stands on its own.
-            more: More {
-                words: [table_loc.resolve(0), table.len() as u64],
-                holds: [table_block, None],
-            },
-            ctx: None,
-            out: Output::New(out),
-            inline: InlineData::new(),
-            waiter: Waiter::Sync,
-        })?;
-        Ok(into_vec(self.inner.wait_sync(slot, seq)?, len))
+        // Inputs are never inline: the offset stands on its own.
+        let more = More {
+            words: [table_loc.resolve(0), table.len() as u64],
+            holds: [table_block, None],
+        };
+        self.run_blocking::<U>(input.len(), run, placed, None, None, more)
     }
 }
