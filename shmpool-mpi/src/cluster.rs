@@ -102,6 +102,18 @@ impl<'p> Cluster<'p> {
     /// `mpi::initialize()`.
     pub fn new<C: Communicator>(comm: &C, pool: &'p Pool) -> Result<Cluster<'p>, Error> {
         let rank = usize::try_from(comm.rank()).expect("MPI ranks are not negative");
+        // An intercommunicator joins two groups: its broadcasts and
+        // reductions go from one group to the other, so the cluster's
+        // collectives would wait for each other (or each group would get the
+        // other's verdict). Every rank of both groups sees the same answer
+        // here, without communicating.
+        if comm.test_inter() {
+            return Err(Error::remote(
+                rank,
+                "Cluster::new needs an intracommunicator (such as universe.world()), \
+                 not an intercommunicator: merge it first (MPI_Intercomm_merge)",
+            ));
+        }
         let size = usize::try_from(comm.size()).expect("MPI sizes are positive");
         // Local, no communication: every rank reaches the duplicate below.
         let checked = built_before_mpi(pool, rank);
@@ -175,16 +187,30 @@ impl<'p> Cluster<'p> {
         if failed >= self.size {
             return local;
         }
-        let message = match &local {
-            Err(e) if failed == self.rank => message_of(e),
-            _ => String::new(),
+        // The lowest failing rank speaks. An error that is already a
+        // verdict (`Remote`, from an earlier `agree`) keeps the rank it
+        // names: it failed there, not on the rank that passes it on.
+        let (origin, message) = match &local {
+            Err(Error::Remote { rank, message, .. }) if failed == self.rank => {
+                (*rank, message.clone())
+            }
+            Err(e) if failed == self.rank => (self.rank, message_of(e)),
+            _ => (failed, String::new()),
         };
-        Err(Error::remote(failed, self.broadcast_text(failed, message)))
+        let (origin, message) = self.broadcast_text(failed, origin, message);
+        Err(Error::remote(origin, message))
     }
 
-    /// `text` from rank `from` to every rank (at most [`MAX_MESSAGE`]
-    /// bytes, cut at a character boundary).
-    fn broadcast_text(&self, from: usize, mut text: String) -> String {
+    /// The verdict, on every rank, that rank `from` failed with `message`
+    /// (significant on `from` only).
+    fn failure(&self, from: usize, message: String) -> Error {
+        let (origin, message) = self.broadcast_text(from, from, message);
+        Error::remote(origin, message)
+    }
+
+    /// `origin` and `text` from rank `from` to every rank (at most
+    /// [`MAX_MESSAGE`] bytes of text, cut at a character boundary).
+    fn broadcast_text(&self, from: usize, origin: usize, mut text: String) -> (usize, String) {
         if text.len() > MAX_MESSAGE {
             let mut end = MAX_MESSAGE;
             while !text.is_char_boundary(end) {
@@ -193,15 +219,16 @@ impl<'p> Cluster<'p> {
             text.truncate(end);
         }
         let root = self.comm.process_at_rank(from as Rank);
-        let mut len = text.len() as u64;
-        root.broadcast_into(&mut len);
+        let mut header = [origin as u64, text.len() as u64];
+        root.broadcast_into(&mut header[..]);
         let mut bytes = if from == self.rank {
             text.into_bytes()
         } else {
-            vec![0u8; usize::try_from(len).unwrap_or(0).min(MAX_MESSAGE)]
+            vec![0u8; usize::try_from(header[1]).unwrap_or(0).min(MAX_MESSAGE)]
         };
         root.broadcast_into(&mut bytes[..]);
-        String::from_utf8_lossy(&bytes).into_owned()
+        let origin = usize::try_from(header[0]).unwrap_or(from);
+        (origin, String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// A usage error of this rank's, in the form every rank will see.
@@ -222,15 +249,16 @@ impl<'p> Cluster<'p> {
     /// arena has no room for its block. Nothing is sent before every rank
     /// has its buffer.
     pub fn scatter<T: Pod>(&self, data: Option<&[T]>) -> Result<ShmVec<T>, Error> {
-        // 1. The root says how long the array is (u64::MAX: it has none).
-        let mut n = match data {
-            Some(d) if self.rank == ROOT => d.len() as u64,
-            _ => u64::MAX,
+        // 1. The root says whether it has an array, and how long it is.
+        let mut header: [u64; 2] = match data {
+            Some(d) if self.rank == ROOT => [1, d.len() as u64],
+            _ => [0, 0],
         };
-        self.root().broadcast_into(&mut n);
+        self.root().broadcast_into(&mut header[..]);
+        let [has, n] = header;
         // 2. Every rank makes room for its block (the root copies its own
         //    in), and they agree that all could.
-        let local = if n == u64::MAX {
+        let local = if has == 0 {
             Err(self.usage("scatter: the root gave no data (None)"))
         } else {
             match usize::try_from(n) {
@@ -500,7 +528,7 @@ impl<'p> Cluster<'p> {
                     (true, Err(e), _) | (true, Ok(_), Err(e)) => message_of(e),
                     _ => String::new(),
                 };
-                return Err(Error::remote(code, self.broadcast_text(code, message)));
+                return Err(self.failure(code, message));
             }
             value
         } else {
@@ -513,7 +541,7 @@ impl<'p> Cluster<'p> {
                     Err(e) if code == self.rank => message_of(e),
                     _ => String::new(),
                 };
-                return Err(Error::remote(code, self.broadcast_text(code, message)));
+                return Err(self.failure(code, message));
             }
             Ok(bytemuck::pod_read_unaligned(&verdict[8..]))
         }
@@ -536,9 +564,11 @@ fn built_before_mpi(pool: &Pool, rank: usize) -> Result<(), Error> {
         Ok(0) => Ok(()),
         Ok(_) => Err(Error::remote(
             rank,
-            "the pool was built after MPI was initialised: build it before \
-             mpi::initialize() (its workers are copies of an MPI process, and \
-             an MPI call in a task would hang)",
+            "the pool was built after MPI was initialised, or its template \
+             was replaced since (it died, and was forked again from this \
+             process): build the pool before mpi::initialize() (its workers \
+             are copies of an MPI process, and an MPI call in a task would \
+             hang)",
         )),
         Err(e) => Err(e),
     }

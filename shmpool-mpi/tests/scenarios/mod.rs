@@ -304,6 +304,9 @@ fn task_panics(cluster: &Cluster<'_>) {
         assert!(global != 999, "boom at {global}");
         x[i]
     });
+    // Passed on through `agree` (as a local step of the caller's own would
+    // be), the verdict still names the rank that failed.
+    let r = cluster.agree(r);
     expect_remote(r, last, "boom at 999");
     let r = cluster.map_local(&local, |x: u64| {
         assert!(x != 0 && x != 999, "boom at {x}");
