@@ -405,6 +405,31 @@ fn zero_length_inputs_give_empty_results_without_a_job() {
 // 5: input larger than the arena.
 
 #[test]
+fn a_zero_sized_input_past_2_to_the_48_is_refused_not_run_forever() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        // Near u64::MAX the claim counter wrapped: ranges were handed out
+        // again forever, or a finished job looked corrupt.
+        let huge = vec![(); usize::MAX];
+        assert_err!(pool.map(&huge, |x: ()| x), Error::InvalidArgument { .. });
+        let huge = vec![(); (1 << 63) + 1];
+        assert_err!(
+            pool.map_reduce_chunked(&huge, 1 << 63, |_: ()| 1u64, |a, b| a + b, 0),
+            Error::InvalidArgument { .. }
+        );
+        assert_err!(
+            pool.map_indexed(&huge, |_: &[()], i| i as u64 & 1),
+            Error::InvalidArgument { .. }
+        );
+        // At the limit, it runs (one call per range, nothing per element).
+        let most = vec![(); 1 << 48];
+        let out = pool.map_chunks(&most, |_: &[()], _: &mut [()]| {}).unwrap();
+        assert_eq!(out.len(), 1 << 48);
+        assert_maps(&pool);
+    })
+}
+
+#[test]
 fn input_larger_than_the_arena_is_out_of_shared_memory() {
     deadline(60, || {
         const ARENA: usize = 1 << 20;

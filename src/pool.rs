@@ -40,6 +40,12 @@ const PAGE_CHUNK_FROM: usize = 64 << 10;
 const MAX_ALIGN: usize = 4096;
 /// By default, outputs smaller than this are never streamed.
 const STREAM_FLOOR: usize = 1 << 20;
+/// The longest job, in elements (only a slice of a zero-sized type comes
+/// near it: 2^48 bytes is 256 TiB). Claims add `chunk` (at most the
+/// length) to a `u64` counter, once per range and once more per visit that
+/// finds nothing left, so the counter stays far from wrapping; near
+/// `u64::MAX` it wrapped, handing ranges out again forever.
+const MAX_JOB_LEN: usize = 1 << 48;
 
 /// The size of the largest CPU cache, read once from sysfs; 32 MiB when
 /// unknown. Streaming stores win once the output no longer fits in it
@@ -815,6 +821,14 @@ impl Pool {
     /// [`submit_parts`](Self::submit_parts), with a value the job keeps alive
     /// until it is harvested.
     pub(crate) fn submit_keeping(&self, p: Parts, keep: Keep) -> Result<(usize, u64), Error> {
+        if p.len > MAX_JOB_LEN {
+            return Err(Error::invalid(format!(
+                "a job of {} elements: at most 2^48 are supported (a longer \
+                 slice of a zero-sized type can be split, or its index space \
+                 mapped in parts)",
+                p.len
+            )));
+        }
         let (in_loc, staged) = p.input;
         let (ctx_loc, ctx_block) = p.ctx.unwrap_or((self.nowhere(), None));
         // Never more than the length: claims add `chunk` to a counter, which
