@@ -489,6 +489,40 @@ fn address_space_limit_body() {
     })
 }
 
+#[test]
+fn under_a_tight_address_space_limit_the_pool_s_threads_still_start() {
+    common::isolated_under_rlimit("tight_address_space_body", 120, libc::RLIMIT_AS, 100 << 20);
+}
+
+#[test]
+#[ignore = "run in a process of its own by under_a_tight_address_space_limit_the_pool_s_threads_still_start"]
+fn tight_address_space_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(100, || {
+        // Half the room under 100 MiB is less than the 64 MiB the default
+        // arena takes elsewhere: it takes half the room instead, and leaves
+        // the rest to the pool's supervisor and result threads.
+        let pool = Pool::new(2).expect("the default arena fits the limit");
+        let arena = pool.stats().arena_capacity;
+        println!(
+            "default arena under a 100 MiB RLIMIT_AS: {} MiB",
+            arena >> 20
+        );
+        assert!(arena < 50 << 20, "{arena} bytes of arena");
+        assert_maps(&pool, 10_000);
+        let doubled = pool
+            .map_async(&[1u64, 2, 3], |x| x * 2)
+            .unwrap()
+            .get()
+            .unwrap();
+        assert_eq!(doubled, vec![2, 4, 6]);
+        let streamed = pool.imap(0..100u64, |x| x + 1).unwrap();
+        assert_eq!(streamed.map(Result::unwrap).sum::<u64>(), 5050);
+    })
+}
+
 // 4. A memory cgroup.
 
 /// Where the helper should move itself: a `cgroup.procs` path.

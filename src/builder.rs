@@ -79,8 +79,9 @@ impl Builder {
     /// reuse when it is freed.
     ///
     /// Default: half the physical memory, but at most half of the process's
-    /// memory cgroup limit and half of the address space it may still map
-    /// under `RLIMIT_AS` (`ulimit -v`), at least 64 MiB. Under such a limit,
+    /// memory cgroup limit, at least 64 MiB; and at most half of the address
+    /// space it may still map under `RLIMIT_AS` (`ulimit -v`), even below
+    /// 64 MiB. Under such a limit,
     /// a size that does not fit fails at [`build`](Self::build) with
     /// `Error::Io` naming the limit and the largest size to use; a memory
     /// cgroup's limit is checked again at each allocation, which fails with
@@ -480,18 +481,23 @@ fn wake_cap(cpus: usize) -> u32 {
 }
 
 /// Half the physical memory, but at most half of what the process's memory
-/// cgroup allows and half of the address space it may still map
-/// (`RLIMIT_AS`), so that its own allocations and its workers' keep the
-/// other half; at least 64 MiB, at most 1 TiB.
+/// cgroup allows, at least 64 MiB and at most 1 TiB; and at most half of
+/// the address space the process may still map (`RLIMIT_AS`), so that its
+/// own allocations and threads and its workers' keep the other half. Under
+/// that limit the 64 MiB floor gives way (down to 1 MiB): address space is
+/// what the limit counts, and an arena that took more than half left too
+/// little for the pool's own threads (a bare `EAGAIN` from the first
+/// `map_async` under `ulimit -v 74000`).
 fn default_arena_size() -> usize {
     let mut size = os::physical_memory() / 2;
     if let Some(limit) = limits::memory_cgroup().and_then(|c| c.limit()) {
         size = size.min(limit / 2);
     }
+    size = size.clamp(64 << 20, 1 << 40);
     if let Some(room) = limits::address_space_room() {
-        size = size.min(room / 2);
+        size = size.min(room / 2).max(1 << 20);
     }
-    size.clamp(64 << 20, 1 << 40) as usize
+    size as usize
 }
 
 /// Turns a failed mapping of the region (`ENOMEM`) into an error that says
