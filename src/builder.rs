@@ -81,12 +81,11 @@ impl Builder {
     /// Default: half the physical memory, but at most half of the process's
     /// memory cgroup limit, at least 64 MiB; and at most half of the address
     /// space it may still map under `RLIMIT_AS` (`ulimit -v`), even below
-    /// 64 MiB. Under such a limit,
-    /// a size that does not fit fails at [`build`](Self::build) with
-    /// `Error::Io` naming the limit and the largest size to use; a memory
-    /// cgroup's limit is checked again at each allocation, which fails with
-    /// [`Error::OutOfSharedMemory`] rather than wake the cgroup's OOM
-    /// killer.
+    /// 64 MiB. Under such a limit, a size that does not fit fails at
+    /// [`build`](Self::build) with `Error::Io` naming the limit and the
+    /// largest size to use; a memory cgroup's limit is checked again at each
+    /// allocation, which fails with [`Error::OutOfSharedMemory`] rather than
+    /// wake the cgroup's OOM killer.
     pub fn arena_size(mut self, bytes: usize) -> Self {
         self.arena_size = Some(bytes);
         self
