@@ -411,9 +411,16 @@ impl Builder {
         crate::heap::writable_alias();
         let arena = self.arena_size.unwrap_or_else(default_arena_size);
         let layout = Layout::new(workers, ring, arena)?;
-        // Looks at the stdio locks while the region is created.
-        let stdio = StdioProbe::start();
+        // Looks at the stdio locks while the region is created; under
+        // `RLIMIT_AS`, once it is mapped: in glibc a new thread's first
+        // allocations reserve a 64 MiB heap for an instant while the room
+        // allows one, and a reservation that overlapped the mapping failed it
+        // (`ENOMEM` under a 100 MiB limit, one `Pool::new` in ten).
+        let early = limits::address_space_limit()
+            .is_none()
+            .then(StdioProbe::start);
         let region = Region::create(layout).map_err(|e| explain_map_failure(e, layout.len))?;
+        let stdio = early.unwrap_or_else(StdioProbe::start);
         let cpus = limits::cpus();
         region.control().sem.set_wake_cap(wake_cap(cpus));
         let worker = WorkerConfig {
@@ -519,7 +526,14 @@ fn explain_map_failure(e: Error, region: usize) -> Error {
                 mib(region as u64),
                 mib(limit)
             );
-            if let (Some(mapped), Some(room)) = (mapped, room) {
+            if let Some(room) = room.filter(|&room| region as u64 <= room) {
+                m += &format!(
+                    "; it fits the {} MiB left now: another thread held the room for an \
+                     instant (glibc reserves 64 MiB for each thread's first allocations; \
+                     MALLOC_ARENA_MAX=1 stops that), so building the pool again may succeed",
+                    mib(room)
+                );
+            } else if let (Some(mapped), Some(room)) = (mapped, room) {
                 m += &format!(
                     ", of which this process maps {} MiB; build with \
                      Builder::arena_size at most {} MiB (about half of the {} MiB left, so \
