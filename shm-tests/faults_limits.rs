@@ -79,6 +79,61 @@ fn a_task_past_its_timeout_is_killed_and_its_job_fails() {
     })
 }
 
+/// Leaves its worker as one stopped between a claim and the range's
+/// start: the record says "in the slot, between ranges", and the process
+/// stops itself. 2: the record was not found.
+fn stops_between_ranges(x: u32) -> u32 {
+    if !common::forge::pose_between_ranges(0, 1) {
+        return 2;
+    }
+    // SAFETY: stops this worker process, on purpose.
+    unsafe { libc::raise(libc::SIGSTOP) };
+    x
+}
+
+#[test]
+fn a_worker_stopped_between_a_claim_and_its_range_is_timed_out() {
+    deadline(60, || {
+        let limit = Duration::from_millis(200);
+        let pool = Pool::builder()
+            .workers(2)
+            .task_timeout(limit)
+            .chunk_size(1)
+            .build()
+            .unwrap();
+        let before = pool.worker_pids();
+        let t = Instant::now();
+        let err = pool.apply(7u32, stops_between_ranges).unwrap_err();
+        let took = t.elapsed();
+        // No range was recorded as running: the timeout names none.
+        match &err {
+            Error::TaskTimedOut {
+                pid,
+                after,
+                range: None,
+                ..
+            } => {
+                assert_eq!(*after, limit);
+                assert!(before.contains(pid), "{pid} is not one of {before:?}");
+                assert!(wait_until(Duration::from_secs(5), || is_dead(*pid)));
+            }
+            other => panic!("expected TaskTimedOut without a range, got {other:?}"),
+        }
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+        assert!(wait_until(Duration::from_secs(5), || pool
+            .stats()
+            .worker_restarts
+            == 1));
+        // A job of many short ranges is not taken for one stopped between
+        // them, however long the whole job takes.
+        let xs: Vec<u64> = (0..1000).collect();
+        let ys = pool.map(&xs, |x| common::sleepy(x % 2)).unwrap();
+        assert_eq!(ys.len(), 1000);
+        assert_eq!(pool.stats().worker_restarts, 1);
+        assert_healthy(&pool);
+    })
+}
+
 /// Stops a process (SIGSTOP) for as long as it lives; continues it when
 /// dropped, whatever happens to the test.
 struct Stopped(u32);

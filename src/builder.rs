@@ -125,7 +125,10 @@ impl Builder {
     /// unscheduled runs out of it too, so leave headroom. A worker killed
     /// from outside that has exited is a death, not a timeout, even if its
     /// death is reported only after its range passed the deadline: its range
-    /// is retried ([`max_retries`](Self::max_retries)).
+    /// is retried ([`max_retries`](Self::max_retries)). A worker that stands
+    /// still for the timeout between two ranges of a job (stopped after it
+    /// claimed a range, before starting it) is killed too; its job fails
+    /// with `TaskTimedOut { range: None, .. }`.
     ///
     /// ```
     /// use std::time::Duration;

@@ -109,7 +109,9 @@ pub enum Error {
         pid: u32,
         /// The pool's task timeout: how long the range was allowed to run.
         after: Duration,
-        /// The index range that overran, when the worker had recorded one.
+        /// The index range that overran, when the worker had recorded one
+        /// (`None` for a worker that stood still between two ranges: one
+        /// stopped after claiming a range and before starting it).
         range: Option<Range<usize>>,
     },
     /// A caller's own wait ran out

@@ -566,6 +566,33 @@ pub mod forge {
         found.is_some()
     }
 
+    /// Makes the record of the worker running range `start..end` (this
+    /// one, when the job runs one range at a time) look as it does between
+    /// two ranges of a job: in the slot, phase idle. That is what a worker
+    /// stopped after a claim and before running it shows. Returns whether
+    /// it found the record.
+    pub fn pose_between_ranges(start: u64, end: u64) -> bool {
+        /// `WorkerRecord::phase` (u32) at 4, as in `mark_as_initializing`.
+        const RECORDS: usize = 1280;
+        const PHASE_IDLE: u32 = 0;
+        let Some(base) = region_base() else {
+            return false;
+        };
+        let u32_at = |a: usize| {
+            // SAFETY: as in `word`, for an aligned u32 of the mapping.
+            unsafe { &*(a as *const AtomicU32) }
+        };
+        let found = (0..64).map(|w| base + RECORDS + 128 * w).find(|&r| {
+            u32_at(r + 4).load(SeqCst) == 1
+                && word(r + 16).load(SeqCst) == start
+                && word(r + 24).load(SeqCst) == end
+        });
+        if let Some(r) = found {
+            u32_at(r + 4).store(PHASE_IDLE, SeqCst);
+        }
+        found.is_some()
+    }
+
     /// Forgery `kind` over the completion words of the running job of
     /// `len` elements (the only one of that length in the ring), from inside
     /// one of its tasks. Wakes the caller if it sleeps on the slot, as an

@@ -54,7 +54,15 @@ const KILL_PATIENCE: Duration = Duration::from_secs(5);
 const REPAIR_EVERY: Duration = Duration::from_millis(250);
 
 /// A range as a worker's record names it: slot, start, start time.
-type RangeId = (u32, u64, u64);
+/// Where the task timeout saw a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sighting {
+    /// Running a range: its slot, start and start time.
+    Range(u32, u64, u64),
+    /// In a slot between two ranges (after a claim, before running it, for
+    /// one), at this count of steps (`WorkerRecord::steps`).
+    Between(u32, u64),
+}
 
 /// Worker `w` as the supervisor knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,13 +85,13 @@ struct Supervisor {
     inner: Arc<Core>,
     template: Option<Template>,
     workers: Vec<Worker>,
-    /// Worker `w` was killed for running past the task timeout: the slot,
-    /// range start and start time it was killed in.
-    timed_out: Vec<Option<(u32, u64, u64)>>,
-    /// The range (slot, start, start time) worker `w` was last seen running
-    /// with a start time from the future, and when it was first seen: such
-    /// a range is timed from then.
-    sighted: Vec<Option<(RangeId, u64)>>,
+    /// Worker `w` was killed for standing past the task timeout where it
+    /// was last seen.
+    timed_out: Vec<Option<Sighting>>,
+    /// What worker `w` was last seen doing that the supervisor times from
+    /// its own first sighting (a range with a start time from the future,
+    /// or the wait between two ranges), and when it was first seen so.
+    sighted: Vec<Option<(Sighting, u64)>>,
     /// The next start of worker `w` replaces a crashed one.
     replacing: Vec<bool>,
     /// The error of the last failed start, while some worker is missing.
@@ -620,12 +628,17 @@ impl Supervisor {
         let (start, end) = (rec.start.load(Relaxed), rec.end.load(Relaxed));
         let running = rec.phase.load(Relaxed) == PHASE_RUNNING;
         let started = rec.started_ns.load(Relaxed);
+        let steps = rec.steps.load(Relaxed);
         let mark = rec.oom.swap(0, Relaxed);
         let oom = mark == OOM_MARK;
         let heap_write = mark == HEAP_WRITE_MARK;
-        // Killed for a timeout, and still in the range that overran (it may
+        // Killed for a timeout, and still where it stood too long (it may
         // have moved on between the check and the kill).
-        let timed_out = deadline == Some((slot, start, started)) && running;
+        let timed_out = match deadline {
+            Some(Sighting::Range(s, st, t)) => running && (s, st, t) == (slot, start, started),
+            Some(Sighting::Between(s, n)) => !running && (s, n) == (slot, steps),
+            None => false,
+        };
         // Killed blocked forever in this very range.
         let stuck = self.stuck[w].take() == Some((slot, start, end)) && running;
         let mut ring = inner.ring();
@@ -811,30 +824,42 @@ impl Supervisor {
             let Some((_, pidfd)) = &procs.workers[w] else {
                 continue;
             };
-            let rec = self.inner.region.record(w);
-            // ORDERING: Acquire: pairs with the worker's Begin (a Release
-            // store of the phase, after `started_ns` and its range).
-            if self.timed_out[w].is_some() || rec.phase.load(Acquire) != PHASE_RUNNING {
+            if self.timed_out[w].is_some() {
                 continue;
             }
-            // ORDERING: Relaxed: ordered by the Acquire above; compared
-            // again after the death.
-            let started = rec.started_ns.load(Relaxed);
-            let at = (rec.slot.load(Relaxed), rec.start.load(Relaxed), started);
-            // A start time from the future can only be scribbled; left to
+            let rec = self.inner.region.record(w);
+            // ORDERING: Acquire: pairs with the worker's Begin (a Release
+            // store of the phase, after `started_ns` and its range); the
+            // loads after it are Relaxed, ordered by it. A stale reading of
+            // the slot or the steps delays a verdict by a tick at most.
+            let at = if rec.phase.load(Acquire) == PHASE_RUNNING {
+                let (slot, start) = (rec.slot.load(Relaxed), rec.start.load(Relaxed));
+                Sighting::Range(slot, start, rec.started_ns.load(Relaxed))
+            } else {
+                match rec.slot.load(Relaxed) {
+                    NO_SLOT => {
+                        self.sighted[w] = None;
+                        continue;
+                    }
+                    slot => Sighting::Between(slot, rec.steps.load(Relaxed)),
+                }
+            };
+            // A range started at a time in the past is timed from then. A
+            // start time from the future can only be scribbled; left to
             // itself it would never expire, and a range that also runs
             // forever (its context scribbled too) would hang its job. Such a
-            // range is timed from when we first saw it, a tick late at most.
-            let began = if started <= now {
-                started
-            } else {
-                match self.sighted[w] {
+            // range is timed from when we first saw it, a tick late at most;
+            // so is a worker between two ranges, which takes microseconds
+            // unless it was stopped there.
+            let began = match at {
+                Sighting::Range(_, _, started) if started <= now => started,
+                _ => match self.sighted[w] {
                     Some((seen, first)) if seen == at => first,
                     _ => {
                         self.sighted[w] = Some((at, now));
                         now
                     }
-                }
+                },
             };
             if now - began > limit_ns {
                 // A worker that has already died (killed from outside, say)

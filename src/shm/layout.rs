@@ -105,6 +105,11 @@ pub(crate) struct WorkerRecord {
     /// replaced (it ran a job whose slot was found corrupt). Set by the
     /// parent; cleared by each worker when it starts.
     pub(crate) retire: AtomicU32,
+    /// Counts the worker's steps in slots (Announce and Begin), when the
+    /// pool has a task timeout: a worker seen in a slot between ranges with
+    /// the same count for longer than the timeout is not moving (stopped
+    /// after a claim, say), and is killed like one that overran.
+    pub(crate) steps: AtomicU64,
 }
 
 /// The job descriptor: written by the parent while the slot is empty and no

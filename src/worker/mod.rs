@@ -392,6 +392,9 @@ fn enter<'a>(ctx: &WorkerCtx<'a>, s: usize) -> Option<JobView<'a>> {
     // Empty or Abort followed by Drain or Scan; README.md, "Draining"):
     // either the parent's scan sees us, or we see its store.
     rec.slot.store(s as u32, SeqCst);
+    if ctx.config.timed {
+        step(rec);
+    }
     // ORDERING: SeqCst: LookState, the second half of that pair; it also
     // acquires the descriptor of the parent's Publish (Release).
     if slot.desc.state.load(SeqCst) != SLOT_RUNNING {
@@ -594,6 +597,7 @@ fn run_claimed(ctx: &WorkerCtx<'_>, job: &JobView<'_>, start: u64, end: u64) -> 
     rec.end.store(end, Relaxed);
     if ctx.config.timed {
         rec.started_ns.store(os::monotonic_ns(), Relaxed);
+        step(rec);
     }
     rec.phase.store(PHASE_RUNNING, Release);
     // ORDERING: SeqCst: Enter, before LookRange: the Dekker pair with the
@@ -641,6 +645,15 @@ fn run_claimed(ctx: &WorkerCtx<'_>, job: &JobView<'_>, start: u64, end: u64) -> 
         complete(ctx, slot, job.notify);
     }
     ran
+}
+
+/// Counts a step of this worker in a slot (`WorkerRecord::steps`).
+fn step(rec: &WorkerRecord) {
+    // ORDERING: Relaxed: only this worker writes the count, and the
+    // supervisor only compares two readings of it (a stale one delays a
+    // verdict by a tick); after our death it reads the final value.
+    rec.steps
+        .store(rec.steps.load(Relaxed).wrapping_add(1), Relaxed);
 }
 
 /// Marks worker `w` as one that ran ranges of the slot's job, before its
