@@ -17,12 +17,17 @@ use std::num::NonZeroUsize;
 /// and is 1 when none is set (a program started without a launcher).
 ///
 /// The cores are [`std::thread::available_parallelism`] (which honours the
-/// CPU affinity mask and cgroup quotas). If the launcher bound this rank to
-/// some of the host's CPUs (`mpirun --bind-to core`, `srun --cpu-bind`), the
-/// mask already is this rank's share, and all of it is used. Otherwise (the
-/// mask allows every online CPU: `mpirun --bind-to none`) the cores are
-/// divided among the host's ranks, the lowest local ranks taking one more
-/// when they do not divide evenly. Never less than 1.
+/// CPU affinity mask and cgroup quotas), shared with the other local ranks
+/// whose masks overlap this one. Ranks whose masks together cover no more
+/// CPUs than the host has are taken to be bound to sets of their own
+/// (`mpirun --bind-to core`, `srun --cpu-bind`), and each uses its whole
+/// mask. Otherwise their masks overlap: with no binding (`mpirun --bind-to
+/// none`, or a container's or Slurm job's cpuset that every rank shares),
+/// or with several ranks bound to one socket (Open MPI's default beyond two
+/// ranks). Each mask is then shared by `ranks × mask / host` ranks (rounded
+/// up), the lowest local ranks taking one more core when they do not
+/// divide evenly. The host's CPUs are those of the process's cgroup cpuset
+/// (`cpuset.cpus.effective`), else the online ones. Never less than 1.
 ///
 /// Call it before [`mpi::initialize`], where the pool must be built.
 ///
@@ -34,21 +39,25 @@ use std::num::NonZeroUsize;
 /// ```
 pub fn workers_per_rank() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let mask = affinity_cpus().unwrap_or(cores);
     let cpus = Cpus {
         cores,
-        bound: affinity_cpus()
-            .zip(online_cpus())
-            .is_some_and(|(a, o)| a < o),
+        mask,
+        host: cpuset_cpus().or_else(online_cpus).unwrap_or(mask),
     };
     share(&|name| std::env::var(name).ok(), cpus)
 }
 
-/// The cores this process may use, and whether a launcher bound it to a
-/// subset of the host's online CPUs.
+/// The CPUs a rank may use and those of its host.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Cpus {
+    /// What the rank may run on at once (`available_parallelism`).
     pub(crate) cores: usize,
-    pub(crate) bound: bool,
+    /// The CPUs in its affinity mask.
+    pub(crate) mask: usize,
+    /// The CPUs the host's ranks may use together (the cgroup's cpuset, or
+    /// the online CPUs).
+    pub(crate) host: usize,
 }
 
 /// The ranks on this host and this rank's index among them, from the
@@ -106,13 +115,75 @@ pub(crate) fn tasks_on_node(list: &str, node: Option<usize>) -> Option<usize> {
 /// This rank's share of `cpus` (see [`workers_per_rank`]).
 pub(crate) fn share(env: &dyn Fn(&str) -> Option<String>, cpus: Cpus) -> usize {
     let cores = cpus.cores.max(1);
-    if cpus.bound {
-        return cores;
-    }
     let (ranks, local) = local_ranks(env);
     let ranks = ranks.max(1);
-    let extra = usize::from(local % ranks < cores % ranks);
-    (cores / ranks + extra).max(1)
+    let mask = cpus.mask.max(1);
+    let host = cpus.host.max(mask);
+    // How many ranks share this rank's mask: 1 when the masks of all local
+    // ranks fit the host side by side, all of them when each mask is the
+    // whole host.
+    let sharers = ranks.saturating_mul(mask).div_ceil(host).clamp(1, ranks);
+    let extra = usize::from(local % sharers < cores % sharers);
+    (cores / sharers + extra).max(1)
+}
+
+/// The CPUs of this process's cpuset cgroup (`cpuset.cpus.effective` under
+/// cgroup v2, `cpuset.effective_cpus` under v1, of its own cgroup or the
+/// nearest ancestor that has one), if it can be read.
+fn cpuset_cpus() -> Option<usize> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    for line in cgroups.lines() {
+        // `hierarchy-id:controllers:path`; v2 has no controllers.
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let (root, file) = if controllers.is_empty() {
+            ("/sys/fs/cgroup", "cpuset.cpus.effective")
+        } else if controllers.split(',').any(|c| c == "cpuset") {
+            ("/sys/fs/cgroup/cpuset", "cpuset.effective_cpus")
+        } else {
+            continue;
+        };
+        // A cgroup outside this process's cgroup namespace shows as
+        // `/../..`: not under the mounted root.
+        if path.split('/').any(|part| part == "..") {
+            continue;
+        }
+        let root = std::path::Path::new(root);
+        let mut dir = root.join(path.trim_start_matches('/'));
+        loop {
+            if let Some(n) = std::fs::read_to_string(dir.join(file))
+                .ok()
+                .and_then(|list| cpu_list_len(&list))
+            {
+                return Some(n);
+            }
+            if dir == root || !dir.pop() {
+                break;
+            }
+        }
+    }
+    None
+}
+
+/// The number of CPUs in a kernel CPU list such as `0-3,8,10-11`; `None`
+/// for an empty or malformed one.
+pub(crate) fn cpu_list_len(list: &str) -> Option<usize> {
+    let list = list.trim();
+    if list.is_empty() {
+        return None;
+    }
+    let mut n = 0usize;
+    for item in list.split(',') {
+        let (lo, hi) = match item.split_once('-') {
+            Some((lo, hi)) => (lo.parse::<usize>().ok()?, hi.parse::<usize>().ok()?),
+            None => {
+                let cpu = item.parse::<usize>().ok()?;
+                (cpu, cpu)
+            }
+        };
+        n = n.checked_add(hi.checked_sub(lo)?.checked_add(1)?)?;
+    }
+    Some(n)
 }
 
 /// The number of CPUs in this thread's affinity mask.
@@ -148,9 +219,11 @@ mod tests {
         move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
 
+    /// A rank that may use every CPU of a host of `cores`.
     const FREE: fn(usize) -> Cpus = |cores| Cpus {
         cores,
-        bound: false,
+        mask: cores,
+        host: cores,
     };
 
     #[test]
@@ -213,19 +286,89 @@ mod tests {
         // More ranks than cores: one worker each.
         assert_eq!(share(&ranks(4, 3), FREE(2)), 1);
         assert_eq!(share(&ranks(4, 0), FREE(0)), 1);
-        // A rank bound to its own cores uses all of them.
+        // Ranks bound to cores of their own use all of them.
         let bound = Cpus {
             cores: 6,
-            bound: true,
+            mask: 6,
+            host: 24,
         };
         assert_eq!(share(&ranks(4, 0), bound), 6);
+        let one_core = Cpus {
+            cores: 1,
+            mask: 1,
+            host: 2,
+        };
+        assert_eq!(share(&ranks(2, 1), one_core), 1);
         // No launcher: every core.
         assert_eq!(share(&env_of(&[]), FREE(16)), 16);
     }
 
     #[test]
+    fn ranks_that_share_a_mask_share_its_cores() {
+        let ranks = |n: usize, r: usize| {
+            env_of(&[
+                ("OMPI_COMM_WORLD_LOCAL_SIZE", &n.to_string()),
+                ("OMPI_COMM_WORLD_LOCAL_RANK", &r.to_string()),
+            ])
+        };
+        // Open MPI's default beyond two ranks: bound to a socket, here two
+        // sockets of 16 CPUs and four ranks, two on each.
+        let socket = Cpus {
+            cores: 16,
+            mask: 16,
+            host: 32,
+        };
+        assert_eq!(share(&ranks(4, 0), socket), 8);
+        assert_eq!(share(&ranks(4, 3), socket), 8);
+        // A cpuset of 8 CPUs (a Slurm job, a container) on a host of 64,
+        // shared by two unbound ranks.
+        let cpuset = Cpus {
+            cores: 8,
+            mask: 8,
+            host: 8,
+        };
+        assert_eq!(share(&ranks(2, 0), cpuset), 4);
+        // The same ranks where the cpuset could not be read: the online
+        // CPUs make them look bound (the old answer, 8 each).
+        let unread = Cpus { host: 64, ..cpuset };
+        assert_eq!(share(&ranks(2, 0), unread), 8);
+        // A CPU quota (`cpu.max`) below the mask: the quota is shared.
+        let quota = Cpus {
+            cores: 4,
+            mask: 64,
+            host: 64,
+        };
+        assert_eq!(share(&ranks(2, 1), quota), 2);
+        // Nonsense from the system never gives 0 or panics.
+        let zeros = Cpus {
+            cores: 0,
+            mask: 0,
+            host: 0,
+        };
+        assert_eq!(share(&ranks(3, 2), zeros), 1);
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(cpu_list_len("0-3,8,10-11\n"), Some(7));
+        assert_eq!(cpu_list_len("5"), Some(1));
+        assert_eq!(cpu_list_len("0-63"), Some(64));
+        for bad in ["", "\n", "3-1", "a", "0-", "1,,2", "0-99999999999999999999"] {
+            assert_eq!(cpu_list_len(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn this_process_gets_at_least_one() {
         assert!(workers_per_rank() >= 1);
-        assert!(affinity_cpus().unwrap() <= online_cpus().unwrap());
+        let mask = affinity_cpus().unwrap();
+        assert!(mask <= online_cpus().unwrap());
+        // The affinity mask lies within the cpuset.
+        if let Some(cpuset) = cpuset_cpus() {
+            assert!(
+                mask <= cpuset,
+                "{mask} CPUs in the mask, {cpuset} in the cpuset"
+            );
+        }
     }
 }
