@@ -335,7 +335,9 @@ impl Pool {
     /// by a worker too (user code never runs in the caller's process, unless
     /// the pool was built with [`caller_runs`](crate::Builder::caller_runs)).
     /// `reduce` must be associative, and `identity` its identity. Empty input
-    /// returns `identity`.
+    /// returns `identity`. A `reduce` that is not associative (`a - b`, a
+    /// mean of two) gives an answer that depends on where the ranges fall:
+    /// `map` in the pool, then fold the results in order yourself.
     ///
     /// The partition into ranges depends on the input length and the pool
     /// (its worker count, or its `chunk_size`), never on scheduling, so a
@@ -353,6 +355,13 @@ impl Pool {
     /// assert_eq!(sum_sq, 333_833_500.0);
     /// let max = pool.map_reduce(&[3u32, 9, 4], |x| x, u32::max, 0)?;
     /// assert_eq!(max, 9);
+    /// // Not associative: each range's partial is subtracted, and then the
+    /// // partials are combined with `-` again, which adds some back.
+    /// let xs: Vec<i64> = (1..=100).collect();
+    /// let serial = xs.iter().fold(0, |a, b| a - b);
+    /// let ranged = pool.map_reduce_chunked(&xs, 10, |x| x, |a, b| a - b, 0)?;
+    /// assert_eq!(serial, -5050);
+    /// assert_ne!(ranged, serial);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     #[inline(never)]
