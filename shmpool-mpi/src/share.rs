@@ -25,8 +25,10 @@ use std::num::NonZeroUsize;
 /// none`, or a container's or Slurm job's cpuset that every rank shares),
 /// or with several ranks bound to one socket (Open MPI's default beyond two
 /// ranks). Each mask is then shared by `ranks × mask / host` ranks (rounded
-/// up), the lowest local ranks taking one more core when they do not
-/// divide evenly. The host's CPUs are those of the process's cgroup cpuset
+/// up). When every rank shares one mask, the lowest local ranks take one
+/// more core when they do not divide evenly; when only some do, each takes
+/// the even share (which ranks share a set is the launcher's placement).
+/// The host's CPUs are those of the process's cgroup cpuset
 /// (`cpuset.cpus.effective`), else the online ones. Never less than 1.
 ///
 /// Call it before [`mpi::initialize`], where the pool must be built.
@@ -123,8 +125,12 @@ pub(crate) fn share(env: &dyn Fn(&str) -> Option<String>, cpus: Cpus) -> usize {
     // ranks fit the host side by side, all of them when each mask is the
     // whole host.
     let sharers = ranks.saturating_mul(mask).div_ceil(host).clamp(1, ranks);
-    let extra = usize::from(local % sharers < cores % sharers);
-    (cores / sharers + extra).max(1)
+    // Cores that do not divide evenly go to the lowest local ranks when all
+    // ranks share one mask. When only some do, which ones is the launcher's
+    // placement (round-robin by socket puts ranks 0 and 2 together), so
+    // each takes the even share and none oversubscribes its set.
+    let extra = sharers == ranks && local % ranks < cores % ranks;
+    (cores / sharers + usize::from(extra)).max(1)
 }
 
 /// The CPUs of this process's cpuset cgroup (`cpuset.cpus.effective` under
@@ -320,6 +326,15 @@ mod tests {
         };
         assert_eq!(share(&ranks(4, 0), socket), 8);
         assert_eq!(share(&ranks(4, 3), socket), 8);
+        // Odd sockets: which ranks share one is the launcher's placement
+        // (round-robin puts 0 and 2 together), so none takes the spare core.
+        let odd = Cpus {
+            cores: 15,
+            mask: 15,
+            host: 30,
+        };
+        let split: Vec<usize> = (0..4).map(|r| share(&ranks(4, r), odd)).collect();
+        assert_eq!(split, [7, 7, 7, 7]);
         // A cpuset of 8 CPUs (a Slurm job, a container) on a host of 64,
         // shared by two unbound ranks.
         let cpuset = Cpus {
