@@ -486,7 +486,65 @@ fn address_space_limit_body() {
             .unwrap();
         assert_maps(&small, 1000);
         assert_maps(&pool, 1000);
+        drop(small);
+        // An arena that fits the room, refused because the process has as
+        // many mappings as the kernel allows, says so (not "try again").
+        let pages = fill_the_map_count();
+        let err = Pool::builder()
+            .workers(2)
+            .arena_size(16 << 20)
+            .build()
+            .unwrap_err();
+        unmap_pages(&pages);
+        let text = err.to_string();
+        println!("at vm.max_map_count: {text}");
+        assert!(text.contains("vm.max_map_count"), "{text}");
+        assert!(!text.contains("again"), "{text}");
+        assert_maps(&pool, 1000);
     })
+}
+
+/// Maps pages one by one, alternately readable and not (so that the kernel
+/// cannot merge neighbours), until the process has as many mappings as
+/// `vm.max_map_count` allows; returns them. Allocates nothing meanwhile.
+fn fill_the_map_count() -> Vec<usize> {
+    let max: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut pages = Vec::with_capacity(max);
+    loop {
+        let prot = if pages.len() % 2 == 0 {
+            libc::PROT_READ
+        } else {
+            libc::PROT_NONE
+        };
+        // SAFETY: a fresh anonymous page, used only by `unmap_pages`.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED || pages.len() == max {
+            break;
+        }
+        pages.push(p as usize);
+    }
+    pages
+}
+
+fn unmap_pages(pages: &[usize]) {
+    for &p in pages {
+        // SAFETY: each page was mapped by `fill_the_map_count` and is
+        // unmapped once.
+        unsafe { libc::munmap(p as *mut libc::c_void, 4096) };
+    }
 }
 
 #[test]

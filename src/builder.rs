@@ -529,7 +529,14 @@ fn explain_map_failure(e: Error, region: usize) -> Error {
                 mib(region as u64),
                 mib(limit)
             );
-            if let Some(room) = room.filter(|&room| region as u64 <= room) {
+            let fits = room.filter(|&room| region as u64 <= room);
+            let full_map = limits::map_count().filter(|&(count, max)| count + 2 >= max);
+            if let (Some(_), Some((count, max))) = (fits, full_map) {
+                m += &format!(
+                    ", which it fits, but the process has {count} mappings, at the kernel's \
+                     limit (vm.max_map_count = {max}): unmap some, or raise that limit"
+                );
+            } else if let Some(room) = fits {
                 m += &format!(
                     "; it fits the {} MiB left now: another thread held the room for an \
                      instant (glibc reserves 64 MiB for each thread's first allocations; \

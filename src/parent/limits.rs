@@ -47,6 +47,16 @@ pub(crate) fn address_space_room() -> Option<u64> {
     })
 }
 
+/// How many mappings this process has (the lines of `/proc/self/maps`) and
+/// how many it may have (`vm.max_map_count`), if both can be read. Slow for
+/// a process with many mappings: for error messages only.
+pub(crate) fn map_count() -> Option<(u64, u64)> {
+    let maps = fs::read("/proc/self/maps").ok()?;
+    let count = maps.iter().filter(|&&b| b == b'\n').count() as u64;
+    let max = fs::read_to_string("/proc/sys/vm/max_map_count").ok()?;
+    Some((count, max.trim().parse().ok()?))
+}
+
 /// Which cgroup interface holds the memory controller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Version {

@@ -106,7 +106,8 @@ const STDIO_PATIENCE: Duration = Duration::from_millis(10);
 /// calling thread takes them again even if it holds them (they are
 /// reentrant; the child, the same thread, may then use them too): they are
 /// taken at once. Otherwise a thread of its own tries them, started early in
-/// `Builder::build` so that it runs while the region is created; when it
+/// `Builder::build` so that it runs while the region is created (under
+/// `RLIMIT_AS`, just after: see `Builder::build`); when it
 /// does not answer in time (the calling thread holds a lock itself, or
 /// another thread holds one for long), the template is forked without them.
 pub(crate) enum StdioProbe {
