@@ -248,28 +248,32 @@ struct Timing {
 }
 
 /// A `TaskTimedOut` that the fault does not explain: acceptable only as a
-/// range held up by the machine past the timeout. A range starts after its
-/// job was submitted, so the job must have run for the whole timeout, and
-/// the range must be one of the job's. Returns what the range did.
+/// range (or a claim not yet recorded as one) held up by the machine past
+/// the timeout. A range starts after its job was submitted, so the job must
+/// have run for the whole timeout, and the range must be one of the job's.
+/// Returns what the range did.
 fn held_up(n: u64, outcome: &Result<Vec<u64>, Error>, t: &Timing) -> Result<String, String> {
-    let Err(Error::TaskTimedOut {
-        pid,
-        range: Some(range),
-        ..
-    }) = outcome
-    else {
+    let Err(Error::TaskTimedOut { pid, range, .. }) = outcome else {
         return Err("not a timeout".into());
     };
     let limit = TIMEOUT.as_nanos() as u64;
     let ms = |ns: u64| ns as f64 / 1e6;
-    if range.start >= range.end || range.end as u64 > n {
-        return Err(format!("a range outside the job: {range:?}"));
-    }
     if t.ended - t.began < limit {
         return Err(format!(
             "the job failed {:.1} ms after it began, before any range could time out",
             ms(t.ended - t.began)
         ));
+    }
+    let Some(range) = range else {
+        // Left unscheduled in the few instructions between a claim and its
+        // range's start (or between its end and its count).
+        return Ok(format!(
+            "worker {pid}, holding a claim between ranges, job {:.1} ms",
+            ms(t.ended - t.began)
+        ));
+    };
+    if range.start >= range.end || range.end as u64 > n {
+        return Err(format!("a range outside the job: {range:?}"));
     }
     // What the range did: when its elements started.
     let mut started: Vec<u64> = starts()[range.clone()]

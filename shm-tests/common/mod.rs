@@ -568,12 +568,15 @@ pub mod forge {
 
     /// Makes the record of the worker running range `start..end` (this
     /// one, when the job runs one range at a time) look as it does between
-    /// two ranges of a job: in the slot, phase idle. That is what a worker
-    /// stopped after a claim and before running it shows. Returns whether
-    /// it found the record.
+    /// two ranges while it holds a claim it has not recorded: in the slot,
+    /// phase idle, an odd count of steps. That is what a worker stopped
+    /// after a claim and before running it shows (or after running a range
+    /// and before counting it). Returns whether it found the record.
     pub fn pose_between_ranges(start: u64, end: u64) -> bool {
-        /// `WorkerRecord::phase` (u32) at 4, as in `mark_as_initializing`.
+        /// `WorkerRecord::phase` (u32) at 4, as in `mark_as_initializing`;
+        /// `steps` (u64) at 48.
         const RECORDS: usize = 1280;
+        const STEPS: usize = 48;
         const PHASE_IDLE: u32 = 0;
         let Some(base) = region_base() else {
             return false;
@@ -588,6 +591,7 @@ pub mod forge {
                 && word(r + 24).load(SeqCst) == end
         });
         if let Some(r) = found {
+            word(r + STEPS).fetch_or(1, SeqCst);
             u32_at(r + 4).store(PHASE_IDLE, SeqCst);
         }
         found.is_some()

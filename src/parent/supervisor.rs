@@ -53,14 +53,14 @@ const KILL_PATIENCE: Duration = Duration::from_secs(5);
 /// after every death).
 const REPAIR_EVERY: Duration = Duration::from_millis(250);
 
-/// A range as a worker's record names it: slot, start, start time.
 /// Where the task timeout saw a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Sighting {
     /// Running a range: its slot, start and start time.
     Range(u32, u64, u64),
-    /// In a slot between two ranges (after a claim, before running it, for
-    /// one), at this count of steps (`WorkerRecord::steps`).
+    /// In a slot between two ranges, holding a claim it has not recorded
+    /// (after a claim and before its Begin, or after its Exit and before it
+    /// is counted), at this (odd) count of steps (`WorkerRecord::steps`).
     Between(u32, u64),
 }
 
@@ -90,7 +90,8 @@ struct Supervisor {
     timed_out: Vec<Option<Sighting>>,
     /// What worker `w` was last seen doing that the supervisor times from
     /// its own first sighting (a range with a start time from the future,
-    /// or the wait between two ranges), and when it was first seen so.
+    /// or an unrecorded claim held between two ranges), and when it was
+    /// first seen so.
     sighted: Vec<Option<(Sighting, u64)>>,
     /// The next start of worker `w` replaces a crashed one.
     replacing: Vec<bool>,
@@ -811,8 +812,9 @@ impl Supervisor {
         }
     }
 
-    /// Kills workers that have run one range for longer than the task
-    /// timeout; their deaths fail their jobs with `TaskTimedOut`.
+    /// Kills workers that have run one range, or held one claim they have
+    /// not recorded, for longer than the task timeout; their deaths fail
+    /// their jobs with `TaskTimedOut`.
     fn enforce_timeouts(&mut self) {
         let Some(limit) = self.inner.config.task_timeout else {
             return;
@@ -836,21 +838,24 @@ impl Supervisor {
                 let (slot, start) = (rec.slot.load(Relaxed), rec.start.load(Relaxed));
                 Sighting::Range(slot, start, rec.started_ns.load(Relaxed))
             } else {
-                match rec.slot.load(Relaxed) {
-                    NO_SLOT => {
-                        self.sighted[w] = None;
-                        continue;
-                    }
-                    slot => Sighting::Between(slot, rec.steps.load(Relaxed)),
+                // Between ranges, only a worker that holds a claim it has
+                // not recorded (an odd count of steps) can keep a job
+                // waiting; one that holds none is left alone, however long
+                // it stands still (a busy machine may leave it unscheduled).
+                let (slot, steps) = (rec.slot.load(Relaxed), rec.steps.load(Relaxed));
+                if slot == NO_SLOT || steps % 2 == 0 {
+                    self.sighted[w] = None;
+                    continue;
                 }
+                Sighting::Between(slot, steps)
             };
             // A range started at a time in the past is timed from then. A
             // start time from the future can only be scribbled; left to
             // itself it would never expire, and a range that also runs
             // forever (its context scribbled too) would hang its job. Such a
             // range is timed from when we first saw it, a tick late at most;
-            // so is a worker between two ranges, which takes microseconds
-            // unless it was stopped there.
+            // so is an unrecorded claim, held for a few instructions unless
+            // the worker was stopped there.
             let began = match at {
                 Sighting::Range(_, _, started) if started <= now => started,
                 _ => match self.sighted[w] {

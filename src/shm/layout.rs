@@ -105,10 +105,12 @@ pub(crate) struct WorkerRecord {
     /// replaced (it ran a job whose slot was found corrupt). Set by the
     /// parent; cleared by each worker when it starts.
     pub(crate) retire: AtomicU32,
-    /// Counts the worker's steps in slots (Announce and Begin), when the
-    /// pool has a task timeout: a worker seen in a slot between ranges with
-    /// the same count for longer than the timeout is not moving (stopped
-    /// after a claim, say), and is killed like one that overran.
+    /// Odd while the worker holds a claim it has not recorded (from just
+    /// before a claim to its Begin, and from Exit until the range is
+    /// counted), when the pool has a task timeout; each hold has a count of
+    /// its own. A worker seen in a slot with the same odd count for longer
+    /// than the timeout is not moving (stopped after a claim, say), and is
+    /// killed like one that overran.
     pub(crate) steps: AtomicU64,
 }
 
@@ -351,6 +353,13 @@ mod tests {
         assert_eq!(offset_of!(Slot, claim) + offset_of!(Claim, next), 128);
         assert_eq!(offset_of!(Slot, counts) + offset_of!(Counts, done), 384);
         assert_eq!(offset_of!(Slot, counts) + offset_of!(Counts, squares), 392);
+        // And these in a worker's record (after the 1280-byte control block).
+        assert_eq!(size_of::<Control>(), 1280);
+        assert_eq!(offset_of!(WorkerRecord, phase), 4);
+        assert_eq!(offset_of!(WorkerRecord, init), 12);
+        assert_eq!(offset_of!(WorkerRecord, start), 16);
+        assert_eq!(offset_of!(WorkerRecord, end), 24);
+        assert_eq!(offset_of!(WorkerRecord, steps), 48);
     }
 
     #[test]

@@ -160,6 +160,9 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
     // together with `slot`, which we have not yet set.
     rec.retire.store(0, Relaxed);
     rec.in_range.store(NO_SLOT, Relaxed);
+    // Even: no claim held (the worker replaced may have died holding one).
+    // ORDERING: Relaxed: as `in_range`.
+    rec.steps.store(0, Relaxed);
     // A task that writes the shared heap (read-only here) fails its job
     // with a typed error.
     heap_view::install(&rec.oom);
@@ -392,9 +395,6 @@ fn enter<'a>(ctx: &WorkerCtx<'a>, s: usize) -> Option<JobView<'a>> {
     // Empty or Abort followed by Drain or Scan; README.md, "Draining"):
     // either the parent's scan sees us, or we see its store.
     rec.slot.store(s as u32, SeqCst);
-    if ctx.config.timed {
-        step(rec);
-    }
     // ORDERING: SeqCst: LookState, the second half of that pair; it also
     // acquires the descriptor of the parent's Publish (Release).
     if slot.desc.state.load(SeqCst) != SLOT_RUNNING {
@@ -449,15 +449,20 @@ fn run_retries(ctx: &WorkerCtx<'_>, job: &JobView<'_>, budget: &mut u64) -> bool
         if must_leave(rec, *budget) {
             return false;
         }
+        // ORDERING: Acquire: a first look; the exchange below decides.
+        if entry.state.load(Acquire) != RETRY_READY {
+            continue;
+        }
+        hold(ctx, rec);
         // ORDERING: AcqRel: TakeRetry: acquires the range of the
         // supervisor's Requeue (SeqCst, so Release); the exchange makes the
         // entry ours alone, and names us as its owner.
-        if entry.state.load(Acquire) != RETRY_READY
-            || entry
-                .state
-                .compare_exchange(RETRY_READY, mine, AcqRel, Relaxed)
-                .is_err()
+        if entry
+            .state
+            .compare_exchange(RETRY_READY, mine, AcqRel, Relaxed)
+            .is_err()
         {
+            hold(ctx, rec);
             continue;
         }
         // ORDERING: Relaxed: ordered by the exchange above.
@@ -467,6 +472,7 @@ fn run_retries(ctx: &WorkerCtx<'_>, job: &JobView<'_>, budget: &mut u64) -> bool
                 job.ran.set(true);
             }
         } else {
+            hold(ctx, rec);
             record_error(
                 job.slot,
                 KIND_CORRUPT,
@@ -493,8 +499,10 @@ fn run_claims(ctx: &WorkerCtx<'_>, job: &JobView<'_>, budget: &mut u64) -> bool 
         if must_leave(rec, *budget) {
             return false;
         }
+        hold(ctx, rec);
         let Some((start, end)) = claim(job.slot, job.len, job.chunk, job.guided, job.workers)
         else {
+            hold(ctx, rec);
             return true;
         };
         if job.relay.get() && end < job.len {
@@ -597,8 +605,9 @@ fn run_claimed(ctx: &WorkerCtx<'_>, job: &JobView<'_>, start: u64, end: u64) -> 
     rec.end.store(end, Relaxed);
     if ctx.config.timed {
         rec.started_ns.store(os::monotonic_ns(), Relaxed);
-        step(rec);
     }
+    // The claim is recorded now (the phase below says so).
+    hold(ctx, rec);
     rec.phase.store(PHASE_RUNNING, Release);
     // ORDERING: SeqCst: Enter, before LookRange: the Dekker pair with the
     // harvest's LookDone, Empty and Scan (README.md, "Harvest"). Either the
@@ -618,6 +627,8 @@ fn run_claimed(ctx: &WorkerCtx<'_>, job: &JobView<'_>, start: u64, end: u64) -> 
         run_range(slot, &job.args, job.run, start, end);
         flush_stdout(&ctx.config);
     }
+    // Until it is counted, the range is held again without a record.
+    hold(ctx, rec);
     // ORDERING: Relaxed: Exit; published by the Release half of Count (or
     // of the error record), which comes after.
     rec.in_range.store(NO_SLOT, Relaxed);
@@ -639,21 +650,28 @@ fn run_claimed(ctx: &WorkerCtx<'_>, job: &JobView<'_>, start: u64, end: u64) -> 
             "a claimed range found its job no longer running",
             None,
         );
+        hold(ctx, rec);
         return false;
     }
     if account(slot, job.len, start, end) {
         complete(ctx, slot, job.notify);
     }
+    hold(ctx, rec);
     ran
 }
 
-/// Counts a step of this worker in a slot (`WorkerRecord::steps`).
-fn step(rec: &WorkerRecord) {
-    // ORDERING: Relaxed: only this worker writes the count, and the
-    // supervisor only compares two readings of it (a stale one delays a
-    // verdict by a tick); after our death it reads the final value.
-    rec.steps
-        .store(rec.steps.load(Relaxed).wrapping_add(1), Relaxed);
+/// Turns this worker's hold on an unrecorded claim on or off
+/// (`WorkerRecord::steps`: odd while it holds one), when the pool has a task
+/// timeout. Called in pairs: before a claim (off again if it fails, or at
+/// Begin, which records it), and at Exit (off once the range is counted).
+fn hold(ctx: &WorkerCtx<'_>, rec: &WorkerRecord) {
+    if ctx.config.timed {
+        // ORDERING: Relaxed: only this worker writes the count, and the
+        // supervisor only compares two readings of it (a stale one delays a
+        // verdict by a tick); after our death it reads the final value.
+        rec.steps
+            .store(rec.steps.load(Relaxed).wrapping_add(1), Relaxed);
+    }
 }
 
 /// Marks worker `w` as one that ran ranges of the slot's job, before its
