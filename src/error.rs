@@ -110,8 +110,10 @@ pub enum Error {
         /// The pool's task timeout: how long the range was allowed to run.
         after: Duration,
         /// The index range that overran, when the worker had recorded one
-        /// (`None` for a worker that stood still between two ranges: one
-        /// stopped after claiming a range and before starting it).
+        /// (`None` for a worker that stood still between two ranges holding
+        /// a claim it had not recorded: one stopped after claiming a range
+        /// and before starting it, or after running it and before counting
+        /// it).
         range: Option<Range<usize>>,
     },
     /// A caller's own wait ran out
