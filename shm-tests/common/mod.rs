@@ -538,30 +538,42 @@ pub mod forge {
         true
     }
 
+    /// `WorkerRecord`: `phase` (u32) at 4, `init` (u32) at 12, `start` and
+    /// `end` (u64) at 16 and 24, `steps` (u64) at 48; the records follow the
+    /// 1280-byte control block, one 128-byte line each (pinned by the
+    /// crate's layout test).
+    const RECORDS: usize = 1280;
+    const PHASE: usize = 4;
+    const INIT: usize = 12;
+    const START: usize = 16;
+    const END: usize = 24;
+    const STEPS: usize = 48;
+
+    fn u32_at(addr: usize) -> &'static AtomicU32 {
+        // SAFETY: as in `word`, for an aligned u32 of the mapping.
+        unsafe { &*(addr as *const AtomicU32) }
+    }
+
+    /// The record of the worker running range `start..end`, found from
+    /// inside one of its tasks: its address.
+    fn running_record(start: u64, end: u64) -> Option<usize> {
+        let base = region_base()?;
+        (0..64).map(|w| base + RECORDS + 128 * w).find(|&r| {
+            u32_at(r + PHASE).load(SeqCst) == 1
+                && word(r + START).load(SeqCst) == start
+                && word(r + END).load(SeqCst) == end
+        })
+    }
+
     /// Writes the initializer's mark (`INIT_MARK`) into the record of the
     /// worker running range `start..end` (this one, when the job runs one
     /// range at a time), from inside a task: the word a worker holds while
     /// its initializer runs. Returns whether it found the record.
     pub fn mark_as_initializing(start: u64, end: u64) -> bool {
-        /// `WorkerRecord`: `phase` (u32) at 4, `init` (u32) at 12, `start`
-        /// and `end` (u64) at 16 and 24; the records follow the 1280-byte
-        /// control block, one 128-byte line each.
-        const RECORDS: usize = 1280;
         const INIT_MARK: u32 = 0x494e_4954;
-        let Some(base) = region_base() else {
-            return false;
-        };
-        let u32_at = |a: usize| {
-            // SAFETY: as in `word`, for an aligned u32 of the mapping.
-            unsafe { &*(a as *const AtomicU32) }
-        };
-        let found = (0..64).map(|w| base + RECORDS + 128 * w).find(|&r| {
-            u32_at(r + 4).load(SeqCst) == 1
-                && word(r + 16).load(SeqCst) == start
-                && word(r + 24).load(SeqCst) == end
-        });
+        let found = running_record(start, end);
         if let Some(r) = found {
-            u32_at(r + 12).store(INIT_MARK, SeqCst);
+            u32_at(r + INIT).store(INIT_MARK, SeqCst);
         }
         found.is_some()
     }
@@ -573,26 +585,11 @@ pub mod forge {
     /// after a claim and before running it shows (or after running a range
     /// and before counting it). Returns whether it found the record.
     pub fn pose_between_ranges(start: u64, end: u64) -> bool {
-        /// `WorkerRecord::phase` (u32) at 4, as in `mark_as_initializing`;
-        /// `steps` (u64) at 48.
-        const RECORDS: usize = 1280;
-        const STEPS: usize = 48;
         const PHASE_IDLE: u32 = 0;
-        let Some(base) = region_base() else {
-            return false;
-        };
-        let u32_at = |a: usize| {
-            // SAFETY: as in `word`, for an aligned u32 of the mapping.
-            unsafe { &*(a as *const AtomicU32) }
-        };
-        let found = (0..64).map(|w| base + RECORDS + 128 * w).find(|&r| {
-            u32_at(r + 4).load(SeqCst) == 1
-                && word(r + 16).load(SeqCst) == start
-                && word(r + 24).load(SeqCst) == end
-        });
+        let found = running_record(start, end);
         if let Some(r) = found {
             word(r + STEPS).fetch_or(1, SeqCst);
-            u32_at(r + 4).store(PHASE_IDLE, SeqCst);
+            u32_at(r + PHASE).store(PHASE_IDLE, SeqCst);
         }
         found.is_some()
     }

@@ -225,6 +225,14 @@ mod tests {
         move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
 
+    /// Open MPI's variables for local rank `r` of `n`.
+    fn ranks(n: usize, r: usize) -> impl Fn(&str) -> Option<String> + use<> {
+        env_of(&[
+            ("OMPI_COMM_WORLD_LOCAL_SIZE", &n.to_string()),
+            ("OMPI_COMM_WORLD_LOCAL_RANK", &r.to_string()),
+        ])
+    }
+
     /// A rank that may use every CPU of a host of `cores`.
     const FREE: fn(usize) -> Cpus = |cores| Cpus {
         cores,
@@ -278,12 +286,6 @@ mod tests {
 
     #[test]
     fn ranks_split_the_cores() {
-        let ranks = |n: usize, r: usize| {
-            env_of(&[
-                ("OMPI_COMM_WORLD_LOCAL_SIZE", &n.to_string()),
-                ("OMPI_COMM_WORLD_LOCAL_RANK", &r.to_string()),
-            ])
-        };
         assert_eq!(share(&ranks(1, 0), FREE(8)), 8);
         assert_eq!(share(&ranks(2, 1), FREE(8)), 4);
         // 8 cores, 3 ranks: 3 + 3 + 2.
@@ -311,12 +313,6 @@ mod tests {
 
     #[test]
     fn ranks_that_share_a_mask_share_its_cores() {
-        let ranks = |n: usize, r: usize| {
-            env_of(&[
-                ("OMPI_COMM_WORLD_LOCAL_SIZE", &n.to_string()),
-                ("OMPI_COMM_WORLD_LOCAL_RANK", &r.to_string()),
-            ])
-        };
         // Open MPI's default beyond two ranks: bound to a socket, here two
         // sockets of 16 CPUs and four ranks, two on each.
         let socket = Cpus {
