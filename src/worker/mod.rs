@@ -606,9 +606,11 @@ fn run_claimed(ctx: &WorkerCtx<'_>, job: &JobView<'_>, start: u64, end: u64) -> 
     if ctx.config.timed {
         rec.started_ns.store(os::monotonic_ns(), Relaxed);
     }
-    // The claim is recorded now (the phase below says so).
-    hold(ctx, rec);
     rec.phase.store(PHASE_RUNNING, Release);
+    // The claim is recorded now; released after the phase says so, so that
+    // no instant shows neither (the supervisor times a RUNNING phase as a
+    // range, whatever the count).
+    hold(ctx, rec);
     // ORDERING: SeqCst: Enter, before LookRange: the Dekker pair with the
     // harvest's LookDone, Empty and Scan (README.md, "Harvest"). Either the
     // harvest's Scan sees us here, or we see DONE (or EMPTY) and skip the
