@@ -233,12 +233,12 @@ mod tests {
         ])
     }
 
+    fn cpus(cores: usize, mask: usize, host: usize) -> Cpus {
+        Cpus { cores, mask, host }
+    }
+
     /// A rank that may use every CPU of a host of `cores`.
-    const FREE: fn(usize) -> Cpus = |cores| Cpus {
-        cores,
-        mask: cores,
-        host: cores,
-    };
+    const FREE: fn(usize) -> Cpus = |cores| cpus(cores, cores, cores);
 
     #[test]
     fn open_mpi_mpich_and_none() {
@@ -295,17 +295,9 @@ mod tests {
         assert_eq!(share(&ranks(4, 3), FREE(2)), 1);
         assert_eq!(share(&ranks(4, 0), FREE(0)), 1);
         // Ranks bound to cores of their own use all of them.
-        let bound = Cpus {
-            cores: 6,
-            mask: 6,
-            host: 24,
-        };
+        let bound = cpus(6, 6, 24);
         assert_eq!(share(&ranks(4, 0), bound), 6);
-        let one_core = Cpus {
-            cores: 1,
-            mask: 1,
-            host: 2,
-        };
+        let one_core = cpus(1, 1, 2);
         assert_eq!(share(&ranks(2, 1), one_core), 1);
         // No launcher: every core.
         assert_eq!(share(&env_of(&[]), FREE(16)), 16);
@@ -315,47 +307,27 @@ mod tests {
     fn ranks_that_share_a_mask_share_its_cores() {
         // Open MPI's default beyond two ranks: bound to a socket, here two
         // sockets of 16 CPUs and four ranks, two on each.
-        let socket = Cpus {
-            cores: 16,
-            mask: 16,
-            host: 32,
-        };
+        let socket = cpus(16, 16, 32);
         assert_eq!(share(&ranks(4, 0), socket), 8);
         assert_eq!(share(&ranks(4, 3), socket), 8);
         // Odd sockets: which ranks share one is the launcher's placement
         // (round-robin puts 0 and 2 together), so none takes the spare core.
-        let odd = Cpus {
-            cores: 15,
-            mask: 15,
-            host: 30,
-        };
+        let odd = cpus(15, 15, 30);
         let split: Vec<usize> = (0..4).map(|r| share(&ranks(4, r), odd)).collect();
         assert_eq!(split, [7, 7, 7, 7]);
         // A cpuset of 8 CPUs (a Slurm job, a container) on a host of 64,
         // shared by two unbound ranks.
-        let cpuset = Cpus {
-            cores: 8,
-            mask: 8,
-            host: 8,
-        };
+        let cpuset = cpus(8, 8, 8);
         assert_eq!(share(&ranks(2, 0), cpuset), 4);
         // The same ranks where the cpuset could not be read: the online
         // CPUs make them look bound (the old answer, 8 each).
         let unread = Cpus { host: 64, ..cpuset };
         assert_eq!(share(&ranks(2, 0), unread), 8);
         // A CPU quota (`cpu.max`) below the mask: the quota is shared.
-        let quota = Cpus {
-            cores: 4,
-            mask: 64,
-            host: 64,
-        };
+        let quota = cpus(4, 64, 64);
         assert_eq!(share(&ranks(2, 1), quota), 2);
         // Nonsense from the system never gives 0 or panics.
-        let zeros = Cpus {
-            cores: 0,
-            mask: 0,
-            host: 0,
-        };
+        let zeros = cpus(0, 0, 0);
         assert_eq!(share(&ranks(3, 2), zeros), 1);
     }
 
