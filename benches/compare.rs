@@ -9,8 +9,10 @@
 //! the machine's load reaches both alike. Beside the targets it measures the
 //! machine's floors, as context rows: a parallel and a single-thread memcpy,
 //! `process_vm_readv`, rayon's own threads mapping out of place with
-//! streaming stores, the staging copy alone, and five bare processes forked,
-//! exited and reaped in turn. They tell a target the machine cannot meet from
+//! streaming stores, the staging copy alone, five bare processes forked,
+//! exited and reaped in turn, and the seed's processes alone (its template
+//! and four workers answering one job, with none of the pool's code:
+//! `support/skeleton.rs`). They tell a target the machine cannot meet from
 //! one the library misses.
 //!
 //! `cargo bench --bench compare` (add `-- --csv out.csv` to write the
@@ -24,6 +26,9 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 use shmpool::Pool;
+
+#[path = "support/skeleton.rs"]
+mod skeleton;
 
 fn workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -165,6 +170,11 @@ struct Seed {
     ours: Duration,
     /// Median wall time of five bare processes forked, exited and reaped.
     floor: Duration,
+    /// Median wall times of the seed's processes alone, as the pool starts
+    /// them and as the program would if it forked them itself
+    /// (`skeleton.rs`).
+    skeleton: Duration,
+    direct: Duration,
     /// Mean CPU time (every process, user and system) of one seed and of
     /// one floor.
     ours_cpu: Duration,
@@ -187,12 +197,13 @@ fn cpu_time() -> Duration {
     usage(libc::RUSAGE_SELF) + usage(libc::RUSAGE_CHILDREN)
 }
 
-/// The seed against its floor and against Python, each measured in turn
-/// with the others, so that all three see the same minutes of a shared,
-/// noisy machine: three rounds of seven seeds alternating with seven bare
-/// floors, then Python's seed (one warm run and five measured, in a fresh
-/// interpreter, as `pool_bench.py --seed` does). Measured one after the
-/// other instead, a load change between them moved the ratios by 30-50%.
+/// The seed against its floors and against Python, each measured in turn
+/// with the others, so that all see the same minutes of a shared, noisy
+/// machine: three rounds of seven seeds, each followed by one bare floor and
+/// one of each process skeleton, then Python's seed (one warm run and five
+/// measured, in a fresh interpreter, as `pool_bench.py --seed` does).
+/// Measured one after the other instead, a load change between them moved
+/// the ratios by 30-50%.
 fn seed_in_turn() -> Seed {
     let seed = || {
         let p = Pool::new(4).unwrap();
@@ -207,6 +218,8 @@ fn seed_in_turn() -> Seed {
     for _ in 0..3 {
         seed();
         floor();
+        skeleton::templated();
+        skeleton::direct();
     }
     let timed = |f: &dyn Fn(), wall: &mut Vec<Duration>, cpu: &mut Duration| {
         let (t, c) = (Instant::now(), cpu_time());
@@ -215,12 +228,17 @@ fn seed_in_turn() -> Seed {
         *cpu += cpu_time().saturating_sub(c);
     };
     let (mut ours, mut bare, mut python) = (vec![], vec![], vec![]);
+    let (mut skeleton, mut direct) = (vec![], vec![]);
     let (mut ours_cpu, mut floor_cpu) = (Duration::ZERO, Duration::ZERO);
+    // The skeletons' CPU time is not reported.
+    let mut skeleton_cpu = Duration::ZERO;
     let mut python_runs = true;
     for _ in 0..3 {
         for _ in 0..7 {
             timed(&seed, &mut ours, &mut ours_cpu);
             timed(&floor, &mut bare, &mut floor_cpu);
+            timed(&skeleton::templated, &mut skeleton, &mut skeleton_cpu);
+            timed(&skeleton::direct, &mut direct, &mut skeleton_cpu);
         }
         if python_runs {
             match python_seed() {
@@ -238,6 +256,8 @@ fn seed_in_turn() -> Seed {
         floor_cpu: floor_cpu / bare.len() as u32,
         ours: median(ours),
         floor: median(bare),
+        skeleton: median(skeleton),
+        direct: median(direct),
         python: (python_runs && !python.is_empty()).then(|| median(python)),
     }
 }
@@ -441,6 +461,30 @@ fn main() {
         t_seed.as_secs_f64() / t_seed_floor.as_secs_f64(),
         "≤ 1.5",
         t_seed.as_secs_f64() <= 1.5 * t_seed_floor.as_secs_f64(),
+    ));
+    rows.push(row(
+        "floor: the seed's processes alone, as the pool starts them, vs 5 bare processes",
+        ms(seed.skeleton),
+        format!("{} bare", ms(t_seed_floor)),
+        seed.skeleton.as_secs_f64() / t_seed_floor.as_secs_f64(),
+        "(context)",
+        true,
+    ));
+    rows.push(row(
+        "floor: the seed vs its processes alone (what the pool's own code costs)",
+        ms(t_seed),
+        format!("{} processes alone", ms(seed.skeleton)),
+        t_seed.as_secs_f64() / seed.skeleton.as_secs_f64(),
+        "(context)",
+        true,
+    ));
+    rows.push(row(
+        "context: the seed's processes forked by the program itself, vs 5 bare processes",
+        ms(seed.direct),
+        format!("{} bare", ms(t_seed_floor)),
+        seed.direct.as_secs_f64() / t_seed_floor.as_secs_f64(),
+        "(context)",
+        true,
     ));
     if let Some(p) = &py {
         rows.push(row(
