@@ -317,3 +317,82 @@ fn a_slot_is_not_reused_while_a_worker_is_in_it() {
         }
     });
 }
+
+// ---------------------------------------------------------------------------
+// The result thread's doorbell
+
+/// Two workers each complete one asynchronous job (Complete, then
+/// LookAsleep and, if it says so, a write of the eventfd) while the result
+/// thread loops as `result::result_loop` does: a look that finds nothing is
+/// followed by Announce and one more look, and only a look after Announce
+/// that finds nothing is followed by a sleep on the eventfd; a look that
+/// finds a job is followed by Awake. The eventfd is a counter with a futex
+/// on it, level-triggered as `poll` sees one. A completion the doorbell let
+/// go unannounced after the last look would leave the result thread asleep
+/// forever, which loom reports.
+#[test]
+fn the_doorbell_rings_for_a_completion_after_the_last_look() {
+    use crate::shm::atomic::AtomicU32 as Word;
+    use crate::shm::futex;
+    use crate::shm::sync::Doorbell;
+
+    builder(PREEMPTIONS).check(|| {
+        let shared = Arc::new((
+            Doorbell::default(),
+            [Word::new(0), Word::new(0)],
+            Word::new(0),
+        ));
+        let workers: Vec<_> = (0..2)
+            .map(|j| {
+                let shared = shared.clone();
+                thread::spawn(move || {
+                    let (bell, done, event) = &*shared;
+                    // Complete.
+                    done[j].store(1, SeqCst);
+                    if bell.should_ring() {
+                        event.fetch_add(1, SeqCst);
+                        futex::wake(event, 1);
+                    }
+                })
+            })
+            .collect();
+        let (bell, done, event) = &*shared;
+        let mut found = [false; 2];
+        let mut announced = false;
+        let mut drained = 0;
+        while found != [true; 2] {
+            if announced {
+                bell.announce();
+            }
+            // The look (LookDone of each unfinished job).
+            let mut any = false;
+            for (f, d) in found.iter_mut().zip(done) {
+                if !*f && d.load(SeqCst) == 1 {
+                    *f = true;
+                    any = true;
+                }
+            }
+            if any {
+                if announced {
+                    bell.awake();
+                    announced = false;
+                }
+                continue;
+            }
+            if !announced {
+                announced = true;
+                continue;
+            }
+            // Sleep until the eventfd is written, then drain it.
+            while event.load(SeqCst) == drained {
+                futex::wait(event, drained, None);
+            }
+            drained = event.load(SeqCst);
+            bell.awake();
+            announced = false;
+        }
+        for w in workers {
+            w.join().unwrap();
+        }
+    });
+}

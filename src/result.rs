@@ -13,7 +13,7 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -49,6 +49,11 @@ enum State<R> {
 pub(crate) struct Cell<R> {
     state: Mutex<State<R>>,
     done: Condvar,
+    /// Threads blocked on `done`, counted under the `state` lock: the
+    /// outcome's arrival notifies only if there are any (a notification is
+    /// a system call, once per job, that a result nobody waits on for
+    /// does not need).
+    blocked: AtomicU32,
     /// Gives a raw outcome its type.
     convert: fn(RawOut, usize) -> R,
     len: usize,
@@ -123,10 +128,24 @@ impl<R> Cell<R> {
                 waker: None,
             }),
             done: Condvar::new(),
+            blocked: AtomicU32::new(0),
             convert,
             len,
             progress: AtomicU64::new(0),
             listened: AtomicBool::new(false),
+        }
+    }
+
+    /// Wakes the threads blocked on the outcome, if any. Called after the
+    /// state changed under the lock and the lock was released: a thread
+    /// counted itself in `blocked` under that lock before it waited, so it
+    /// is counted here, or it found the new state and did not wait.
+    fn notify(&self) {
+        // ORDERING: Relaxed: the state lock orders the waiter's count before
+        // this load (the waiter released the lock in `wait_timeout` after
+        // counting; we took it after that to change the state).
+        if self.blocked.load(Relaxed) != 0 {
+            self.done.notify_all();
         }
     }
 
@@ -156,7 +175,7 @@ impl<R: Send + 'static> Deliver for Cell<R> {
                         let waker = waker.take();
                         *state = State::Done(outcome);
                         drop(state);
-                        self.done.notify_all();
+                        self.notify();
                         if let Some(w) = waker {
                             // A waker is foreign code too.
                             run_contained(|| w.wake());
@@ -516,7 +535,7 @@ impl<R: Send + 'static> AsyncResult<R> {
                 _ => {
                     *state = State::Done(outcome);
                     drop(state);
-                    self.cell.done.notify_all();
+                    self.cell.notify();
                     return;
                 }
             }
@@ -546,12 +565,17 @@ impl<R: Send + 'static> AsyncResult<R> {
                     _ => break,
                 },
             };
+            // ORDERING: Relaxed: counted under the state lock, which orders
+            // it before the delivering thread's look (`Cell::notify`).
+            self.cell.blocked.fetch_add(1, Relaxed);
             state = self
                 .cell
                 .done
                 .wait_timeout(state, wait)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            // ORDERING: Relaxed: as above.
+            self.cell.blocked.fetch_sub(1, Relaxed);
         }
         Ok(())
     }
@@ -657,7 +681,15 @@ impl<R: Send + 'static> Future for AsyncResult<R> {
 pub(crate) fn result_loop(inner: Arc<Core>) {
     let _ = inner.result_thread.set(std::thread::current().id());
     let mut quiet_rounds = 0u32;
+    let doorbell = &inner.region.control().doorbell;
+    // Set once a look found nothing: the next look is the last before
+    // sleeping, made after Announce (workers write the eventfd only from
+    // then on).
+    let mut announced = false;
     loop {
+        if announced {
+            doorbell.announce();
+        }
         let (batch, busy, exit) = {
             let mut ring = inner.ring();
             inner.collect_async(&mut ring);
@@ -684,11 +716,21 @@ pub(crate) fn result_loop(inner: Arc<Core>) {
         if delivered > 0 {
             // Delivering may have made the exit condition true, or callbacks
             // may have submitted more: look again before sleeping.
+            if announced {
+                doorbell.awake();
+                announced = false;
+            }
+            continue;
+        }
+        if !announced {
+            announced = true;
             continue;
         }
         let timeout = if busy { 100 } else { 1000 };
         let mut fds = [os::watch(inner.done_fd())];
         let woken = matches!(os::poll(&mut fds, timeout), Ok(n) if n > 0);
+        doorbell.awake();
+        announced = false;
         if woken {
             os::eventfd_drain(inner.done_fd());
             quiet_rounds = 0;

@@ -540,9 +540,9 @@ pub mod forge {
 
     /// `WorkerRecord`: `phase` (u32) at 4, `init` (u32) at 12, `start` and
     /// `end` (u64) at 16 and 24, `steps` (u64) at 48; the records follow the
-    /// 1280-byte control block, one 128-byte line each (pinned by the
+    /// 1408-byte control block, one 128-byte line each (pinned by the
     /// crate's layout test).
-    const RECORDS: usize = 1280;
+    const RECORDS: usize = 1408;
     const PHASE: usize = 4;
     const INIT: usize = 12;
     const START: usize = 16;

@@ -1,7 +1,8 @@
 //! The structures that live in the shared region, and where they sit.
 //!
 //! ```text
-//! offset 0            Control        magic, shutdown flag, semaphore, pending bitmap
+//! offset 0            Control        magic, shutdown flag, semaphore, pending bitmap,
+//!                                    the result thread's doorbell
 //! records_off         [WorkerRecord; workers]   one 128-byte line per worker
 //! slots_off           [Slot; ring]              the job ring
 //! arena_off (2 MiB)   arena                     ShmVec data, staged inputs, outputs
@@ -24,7 +25,7 @@ use std::mem::{offset_of, size_of};
 
 use crate::error::Error;
 use crate::shm::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize};
-use crate::shm::sync::Semaphore;
+use crate::shm::sync::{Doorbell, Semaphore};
 
 /// The unit of alignment for shared structures: two 64-byte lines, because
 /// adjacent-line prefetch makes neighbours share on x86.
@@ -70,6 +71,9 @@ pub(crate) struct Control {
     /// The panic of the first worker whose initializer failed (its `start`
     /// and `end` are unused).
     pub(crate) init_err: ErrorRecord,
+    /// Whether a worker that completes an asynchronous job writes the
+    /// completion eventfd (the result thread may be asleep on it).
+    pub(crate) doorbell: Doorbell,
 }
 
 /// What one worker is doing. Only that worker writes it while it lives; the
@@ -353,8 +357,8 @@ mod tests {
         assert_eq!(offset_of!(Slot, claim) + offset_of!(Claim, next), 128);
         assert_eq!(offset_of!(Slot, counts) + offset_of!(Counts, done), 384);
         assert_eq!(offset_of!(Slot, counts) + offset_of!(Counts, squares), 392);
-        // And these in a worker's record (after the 1280-byte control block).
-        assert_eq!(size_of::<Control>(), 1280);
+        // And these in a worker's record (after the 1408-byte control block).
+        assert_eq!(size_of::<Control>(), 1408);
         assert_eq!(offset_of!(WorkerRecord, phase), 4);
         assert_eq!(offset_of!(WorkerRecord, init), 12);
         assert_eq!(offset_of!(WorkerRecord, start), 16);

@@ -271,3 +271,52 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(5));
     }
 }
+
+/// The result thread's doorbell: a worker that completes an asynchronous
+/// job writes the completion eventfd only while the result thread may be
+/// asleep on it (`README.md`, "The result thread's doorbell"). Without it,
+/// every completion was a system call, and every one woke the result
+/// thread, even while it was busy harvesting.
+///
+/// Nothing in it has an owner: a worker that scribbles a 0 over it makes
+/// completions go unannounced until the result thread's next tick (100 ms),
+/// and a 1 makes them announced needlessly.
+#[repr(C, align(128))]
+#[derive(Default)]
+pub(crate) struct Doorbell {
+    /// Non-zero while the result thread may sleep on the eventfd.
+    asleep: AtomicU32,
+}
+
+impl Doorbell {
+    /// **Announce** (the result thread): completions ring from now on. The
+    /// thread then looks once more for finished jobs, and sleeps only if
+    /// that look found none.
+    pub(crate) fn announce(&self) {
+        // ORDERING: SeqCst: Announce, before the look's SeqCst loads of the
+        // slots' states (LookDone); pairs with a worker's Complete followed
+        // by LookAsleep: either the look sees the job done, or the worker
+        // sees the announcement and rings.
+        self.asleep.store(1, SeqCst);
+    }
+
+    /// **Awake** (the result thread): back from its sleep, or its last look
+    /// found work. Completions stop ringing until the next Announce.
+    pub(crate) fn awake(&self) {
+        // ORDERING: SeqCst: in the total order with the workers' LookAsleep,
+        // so that a worker that reads this 0 completed before the next
+        // Announce, whose look then finds its job.
+        self.asleep.store(0, SeqCst);
+    }
+
+    /// **LookAsleep** (a worker, after Complete): whether to write the
+    /// eventfd. Of the workers that see the result thread asleep, the one
+    /// that takes the mark rings; the others' jobs are found by the look
+    /// that follows the wake-up.
+    pub(crate) fn should_ring(&self) -> bool {
+        // ORDERING: SeqCst: LookAsleep, the second half of the pair in
+        // `announce`. The plain load first keeps a busy result thread's
+        // line shared (no read-modify-write when nobody sleeps).
+        self.asleep.load(SeqCst) != 0 && self.asleep.swap(0, SeqCst) != 0
+    }
+}

@@ -883,7 +883,8 @@ fn complete(ctx: &WorkerCtx<'_>, slot: &Slot, notify: u32) {
     {
         return;
     }
-    if notify & NOTIFY_EVENT != 0 {
+    // LookAsleep, after Complete (`Doorbell`).
+    if notify & NOTIFY_EVENT != 0 && ctx.region.control().doorbell.should_ring() {
         os::eventfd_signal(ctx.event_fd);
     }
     // ORDERING: SeqCst: Notify's load of `waiters`, after Complete; see
