@@ -12,8 +12,8 @@
 //!   them and exits, and the program reaps the template.
 //! - [`direct`]: the program forks an idle template and the four workers
 //!   itself, and reaps all five. The pool does not do this: the program may
-//!   be multi-threaded, and the pool forks it once (design.md, "Processes");
-//!   this measures what that rule costs the seed.
+//!   be multi-threaded, and the pool forks it once (design.md, "Processes
+//!   and threads"); this measures what that rule costs the seed.
 //!
 //! The children make raw system calls only (no allocation, no lock), so
 //! they are safe in a child of a multi-threaded process.
