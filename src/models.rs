@@ -323,13 +323,16 @@ fn a_slot_is_not_reused_while_a_worker_is_in_it() {
 
 /// Two workers each complete one asynchronous job (Complete, then
 /// LookAsleep and, if it says so, a write of the eventfd) while the result
-/// thread loops as `result::result_loop` does: a look that finds nothing is
-/// followed by Announce and one more look, and only a look after Announce
-/// that finds nothing is followed by a sleep on the eventfd; a look that
-/// finds a job is followed by Awake. The eventfd is a counter with a futex
-/// on it, level-triggered as `poll` sees one. A completion the doorbell let
-/// go unannounced after the last look would leave the result thread asleep
-/// forever, which loom reports.
+/// thread loops as `result::result_loop` does (its steps copied here; only
+/// the doorbell is the crate's code): a look that finds nothing is followed
+/// by Announce and one more look, and only a look after Announce that finds
+/// nothing is followed by a sleep on the eventfd; a look that finds a job,
+/// and every wake-up, is followed by Awake. A third thread writes the
+/// eventfd once, as the parent's pokes do, so that the result thread also
+/// wakes without a ring. The eventfd is a counter with a futex on it,
+/// level-triggered as `poll` sees one. A completion the doorbell let go
+/// unannounced after the last look would leave the result thread asleep
+/// forever (the model's sleep has no tick), which loom reports.
 #[test]
 fn the_doorbell_rings_for_a_completion_after_the_last_look() {
     use crate::shm::atomic::AtomicU32 as Word;
@@ -356,6 +359,14 @@ fn the_doorbell_rings_for_a_completion_after_the_last_look() {
                 })
             })
             .collect();
+        let poke = {
+            let shared = shared.clone();
+            thread::spawn(move || {
+                let (_, _, event) = &*shared;
+                event.fetch_add(1, SeqCst);
+                futex::wake(event, 1);
+            })
+        };
         let (bell, done, event) = &*shared;
         let mut found = [false; 2];
         let mut announced = false;
@@ -394,5 +405,6 @@ fn the_doorbell_rings_for_a_completion_after_the_last_look() {
         for w in workers {
             w.join().unwrap();
         }
+        poke.join().unwrap();
     });
 }

@@ -2,11 +2,13 @@
 //! pool's result thread, which delivers outcomes, runs callbacks and wakes
 //! wakers.
 //!
-//! Workers announce a finished asynchronous job by writing the pool's
-//! eventfd. The result thread reads it, harvests the finished slots (see
-//! `ring.rs`), gives each outcome its type, runs the job's callbacks, and only
-//! then marks the cell done, notifies blocked threads and wakes the task that
-//! polled it. Nothing here depends on a particular async runtime.
+//! The result thread harvests finished asynchronous jobs (see `ring.rs`),
+//! gives each outcome its type, runs the job's callbacks, and only then
+//! marks the cell done, notifies blocked threads and wakes the task that
+//! polled it. Between harvests it sleeps on the pool's eventfd, which a
+//! worker that finishes an asynchronous job writes while the result thread
+//! has announced that it may sleep (the doorbell, `shm::sync::Doorbell`).
+//! Nothing here depends on a particular async runtime.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -680,7 +682,9 @@ impl<R: Send + 'static> Future for AsyncResult<R> {
 /// down and nothing is left to deliver.
 pub(crate) fn result_loop(inner: Arc<Core>) {
     let _ = inner.result_thread.set(std::thread::current().id());
-    let mut quiet_rounds = 0u32;
+    // Set when the last sleep ended with the tick, not a ring: the next
+    // look kicks the unfinished jobs (once per tick).
+    let mut ticked = false;
     let doorbell = &inner.region.control().doorbell;
     // Set once a look found nothing: the next look is the last before
     // sleeping, made after Announce (workers write the eventfd only from
@@ -695,7 +699,7 @@ pub(crate) fn result_loop(inner: Arc<Core>) {
             inner.collect_async(&mut ring);
             let batch = std::mem::take(&mut ring.ready);
             let busy = inner.any_async(&ring);
-            if busy && quiet_rounds > 0 {
+            if std::mem::take(&mut ticked) && busy {
                 // Woken by the tick, not by a worker: make sure no job waits
                 // for a wake-up that was lost.
                 inner.kick_async(&ring);
@@ -703,6 +707,12 @@ pub(crate) fn result_loop(inner: Arc<Core>) {
             let exit = inner.life() != OPEN && inner.workers_gone() && !busy && batch.is_empty();
             (batch, busy, exit)
         };
+        if announced && !batch.is_empty() {
+            // The look after Announce found work: completions stop ringing
+            // before the delivery (which runs callbacks), not after.
+            doorbell.awake();
+            announced = false;
+        }
         let delivered = batch.len();
         for (cell, outcome) in batch {
             cell.deliver(outcome);
@@ -716,10 +726,6 @@ pub(crate) fn result_loop(inner: Arc<Core>) {
         if delivered > 0 {
             // Delivering may have made the exit condition true, or callbacks
             // may have submitted more: look again before sleeping.
-            if announced {
-                doorbell.awake();
-                announced = false;
-            }
             continue;
         }
         if !announced {
@@ -733,9 +739,8 @@ pub(crate) fn result_loop(inner: Arc<Core>) {
         announced = false;
         if woken {
             os::eventfd_drain(inner.done_fd());
-            quiet_rounds = 0;
         } else {
-            quiet_rounds += 1;
+            ticked = true;
         }
     }
 }

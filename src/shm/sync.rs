@@ -279,8 +279,12 @@ mod tests {
 /// thread, even while it was busy harvesting.
 ///
 /// Nothing in it has an owner: a worker that scribbles a 0 over it makes
-/// completions go unannounced until the result thread's next tick (100 ms),
-/// and a 1 makes them announced needlessly.
+/// completions go unannounced until the result thread's next tick (100 ms
+/// while asynchronous jobs were unfinished at its last look, else 1 s), and
+/// a 1 makes them announced needlessly. A worker stopped between taking
+/// the mark and its write holds up the announcement of the others'
+/// completions the same way (one killed there is noticed: the supervisor
+/// pokes the result thread when it settles a death).
 #[repr(C, align(128))]
 #[derive(Default)]
 pub(crate) struct Doorbell {
@@ -296,8 +300,14 @@ impl Doorbell {
         // ORDERING: SeqCst: Announce, before the look's SeqCst loads of the
         // slots' states (LookDone); pairs with a worker's Complete followed
         // by LookAsleep: either the look sees the job done, or the worker
-        // sees the announcement and rings.
-        self.asleep.store(1, SeqCst);
+        // sees the announcement and rings. A swap rather than a store, at
+        // the same cost (x86 compiles both to `xchg`): Rust's memory model
+        // already puts a store after a worker's swap that read the Awake
+        // before it (a read-modify-write follows the write it reads at once
+        // in the word's modification order), but loom orders it so only for
+        // a read-modify-write, and with a store reports a deadlock that
+        // cannot happen.
+        self.asleep.swap(1, SeqCst);
     }
 
     /// **Awake** (the result thread): back from its sleep, or its last look
