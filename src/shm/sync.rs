@@ -1,10 +1,11 @@
-//! The process-shared semaphore that hands work tokens to workers.
+//! The process-shared semaphore that hands work tokens to workers, and the
+//! result thread's doorbell (`Doorbell`, at the end).
 //!
-//! It is two words on one cache line of the shared region, and a shared
-//! futex (no `FUTEX_PRIVATE_FLAG`) on the count. Nothing in it has an owner,
-//! so a worker killed at any instruction cannot wedge it: the worst it leaves
-//! behind is a stale `sleepers` count, which only makes later posts issue a
-//! wake-up system call that finds nobody.
+//! The semaphore is two words on one cache line of the shared region, and a
+//! shared futex (no `FUTEX_PRIVATE_FLAG`) on the count. Nothing in it has an
+//! owner, so a worker killed at any instruction cannot wedge it: the worst
+//! it leaves behind is a stale `sleepers` count, which only makes later
+//! posts issue a wake-up system call that finds nobody.
 //!
 //! The sleep and wake protocol (post and wait, spin then sleep, the wake cap
 //! and relays, ticks and kicks) is written out, with its named events and a
@@ -150,6 +151,65 @@ impl Semaphore {
     }
 }
 
+/// The result thread's doorbell: a worker that completes an asynchronous
+/// job writes the completion eventfd only while the result thread may be
+/// asleep on it (`README.md`, "The result thread's doorbell"). Without it,
+/// every completion was a system call, and every one woke the result
+/// thread, even while it was busy harvesting.
+///
+/// Nothing in it has an owner: a worker that scribbles a 0 over it makes
+/// completions go unannounced until the result thread's next tick (100 ms
+/// while asynchronous jobs were unfinished at its last look, else 1 s), and
+/// a 1 makes them announced needlessly. A worker stopped between taking
+/// the mark and its write holds up the announcement of the others'
+/// completions the same way (one killed there is noticed: the supervisor
+/// pokes the result thread when it settles a death).
+#[repr(C, align(128))]
+#[derive(Default)]
+pub(crate) struct Doorbell {
+    /// Non-zero while the result thread may sleep on the eventfd.
+    asleep: AtomicU32,
+}
+
+impl Doorbell {
+    /// **Announce** (the result thread): completions ring from now on. The
+    /// thread then looks once more for finished jobs, and sleeps only if
+    /// that look found none.
+    pub(crate) fn announce(&self) {
+        // ORDERING: SeqCst: Announce, before the look's SeqCst loads of the
+        // slots' states (LookDone); pairs with a worker's Complete followed
+        // by LookAsleep: either the look sees the job done, or the worker
+        // sees the announcement and rings. A swap rather than a store, at
+        // the same cost (x86 compiles both to `xchg`): Rust's memory model
+        // already puts a store after a worker's swap that read the Awake
+        // before it (a read-modify-write follows the write it reads at once
+        // in the word's modification order), but loom orders it so only for
+        // a read-modify-write, and with a store reports a deadlock that
+        // cannot happen.
+        self.asleep.swap(1, SeqCst);
+    }
+
+    /// **Awake** (the result thread): back from its sleep, or its last look
+    /// found work. Completions stop ringing until the next Announce.
+    pub(crate) fn awake(&self) {
+        // ORDERING: SeqCst: in the total order with the workers' LookAsleep,
+        // so that a worker that reads this 0 completed before the next
+        // Announce, whose look then finds its job.
+        self.asleep.store(0, SeqCst);
+    }
+
+    /// **LookAsleep** (a worker, after Complete): whether to write the
+    /// eventfd. Of the workers that see the result thread asleep, the one
+    /// that takes the mark rings; the others' jobs are found by the look
+    /// that follows the wake-up.
+    pub(crate) fn should_ring(&self) -> bool {
+        // ORDERING: SeqCst: LookAsleep, the second half of the pair in
+        // `announce`. The plain load first keeps a busy result thread's
+        // line shared (no read-modify-write when nobody sleeps).
+        self.asleep.load(SeqCst) != 0 && self.asleep.swap(0, SeqCst) != 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,63 +330,18 @@ mod tests {
         assert!(takers.into_iter().all(|t| t.join().unwrap()));
         assert!(start.elapsed() < Duration::from_secs(5));
     }
-}
 
-/// The result thread's doorbell: a worker that completes an asynchronous
-/// job writes the completion eventfd only while the result thread may be
-/// asleep on it (`README.md`, "The result thread's doorbell"). Without it,
-/// every completion was a system call, and every one woke the result
-/// thread, even while it was busy harvesting.
-///
-/// Nothing in it has an owner: a worker that scribbles a 0 over it makes
-/// completions go unannounced until the result thread's next tick (100 ms
-/// while asynchronous jobs were unfinished at its last look, else 1 s), and
-/// a 1 makes them announced needlessly. A worker stopped between taking
-/// the mark and its write holds up the announcement of the others'
-/// completions the same way (one killed there is noticed: the supervisor
-/// pokes the result thread when it settles a death).
-#[repr(C, align(128))]
-#[derive(Default)]
-pub(crate) struct Doorbell {
-    /// Non-zero while the result thread may sleep on the eventfd.
-    asleep: AtomicU32,
-}
-
-impl Doorbell {
-    /// **Announce** (the result thread): completions ring from now on. The
-    /// thread then looks once more for finished jobs, and sleeps only if
-    /// that look found none.
-    pub(crate) fn announce(&self) {
-        // ORDERING: SeqCst: Announce, before the look's SeqCst loads of the
-        // slots' states (LookDone); pairs with a worker's Complete followed
-        // by LookAsleep: either the look sees the job done, or the worker
-        // sees the announcement and rings. A swap rather than a store, at
-        // the same cost (x86 compiles both to `xchg`): Rust's memory model
-        // already puts a store after a worker's swap that read the Awake
-        // before it (a read-modify-write follows the write it reads at once
-        // in the word's modification order), but loom orders it so only for
-        // a read-modify-write, and with a store reports a deadlock that
-        // cannot happen.
-        self.asleep.swap(1, SeqCst);
-    }
-
-    /// **Awake** (the result thread): back from its sleep, or its last look
-    /// found work. Completions stop ringing until the next Announce.
-    pub(crate) fn awake(&self) {
-        // ORDERING: SeqCst: in the total order with the workers' LookAsleep,
-        // so that a worker that reads this 0 completed before the next
-        // Announce, whose look then finds its job.
-        self.asleep.store(0, SeqCst);
-    }
-
-    /// **LookAsleep** (a worker, after Complete): whether to write the
-    /// eventfd. Of the workers that see the result thread asleep, the one
-    /// that takes the mark rings; the others' jobs are found by the look
-    /// that follows the wake-up.
-    pub(crate) fn should_ring(&self) -> bool {
-        // ORDERING: SeqCst: LookAsleep, the second half of the pair in
-        // `announce`. The plain load first keeps a busy result thread's
-        // line shared (no read-modify-write when nobody sleeps).
-        self.asleep.load(SeqCst) != 0 && self.asleep.swap(0, SeqCst) != 0
+    #[test]
+    fn the_doorbell_rings_once_per_announcement() {
+        let bell = Doorbell::default();
+        // Awake: no one rings.
+        assert!(!bell.should_ring());
+        bell.announce();
+        // The first to look takes the mark; the rest of that sleep is quiet.
+        assert!(bell.should_ring());
+        assert!(!bell.should_ring());
+        bell.announce();
+        bell.awake();
+        assert!(!bell.should_ring());
     }
 }
