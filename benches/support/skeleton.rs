@@ -194,6 +194,12 @@ fn wait_hang_up(fd: libc::c_int) {
     while unsafe { libc::read(fd, (&raw mut byte).cast(), 1) } > 0 {}
 }
 
+/// Hangs up our end of the pair: the template's `wait_hang_up` returns.
+fn hang_up(fd: libc::c_int) {
+    // SAFETY: `fd` is our end of the pair; shutting it down hangs up.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
 /// The seed's processes as the pool starts and ends them (see the module's
 /// docs).
 pub fn templated() {
@@ -227,8 +233,7 @@ pub fn templated() {
     }
     answer(page);
     pids.iter().for_each(|&p| kill(p));
-    // SAFETY: `ours` is our end of the pair; shutting it down hangs up.
-    unsafe { libc::shutdown(ours, libc::SHUT_RDWR) };
+    hang_up(ours);
     reap(template);
     close(ours);
 }
@@ -247,8 +252,7 @@ pub fn direct() {
     let pids: [libc::pid_t; WORKERS] = std::array::from_fn(|i| fork_here(|| worker(page, i)));
     answer(page);
     pids.iter().for_each(|&p| kill(p));
-    // SAFETY: as in `templated`.
-    unsafe { libc::shutdown(ours, libc::SHUT_RDWR) };
+    hang_up(ours);
     pids.iter().chain([&template]).for_each(|&p| reap(p));
     close(ours);
 }
