@@ -6,12 +6,14 @@
 //!
 //! Two shapes:
 //! - [`templated`]: as the pool does it. The program forks a template, the
-//!   template forks four workers back to back and reports each over a
-//!   socket; one worker answers a job of 100 squares in a shared page; at
+//!   template forks four workers back to back (with libc's `_Fork`, as the
+//!   pool's template does) and then reports them over a socket; one worker
+//!   answers a job of 100 squares in a shared page; at
 //!   the end the program kills the workers and hangs up, the template reaps
 //!   them and exits, and the program reaps the template.
 //! - [`direct`]: the program forks an idle template and the four workers
-//!   itself, and reaps all five. The pool does not do this: the program may
+//!   itself (with `_Fork` too, as a single-threaded program could), and
+//!   reaps all five. The pool does not do this: the program may
 //!   be multi-threaded, and the pool forks it once (design.md, "Processes
 //!   and threads"); this measures what that rule costs the seed.
 //!
@@ -128,12 +130,26 @@ fn answer(page: &Page) {
     assert_eq!(page.out[99].load(Relaxed), 9801);
 }
 
-/// Forks; the child runs `child` (which ends it) and never returns.
-/// `None`: the fork failed.
-fn fork(child: impl FnOnce()) -> Option<libc::pid_t> {
+/// libc's `_Fork` (a fork that runs no `pthread_atfork` handler), if libc
+/// has it. Looked up by the program, before any fork.
+fn quiet_fork() -> Option<unsafe extern "C" fn() -> libc::pid_t> {
+    static FOUND: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: looks up a symbol by a valid, NUL-terminated name.
+    let at = *FOUND
+        .get_or_init(|| unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_Fork".as_ptr()) as usize });
+    // SAFETY: `_Fork` is `pid_t _Fork(void)` where libc has it.
+    (at != 0)
+        .then(|| unsafe { std::mem::transmute::<usize, unsafe extern "C" fn() -> libc::pid_t>(at) })
+}
+
+/// Forks (with `_Fork` if `quiet` and libc has it); the child runs `child`
+/// (which ends it) and never returns. `None`: the fork failed.
+fn fork(quiet: bool, child: impl FnOnce()) -> Option<libc::pid_t> {
+    let raw = quiet.then(quiet_fork).flatten();
     // SAFETY: the child makes raw system calls only, then `_exit`s or is
-    // killed (see the module's docs).
-    match unsafe { libc::fork() } {
+    // killed (see the module's docs): it takes no lock, so it needs no fork
+    // handler either.
+    match unsafe { raw.map_or_else(|| libc::fork(), |f| f()) } {
         -1 => None,
         0 => {
             child();
@@ -144,8 +160,8 @@ fn fork(child: impl FnOnce()) -> Option<libc::pid_t> {
 }
 
 /// Forks in the program: a failure is a panic.
-fn fork_here(child: impl FnOnce()) -> libc::pid_t {
-    fork(child).unwrap_or_else(|| panic!("fork: {}", std::io::Error::last_os_error()))
+fn fork_here(quiet: bool, child: impl FnOnce()) -> libc::pid_t {
+    fork(quiet, child).unwrap_or_else(|| panic!("fork: {}", std::io::Error::last_os_error()))
 }
 
 /// Ends a child without running the program's exit handlers.
@@ -203,21 +219,24 @@ fn hang_up(fd: libc::c_int) {
 /// The seed's processes as the pool starts and ends them (see the module's
 /// docs).
 pub fn templated() {
+    let _ = quiet_fork();
     let shared = Shared::new();
     let page = shared.page();
     let (ours, theirs) = socket_pair();
-    let template = fork_here(|| {
+    let template = fork_here(false, || {
         close(ours);
         let mut pids = [0; WORKERS];
         for i in 0..WORKERS {
-            let Some(pid) = fork(|| worker(page, i)) else {
+            let Some(pid) = fork(true, || worker(page, i)) else {
                 // The program's read sees the hang-up.
                 pids[..i].iter().for_each(|&p| kill(p));
                 exit_child(1)
             };
             pids[i] = pid;
+        }
+        for pid in &pids {
             // SAFETY: the pid's 4 bytes, read from a valid place.
-            unsafe { libc::write(theirs, (&raw const pid).cast(), 4) };
+            unsafe { libc::write(theirs, (&raw const *pid).cast(), 4) };
         }
         wait_hang_up(theirs);
         pids.iter().for_each(|&p| kill(p));
@@ -240,16 +259,17 @@ pub fn templated() {
 
 /// The same processes, forked and reaped by the program itself.
 pub fn direct() {
+    let _ = quiet_fork();
     let shared = Shared::new();
     let page = shared.page();
     let (ours, theirs) = socket_pair();
-    let template = fork_here(|| {
+    let template = fork_here(false, || {
         close(ours);
         wait_hang_up(theirs);
         exit_child(0)
     });
     close(theirs);
-    let pids: [libc::pid_t; WORKERS] = std::array::from_fn(|i| fork_here(|| worker(page, i)));
+    let pids: [libc::pid_t; WORKERS] = std::array::from_fn(|i| fork_here(true, || worker(page, i)));
     answer(page);
     pids.iter().for_each(|&p| kill(p));
     hang_up(ours);

@@ -6,14 +6,15 @@
 //! backend: no `errno`, no allocation, so they are async-signal-safe and
 //! may run in a freshly forked child or from the global allocator) except
 //! where libc's own bookkeeping must see them: `fork` (libc's, so that
-//! `pthread_atfork` handlers run), signal dispositions (`sigaction`,
+//! `pthread_atfork` handlers run, or its `_Fork` for the template, which
+//! runs this crate's handlers itself), signal dispositions (`sigaction`,
 //! `sigprocmask`: libc keeps its own view of them) and the resource limits
 //! go through `nix`. rustix takes the page size and the vDSO from libc's
 //! `getauxval` (its `use-libc-auxv` feature): otherwise it reads
 //! `/proc/self/auxv` into an allocated buffer on first use, which the
 //! shared heap's allocator must not do. Hand-written, each with its reason
 //! at the function:
-//! `_exit`, `pthread_atfork`, `close_range`, `setitimer`.
+//! `_exit`, `_Fork`, `pthread_atfork`, `close_range`, `setitimer`.
 //!
 //! - [`memory`]: memfds, their pages, mappings, the address-space probe.
 //! - [`sync`]: futexes, eventfds, `poll`, the monotonic clock.

@@ -4,11 +4,13 @@
 //! `fork` goes through `nix`, which calls libc's `fork`, so the handlers
 //! registered with `pthread_atfork` run (the fork generation below, the
 //! shared heap's child view, libc's own); rustix's raw fork would skip them.
+//! `fork_single_threaded` is the template's: libc's `_Fork`, which runs no
+//! handler, followed by this crate's own child handlers.
 //! The resource limits go through `nix` too: its `getrlimit` reports a
 //! failure, where rustix's takes the call to be infallible. Pidfds, waits,
 //! kills, the parent-death signal and the CPU mask go through `rustix`.
 //!
-//! Hand-written, because neither crate offers them: `_exit`,
+//! Hand-written, because neither crate offers them: `_exit`, `_Fork`,
 //! `pthread_atfork` and `close_range`.
 
 #![allow(unsafe_code)]
@@ -16,6 +18,9 @@
 use std::ffi::{c_int, c_uint};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use rustix::io::Errno;
@@ -52,6 +57,93 @@ pub(crate) unsafe fn fork() -> io::Result<Forked> {
         nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child.as_raw() as u32)),
     }
 }
+
+/// Forks this single-threaded process the way the template forks its
+/// workers: with libc's `_Fork`, which runs none of the handlers registered
+/// with `pthread_atfork`, then, in the child, this crate's own child
+/// handlers (see [`at_fork_in_child`]). Falls back to [`fork`] where libc
+/// has no `_Fork` (glibc before 2.34) or where more handlers were
+/// registered than are kept.
+///
+/// The handlers are for a fork that may catch another thread inside a lock
+/// (libc's for `malloc` and stdio) or for per-process state (other
+/// libraries'). The template has one thread and holds no lock when it
+/// forks, and the handlers ran when the template itself was forked: each
+/// worker is a copy of that state (design.md, "Fork handlers"). Skipping
+/// them skips their writes to the template's pages and the worker's, each
+/// a copy-on-write fault after the fork (`docs/performance.md`, "The
+/// seed").
+///
+/// # Errors
+/// As [`fork`].
+///
+/// # Safety
+/// As [`fork`], and more: this process has one thread, and this thread
+/// holds no lock (`malloc`'s and stdio's among them), so that no handler
+/// has anything to set right in the child.
+pub(crate) unsafe fn fork_single_threaded() -> io::Result<Forked> {
+    let Some(raw_fork) = quiet_fork() else {
+        // SAFETY: the caller's contract covers `fork`'s.
+        return unsafe { fork() };
+    };
+    // SAFETY: `_Fork` takes no argument and is async-signal-safe; the
+    // caller's contract makes the child consistent without the handlers.
+    match unsafe { raw_fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            // ORDERING: Acquire: pairs with the Release that published each
+            // handler (`at_fork_in_child`).
+            let n = HANDLERS.count.load(Acquire).min(HANDLERS.slots.len());
+            for slot in &HANDLERS.slots[..n] {
+                // ORDERING: Acquire: as above.
+                let at = slot.load(Acquire);
+                if at != 0 {
+                    // SAFETY: only `at_fork_in_child` stores here, and only
+                    // the address of an `extern "C" fn()`.
+                    let handler: extern "C" fn() = unsafe { std::mem::transmute(at) };
+                    handler();
+                }
+            }
+            Ok(Forked::Child)
+        }
+        pid => Ok(Forked::Parent(pid as u32)),
+    }
+}
+
+/// Looks up libc's `_Fork` once; called before the template is forked
+/// (`Template::fork`), so that the template finds the answer cached and
+/// never takes the dynamic loader's lock, which another thread of the
+/// program may have held at that fork. `None` where it is missing, or where
+/// the handler list overflowed (a quiet fork would miss a handler).
+pub(crate) fn quiet_fork() -> Option<unsafe extern "C" fn() -> libc::pid_t> {
+    static FOUND: OnceLock<usize> = OnceLock::new();
+    let at = *FOUND.get_or_init(|| {
+        // SAFETY: looks up a symbol by a valid, NUL-terminated name in the
+        // objects the program loaded; the result is only compared or
+        // called as what glibc and musl declare `_Fork` to be.
+        unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_Fork".as_ptr()) as usize }
+    });
+    // ORDERING: Acquire: pairs with the registrations' AcqRel count.
+    if at == 0 || HANDLERS.count.load(Acquire) > HANDLERS.slots.len() {
+        return None;
+    }
+    // SAFETY: `_Fork` is `pid_t _Fork(void)` in glibc (2.34 on) and musl.
+    Some(unsafe { std::mem::transmute::<usize, unsafe extern "C" fn() -> libc::pid_t>(at) })
+}
+
+/// This crate's child-side fork handlers, in the order they were
+/// registered, for [`fork_single_threaded`], which bypasses libc's list.
+struct Handlers {
+    /// How many were registered (past `slots.len()`: some are not kept).
+    count: AtomicUsize,
+    /// The handlers' addresses.
+    slots: [AtomicUsize; 8],
+}
+
+static HANDLERS: Handlers = Handlers {
+    count: AtomicUsize::new(0),
+    slots: [const { AtomicUsize::new(0) }; 8],
+};
 
 /// Ends this process at once: no destructors, no atexit handlers, no stdio
 /// flush. The only way a forked worker ever ends. Hand-written: `nix` has
@@ -92,12 +184,20 @@ pub(crate) fn fork_generation() -> u64 {
     fork_generation_registered()
 }
 
-/// Registers `handler` to run in every child this process forks through
-/// libc's `fork`, right after the fork, while the child has one thread.
-/// Hand-written: neither `nix` nor `rustix` offers `pthread_atfork`. glibc
-/// keeps the handler list in its own memory (its `malloc`, never Rust's
-/// allocator), so the shared heap may call it from the global allocator.
+/// Registers `handler` to run in every child this process forks, through
+/// libc's `fork` or [`fork_single_threaded`], right after the fork, while
+/// the child has one thread. Hand-written: neither `nix` nor `rustix` offers
+/// `pthread_atfork`. glibc keeps the handler list in its own memory (its
+/// `malloc`, never Rust's allocator), so the shared heap may call it from
+/// the global allocator; this crate's copy of the list is static.
 pub(crate) fn at_fork_in_child(handler: extern "C" fn()) {
+    // ORDERING: AcqRel: claims a slot; the handler is published by the
+    // Release store below, which the child's Acquire reads.
+    let i = HANDLERS.count.fetch_add(1, AcqRel);
+    if let Some(slot) = HANDLERS.slots.get(i) {
+        // ORDERING: Release: see above.
+        slot.store(handler as usize, Release);
+    }
     // SAFETY: registers a plain function with no arguments as a child-side
     // fork handler; the callers' handlers make only async-signal-safe calls.
     unsafe { libc::pthread_atfork(None, None, Some(handler)) };
@@ -367,6 +467,7 @@ pub(crate) fn limit_address_space(extra: usize) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
 
     #[test]
     fn a_process_with_another_thread_is_not_single_threaded() {
@@ -385,6 +486,46 @@ mod tests {
             links >= 3 && links.abs_diff(threads + 2) <= 1,
             "{links} links, {threads} threads"
         );
+    }
+
+    static OURS: AtomicUsize = AtomicUsize::new(0);
+    static THEIRS: AtomicUsize = AtomicUsize::new(0);
+
+    extern "C" fn ours() {
+        // ORDERING: Relaxed: read by this (single-threaded) child only.
+        OURS.store(1, Relaxed);
+    }
+
+    extern "C" fn theirs() {
+        // ORDERING: Relaxed: as above.
+        THEIRS.store(1, Relaxed);
+    }
+
+    #[test]
+    fn a_quiet_fork_runs_this_crates_child_handlers_and_no_others() {
+        let before = fork_generation();
+        at_fork_in_child(ours);
+        // Another library's handler, registered with libc only.
+        // SAFETY: a plain function that stores to a static.
+        unsafe { libc::pthread_atfork(None, None, Some(theirs)) };
+        // SAFETY: the child makes only atomic loads and `_exit` (no lock,
+        // no allocation), so the test harness's other threads cannot
+        // matter to it.
+        let pid = match unsafe { fork_single_threaded() }.unwrap() {
+            Forked::Child => {
+                // ORDERING: Relaxed: stored by this thread (the handlers).
+                let code = OURS.load(Relaxed)
+                    | THEIRS.load(Relaxed) << 1
+                    | usize::from(fork_generation_registered() == before + 1) << 2;
+                exit_now(code as i32)
+            }
+            Forked::Parent(pid) => pid,
+        };
+        let status = decode_status(wait_raw(pid).unwrap());
+        // Where libc has no `_Fork`, the fork is libc's and every handler
+        // runs.
+        let expected = if quiet_fork().is_some() { 0b101 } else { 0b111 };
+        assert_eq!(status.code, Some(expected), "{status:?}");
     }
 
     #[test]

@@ -9,7 +9,12 @@
 //! itself across that fork (the way `pthread_atfork` handlers do), and every
 //! worker, first or replacement, is forked later by the template, which has
 //! one thread and never runs user code. (Python 3.14's `forkserver` default
-//! exists for the same reason.)
+//! exists for the same reason.) The template forks with libc's `_Fork`
+//! (`os::fork_single_threaded`): the `pthread_atfork` handlers ran when the
+//! template itself was forked, and it holds no lock when it forks again.
+//!
+//! At build the template forks the pool's first workers unasked, back to
+//! back, and then reports them all.
 //!
 //! The protocol, over a `SOCK_SEQPACKET` socket pair, is three-word messages:
 //!
@@ -30,7 +35,8 @@
 //! with the template (`PR_SET_PDEATHSIG`, bound to the template's only
 //! thread), so nothing outlives the parent.
 //!
-//! Uses `unsafe` (denied at the crate root): it forks (`os::fork`) and closes
+//! Uses `unsafe` (denied at the crate root): it forks (`os::fork`,
+//! `os::fork_single_threaded`) and closes
 //! inherited descriptors in the child (`os::close_fds_except`).
 
 #![allow(unsafe_code)]
@@ -222,6 +228,9 @@ impl Template {
     ) -> io::Result<Template> {
         let (ours, theirs) = os::seqpacket_pair()?;
         let parent = os::getpid();
+        // Looked up here, where the dynamic loader's lock is safe to take:
+        // the template forks its workers with it (`spawn`).
+        let _ = os::quiet_fork();
         // Lock order: stdout, stderr, then the registry (design.md, "Lock
         // order"). Nothing takes the registry lock and then a stdio lock.
         let mut stdio = stdio.take(STDIO_PATIENCE);
@@ -397,10 +406,24 @@ fn serve(
         if os::parent_pid() != parent {
             break;
         }
-        // The pool's first workers, back to back: a request for each would
-        // cost a round trip with the parent (and a wake-up of each) apiece.
-        if let Some(index) = unasked.next() {
-            if spawn_and_report(region, event_fd, me, config, index, sock, &mut children).is_err() {
+        // The pool's first workers, back to back, then their reports: a
+        // request for each would cost a round trip with the parent apiece,
+        // and a report after each fork a wake-up of the parent while the
+        // template still forks (`docs/performance.md`, "The seed").
+        if !unasked.is_empty() {
+            let forked: Vec<_> = unasked
+                .by_ref()
+                .map(|index| (index, spawn(region, event_fd, me, config, index)))
+                .collect();
+            let mut gone = false;
+            for (index, child) in forked {
+                gone |= match child {
+                    Ok(child) => report_spawned(sock, child, &mut children),
+                    Err(e) => spawn_failed(sock, index, &e),
+                }
+                .is_err();
+            }
+            if gone {
                 break;
             }
             continue;
@@ -542,9 +565,10 @@ fn spawn(
     if index >= region.layout().workers {
         return Err(io::Error::from_raw_os_error(os::errno::EINVAL));
     }
-    // SAFETY: the template is single-threaded, so the child inherits no lock
-    // held by another thread; it runs only `worker_main`, which never returns.
-    match unsafe { os::fork() }? {
+    // SAFETY: the template is single-threaded and holds no lock here (it
+    // forks from its loop, outside `malloc` and stdio), so the child needs no
+    // fork handler; it runs only `worker_main`, which never returns.
+    match unsafe { os::fork_single_threaded() }? {
         // The worker closes the template's socket with every other
         // descriptor it inherited but its event fd (`worker_main`).
         os::Forked::Child => worker_main(WorkerCtx {
