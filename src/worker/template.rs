@@ -399,7 +399,15 @@ fn serve(
         install_worker_panic_hook();
         os::alarm_in(Duration::ZERO);
     }
-    let me = os::getpid();
+    let spawner = Spawner {
+        region,
+        event_fd,
+        me: os::getpid(),
+        config,
+        // One thread, unless a fork handler started one in the template (it
+        // should not: a handler may make only async-signal-safe calls).
+        quiet: os::single_threaded(),
+    };
     let mut children: Vec<Child> = Vec::new();
     let mut unasked = 0..first;
     loop {
@@ -413,7 +421,7 @@ fn serve(
         if !unasked.is_empty() {
             let forked: Vec<_> = unasked
                 .by_ref()
-                .map(|index| (index, spawn(region, event_fd, me, config, index)))
+                .map(|index| (index, spawner.spawn(index)))
                 .collect();
             let mut gone = false;
             for (index, child) in forked {
@@ -459,9 +467,11 @@ fn serve(
         match os::recv_message(sock, false) {
             Ok(Some(([SPAWN, index, _], _))) => {
                 let index = index as usize;
-                if spawn_and_report(region, event_fd, me, config, index, sock, &mut children)
-                    .is_err()
-                {
+                let reported = match spawner.spawn(index) {
+                    Ok(child) => report_spawned(sock, child, &mut children),
+                    Err(e) => spawn_failed(sock, index, &e),
+                };
+                if reported.is_err() {
                     break;
                 }
             }
@@ -502,23 +512,6 @@ fn serve(
     os::exit_now(0)
 }
 
-/// Forks worker `index` and reports it (`SPAWNED` or `SPAWN_FAILED`). An
-/// error means the socket is gone.
-fn spawn_and_report(
-    region: &Region,
-    event_fd: BorrowedFd<'_>,
-    me: u32,
-    config: WorkerConfig,
-    index: usize,
-    sock: BorrowedFd<'_>,
-    children: &mut Vec<Child>,
-) -> io::Result<()> {
-    match spawn(region, event_fd, me, config, index) {
-        Ok(child) => report_spawned(sock, child, children),
-        Err(e) => spawn_failed(sock, index, &e),
-    }
-}
-
 /// Sends `SPAWNED` with the new worker's pidfd attached and keeps the
 /// worker. If the message cannot be sent for a reason other than the parent
 /// hanging up (a descriptor in flight past the sender's limit,
@@ -554,37 +547,56 @@ fn spawn_failed(sock: BorrowedFd<'_>, index: usize, e: &io::Error) -> io::Result
     os::send_message(sock, &[SPAWN_FAILED, index as u64, errno], None, false)
 }
 
-/// Forks worker `index` from the template.
-fn spawn(
-    region: &Region,
-    event_fd: BorrowedFd<'_>,
+/// What the template forks its workers with.
+struct Spawner<'a> {
+    region: &'a Region,
+    event_fd: BorrowedFd<'a>,
+    /// The template's pid: the workers' parent.
     me: u32,
     config: WorkerConfig,
-    index: usize,
-) -> io::Result<Child> {
-    if index >= region.layout().workers {
-        return Err(io::Error::from_raw_os_error(os::errno::EINVAL));
-    }
-    // SAFETY: the template is single-threaded and holds no lock here (it
-    // forks from its loop, outside `malloc` and stdio), so the child needs no
-    // fork handler; it runs only `worker_main`, which never returns.
-    match unsafe { os::fork_single_threaded() }? {
-        // The worker closes the template's socket with every other
-        // descriptor it inherited but its event fd (`worker_main`).
-        os::Forked::Child => worker_main(WorkerCtx {
-            region,
-            index,
-            event_fd,
-            parent: me,
-            config,
-        }),
-        os::Forked::Parent(pid) => match os::pidfd_open(pid) {
-            Ok(pidfd) => Ok(Child { index, pid, pidfd }),
-            Err(e) => {
-                os::kill_now(pid);
-                os::wait_raw(pid);
-                Err(e)
-            }
-        },
+    /// Fork without libc's fork handlers (`os::fork_single_threaded`): the
+    /// template has a single thread.
+    quiet: bool,
+}
+
+impl Spawner<'_> {
+    /// Forks worker `index`.
+    fn spawn(&self, index: usize) -> io::Result<Child> {
+        if index >= self.region.layout().workers {
+            return Err(io::Error::from_raw_os_error(os::errno::EINVAL));
+        }
+        let forked = if self.quiet {
+            // SAFETY: the template has one thread (`quiet`) and holds no lock
+            // here (it forks from its loop, outside `malloc` and stdio), so
+            // the child needs no fork handler; it runs only `worker_main`,
+            // which never returns.
+            unsafe { os::fork_single_threaded() }
+        } else {
+            // SAFETY: the child runs only `worker_main`, which never
+            // returns. The template's other thread (one a fork handler
+            // started, which it should not) holds no lock the worker takes
+            // but perhaps `malloc`'s and stdio's, which libc's fork handlers
+            // take across the fork and reset.
+            unsafe { os::fork() }
+        };
+        match forked? {
+            // The worker closes the template's socket with every other
+            // descriptor it inherited but its event fd (`worker_main`).
+            os::Forked::Child => worker_main(WorkerCtx {
+                region: self.region,
+                index,
+                event_fd: self.event_fd,
+                parent: self.me,
+                config: self.config,
+            }),
+            os::Forked::Parent(pid) => match os::pidfd_open(pid) {
+                Ok(pidfd) => Ok(Child { index, pid, pidfd }),
+                Err(e) => {
+                    os::kill_now(pid);
+                    os::wait_raw(pid);
+                    Err(e)
+                }
+            },
+        }
     }
 }
