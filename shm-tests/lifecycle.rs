@@ -401,3 +401,78 @@ fn a_big_process_gives_its_template_memory_back_body() {
     intact();
     assert!(common::children().is_empty(), "nothing is left");
 }
+
+/// The pid of the process the program's fork handler last ran in.
+static HANDLED_IN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+extern "C" fn note_the_child() {
+    // ORDERING: SeqCst: read by a task in this (single-threaded) child or
+    // its descendants, which the fork orders after this store.
+    HANDLED_IN.store(std::process::id(), SeqCst);
+}
+
+/// A task's report: the pid the handler ran in, the worker's parent (the
+/// template) and the worker itself. Slow enough that both workers of a
+/// pool take part in a map of a few dozen.
+fn handler_report(_: u8) -> [u32; 3] {
+    thread::sleep(Duration::from_millis(2));
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() } as u32;
+    [HANDLED_IN.load(SeqCst), parent, std::process::id()]
+}
+
+#[test]
+fn fork_handlers_run_once_in_the_template_not_in_each_worker() {
+    isolated(
+        "fork_handlers_run_once_in_the_template_not_in_each_worker_body",
+        60,
+    );
+}
+
+#[test]
+#[ignore = "run in a process of its own by fork_handlers_run_once_in_the_template_not_in_each_worker"]
+fn fork_handlers_run_once_in_the_template_not_in_each_worker_body() {
+    if !in_isolation() {
+        return;
+    }
+    // Another library's child handler, registered with libc (design.md,
+    // "Fork handlers").
+    // SAFETY: a plain function that stores to a static.
+    assert_eq!(
+        unsafe { libc::pthread_atfork(None, None, Some(note_the_child)) },
+        0
+    );
+    // SAFETY: a lookup by a valid, NUL-terminated name.
+    let quiet = !unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_Fork".as_ptr()) }.is_null();
+    let pool = Pool::new(2).unwrap();
+    let check = |pool: &Pool| -> Vec<u32> {
+        let reports = pool.map(&[0u8; 32], handler_report).unwrap();
+        for &[handled_in, template, worker] in reports.iter() {
+            // With `_Fork`, the handler ran when the template was forked
+            // and not again; with libc's `fork`, in each worker too.
+            let expected = if quiet { template } else { worker };
+            assert_eq!(handled_in, expected, "worker {worker}, template {template}");
+        }
+        reports.iter().map(|r| r[2]).collect()
+    };
+    let first = pool.worker_pids();
+    assert_eq!(check(&pool).len(), 32);
+    // A replacement is forked the same way.
+    // SAFETY: kills a worker of this pool.
+    unsafe { libc::kill(first[0] as i32, libc::SIGKILL) };
+    assert!(wait_until(Duration::from_secs(10), || {
+        let now = pool.worker_pids();
+        now.len() == 2 && !now.contains(&first[0])
+    }));
+    let replacement = *pool
+        .worker_pids()
+        .iter()
+        .find(|p| !first.contains(p))
+        .expect("a replacement");
+    assert!(
+        (0..20).any(|_| check(&pool).contains(&replacement)),
+        "the replacement ran no task"
+    );
+    pool.close();
+    pool.join().unwrap();
+}

@@ -5,9 +5,11 @@
 //! `rustix` directly. The calls go through `rustix` (its raw-syscall
 //! backend: no `errno`, no allocation, so they are async-signal-safe and
 //! may run in a freshly forked child or from the global allocator) except
-//! where libc's own bookkeeping must see them: `fork` (libc's, so that
-//! `pthread_atfork` handlers run, or its `_Fork` for the template, which
-//! runs this crate's handlers itself), signal dispositions (`sigaction`,
+//! where libc's own bookkeeping must see them. `fork` goes through `nix`
+//! to libc's, so that `pthread_atfork` handlers run; the template's forks
+//! call libc's `_Fork` (found with `dlsym`), which keeps libc's record of
+//! the child's thread id and robust-mutex list right, where a raw `clone`
+//! would not, and skips the rest. Signal dispositions (`sigaction`,
 //! `sigprocmask`: libc keeps its own view of them) and the resource limits
 //! go through `nix`. rustix takes the page size and the vDSO from libc's
 //! `getauxval` (its `use-libc-auxv` feature): otherwise it reads

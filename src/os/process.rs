@@ -18,9 +18,8 @@
 use std::ffi::{c_int, c_uint};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::OnceLock;
 use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use rustix::io::Errno;
@@ -59,50 +58,53 @@ pub(crate) unsafe fn fork() -> io::Result<Forked> {
 }
 
 /// Forks this single-threaded process the way the template forks its
-/// workers: with libc's `_Fork`, which runs none of the handlers registered
-/// with `pthread_atfork`, then, in the child, this crate's own child
-/// handlers (see [`at_fork_in_child`]). Falls back to [`fork`] where libc
-/// has no `_Fork` (glibc before 2.34) or where more handlers were
-/// registered than are kept.
+/// workers: with libc's `_Fork`, which skips what libc's `fork` does around
+/// the system call besides the child's thread id and robust list (taking
+/// and resetting its own locks, the handlers registered with
+/// `pthread_atfork`), then runs, in the child, this crate's own child
+/// handlers (see [`at_fork_in_child`]). Falls back to [`fork`] where
+/// [`quiet_fork`] finds no `_Fork` or cannot vouch for this crate's list of
+/// handlers.
 ///
-/// The handlers are for a fork that may catch another thread inside a lock
-/// (libc's for `malloc` and stdio) or for per-process state (other
-/// libraries'). The template has one thread and holds no lock when it
-/// forks, and the handlers ran when the template itself was forked: each
-/// worker is a copy of that state (design.md, "Fork handlers"). Skipping
-/// them skips their writes to the template's pages and the worker's, each
-/// a copy-on-write fault after the fork (`docs/performance.md`, "The
-/// seed").
+/// libc's steps and the handlers are for a fork that may catch another
+/// thread inside a lock, and for per-process state. The template has one
+/// thread and holds no lock when it forks, and all of them ran when the
+/// template itself was forked: each worker is a copy of that state
+/// (design.md, "Fork handlers"). Skipping them skips their writes to the
+/// template's pages and the worker's, each a copy-on-write fault after the
+/// fork (`docs/performance.md`, "Starting and stopping a pool").
 ///
 /// # Errors
 /// As [`fork`].
 ///
 /// # Safety
-/// As [`fork`], and more: this process has one thread, and this thread
-/// holds no lock (`malloc`'s and stdio's among them), so that no handler
-/// has anything to set right in the child.
+/// - As [`fork`].
+/// - This process has one thread.
+/// - This thread holds no lock (`malloc`'s, stdio's and the dynamic
+///   loader's among them): the child inherits every lock as it is.
 pub(crate) unsafe fn fork_single_threaded() -> io::Result<Forked> {
     let Some(raw_fork) = quiet_fork() else {
         // SAFETY: the caller's contract covers `fork`'s.
         return unsafe { fork() };
     };
     // SAFETY: `_Fork` takes no argument and is async-signal-safe; the
-    // caller's contract makes the child consistent without the handlers.
+    // caller's contract makes the child consistent without libc's steps.
     match unsafe { raw_fork() } {
         -1 => Err(io::Error::last_os_error()),
         0 => {
-            // ORDERING: Acquire: pairs with the Release that published each
-            // handler (`at_fork_in_child`).
-            let n = HANDLERS.count.load(Acquire).min(HANDLERS.slots.len());
+            // `quiet_fork` found every slot below the count filled: this
+            // list is the one libc's `fork` would have run.
+            // ORDERING: Relaxed: this process has one thread, and the fork
+            // copied the list as the parent last wrote it.
+            let n = HANDLERS.count.load(Relaxed).min(HANDLERS.slots.len());
             for slot in &HANDLERS.slots[..n] {
-                // ORDERING: Acquire: as above.
-                let at = slot.load(Acquire);
-                if at != 0 {
-                    // SAFETY: only `at_fork_in_child` stores here, and only
-                    // the address of an `extern "C" fn()`.
-                    let handler: extern "C" fn() = unsafe { std::mem::transmute(at) };
-                    handler();
-                }
+                // ORDERING: Relaxed: as above.
+                let at = slot.load(Relaxed);
+                // SAFETY: only `at_fork_in_child` stores here, and only the
+                // address of an `extern "C" fn()`; it is not 0 (checked by
+                // `quiet_fork`).
+                let handler: extern "C" fn() = unsafe { std::mem::transmute(at) };
+                handler();
             }
             Ok(Forked::Child)
         }
@@ -110,33 +112,65 @@ pub(crate) unsafe fn fork_single_threaded() -> io::Result<Forked> {
     }
 }
 
-/// Looks up libc's `_Fork` once; called before the template is forked
-/// (`Template::fork`), so that the template finds the answer cached and
-/// never takes the dynamic loader's lock, which another thread of the
-/// program may have held at that fork. `None` where it is missing, or where
-/// the handler list overflowed (a quiet fork would miss a handler).
+/// libc's `_Fork`, if it has one (glibc from 2.34, musl from 1.2.2, linked
+/// dynamically: `dlsym` finds nothing in a static binary), and if this
+/// crate's list of child handlers matches what libc's `fork` would run:
+/// none was left out for want of a slot, and none is half registered (a
+/// slot still 0 below the count: registered with libc, or about to be,
+/// when this process was forked). `None`: fork with libc's `fork`.
 pub(crate) fn quiet_fork() -> Option<unsafe extern "C" fn() -> libc::pid_t> {
-    static FOUND: OnceLock<usize> = OnceLock::new();
-    let at = *FOUND.get_or_init(|| {
-        // SAFETY: looks up a symbol by a valid, NUL-terminated name in the
-        // objects the program loaded; the result is only compared or
-        // called as what glibc and musl declare `_Fork` to be.
-        unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_Fork".as_ptr()) as usize }
-    });
-    // ORDERING: Acquire: pairs with the registrations' AcqRel count.
-    if at == 0 || HANDLERS.count.load(Acquire) > HANDLERS.slots.len() {
+    // ORDERING: Acquire: pairs with the Release in `find_quiet_fork`, which
+    // ran before `main` (or in the `dlopen` that loaded this crate).
+    let at = QUIET_FORK.load(Acquire);
+    // ORDERING: Acquire: pairs with the registrations' AcqRel count and
+    // Release slots, for a process that looks while another thread
+    // registers; in the template, the only caller, nothing else runs.
+    let count = HANDLERS.count.load(Acquire);
+    let torn = count > HANDLERS.slots.len()
+        // ORDERING: Acquire: as above.
+        || HANDLERS.slots[..count].iter().any(|s| s.load(Acquire) == 0);
+    if at == 0 || torn {
         return None;
     }
-    // SAFETY: `_Fork` is `pid_t _Fork(void)` in glibc (2.34 on) and musl.
+    // SAFETY: `_Fork` is `pid_t _Fork(void)` in glibc and musl.
     Some(unsafe { std::mem::transmute::<usize, unsafe extern "C" fn() -> libc::pid_t>(at) })
 }
+
+/// The address of libc's `_Fork`, or 0.
+static QUIET_FORK: AtomicUsize = AtomicUsize::new(0);
+
+/// Looks `_Fork` up as the program loads, from the `.init_array` (before
+/// `main`; for a library loaded with `dlopen`, inside that `dlopen`).
+/// Looked up later, in `Pool::new`, `dlsym` would wait for the dynamic
+/// loader's lock, which another thread holds while `dlopen` runs a
+/// library's constructors: user code (design.md, "Fork handlers").
+extern "C" fn find_quiet_fork() {
+    // SAFETY: looks up a symbol by a valid, NUL-terminated name; the result
+    // is only stored, and called as what libc declares `_Fork` to be.
+    let at = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_Fork".as_ptr()) } as usize;
+    if at == 0 {
+        // SAFETY: clears the message the failed lookup left for this
+        // thread's next `dlerror`, which is the program's business.
+        unsafe { libc::dlerror() };
+    }
+    // ORDERING: Release: see `quiet_fork`.
+    QUIET_FORK.store(at, Release);
+}
+
+// SAFETY: `.init_array` holds functions the dynamic loader (or the static
+// startup code) calls once, before `main`, with the C ABI; this one takes
+// none of the arguments glibc passes, which the ABI allows, and only calls
+// `dlsym` and `dlerror`, which are allowed there.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static FIND_QUIET_FORK: extern "C" fn() = find_quiet_fork;
 
 /// This crate's child-side fork handlers, in the order they were
 /// registered, for [`fork_single_threaded`], which bypasses libc's list.
 struct Handlers {
     /// How many were registered (past `slots.len()`: some are not kept).
     count: AtomicUsize,
-    /// The handlers' addresses.
+    /// The handlers' addresses; 0 until registered with libc too.
     slots: [AtomicUsize; 8],
 }
 
@@ -174,8 +208,8 @@ pub(crate) fn single_threaded() -> bool {
 }
 
 /// Forks this process has been through: 0 in the process that first called
-/// `fork_generation`, one more in each child forked (through libc's `fork`)
-/// since. A pool compares it with the value it was built with to tell
+/// `fork_generation`, one more in each child forked (through libc's `fork`
+/// or [`fork_single_threaded`]) since. A pool compares it with the value it was built with to tell
 /// whether it is still in the process that owns it, without a `getpid`
 /// system call on every job (it cost 330 ns here, a sixth of an `apply`).
 pub(crate) fn fork_generation() -> u64 {
@@ -191,16 +225,18 @@ pub(crate) fn fork_generation() -> u64 {
 /// `malloc`, never Rust's allocator), so the shared heap may call it from
 /// the global allocator; this crate's copy of the list is static.
 pub(crate) fn at_fork_in_child(handler: extern "C" fn()) {
-    // ORDERING: AcqRel: claims a slot; the handler is published by the
-    // Release store below, which the child's Acquire reads.
+    // Claimed first and filled last: a process forked in between finds the
+    // slot empty (registered with libc, or not yet) and forks with libc's
+    // `fork` (`quiet_fork`).
+    // ORDERING: AcqRel: claims a slot; `quiet_fork`'s Acquire reads it.
     let i = HANDLERS.count.fetch_add(1, AcqRel);
-    if let Some(slot) = HANDLERS.slots.get(i) {
-        // ORDERING: Release: see above.
-        slot.store(handler as usize, Release);
-    }
     // SAFETY: registers a plain function with no arguments as a child-side
     // fork handler; the callers' handlers make only async-signal-safe calls.
     unsafe { libc::pthread_atfork(None, None, Some(handler)) };
+    if let Some(slot) = HANDLERS.slots.get(i) {
+        // ORDERING: Release: publishes the handler to `quiet_fork`.
+        slot.store(handler as usize, Release);
+    }
 }
 
 /// [`fork_generation`] without the registration check: for hot paths that
@@ -467,7 +503,6 @@ pub(crate) fn limit_address_space(extra: usize) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering::Relaxed;
 
     #[test]
     fn a_process_with_another_thread_is_not_single_threaded() {
@@ -501,15 +536,21 @@ mod tests {
         THEIRS.store(1, Relaxed);
     }
 
+    /// Held by the tests that touch the handler list, so that one's
+    /// half-registered handler is not the other's fallback.
+    static HANDLER_LIST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn a_quiet_fork_runs_this_crates_child_handlers_and_no_others() {
+        let _list = HANDLER_LIST.lock().unwrap_or_else(|e| e.into_inner());
         let before = fork_generation();
         at_fork_in_child(ours);
         // Another library's handler, registered with libc only.
         // SAFETY: a plain function that stores to a static.
         unsafe { libc::pthread_atfork(None, None, Some(theirs)) };
-        // SAFETY: the child makes only atomic loads and `_exit` (no lock,
-        // no allocation), so the test harness's other threads cannot
+        // SAFETY: the child runs this crate's child handlers (async-signal-
+        // safe system calls), then makes only atomic loads and `_exit` (no
+        // lock, no allocation), so the test harness's other threads cannot
         // matter to it.
         let pid = match unsafe { fork_single_threaded() }.unwrap() {
             Forked::Child => {
@@ -522,10 +563,29 @@ mod tests {
             Forked::Parent(pid) => pid,
         };
         let status = decode_status(wait_raw(pid).unwrap());
-        // Where libc has no `_Fork`, the fork is libc's and every handler
-        // runs.
-        let expected = if quiet_fork().is_some() { 0b101 } else { 0b111 };
+        // Found before `main`, where libc has it (glibc 2.34 on, linked
+        // dynamically); elsewhere the fork is libc's and every handler runs.
+        // SAFETY: a lookup by a valid, NUL-terminated name.
+        let has_it = !unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_Fork".as_ptr()) }.is_null();
+        assert_eq!(quiet_fork().is_some(), has_it);
+        let expected = if has_it { 0b101 } else { 0b111 };
         assert_eq!(status.code, Some(expected), "{status:?}");
+    }
+
+    extern "C" fn nothing() {}
+
+    #[test]
+    fn a_handler_half_registered_makes_forks_use_libcs_fork() {
+        let _list = HANDLER_LIST.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: as above.
+        let has_it = !unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_Fork".as_ptr()) }.is_null();
+        // A slot claimed but not yet filled: what a process forked in the
+        // middle of `at_fork_in_child` sees. (A template another test forks
+        // meanwhile uses libc's `fork`, which is always correct.)
+        let i = HANDLERS.count.fetch_add(1, AcqRel);
+        assert!(quiet_fork().is_none());
+        HANDLERS.slots[i].store(nothing as *const () as usize, Release);
+        assert_eq!(quiet_fork().is_some(), has_it);
     }
 
     #[test]

@@ -97,6 +97,11 @@ struct Supervisor {
     replacing: Vec<bool>,
     /// The error of the last failed start, while some worker is missing.
     respawn_error: Option<io::Error>,
+    /// Set until every first worker runs (`start_all`): a start reported
+    /// then does not clear `respawn_error`, so any failed start fails the
+    /// build even when the template reports a later worker's success in
+    /// the same batch.
+    building: bool,
     /// Failed starts in a row (the backoff doubles with each).
     failures: u32,
     /// No worker or template is started before this.
@@ -142,6 +147,7 @@ pub(crate) fn start(inner: Arc<Core>, template: Template) -> Result<thread::Join
         sighted: vec![None; n],
         replacing: vec![false; n],
         respawn_error: None,
+        building: true,
         failures: 0,
         retry_at: now,
         spawned_at: vec![now; n],
@@ -222,6 +228,7 @@ impl Supervisor {
         loop {
             let all_live = self.workers.iter().all(|w| matches!(w, Worker::Live(_)));
             if all_live || self.inner.broken.get().is_some() {
+                self.building = false;
                 return Ok(());
             }
             if let Some(e) = self.respawn_error.take() {
@@ -399,7 +406,9 @@ impl Supervisor {
                 self.workers[index] = Worker::Live(pid);
                 self.spawned_at[index] = Instant::now();
                 lock(&self.inner.procs).workers[index] = Some((pid, pidfd));
-                self.respawn_error = None;
+                if !self.building {
+                    self.respawn_error = None;
+                }
                 self.failures = 0;
                 if std::mem::take(&mut self.replacing[index]) {
                     // ORDERING: Relaxed: a statistic; the pid was published

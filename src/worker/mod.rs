@@ -140,10 +140,11 @@ pub(crate) fn worker_main(ctx: WorkerCtx<'_>) -> ! {
 fn serve(ctx: &WorkerCtx<'_>) -> i32 {
     // Let whoever waits for this CPU go first. A worker's start (about
     // 100 µs, mostly page faults) is on no one's critical path, while the
-    // template forking the next worker and the parent that its report woke
-    // onto this CPU are; the scheduler often picked the new process before
-    // the parent (the seed example 2-4% faster against its processes alone,
-    // in interleaved runs).
+    // template forking the next worker and the parent that a report woke
+    // onto this CPU are (the template reports the first workers after the
+    // last one's fork; a replacement, right after its own); the scheduler
+    // often picked the new process before the parent (the seed example
+    // 2-4% faster against its processes alone, in interleaved runs).
     std::thread::yield_now();
     set_in_worker();
     if !os::worker_process_setup(ctx.parent) {

@@ -228,9 +228,6 @@ impl Template {
     ) -> io::Result<Template> {
         let (ours, theirs) = os::seqpacket_pair()?;
         let parent = os::getpid();
-        // Looked up here, where the dynamic loader's lock is safe to take:
-        // the template forks its workers with it (`spawn`).
-        let _ = os::quiet_fork();
         // Lock order: stdout, stderr, then the registry (design.md, "Lock
         // order"). Nothing takes the registry lock and then a stdio lock.
         let mut stdio = stdio.take(STDIO_PATIENCE);
@@ -417,7 +414,8 @@ fn serve(
         // The pool's first workers, back to back, then their reports: a
         // request for each would cost a round trip with the parent apiece,
         // and a report after each fork a wake-up of the parent while the
-        // template still forks (`docs/performance.md`, "The seed").
+        // template still forks (`docs/performance.md`, "Starting and
+        // stopping a pool").
         if !unasked.is_empty() {
             let forked: Vec<_> = unasked
                 .by_ref()
@@ -554,8 +552,8 @@ struct Spawner<'a> {
     /// The template's pid: the workers' parent.
     me: u32,
     config: WorkerConfig,
-    /// Fork without libc's fork handlers (`os::fork_single_threaded`): the
-    /// template has a single thread.
+    /// Fork with `os::fork_single_threaded` (no fork handlers): the
+    /// template knows it has a single thread.
     quiet: bool,
 }
 
@@ -573,10 +571,11 @@ impl Spawner<'_> {
             unsafe { os::fork_single_threaded() }
         } else {
             // SAFETY: the child runs only `worker_main`, which never
-            // returns. The template's other thread (one a fork handler
-            // started, which it should not) holds no lock the worker takes
-            // but perhaps `malloc`'s and stdio's, which libc's fork handlers
-            // take across the fork and reset.
+            // returns. Either the template has one thread after all (it
+            // could not tell: no `/proc`), or its other thread (one a fork
+            // handler started, which it should not) holds no lock the worker
+            // takes but perhaps `malloc`'s and stdio's, which libc's `fork`
+            // takes across the fork and resets.
             unsafe { os::fork() }
         };
         match forked? {
