@@ -9,7 +9,9 @@
 //! the machine's load reaches both alike. Beside the targets it measures the
 //! machine's floors, as context rows: a parallel and a single-thread memcpy,
 //! `process_vm_readv`, rayon's own threads mapping out of place with
-//! streaming stores, the staging copy alone, five bare processes forked,
+//! streaming stores, the staging copy alone and rayon's streaming copy of
+//! the same `Vec` (the least a staged map's copy can take), five bare
+//! processes forked,
 //! exited and reaped in turn, and the seed's processes alone (its template
 //! and four workers answering one job, with none of the pool's code:
 //! `support/skeleton.rs`). They tell a target the machine cannot meet from
@@ -90,20 +92,23 @@ fn fork_exit_reap() {
     }
 }
 
-/// `out[i] = input[i]²` with streaming stores, in rayon's threads: the best
-/// an out-of-place map can do on this machine without processes, for the
-/// same shared-memory buffers `map_into` writes.
-fn square_streaming(input: &[f64], out: &mut [f64]) {
+/// `out[i] = input[i]²` (or `input[i]` itself, when not `SQUARE`) with
+/// streaming stores, in rayon's threads: the best an out-of-place map (or a
+/// copy: the staging a map from a plain `Vec` starts with) can do on this
+/// machine without processes, for the same shared-memory buffers the pool
+/// writes.
+fn streaming<const SQUARE: bool>(input: &[f64], out: &mut [f64]) {
     out.par_chunks_mut(1 << 16)
         .zip(input.par_chunks(1 << 16))
-        .for_each(|(o, i)| square_chunk(i, o));
+        .for_each(|(o, i)| stream_chunk::<SQUARE>(i, o));
 }
 
 #[cfg(target_arch = "x86_64")]
-fn square_chunk(input: &[f64], out: &mut [f64]) {
+fn stream_chunk<const SQUARE: bool>(input: &[f64], out: &mut [f64]) {
     use std::arch::x86_64::{_mm_loadu_pd, _mm_mul_pd, _mm_sfence, _mm_stream_pd};
+    let op = |x: f64| if SQUARE { x * x } else { x };
     if out.as_ptr() as usize % 16 != 0 {
-        return out.iter_mut().zip(input).for_each(|(o, x)| *o = x * x);
+        return out.iter_mut().zip(input).for_each(|(o, x)| *o = op(*x));
     }
     let pairs = out.len().min(input.len()) / 2;
     for k in 0..pairs {
@@ -112,11 +117,12 @@ fn square_chunk(input: &[f64], out: &mut [f64]) {
         // `f64`s are 16 bytes.
         unsafe {
             let x = _mm_loadu_pd(input.as_ptr().add(2 * k));
-            _mm_stream_pd(out.as_mut_ptr().add(2 * k), _mm_mul_pd(x, x));
+            let y = if SQUARE { _mm_mul_pd(x, x) } else { x };
+            _mm_stream_pd(out.as_mut_ptr().add(2 * k), y);
         }
     }
     for (o, x) in out[2 * pairs..].iter_mut().zip(&input[2 * pairs..]) {
-        *o = x * x;
+        *o = op(*x);
     }
     // SAFETY: SSE is part of x86-64. Orders the streaming stores before the
     // chunk counts as done.
@@ -124,8 +130,9 @@ fn square_chunk(input: &[f64], out: &mut [f64]) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn square_chunk(input: &[f64], out: &mut [f64]) {
-    out.iter_mut().zip(input).for_each(|(o, x)| *o = x * x);
+fn stream_chunk<const SQUARE: bool>(input: &[f64], out: &mut [f64]) {
+    let op = |x: f64| if SQUARE { x * x } else { x };
+    out.iter_mut().zip(input).for_each(|(o, x)| *o = op(*x));
 }
 
 fn ms(d: Duration) -> String {
@@ -420,7 +427,7 @@ fn main() {
                     .zip(data.par_chunks(1 << 16))
                     .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, x)| *o = x * x))
             },
-            &mut || square_streaming(&shared, &mut out_stream),
+            &mut || streaming::<true>(&shared, &mut out_stream),
             &mut || {
                 copy_par
                     .par_chunks_mut(1 << 16)
@@ -500,8 +507,11 @@ fn main() {
     }
 
     // A plain Vec (staged: copied in) against a ShmVec (read in place).
-    // The same map into a fresh output, from each, and rayon's collect.
-    let [t_map, t_staged, t_collect] = medians_in_turn(
+    // The same map into a fresh output, from each, and rayon's collect;
+    // beside them, the least the staging copy can take: rayon copying the
+    // Vec into a ShmVec with streaming stores.
+    let mut staging_floor_dst = pool.alloc_zeroed::<f64>(n).unwrap();
+    let [t_map, t_staged, t_collect, t_stream_copy] = medians_in_turn(
         2,
         9,
         [
@@ -512,8 +522,11 @@ fn main() {
                     data.par_iter().map(|x| x * x).collect::<Vec<f64>>(),
                 ))
             },
+            &mut || streaming::<false>(&data, &mut staging_floor_dst),
         ],
     );
+    assert_eq!(staging_floor_dst[n - 3], data[n - 3]);
+    drop(staging_floor_dst);
     rows.push(row(
         "x*x, 16 Mi f64, map from a Vec (staged) vs from a ShmVec",
         ms(t_staged),
@@ -642,6 +655,17 @@ fn main() {
         ms(t_staged),
         format!("{} copy + map", ms(staged_floor)),
         t_staged.as_secs_f64() / staged_floor.as_secs_f64(),
+        "(context)",
+        true,
+    ));
+    // The machine's floor for any staged map: the fastest copy of the Vec
+    // (rayon, streaming stores) followed by the same map.
+    let machine_floor = t_stream_copy + t_map;
+    rows.push(row(
+        "floor: the least a staged map can take (rayon's streaming copy + the ShmVec map), vs the ShmVec map",
+        ms(machine_floor),
+        format!("{} ShmVec map", ms(t_map)),
+        machine_floor.as_secs_f64() / t_map.as_secs_f64(),
         "(context)",
         true,
     ));
