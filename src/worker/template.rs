@@ -406,33 +406,18 @@ fn serve(
         quiet: os::single_threaded(),
     };
     let mut children: Vec<Child> = Vec::new();
-    let mut unasked = 0..first;
+    // The pool's first workers, back to back, then their reports: a request
+    // for each would cost a round trip with the parent apiece, and a report
+    // after each fork a wake-up of the parent while the template still forks
+    // (`docs/performance.md`, "Starting and stopping a pool").
+    let forked: Vec<_> = (0..first).map(|i| (i, spawner.spawn(i))).collect();
+    let mut hung_up_early = false;
+    for (index, child) in forked {
+        hung_up_early |= report(sock, index, child, &mut children).is_err();
+    }
     loop {
-        if os::parent_pid() != parent {
+        if hung_up_early || os::parent_pid() != parent {
             break;
-        }
-        // The pool's first workers, back to back, then their reports: a
-        // request for each would cost a round trip with the parent apiece,
-        // and a report after each fork a wake-up of the parent while the
-        // template still forks (`docs/performance.md`, "Starting and
-        // stopping a pool").
-        if !unasked.is_empty() {
-            let forked: Vec<_> = unasked
-                .by_ref()
-                .map(|index| (index, spawner.spawn(index)))
-                .collect();
-            let mut gone = false;
-            for (index, child) in forked {
-                gone |= match child {
-                    Ok(child) => report_spawned(sock, child, &mut children),
-                    Err(e) => spawn_failed(sock, index, &e),
-                }
-                .is_err();
-            }
-            if gone {
-                break;
-            }
-            continue;
         }
         let mut fds = vec![os::watch(sock)];
         fds.extend(children.iter().map(|c| os::watch(c.pidfd.as_fd())));
@@ -465,11 +450,7 @@ fn serve(
         match os::recv_message(sock, false) {
             Ok(Some(([SPAWN, index, _], _))) => {
                 let index = index as usize;
-                let reported = match spawner.spawn(index) {
-                    Ok(child) => report_spawned(sock, child, &mut children),
-                    Err(e) => spawn_failed(sock, index, &e),
-                };
-                if reported.is_err() {
+                if report(sock, index, spawner.spawn(index), &mut children).is_err() {
                     break;
                 }
             }
@@ -508,6 +489,20 @@ fn serve(
         os::wait_raw(c.pid);
     }
     os::exit_now(0)
+}
+
+/// Reports the fork of worker `index` (`SPAWNED` or `SPAWN_FAILED`). An
+/// error means the socket is gone.
+fn report(
+    sock: BorrowedFd<'_>,
+    index: usize,
+    forked: io::Result<Child>,
+    children: &mut Vec<Child>,
+) -> io::Result<()> {
+    match forked {
+        Ok(child) => report_spawned(sock, child, children),
+        Err(e) => spawn_failed(sock, index, &e),
+    }
 }
 
 /// Sends `SPAWNED` with the new worker's pidfd attached and keeps the
