@@ -216,15 +216,27 @@ fn hang_up(fd: libc::c_int) {
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
 
-/// The seed's processes as the pool starts and ends them (see the module's
-/// docs).
-pub fn templated() {
+/// What both shapes start with: `_Fork` looked up here, in the program
+/// rather than in a child, and a template forked with libc's `fork` that
+/// runs `life` on its end of a socket pair. Returns the template's pid and
+/// the program's end.
+fn start_template(life: impl FnOnce(libc::c_int)) -> (libc::pid_t, libc::c_int) {
     let _ = quiet_fork();
-    let shared = Shared::new();
-    let page = shared.page();
     let (ours, theirs) = socket_pair();
     let template = fork_here(false, || {
         close(ours);
+        life(theirs)
+    });
+    close(theirs);
+    (template, ours)
+}
+
+/// The seed's processes as the pool starts and ends them (see the module's
+/// docs).
+pub fn templated() {
+    let shared = Shared::new();
+    let page = shared.page();
+    let (template, ours) = start_template(|theirs| {
         let mut pids = [0; WORKERS];
         for i in 0..WORKERS {
             let Some(pid) = fork(true, || worker(page, i)) else {
@@ -243,7 +255,6 @@ pub fn templated() {
         pids.iter().for_each(|&p| reap(p));
         exit_child(0)
     });
-    close(theirs);
     let mut pids = [0; WORKERS];
     for pid in &mut pids {
         // SAFETY: one 4-byte message into a valid place.
@@ -259,16 +270,12 @@ pub fn templated() {
 
 /// The same processes, forked and reaped by the program itself.
 pub fn direct() {
-    let _ = quiet_fork();
     let shared = Shared::new();
     let page = shared.page();
-    let (ours, theirs) = socket_pair();
-    let template = fork_here(false, || {
-        close(ours);
+    let (template, ours) = start_template(|theirs| {
         wait_hang_up(theirs);
         exit_child(0)
     });
-    close(theirs);
     let pids: [libc::pid_t; WORKERS] = std::array::from_fn(|i| fork_here(true, || worker(page, i)));
     answer(page);
     pids.iter().for_each(|&p| kill(p));
