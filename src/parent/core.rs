@@ -124,7 +124,7 @@ pub(crate) struct Config {
     /// Guided claims for maps without a `chunk_size`.
     pub(crate) guided: bool,
     /// Outputs of at least this many bytes are streamed; `None` for the
-    /// last-level cache size.
+    /// last-level cache size, at most 32 MiB.
     pub(crate) stream_from: Option<usize>,
     /// A blocking caller runs ranges of its own job (`Builder::caller_runs`).
     pub(crate) caller_runs: bool,
