@@ -23,7 +23,11 @@ pub(crate) use rustix::event::PollFd;
 /// How a futex wait ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Wake {
-    /// Woken, or the word no longer held the expected value.
+    /// Woken by a `FUTEX_WAKE` on the word: counted in what that wake
+    /// returned.
+    Woken,
+    /// The word no longer held the expected value, or a signal interrupted
+    /// the wait.
     Changed,
     /// The timeout passed.
     TimedOut,
@@ -40,19 +44,24 @@ fn timespec(d: Duration) -> Timespec {
 /// Sleeps while `*word == expected`, for at most `timeout`.
 ///
 /// The futex is shared (no `FUTEX_PRIVATE_FLAG`), so wakes from any process
-/// that maps the same page reach it. Spurious wake-ups are possible; callers
-/// re-check their condition.
+/// that maps the same page reach it. The kernel returns 0 only to a sleeper
+/// that a `FUTEX_WAKE` took off the word's queue ([`Wake::Woken`]), and
+/// that wake counts it in what it returns; callers still re-check their
+/// condition, since another thread may have taken what the wake announced.
 pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> Wake {
     let ts = timeout.map(timespec);
     match futex::wait(word, futex::Flags::empty(), expected, ts.as_ref()) {
+        Ok(()) => Wake::Woken,
         Err(Errno::TIMEDOUT) => Wake::TimedOut,
-        _ => Wake::Changed,
+        Err(_) => Wake::Changed,
     }
 }
 
-/// Wakes up to `n` sleepers on `word`, in any process.
-pub(crate) fn futex_wake(word: &AtomicU32, n: u32) {
-    let _ = futex::wake(word, futex::Flags::empty(), n.min(i32::MAX as u32));
+/// Wakes up to `n` sleepers on `word`, in any process, and returns how many
+/// it woke (0 if the call failed).
+pub(crate) fn futex_wake(word: &AtomicU32, n: u32) -> u32 {
+    futex::wake(word, futex::Flags::empty(), n.min(i32::MAX as u32))
+        .map_or(0, |woken| u32::try_from(woken).unwrap_or(u32::MAX))
 }
 
 /// A non-blocking, close-on-exec eventfd.
@@ -129,7 +138,23 @@ mod tests {
         assert_eq!(futex_wait(&word, 1, Some(d)), Wake::TimedOut);
         assert!(t.elapsed() >= d);
         assert_eq!(futex_wait(&word, 2, None), Wake::Changed, "not 2: at once");
-        futex_wake(&word, u32::MAX);
+        assert_eq!(futex_wake(&word, u32::MAX), 0, "nobody sleeps");
+    }
+
+    #[test]
+    fn a_futex_wake_counts_the_sleepers_it_wakes() {
+        let word = std::sync::Arc::new(AtomicU32::new(0));
+        let sleeper = {
+            let word = word.clone();
+            std::thread::spawn(move || futex_wait(&word, 0, Some(Duration::from_secs(10))))
+        };
+        // The sleeper may not be queued yet: wake until one is woken.
+        let end = Instant::now() + Duration::from_secs(10);
+        while futex_wake(&word, u32::MAX) == 0 {
+            assert!(Instant::now() < end, "the sleeper never slept");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(sleeper.join().unwrap(), Wake::Woken);
     }
 
     #[test]

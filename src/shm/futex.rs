@@ -15,7 +15,9 @@
 //!   hash-bucket lock; here, under the table's mutex). A `wake` that comes
 //!   after the word's new value was stored therefore either finds the
 //!   sleeper queued or the sleeper sees the new value and does not sleep.
-//! - `wake(n)` wakes at most `n` sleepers of that word, the oldest first.
+//! - `wake(n)` wakes at most `n` sleepers of that word, the oldest first,
+//!   and returns how many it woke; each of them returns `Woken`, and only
+//!   they do.
 //! - The comparison is a `Relaxed` load: the kernel's barriers are not
 //!   promised by the futex interface, so the protocols must not lean on
 //!   them.
@@ -68,8 +70,8 @@ mod model {
     }
 
     /// `FUTEX_WAIT`: sleeps while `word` holds `expected`, until a `wake`
-    /// on the word picks this sleeper. `timeout` is ignored (see the module
-    /// docs), so this returns `Wake::Changed` only.
+    /// on the word picks this sleeper (`Wake::Woken`), or at once if it does
+    /// not (`Wake::Changed`). `timeout` is ignored (see the module docs).
     pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> Wake {
         let _ = timeout;
         let table = &*TABLE;
@@ -86,13 +88,14 @@ mod model {
             q = table.changed.wait(q).unwrap();
             if let Some(i) = q.woken.iter().position(|&t| t == me) {
                 q.woken.swap_remove(i);
-                return Wake::Changed;
+                return Wake::Woken;
             }
         }
     }
 
-    /// `FUTEX_WAKE`: wakes up to `n` sleepers on `word`.
-    pub(crate) fn wake(word: &AtomicU32, n: u32) {
+    /// `FUTEX_WAKE`: wakes up to `n` sleepers on `word` and returns how
+    /// many it woke.
+    pub(crate) fn wake(word: &AtomicU32, n: u32) -> u32 {
         let table = &*TABLE;
         let mut q = table.queue.lock().unwrap();
         let at = key(word);
@@ -110,5 +113,6 @@ mod model {
         if left < n {
             table.changed.notify_all();
         }
+        n - left
     }
 }
