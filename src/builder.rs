@@ -301,8 +301,8 @@ impl Builder {
     ///
     /// Default: the size of the last-level cache, read from sysfs, where the
     /// crossover was measured, but at most 32 MiB (and 32 MiB when unknown):
-    /// a larger cache is shared by many cores, and streaming already won at
-    /// 64 MiB on a guest that reports a 480 MiB L3. `usize::MAX` turns
+    /// a larger cache is shared by many cores, and streaming won from 32 MiB
+    /// on a guest that reports a 480 MiB L3. `usize::MAX` turns
     /// streaming off. Only x86-64 streams; elsewhere this does nothing.
     /// In-place maps and reductions never stream. The same threshold applies
     /// to inputs staged from a plain slice and to [`Pool::to_shm`]: those
