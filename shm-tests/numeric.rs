@@ -463,6 +463,12 @@ fn streamed_outputs_match_plain_ones_at_every_offset_and_size() {
                 assert_eq!(streamed.map(&bytes, |x| [x, x ^ 1, 7]).unwrap(), want_3);
                 let want_pair: Vec<[f64; 2]> = a.iter().map(|&x| [x, -x]).collect();
                 assert_eq!(streamed.map(&a, |x| [x, -x]).unwrap(), want_pair);
+                if n <= 65_537 {
+                    // 512-byte elements: streamed in the wide blocks.
+                    let wide = |x: f64| [x.to_bits() ^ 0x5a5a; 64];
+                    let want_wide: Vec<[u64; 64]> = a.iter().map(|&x| wide(x)).collect();
+                    assert_eq!(streamed.map(&a, wide).unwrap(), want_wide, "wide n={n}");
+                }
                 let want2: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x * y).collect();
                 assert_eq!(streamed.map2(&a, &b, |x, y| x * y).unwrap(), want2);
                 let want3: Vec<f64> = (0..n).map(|i| a[i] + b[i] * c[i]).collect();

@@ -44,8 +44,10 @@ const STREAM_FLOOR: usize = 1 << 20;
 /// last-level cache sysfs reports. A cache that large is a whole socket's,
 /// shared with every other core (and, in a virtual machine, with other
 /// guests): on a 2-vCPU guest whose sysfs reports a 480 MiB L3, `x*x`
-/// streamed ran 0.90-1.12× plain at 16 MiB of output, 0.79-0.86× at 32 MiB,
-/// 0.79-0.80× at 128 MiB, and a staging copy of 128 MiB 0.62-0.69×.
+/// streamed ran 0.61-0.75× plain at 32 MiB of output and 0.69-0.71× at
+/// 128 MiB, and a staging copy of 128 MiB 0.62-0.69×. It also won at 16 MiB
+/// there (0.71-0.80×), but plain stores won at 16 MiB on a guest with a
+/// real 32 MiB L3, so the cap stays at 32 MiB.
 const STREAM_CAP: usize = 32 << 20;
 /// The longest job, in elements (only a slice of a zero-sized type comes
 /// near it: 2^48 bytes is 256 TiB). Claims add `chunk` (at most the

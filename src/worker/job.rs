@@ -278,7 +278,8 @@ where
     // SAFETY: the parent held an `F` when it submitted the job.
     let f = unsafe { conjure::<F>() };
     fill(output, a.stream, |part, at| {
-        for (o, &x) in part.iter_mut().zip(&input[at..]) {
+        let to = at + part.len();
+        for (o, &x) in part.iter_mut().zip(&input[at..to]) {
             *o = f(x);
         }
     });
@@ -311,7 +312,8 @@ where
     // SAFETY: the parent held an `F` when it submitted the job.
     let f = unsafe { conjure::<F>() };
     fill(output, a.stream, |part, at| {
-        for (o, &x) in part.iter_mut().zip(&input[at..]) {
+        let to = at + part.len();
+        for (o, &x) in part.iter_mut().zip(&input[at..to]) {
             *o = f(ctx, x);
         }
     });
@@ -344,7 +346,8 @@ where
     // SAFETY: the parent held an `F` when it submitted the job.
     let f = unsafe { conjure::<F>() };
     fill(output, a.stream, |part, at| {
-        for ((o, &x), &y) in part.iter_mut().zip(&xs[at..]).zip(&ys[at..]) {
+        let to = at + part.len();
+        for ((o, &x), &y) in part.iter_mut().zip(&xs[at..to]).zip(&ys[at..to]) {
             *o = f(x, y);
         }
     });
@@ -381,7 +384,8 @@ where
     // SAFETY: the parent held an `F` when it submitted the job.
     let f = unsafe { conjure::<F>() };
     fill(output, a.stream, |part, at| {
-        let inputs = xs[at..].iter().zip(&ys[at..]).zip(&zs[at..]);
+        let to = at + part.len();
+        let inputs = xs[at..to].iter().zip(&ys[at..to]).zip(&zs[at..to]);
         for (o, ((&x, &y), &z)) in part.iter_mut().zip(inputs) {
             *o = f(x, y, z);
         }

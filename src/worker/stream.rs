@@ -14,6 +14,10 @@
 //! [`fill`] computes a block of results into a buffer on the stack (in L1),
 //! then copies the block out with non-temporal stores. The user's loop stays a
 //! plain slice loop over the buffer, which the compiler vectorises as before.
+//! The block is small (256 bytes, four cache lines) so that the input's loads
+//! and the output's stores stay interleaved: with 2 KiB blocks the two phases
+//! alternate in long runs, and a memory-bound map ran about 20% slower on an
+//! Intel Xeon guest (256 B to 2 KiB were within 3% on an AMD EPYC one).
 //!
 //! Uses `unsafe` (denied at the crate root): streaming stores write raw
 //! shared memory with SIMD intrinsics.
@@ -25,11 +29,24 @@ use std::mem::{align_of, size_of, size_of_val};
 use bytemuck::Pod;
 
 /// Bytes per block: computed into L1, then streamed out.
-const BLOCK: usize = 2048;
+const BLOCK: usize = 256;
+
+/// Bytes per block for element types whose size does not divide [`BLOCK`]
+/// (512 B to 2 KiB elements).
+const WIDE_BLOCK: usize = 2048;
 
 /// A block buffer, aligned to a cache line.
 #[repr(C, align(64))]
-struct Block([u8; BLOCK]);
+struct Block([u8; WIDE_BLOCK]);
+
+/// The block size for `U`: [`BLOCK`], or [`WIDE_BLOCK`] for wide elements.
+const fn block<U>() -> usize {
+    if BLOCK % size_of::<U>() == 0 {
+        BLOCK
+    } else {
+        WIDE_BLOCK
+    }
+}
 
 /// Fills `out` by calling `compute(part, at)` on consecutive parts of it,
 /// where `at` is the index of `part[0]` in `out`. `compute` must write every
@@ -43,7 +60,7 @@ struct Block([u8; BLOCK]);
 /// call, `compute(out, 0)`.
 #[inline(always)]
 pub(crate) fn fill<U: Pod>(out: &mut [U], stream: bool, mut compute: impl FnMut(&mut [U], usize)) {
-    if !stream || !streamable::<U>() || size_of_val(out) < 4 * BLOCK {
+    if !stream || !streamable::<U>() || size_of_val(out) < 4 * block::<U>() {
         compute(out, 0);
         return;
     }
@@ -51,23 +68,24 @@ pub(crate) fn fill<U: Pod>(out: &mut [U], stream: bool, mut compute: impl FnMut(
         compute(out, 0);
         return;
     };
-    let per = BLOCK / size_of::<U>();
+    let bytes = block::<U>();
+    let per = bytes / size_of::<U>();
     let body = (out.len() - head) / per * per;
     compute(&mut out[..head], 0);
     // Fences on every way out, unwinding included: a panic in `compute`
     // after some streamed blocks must not leave those stores unordered.
     let _fence = Fence;
-    let mut buf = Block([0; BLOCK]);
-    let part: &mut [U] = bytemuck::cast_slice_mut(&mut buf.0);
+    let mut buf = Block([0; WIDE_BLOCK]);
+    let part: &mut [U] = bytemuck::cast_slice_mut(&mut buf.0[..bytes]);
     let mut at = head;
     while at < head + body {
         compute(part, at);
         let dst = &mut out[at..at + per];
-        // SAFETY: `dst` and the buffer are both `BLOCK` bytes, do not overlap
+        // SAFETY: `dst` and `part` are both `bytes` long, do not overlap
         // (one is on the stack, the other in `out`), and `dst` starts on a
         // cache line: `head_len` chose `head` so that it does, and every block
-        // is a whole number of lines.
-        unsafe { stream_block(dst.as_mut_ptr().cast(), part.as_ptr().cast()) };
+        // is a whole number of lines. `part` starts the 64-aligned buffer.
+        unsafe { stream_block(dst.as_mut_ptr().cast(), part.as_ptr().cast(), bytes) };
         at += per;
     }
     let tail = head + body;
@@ -85,7 +103,7 @@ pub(crate) fn fill<U: Pod>(out: &mut [U], stream: bool, mut compute: impl FnMut(
 /// `src` is valid for reads and `dst` for writes of `len` bytes, and the two
 /// do not overlap.
 pub(crate) unsafe fn copy(src: *const u8, dst: *mut u8, len: usize, stream: bool) {
-    if !stream || !cfg!(target_arch = "x86_64") || len < 4 * BLOCK {
+    if !stream || !cfg!(target_arch = "x86_64") || len < 4 * WIDE_BLOCK {
         // SAFETY: the caller's contract.
         unsafe { std::ptr::copy_nonoverlapping(src, dst, len) };
         return;
@@ -135,7 +153,7 @@ unsafe fn stream_lines(src: *const u8, dst: *mut u8, lines: usize) {
 const fn streamable<U>() -> bool {
     cfg!(target_arch = "x86_64")
         && size_of::<U>() != 0
-        && BLOCK % size_of::<U>() == 0
+        && WIDE_BLOCK % size_of::<U>() == 0
         && align_of::<U>() <= 64
 }
 
@@ -146,28 +164,29 @@ fn head_len(addr: usize, size: usize) -> Option<usize> {
     (to_line % size == 0).then_some(to_line / size)
 }
 
-/// Copies `BLOCK` bytes from `src` to `dst` with non-temporal stores.
+/// Copies `bytes` (a multiple of 64) from `src` to `dst` with non-temporal
+/// stores.
 ///
 /// # Safety
-/// `src` is valid for reads and `dst` for writes of `BLOCK` bytes, they do not
+/// `src` is valid for reads and `dst` for writes of `bytes` bytes, they do not
 /// overlap, and both are 16-byte aligned.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn stream_block(dst: *mut u8, src: *const u8) {
+unsafe fn stream_block(dst: *mut u8, src: *const u8, bytes: usize) {
     use std::arch::x86_64::{__m128i, _mm_load_si128, _mm_stream_si128};
     let (dst, src) = (dst.cast::<__m128i>(), src.cast::<__m128i>());
-    for i in 0..BLOCK / 16 {
-        // SAFETY: SSE2 is part of x86-64; `i < BLOCK / 16`, so both accesses
-        // are in the caller's `BLOCK` bytes and 16-byte aligned.
+    for i in 0..bytes / 16 {
+        // SAFETY: SSE2 is part of x86-64; `i < bytes / 16`, so both accesses
+        // are in the caller's `bytes` and 16-byte aligned.
         unsafe { _mm_stream_si128(dst.add(i), _mm_load_si128(src.add(i))) };
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 #[inline(always)]
-unsafe fn stream_block(dst: *mut u8, src: *const u8) {
+unsafe fn stream_block(dst: *mut u8, src: *const u8, bytes: usize) {
     // SAFETY: the caller's contract; never called (`streamable` is false).
-    unsafe { std::ptr::copy_nonoverlapping(src, dst, BLOCK) };
+    unsafe { std::ptr::copy_nonoverlapping(src, dst, bytes) };
 }
 
 /// Issues a store fence when dropped.
@@ -220,6 +239,19 @@ mod tests {
     }
 
     #[test]
+    fn wide_elements_are_streamed_in_wide_blocks() {
+        assert_eq!(block::<f64>(), BLOCK);
+        assert_eq!(block::<[u64; 64]>(), WIDE_BLOCK);
+        assert!(streamable::<[u64; 64]>() == cfg!(target_arch = "x86_64"));
+        for len in [0, 1, 16, 17, 100] {
+            for skip in 0..3 {
+                check::<[u64; 64]>(len, skip, |i| [i as u64 ^ 0x5a; 64]);
+                check::<[u8; 1024]>(len, skip, |i| [i as u8; 1024]);
+            }
+        }
+    }
+
+    #[test]
     fn sizes_that_do_not_divide_a_block_are_written_plainly() {
         for len in [0, 5, 10_000] {
             check::<[u8; 3]>(len, 1, |i| [i as u8, 1, 2]);
@@ -231,7 +263,7 @@ mod tests {
         let src: Vec<u8> = (0..40_000u32).map(|i| (i * 7 + 3) as u8).collect();
         for s_off in [0, 1, 13] {
             for d_off in [0, 5, 64] {
-                for len in [0, 100, 4 * BLOCK, 30_001] {
+                for len in [0, 100, 4 * WIDE_BLOCK, 30_001] {
                     let mut dst = vec![0u8; len + d_off + 1];
                     // SAFETY: both ranges are in bounds and distinct vectors.
                     unsafe { copy(src[s_off..].as_ptr(), dst[d_off..].as_mut_ptr(), len, true) };
