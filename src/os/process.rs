@@ -155,6 +155,14 @@ extern "C" fn find_quiet_fork() {
     }
     // ORDERING: Release: see `quiet_fork`.
     QUIET_FORK.store(at, Release);
+    // SAFETY: as above.
+    let at = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__libc_single_threaded".as_ptr()) };
+    if at.is_null() {
+        // SAFETY: as above.
+        unsafe { libc::dlerror() };
+    }
+    // ORDERING: Release: see `libc_says_single_threaded`.
+    SINGLE_THREADED.store(at as usize, Release);
 }
 
 // SAFETY: `.init_array` holds functions the dynamic loader (or the static
@@ -204,8 +212,33 @@ pub(crate) fn parent_pid() -> u32 {
 /// Only the calling thread could start another, so `true` stays true until
 /// it does.
 pub(crate) fn single_threaded() -> bool {
-    rustix::fs::stat("/proc/self/task").is_ok_and(|st| st.st_nlink == 3)
+    libc_says_single_threaded()
+        || rustix::fs::stat("/proc/self/task").is_ok_and(|st| st.st_nlink == 3)
 }
+
+/// glibc's `__libc_single_threaded`, where libc has it (glibc 2.32 and
+/// later): true only while the process has never had a second thread
+/// (glibc sets it false when the first `pthread_create` starts one, and
+/// never back; a thread started without `pthread_create`, by a raw
+/// `clone`, goes uncounted, but glibc does not support those). A fast path
+/// for [`single_threaded`]: a program's first `Pool::new` and its template,
+/// forked before the pool's first thread, find it true and skip `/proc`,
+/// whose entries for a new process took 20-35 µs to look up here (the
+/// template's is on the path of every worker's start).
+fn libc_says_single_threaded() -> bool {
+    // ORDERING: Acquire: pairs with the Release in `find_quiet_fork`.
+    let at = SINGLE_THREADED.load(Acquire);
+    // SAFETY: `at` is the address of glibc's `char __libc_single_threaded`
+    // (looked up by that name), which lives as long as libc. glibc writes
+    // it only in `pthread_create`, and only while it is true, that is while
+    // the calling thread is the process's only one: no write can race with
+    // this read in a thread that exists (the glibc manual lets programs
+    // read it without synchronization).
+    at != 0 && unsafe { std::ptr::read_volatile(at as *const libc::c_char) } != 0
+}
+
+/// The address of glibc's `__libc_single_threaded`, or 0.
+static SINGLE_THREADED: AtomicUsize = AtomicUsize::new(0);
 
 /// Forks this process has been through: 0 in the process that first called
 /// `fork_generation`, one more in each child forked (through libc's `fork`
@@ -520,6 +553,31 @@ mod tests {
         assert!(
             links >= 3 && links.abs_diff(threads + 2) <= 1,
             "{links} links, {threads} threads"
+        );
+    }
+
+    #[test]
+    fn libcs_single_thread_flag_is_found_and_false_with_threads() {
+        // glibc has had the flag since 2.32; the CI machines run newer ones.
+        #[cfg(target_env = "gnu")]
+        // ORDERING: Acquire: as in `libc_says_single_threaded`.
+        assert_ne!(SINGLE_THREADED.load(Acquire), 0);
+        // The test harness runs this on a thread of its own.
+        assert!(!libc_says_single_threaded());
+        // In a child forked from here, a copy of the flag: still false,
+        // and the kernel's count decides.
+        // SAFETY: the child makes a `stat` system call and `_exit`s.
+        let pid = match unsafe { fork() }.unwrap() {
+            Forked::Child => {
+                exit_now(i32::from(libc_says_single_threaded()) | i32::from(single_threaded()) << 1)
+            }
+            Forked::Parent(pid) => pid,
+        };
+        let status = wait_raw(pid).map(decode_status).unwrap();
+        assert_eq!(
+            status.code,
+            Some(2),
+            "flag false, the kernel says one thread"
         );
     }
 
