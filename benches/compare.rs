@@ -188,6 +188,10 @@ struct Seed {
     floor_cpu: Duration,
     /// Median of Python's warm seeds, if `python3` runs the script.
     python: Option<Duration>,
+    /// Medians of the seed and of the floor in the rounds before Python's
+    /// script ran, and in those right after it (if it runs).
+    before_python: Option<(Duration, Duration)>,
+    after_python: Option<(Duration, Duration)>,
 }
 
 /// CPU time (user and system) of this process and of its reaped
@@ -206,11 +210,17 @@ fn cpu_time() -> Duration {
 
 /// The seed against its floors and against Python, each measured in turn
 /// with the others, so that all see the same minutes of a shared, noisy
-/// machine: three rounds of seven seeds, each followed by one bare floor and
-/// one of each process skeleton, then Python's seed (one warm run and five
-/// measured, in a fresh interpreter, as `pool_bench.py --seed` does).
+/// machine: six rounds of seven seeds, each followed by one bare floor and
+/// one of each process skeleton. The first two rounds run before Python's
+/// seed; each of the other four right after one run of it (one warm run and
+/// five measured, in a fresh interpreter, as `pool_bench.py --seed` does).
 /// Measured one after the other instead, a load change between them moved
 /// the ratios by 30-50%.
+///
+/// The rounds right after Python's script find five bare processes up to
+/// 1.8x faster than the rounds before it (for about 75 ms after the
+/// script), and the seed no faster: each half's medians are reported apart
+/// too, as context (`docs/performance.md`, "Starting and stopping a pool").
 fn seed_in_turn() -> Seed {
     let seed = || {
         let p = Pool::new(4).unwrap();
@@ -240,32 +250,45 @@ fn seed_in_turn() -> Seed {
     // The skeletons' CPU time is not reported.
     let mut skeleton_cpu = Duration::ZERO;
     let mut python_runs = true;
-    for _ in 0..3 {
-        for _ in 0..7 {
-            timed(&seed, &mut ours, &mut ours_cpu);
-            timed(&floor, &mut bare, &mut floor_cpu);
-            timed(&skeleton::templated, &mut skeleton, &mut skeleton_cpu);
-            timed(&skeleton::direct, &mut direct, &mut skeleton_cpu);
-        }
-        if python_runs {
+    // Seeds and floors of the rounds before Python's script, and after it.
+    let (mut before, mut after) = ((vec![], vec![]), (vec![], vec![]));
+    for round in 0..6 {
+        let after_python = round >= 2 && python_runs;
+        if after_python {
             match python_seed() {
                 Some(runs) => python.extend(runs),
                 None => python_runs = false,
             }
         }
+        for _ in 0..7 {
+            timed(&seed, &mut ours, &mut ours_cpu);
+            timed(&floor, &mut bare, &mut floor_cpu);
+            timed(&skeleton::templated, &mut skeleton, &mut skeleton_cpu);
+            timed(&skeleton::direct, &mut direct, &mut skeleton_cpu);
+            let half = if after_python && python_runs {
+                &mut after
+            } else {
+                &mut before
+            };
+            half.0.push(ours[ours.len() - 1]);
+            half.1.push(bare[bare.len() - 1]);
+        }
     }
     let median = |mut v: Vec<Duration>| {
         v.sort_unstable();
-        v[v.len() / 2]
+        v.get(v.len() / 2).copied()
     };
+    let pair = |(s, f): (Vec<Duration>, Vec<Duration>)| Some((median(s)?, median(f)?));
     Seed {
         ours_cpu: ours_cpu / ours.len() as u32,
         floor_cpu: floor_cpu / bare.len() as u32,
-        ours: median(ours),
-        floor: median(bare),
-        skeleton: median(skeleton),
-        direct: median(direct),
-        python: (python_runs && !python.is_empty()).then(|| median(python)),
+        ours: median(ours).unwrap_or_default(),
+        floor: median(bare).unwrap_or_default(),
+        skeleton: median(skeleton).unwrap_or_default(),
+        direct: median(direct).unwrap_or_default(),
+        python: python_runs.then(|| median(python)).flatten(),
+        before_python: pair(before),
+        after_python: pair(after),
     }
 }
 
@@ -487,6 +510,28 @@ fn main() {
         "(context)",
         true,
     ));
+    let halves = [
+        (
+            "context: the seed vs its floor, in the rounds before Python's script runs",
+            seed.before_python,
+        ),
+        (
+            "context: the seed vs its floor, in the rounds right after Python's script",
+            seed.after_python,
+        ),
+    ];
+    for (workload, half) in halves {
+        if let Some((ours, bare)) = half {
+            rows.push(row(
+                workload,
+                ms(ours),
+                format!("{} bare", ms(bare)),
+                ours.as_secs_f64() / bare.as_secs_f64(),
+                "(context)",
+                true,
+            ));
+        }
+    }
     rows.push(row(
         "context: the seed's processes forked by the program itself, vs 5 bare processes",
         ms(seed.direct),
