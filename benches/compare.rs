@@ -217,10 +217,12 @@ fn cpu_time() -> Duration {
 /// Measured one after the other instead, a load change between them moved
 /// the ratios by 30-50%.
 ///
-/// The rounds right after Python's script find five bare processes up to
-/// 1.8x faster than the rounds before it (for about 75 ms after the
-/// script), and the seed no faster: each half's medians are reported apart
-/// too, as context (`docs/performance.md`, "Starting and stopping a pool").
+/// The rounds right after Python's script, which this process slept
+/// through, find five bare processes in their fast mode (the kernel keeps
+/// each child on this process's CPU) and the seed no faster; the rounds
+/// before it often find them 1.5-1.8x slower. Each half's medians are
+/// reported apart too, as context (`docs/performance.md`, "The seed's floor
+/// is not one number").
 fn seed_in_turn() -> Seed {
     let seed = || {
         let p = Pool::new(4).unwrap();
