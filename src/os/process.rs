@@ -119,7 +119,7 @@ pub(crate) unsafe fn fork_single_threaded() -> io::Result<Forked> {
 /// slot still 0 below the count: registered with libc, or about to be,
 /// when this process was forked). `None`: fork with libc's `fork`.
 pub(crate) fn quiet_fork() -> Option<unsafe extern "C" fn() -> libc::pid_t> {
-    // ORDERING: Acquire: pairs with the Release in `find_quiet_fork`, which
+    // ORDERING: Acquire: pairs with the Release in `find_libc_symbols`, which
     // ran before `main` (or in the `dlopen` that loaded this crate).
     let at = QUIET_FORK.load(Acquire);
     // ORDERING: Acquire: pairs with the registrations' AcqRel count and
@@ -139,12 +139,13 @@ pub(crate) fn quiet_fork() -> Option<unsafe extern "C" fn() -> libc::pid_t> {
 /// The address of libc's `_Fork`, or 0.
 static QUIET_FORK: AtomicUsize = AtomicUsize::new(0);
 
-/// Looks `_Fork` up as the program loads, from the `.init_array` (before
+/// Looks `_Fork` and `__libc_single_threaded` up as the program loads, from
+/// the `.init_array` (before
 /// `main`; for a library loaded with `dlopen`, inside that `dlopen`).
 /// Looked up later, in `Pool::new`, `dlsym` would wait for the dynamic
 /// loader's lock, which another thread holds while `dlopen` runs a
 /// library's constructors: user code (design.md, "Fork handlers").
-extern "C" fn find_quiet_fork() {
+extern "C" fn find_libc_symbols() {
     // SAFETY: looks up a symbol by a valid, NUL-terminated name; the result
     // is only stored, and called as what libc declares `_Fork` to be.
     let at = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_Fork".as_ptr()) } as usize;
@@ -155,7 +156,8 @@ extern "C" fn find_quiet_fork() {
     }
     // ORDERING: Release: see `quiet_fork`.
     QUIET_FORK.store(at, Release);
-    // SAFETY: as above.
+    // SAFETY: as above; the result is only stored, and read as the `char`
+    // glibc declares it to be.
     let at = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__libc_single_threaded".as_ptr()) };
     if at.is_null() {
         // SAFETY: as above.
@@ -171,7 +173,7 @@ extern "C" fn find_quiet_fork() {
 // `dlsym` and `dlerror`, which are allowed there.
 #[used]
 #[unsafe(link_section = ".init_array")]
-static FIND_QUIET_FORK: extern "C" fn() = find_quiet_fork;
+static FIND_LIBC_SYMBOLS: extern "C" fn() = find_libc_symbols;
 
 /// This crate's child-side fork handlers, in the order they were
 /// registered, for [`fork_single_threaded`], which bypasses libc's list.
@@ -206,9 +208,11 @@ pub(crate) fn parent_pid() -> u32 {
     rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32)
 }
 
-/// Whether the calling thread is the only thread of this process, as far as
-/// the kernel says (`/proc/self/task` has a link per thread, plus two).
-/// `false` when it cannot tell (no procfs): callers take the careful path.
+/// Whether the calling thread is the only thread of this process: glibc's
+/// word for it while the process has never had another
+/// ([`libc_says_single_threaded`]), else the kernel's (`/proc/self/task`
+/// has a link per thread, plus two). `false` when neither can tell (no
+/// procfs): callers take the careful path.
 /// Only the calling thread could start another, so `true` stays true until
 /// it does.
 pub(crate) fn single_threaded() -> bool {
@@ -224,9 +228,10 @@ pub(crate) fn single_threaded() -> bool {
 /// for [`single_threaded`]: a program's first `Pool::new` and its template,
 /// forked before the pool's first thread, find it true and skip `/proc`,
 /// whose entries for a new process took 20-35 µs to look up here (the
-/// template's is on the path of every worker's start).
+/// template's is on the path of every worker's start). Hand-written:
+/// neither `nix` nor `rustix` reads it.
 fn libc_says_single_threaded() -> bool {
-    // ORDERING: Acquire: pairs with the Release in `find_quiet_fork`.
+    // ORDERING: Acquire: pairs with the Release in `find_libc_symbols`.
     let at = SINGLE_THREADED.load(Acquire);
     // SAFETY: `at` is the address of glibc's `char __libc_single_threaded`
     // (looked up by that name), which lives as long as libc. glibc writes
