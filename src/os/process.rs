@@ -140,8 +140,8 @@ pub(crate) fn quiet_fork() -> Option<unsafe extern "C" fn() -> libc::pid_t> {
 static QUIET_FORK: AtomicUsize = AtomicUsize::new(0);
 
 /// Looks `_Fork` and `__libc_single_threaded` up as the program loads, from
-/// the `.init_array` (before
-/// `main`; for a library loaded with `dlopen`, inside that `dlopen`).
+/// the `.init_array` (before `main`; for a library loaded with `dlopen`,
+/// inside that `dlopen`).
 /// Looked up later, in `Pool::new`, `dlsym` would wait for the dynamic
 /// loader's lock, which another thread holds while `dlopen` runs a
 /// library's constructors: user code (design.md, "Fork handlers").
