@@ -210,14 +210,42 @@ pub(crate) fn parent_pid() -> u32 {
 
 /// Whether the calling thread is the only thread of this process: glibc's
 /// word for it while the process has never had another
-/// ([`libc_says_single_threaded`]), else the kernel's (`/proc/self/task`
-/// has a link per thread, plus two). `false` when neither can tell (no
-/// procfs): callers take the careful path.
+/// ([`libc_says_single_threaded`]), else the kernel's
+/// ([`kernel_says_single_threaded`], or where a filter refuses that call,
+/// `/proc/self/task`, which has a link per thread, plus two). `false` when
+/// none can tell (no procfs either): callers take the careful path.
 /// Only the calling thread could start another, so `true` stays true until
 /// it does.
 pub(crate) fn single_threaded() -> bool {
     libc_says_single_threaded()
-        || rustix::fs::stat("/proc/self/task").is_ok_and(|st| st.st_nlink == 3)
+        || kernel_says_single_threaded()
+            .unwrap_or_else(|| rustix::fs::stat("/proc/self/task").is_ok_and(|st| st.st_nlink == 3))
+}
+
+/// The kernel's answer, from `unshare(CLONE_VM)`: a call that unshares
+/// nothing (Linux implements no unsharing of the address space; it
+/// "pretends it works if there is nothing to unshare") and refuses with
+/// `EINVAL` when another thread, or another process through `CLONE_VM`,
+/// shares this address space. So it succeeds exactly when the calling
+/// thread is the only one running in this memory, and changes nothing
+/// either way. `None` when the call is refused otherwise (a seccomp filter,
+/// `EPERM`; a kernel without it, `ENOSYS`).
+///
+/// It replaced a lookup of `/proc/self/task`, which costs a new process
+/// 20-35 µs here as its `/proc` entries are made, on the path of every
+/// worker's start in a program that has had threads (the template asks
+/// before its first fork); this call takes well under a microsecond.
+fn kernel_says_single_threaded() -> Option<bool> {
+    let vm = rustix::thread::UnshareFlags::from_bits_retain(libc::CLONE_VM as u32);
+    // SAFETY: `unshare_unsafe` is unsafe for `CLONE_FILES`, which would give
+    // this thread a descriptor table of its own; `CLONE_VM` (with the
+    // `CLONE_SIGHAND` and `CLONE_THREAD` it implies) unshares nothing: the
+    // kernel checks that nothing shares them and returns.
+    match unsafe { rustix::thread::unshare_unsafe(vm) } {
+        Ok(()) => Some(true),
+        Err(Errno::INVAL) => Some(false),
+        Err(_) => None,
+    }
 }
 
 /// glibc's `__libc_single_threaded`, where libc has it (glibc 2.32 and
@@ -226,10 +254,8 @@ pub(crate) fn single_threaded() -> bool {
 /// never back; a thread started without `pthread_create`, by a raw
 /// `clone`, goes uncounted, but glibc does not support those). A fast path
 /// for [`single_threaded`]: a program's first `Pool::new` and its template,
-/// forked before the pool's first thread, find it true and skip `/proc`,
-/// whose entries for a new process took 20-35 µs to look up here (the
-/// template's is on the path of every worker's start). Hand-written:
-/// neither `nix` nor `rustix` reads it.
+/// forked before the pool's first thread, find it true and make no system
+/// call. Hand-written: neither `nix` nor `rustix` reads it.
 fn libc_says_single_threaded() -> bool {
     // ORDERING: Acquire: pairs with the Release in `find_libc_symbols`.
     let at = SINGLE_THREADED.load(Acquire);
@@ -552,6 +578,8 @@ mod tests {
         assert!(!single_threaded());
         drop(tx);
         let _ = other.join();
+        // Both of the kernel's answers agree.
+        assert_eq!(kernel_says_single_threaded(), Some(false));
         // What it counts: a link per thread, plus two (`.` and `..`).
         let threads = std::fs::read_dir("/proc/self/task").unwrap().count() as u64;
         let links = rustix::fs::stat("/proc/self/task").unwrap().st_nlink;
@@ -570,19 +598,26 @@ mod tests {
         // The test harness runs this on a thread of its own.
         assert!(!libc_says_single_threaded());
         // In a child forked from here, a copy of the flag: still false,
-        // and the kernel's count decides.
-        // SAFETY: the child makes a `stat` system call and `_exit`s.
+        // and the kernel decides, by both of its answers.
+        // SAFETY: the child makes an `unshare` and a `stat` system call and
+        // `_exit`s.
         let pid = match unsafe { fork() }.unwrap() {
             Forked::Child => {
-                exit_now(i32::from(libc_says_single_threaded()) | i32::from(single_threaded()) << 1)
+                let by_proc = rustix::fs::stat("/proc/self/task").is_ok_and(|st| st.st_nlink == 3);
+                exit_now(
+                    i32::from(libc_says_single_threaded())
+                        | i32::from(single_threaded()) << 1
+                        | i32::from(kernel_says_single_threaded() == Some(true)) << 2
+                        | i32::from(by_proc) << 3,
+                )
             }
             Forked::Parent(pid) => pid,
         };
         let status = wait_raw(pid).map(decode_status).unwrap();
         assert_eq!(
             status.code,
-            Some(2),
-            "flag false, the kernel says one thread"
+            Some(0b1110),
+            "flag false; one thread, as the call, `/proc` and `single_threaded` say"
         );
     }
 
