@@ -621,6 +621,71 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_filter_that_refuses_unshare_leaves_the_count_to_proc() {
+        // A seccomp filter that answers `unshare` with `EPERM`, as a
+        // container's default profile does, in a child forked from here
+        // (one thread; glibc's flag, copied from this process, says no).
+        let word = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
+            code: code as u16,
+            jt,
+            jf,
+            k,
+        };
+        let mut filter = [
+            // The system call's number (`seccomp_data.nr`).
+            word(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, 0),
+            word(
+                libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+                libc::SYS_unshare as u32,
+                0,
+                1,
+            ),
+            word(
+                libc::BPF_RET | libc::BPF_K,
+                libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+                0,
+                0,
+            ),
+            word(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW, 0, 0),
+        ];
+        // SAFETY: the child installs a filter on itself, makes `prctl`,
+        // `unshare` and `stat` system calls (no allocation, no lock) and
+        // `_exit`s.
+        let pid = match unsafe { fork() }.unwrap() {
+            Forked::Child => {
+                let prog = libc::sock_fprog {
+                    len: filter.len() as u16,
+                    filter: filter.as_mut_ptr(),
+                };
+                // SAFETY: `prog` points to a valid filter that outlives the
+                // call; both calls change only this process.
+                let filtered = unsafe {
+                    libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+                        && libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog) == 0
+                };
+                if !filtered {
+                    exit_now(99);
+                }
+                exit_now(
+                    i32::from(kernel_says_single_threaded().is_none())
+                        | i32::from(single_threaded()) << 1,
+                )
+            }
+            Forked::Parent(pid) => pid,
+        };
+        let status = wait_raw(pid).map(decode_status).unwrap();
+        if status.code == Some(99) {
+            eprintln!("no seccomp filter can be installed here: not tested");
+            return;
+        }
+        assert_eq!(
+            status.code,
+            Some(0b11),
+            "the call refused, and `/proc` counts one thread"
+        );
+    }
+
     static OURS: AtomicUsize = AtomicUsize::new(0);
     static THEIRS: AtomicUsize = AtomicUsize::new(0);
 
