@@ -659,6 +659,112 @@ fn a_worker_that_corrupts_the_control_block_fails_at_most_its_job() {
     })
 }
 
+/// The `i`th of the shared flags at `flags` (a `ShmVec<u64>` of the test).
+fn flag(flags: u64, i: u64) -> &'static AtomicU64 {
+    // SAFETY: `flags` is the address of a live `ShmVec<u64>` of at least
+    // `i + 1` elements in the pool's shared region, mapped at the same
+    // address in every worker; only accessed atomically.
+    unsafe { &*((flags + 8 * i) as *const AtomicU64) }
+}
+
+/// Marks `flags[0]`, then writes the pool's completion eventfd (the one
+/// descriptor a worker keeps above stderr) every millisecond for `ms`
+/// milliseconds: a task that keeps the result thread from sleeping out a
+/// tick. Returns how many writes it made.
+fn ring_the_eventfd([flags, ms]: [u64; 2]) -> u64 {
+    let fd = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find_map(|e| {
+            let n: i32 = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            (n > 2 && target.to_string_lossy().contains("eventfd")).then_some(n)
+        });
+    flag(flags, 0).store(1, Ordering::SeqCst);
+    let Some(fd) = fd else {
+        return 0;
+    };
+    let end = Instant::now() + Duration::from_millis(ms);
+    let mut rings = 0;
+    while Instant::now() < end {
+        let one = 1u64;
+        // SAFETY: writes the 8 bytes of a live `u64` to a descriptor this
+        // process holds.
+        if unsafe { libc::write(fd, (&raw const one).cast(), 8) } == 8 {
+            rings += 1;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    rings
+}
+
+/// Marks `flags[1]`, waits (at most 10 s) for `flags[2]`, then loses every
+/// wake-up posted so far, as a task that scribbles over the control block
+/// could: the semaphore's count and the pending bits, zeroed. Their offsets
+/// in the region (`src/shm/layout.rs`: a 128-byte line each for `magic` and
+/// `shutdown`, then the semaphore's line, then the pending words).
+fn lose_the_wake_ups(flags: u64) -> u64 {
+    const COUNT: usize = 256;
+    const PENDING: usize = 384;
+    flag(flags, 1).store(1, Ordering::SeqCst);
+    let end = Instant::now() + Duration::from_secs(10);
+    while flag(flags, 2).load(Ordering::SeqCst) == 0 && Instant::now() < end {
+        thread::sleep(Duration::from_micros(100));
+    }
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let Some(line) = maps.lines().find(|l| l.contains("memfd:shmpool")) else {
+        return 1;
+    };
+    let base = usize::from_str_radix(line.split('-').next().unwrap(), 16).unwrap();
+    // SAFETY: unsafe test code that corrupts the control block on purpose:
+    // both addresses lie in the region's first page, mapped and aligned;
+    // other processes access these words only atomically.
+    unsafe {
+        (*((base + COUNT) as *const AtomicU32)).store(0, Ordering::SeqCst);
+        for w in 0..16 {
+            (*((base + PENDING + 8 * w) as *const AtomicU64)).store(0, Ordering::SeqCst);
+        }
+    }
+    0
+}
+
+#[test]
+fn a_lost_wake_up_is_kicked_while_completions_keep_ringing() {
+    deadline(60, || {
+        // One worker keeps writing the completion eventfd, so that the
+        // result thread never sleeps out its tick; the other loses the
+        // wake-ups of a job posted while both were busy, then sleeps. The
+        // job runs only once the result thread kicks it, which it does a
+        // tick after its last kick whatever rings meanwhile.
+        let pool = Pool::builder().workers(2).ring_size(8).build().unwrap();
+        let flags = pool.alloc_zeroed::<u64>(3).unwrap();
+        let at = flags.as_ptr() as u64;
+        let ringing = pool.apply_async([at, 4000], ring_the_eventfd).unwrap();
+        let losing = pool.apply_async(at, lose_the_wake_ups).unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || flag(at, 0)
+                .load(Ordering::SeqCst)
+                == 1
+                && flag(at, 1).load(Ordering::SeqCst) == 1),
+            "both workers run their tasks"
+        );
+        let mut job = pool.map_async(&[1u64, 2, 3, 4], |x| x + 1).unwrap();
+        flag(at, 2).store(1, Ordering::SeqCst);
+        assert_eq!(losing.get().unwrap(), 0, "the wake-ups were lost");
+        let lost_at = Instant::now();
+        let out = job
+            .get_timeout(Duration::from_secs(2))
+            .expect("kicked within a few ticks, while the eventfd rings");
+        let took = lost_at.elapsed();
+        assert_eq!(out, vec![2, 3, 4, 5]);
+        assert!(!ringing.ready(), "the eventfd still rings");
+        println!("the lost job ran {took:?} after its wake-ups were lost");
+        assert!(ringing.get().unwrap() > 100, "the task rang the eventfd");
+        assert_healthy(&pool);
+    })
+}
+
 /// One element of a job whose task forges its own slot's completion words
 /// (`common::forge`) at the element with `kind != 0`.
 #[derive(Clone, Copy, Debug, bytemuck_derive::Zeroable, bytemuck_derive::Pod)]

@@ -678,6 +678,10 @@ impl<R: Send + 'static> Future for AsyncResult<R> {
     }
 }
 
+/// The result thread's tick while asynchronous jobs are unfinished: it
+/// kicks them at least this often.
+const ASYNC_TICK: Duration = Duration::from_millis(100);
+
 /// The result thread: delivers asynchronous outcomes until the pool is shut
 /// down and nothing is left to deliver.
 pub(crate) fn result_loop(inner: Arc<Core>) {
@@ -685,6 +689,12 @@ pub(crate) fn result_loop(inner: Arc<Core>) {
     // Set when the last sleep ended with the tick, not a ring: the next
     // look kicks the unfinished jobs (once per tick).
     let mut ticked = false;
+    // When the unfinished jobs were last kicked (or, after a time without
+    // any, first seen): they are kicked again once a tick has passed since,
+    // even if rings keep ending every sleep early. Completions of other
+    // jobs (or a task that writes the eventfd) could otherwise put off,
+    // for as long as they go on, the kick of a job whose wake-up was lost.
+    let mut kicked: Option<Instant> = None;
     let doorbell = &inner.region.control().doorbell;
     // Set once a look found nothing: the next look is the last before
     // sleeping, made after Announce (workers write the eventfd only from
@@ -699,10 +709,14 @@ pub(crate) fn result_loop(inner: Arc<Core>) {
             inner.collect_async(&mut ring);
             let batch = std::mem::take(&mut ring.ready);
             let busy = inner.any_async(&ring);
-            if std::mem::take(&mut ticked) && busy {
-                // Woken by the tick, not by a worker: make sure no job waits
-                // for a wake-up that was lost.
+            let tick = std::mem::take(&mut ticked);
+            if !busy {
+                kicked = None;
+            } else if tick || kicked.get_or_insert_with(Instant::now).elapsed() >= ASYNC_TICK {
+                // Woken by the tick, or a tick since the last kick: make
+                // sure no job waits for a wake-up that was lost.
                 inner.kick_async(&ring);
+                kicked = Some(Instant::now());
             }
             let exit = inner.life() != OPEN && inner.workers_gone() && !busy && batch.is_empty();
             (batch, busy, exit)
@@ -732,7 +746,11 @@ pub(crate) fn result_loop(inner: Arc<Core>) {
             announced = true;
             continue;
         }
-        let timeout = if busy { 100 } else { 1000 };
+        let timeout = if busy {
+            ASYNC_TICK.as_millis() as i32
+        } else {
+            1000
+        };
         let mut fds = [os::watch(inner.done_fd())];
         let woken = matches!(os::poll(&mut fds, timeout), Ok(n) if n > 0);
         doorbell.awake();
