@@ -682,6 +682,10 @@ impl<R: Send + 'static> Future for AsyncResult<R> {
 /// kicks them at least this often.
 const ASYNC_TICK: Duration = Duration::from_millis(100);
 
+/// Looks between two readings of the clock while the result thread does not
+/// sleep (in a stream of completions, a look takes a microsecond or so).
+const CLOCK_EVERY: u32 = 64;
+
 /// The result thread: delivers asynchronous outcomes until the pool is shut
 /// down and nothing is left to deliver.
 pub(crate) fn result_loop(inner: Arc<Core>) {
@@ -689,12 +693,15 @@ pub(crate) fn result_loop(inner: Arc<Core>) {
     // Set when the last sleep ended with the tick, not a ring: the next
     // look kicks the unfinished jobs (once per tick).
     let mut ticked = false;
-    // When the unfinished jobs were last kicked (or, after a time without
-    // any, first seen): they are kicked again once a tick has passed since,
-    // even if rings keep ending every sleep early. Completions of other
-    // jobs (or a task that writes the eventfd) could otherwise put off,
-    // for as long as they go on, the kick of a job whose wake-up was lost.
+    // When the unfinished jobs were last kicked (or first seen unfinished):
+    // they are kicked again once a tick has passed since, even if no sleep
+    // ends with the tick. Rings that keep ending every sleep early, or
+    // completions that keep the thread from sleeping at all, would
+    // otherwise put off the kick of a job whose wake-up was lost for as
+    // long as they go on. The clock is read at the first look after a
+    // sleep and at every `CLOCK_EVERY`th look, not at each.
     let mut kicked: Option<Instant> = None;
+    let mut unclocked: u32 = 0;
     let doorbell = &inner.region.control().doorbell;
     // Set once a look found nothing: the next look is the last before
     // sleeping, made after Announce (workers write the eventfd only from
@@ -709,10 +716,17 @@ pub(crate) fn result_loop(inner: Arc<Core>) {
             inner.collect_async(&mut ring);
             let batch = std::mem::take(&mut ring.ready);
             let busy = inner.any_async(&ring);
-            let tick = std::mem::take(&mut ticked);
-            if !busy {
+            let mut kick = std::mem::take(&mut ticked);
+            if busy {
+                unclocked += 1;
+                if unclocked >= CLOCK_EVERY {
+                    unclocked = 0;
+                    kick |= kicked.get_or_insert_with(Instant::now).elapsed() >= ASYNC_TICK;
+                }
+            } else {
                 kicked = None;
-            } else if tick || kicked.get_or_insert_with(Instant::now).elapsed() >= ASYNC_TICK {
+            }
+            if kick && busy {
                 // Woken by the tick, or a tick since the last kick: make
                 // sure no job waits for a wake-up that was lost.
                 inner.kick_async(&ring);
@@ -757,6 +771,7 @@ pub(crate) fn result_loop(inner: Arc<Core>) {
         announced = false;
         if woken {
             os::eventfd_drain(inner.done_fd());
+            unclocked = CLOCK_EVERY;
         } else {
             ticked = true;
         }
