@@ -703,7 +703,8 @@ fn ring_the_eventfd([flags, ms]: [u64; 2]) -> u64 {
 /// wake-up posted so far, as a task that scribbles over the control block
 /// could: the semaphore's count and the pending bits, zeroed. Their offsets
 /// in the region (`src/shm/layout.rs`: a 128-byte line each for `magic` and
-/// `shutdown`, then the semaphore's line, then the pending words).
+/// `shutdown`, then the semaphore's line, then the pending words). Returns
+/// 0, or 2 if those words held no wake-up to lose (the layout moved).
 fn lose_the_wake_ups(flags: u64) -> u64 {
     const COUNT: usize = 256;
     const PENDING: usize = 384;
@@ -720,12 +721,19 @@ fn lose_the_wake_ups(flags: u64) -> u64 {
     // SAFETY: unsafe test code that corrupts the control block on purpose:
     // both addresses lie in the region's first page, mapped and aligned;
     // other processes access these words only atomically.
-    unsafe {
-        (*((base + COUNT) as *const AtomicU32)).store(0, Ordering::SeqCst);
-        for w in 0..16 {
-            (*((base + PENDING + 8 * w) as *const AtomicU64)).store(0, Ordering::SeqCst);
-        }
+    let (count, pending) = unsafe {
+        (
+            &*((base + COUNT) as *const AtomicU32),
+            std::slice::from_raw_parts((base + PENDING) as *const AtomicU64, 16),
+        )
+    };
+    // The job posted while both workers were busy left its tokens and its
+    // pending bit.
+    if count.load(Ordering::SeqCst) == 0 || pending.iter().all(|w| w.load(Ordering::SeqCst) == 0) {
+        return 2;
     }
+    count.store(0, Ordering::SeqCst);
+    pending.iter().for_each(|w| w.store(0, Ordering::SeqCst));
     0
 }
 
