@@ -617,11 +617,9 @@ fn scribble(seed: &u64, x: u64) -> u64 {
     if x != 100 {
         return x;
     }
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let Some(line) = maps.lines().find(|l| l.contains("memfd:shmpool")) else {
+    let Some(base) = common::forge::region_base() else {
         return x;
     };
-    let base = usize::from_str_radix(line.split('-').next().unwrap(), 16).unwrap();
     let mut s = *seed | 1;
     for _ in 0..64 {
         s ^= s << 13;
@@ -713,11 +711,9 @@ fn lose_the_wake_ups(flags: u64) -> u64 {
     while flag(flags, 2).load(Ordering::SeqCst) == 0 && Instant::now() < end {
         thread::sleep(Duration::from_micros(100));
     }
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let Some(line) = maps.lines().find(|l| l.contains("memfd:shmpool")) else {
+    let Some(base) = common::forge::region_base() else {
         return 1;
     };
-    let base = usize::from_str_radix(line.split('-').next().unwrap(), 16).unwrap();
     // SAFETY: unsafe test code that corrupts the control block on purpose:
     // both addresses lie in the region's first page, mapped and aligned;
     // other processes access these words only atomically.

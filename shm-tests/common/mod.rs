@@ -495,7 +495,7 @@ pub mod forge {
     const SCAN: usize = 64 << 10;
 
     /// The base of this worker's region (workers map only their own pool's).
-    fn region_base() -> Option<usize> {
+    pub fn region_base() -> Option<usize> {
         let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
         let line = maps.lines().find(|l| l.contains("memfd:shmpool"))?;
         usize::from_str_radix(line.split('-').next()?, 16).ok()
