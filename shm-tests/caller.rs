@@ -249,3 +249,69 @@ fn a_task_run_by_the_caller_cannot_use_its_own_pool() {
         assert_healthy(pool);
     });
 }
+
+/// A pool the tests below hand to a task through a static.
+static OTHER: std::sync::Mutex<Option<Pool>> = std::sync::Mutex::new(None);
+
+/// Takes the pool in `OTHER`, if any, and drops it; returns the pid of the
+/// process that ran it and 1 if it dropped one.
+fn drops_the_other_pool(_: u32) -> [u32; 2] {
+    let taken = OTHER.lock().unwrap_or_else(|e| e.into_inner()).take();
+    [std::process::id(), u32::from(taken.is_some())]
+}
+
+#[test]
+fn a_task_run_by_the_caller_that_drops_another_pool_ends_it() {
+    common::isolated(
+        "a_task_run_by_the_caller_that_drops_another_pool_ends_it_body",
+        60,
+    );
+}
+
+#[test]
+#[ignore = "run in a process of its own by a_task_run_by_the_caller_that_drops_another_pool_ends_it"]
+fn a_task_run_by_the_caller_that_drops_another_pool_ends_it_body() {
+    if !in_isolation() {
+        return;
+    }
+    let threads = || {
+        std::fs::read_dir("/proc/self/task")
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let pool = helping_pool(1);
+    // The helping pool's threads start with its first job.
+    assert_eq!(pool.map(&[1u32, 2], |x| x + 1).unwrap()[..], [2, 3]);
+    let before = threads();
+    let children = common::children();
+    let other = Pool::new(2).unwrap();
+    let r = other.apply_async(5u32, |x| x * 2).unwrap();
+    assert_eq!(r.get().unwrap(), 10);
+    let pids = other.worker_pids();
+    assert_eq!(pids.len(), 2);
+    assert!(threads() > before, "the other pool started no thread");
+    *OTHER.lock().unwrap() = Some(other);
+    // One element: one range, which the caller runs (the workers were
+    // forked before `OTHER` was set: in them it is empty).
+    let ran = pool.map(&[0u32], drops_the_other_pool).unwrap();
+    assert_eq!(ran[..], [[std::process::id(), 1]]);
+    assert!(OTHER.lock().unwrap().is_none());
+    // The dropped pool is gone, as if the program had dropped it: workers
+    // ended, template reaped, threads ended. It used to be left running
+    // until exit.
+    for pid in pids {
+        assert!(
+            common::is_dead(pid),
+            "worker {pid}: {:?}",
+            common::proc_stat(pid)
+        );
+    }
+    assert_eq!(common::children(), children, "the other pool's template");
+    assert_eq!(
+        threads(),
+        before,
+        "the other pool's threads are still running"
+    );
+    assert_healthy(&pool);
+    println!("ok");
+}

@@ -1008,9 +1008,13 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn terminate(&self) {
-        if !self.inner.in_owner() {
-            return;
+        if self.inner.in_owner() {
+            self.shut_down();
         }
+    }
+
+    /// What `terminate` does, in the process that owns the pool.
+    fn shut_down(&self) {
         self.inner.advance_life(TERMINATED);
         // ORDERING: SeqCst: read by the supervisor after we poke it.
         self.inner.stop.store(STOP_KILL, SeqCst);
@@ -1025,15 +1029,19 @@ impl Drop for Pool {
     /// Terminates and reaps the workers and stops the pool's threads.
     /// Outstanding jobs complete with `Error::Terminated`.
     fn drop(&mut self) {
-        if !self.inner.in_owner() {
-            // A task's copy of a pool, or one in a process forked from the
+        if !self.inner.in_owner_process() {
+            // A worker's copy of a pool, or one in a process forked from the
             // owner: its threads and workers belong to the owner.
             // The result thread's handle stays in `inner` untouched: its lock
             // may have been held by another thread of the forking process.
             std::mem::forget(self.supervisor.take());
             return;
         }
-        self.terminate();
+        // In the owner, even in a task the caller runs for another pool
+        // (`caller_runs`, a pool kept in a static): this is the pool itself,
+        // not a copy, and nothing else will end its workers and threads. It
+        // cannot be the pool running that task (the caller borrows it).
+        self.shut_down();
         let me = thread::current().id();
         let results = lock(&self.inner.results).take();
         for handle in self.supervisor.take().into_iter().chain(results) {

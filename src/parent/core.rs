@@ -334,7 +334,13 @@ impl Core {
     /// Whether this is the process that built the pool (not a worker, not a
     /// process forked from it by the user).
     pub(crate) fn in_owner(&self) -> bool {
-        !in_task() && os::fork_generation() == self.owner
+        !in_task() && self.in_owner_process()
+    }
+
+    /// Whether this is the process that built the pool, on any of its
+    /// threads (also one running a task for `caller_runs`).
+    pub(crate) fn in_owner_process(&self) -> bool {
+        os::fork_generation() == self.owner
     }
 
     /// The error of a pool whose initializer failed.
