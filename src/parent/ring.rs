@@ -737,7 +737,15 @@ impl Ring {
             // bitmap is complete.
             retire_visitors(region, s);
         }
-        let drained = empty_and_scan(region, s, job, verdict.is_ok())?;
+        let Some(drained) = empty_and_scan(region, s, job, verdict.is_ok()) else {
+            // The job is now corrupt and aborted. The worker seen inside its
+            // range may have left between our Scan and our Abort: it then
+            // read no abort and woke nobody, and only a tick would bring
+            // us back. Look once more now: this time the verdict is an
+            // error (`empty_and_scan` returns a value), and a worker still
+            // inside leaves after our Abort, so it wakes us when it goes.
+            return self.try_harvest(region, s, seq);
+        };
         Some(self.hand_over(region, s, drained, verdict))
     }
 
