@@ -838,6 +838,73 @@ fn one_cpu_body() {
     })
 }
 
+// Scheduling policy.
+
+/// The scheduling policy of the process that runs the task.
+fn policy(_: u8) -> i32 {
+    // SAFETY: reads this process's policy; no pointer.
+    unsafe { libc::sched_getscheduler(0) }
+}
+
+/// The policies of the processes that run a job of `n` one-element ranges.
+fn worker_policies(pool: &Pool, n: usize) -> Vec<i32> {
+    let mut seen = pool.map(&vec![0u8; n], policy).unwrap().to_vec();
+    seen.sort_unstable();
+    seen.dedup();
+    seen
+}
+
+#[test]
+fn workers_are_batch_jobs_unless_the_program_chose_its_policy() {
+    isolated("policy_body", 60);
+}
+
+#[test]
+#[ignore = "run in a process of its own by workers_are_batch_jobs_unless_the_program_chose_its_policy"]
+fn policy_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(50, || {
+        let ours = policy(0);
+        if ours != libc::SCHED_OTHER {
+            println!("not tested: this process runs under policy {ours}");
+            return;
+        }
+        let pool = Pool::builder().workers(2).chunk_size(1).build().unwrap();
+        // A wake-up of a worker does not preempt the program's thread; the
+        // program itself is left as it was.
+        let param = libc::sched_param { sched_priority: 0 };
+        if worker_policies(&pool, 64) == [libc::SCHED_OTHER] {
+            // The pool ignores a refusal (a seccomp filter): is this one?
+            // SAFETY: sets this process's policy; `param` is only read.
+            let refused = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0;
+            assert!(refused, "the workers are not batch jobs");
+            println!("not tested: SCHED_BATCH is refused here");
+            return;
+        }
+        assert_eq!(worker_policies(&pool, 64), [libc::SCHED_BATCH]);
+        assert_eq!(policy(0), libc::SCHED_OTHER);
+        // A replacement worker is one too (the template forks it).
+        let pids = pool.worker_pids();
+        // SAFETY: signals a worker of this test's pool.
+        unsafe { libc::kill(pids[0] as i32, libc::SIGKILL) };
+        assert!(wait_until(Duration::from_secs(10), || {
+            !pool.worker_pids().contains(&pids[0]) && pool.worker_pids().len() == 2
+        }));
+        assert_eq!(worker_policies(&pool, 64), [libc::SCHED_BATCH]);
+        // A policy the program chose is its workers' too.
+        // SAFETY: sets this process's policy; `param` is only read.
+        assert_eq!(
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) },
+            0
+        );
+        let idle = Pool::builder().workers(2).chunk_size(1).build().unwrap();
+        assert_eq!(worker_policies(&idle, 64), [libc::SCHED_IDLE]);
+        println!("ok");
+    })
+}
+
 // 5. No /proc.
 
 #[test]

@@ -495,6 +495,28 @@ pub(crate) fn wait_raw(pid: u32) -> Option<i32> {
     }
 }
 
+/// Makes this process a batch job for the scheduler (`SCHED_BATCH`, its
+/// nice value unchanged) if it is an ordinary one (`SCHED_OTHER`); a
+/// real-time, idle or reset-on-fork policy the program chose is left
+/// alone. Children forked after it inherit it. The one thing it changes on
+/// Linux: waking the process no longer preempts the task running on the
+/// CPU it is woken on; it runs when that task sleeps, at the next tick, or
+/// on another CPU if one is idle. A worker woken by a job posted from a busy
+/// caller thus leaves that thread its CPU (`docs/performance.md`,
+/// "`apply_async`"). A hint: an error (a seccomp filter) is ignored.
+/// Hand-written: neither `nix` nor `rustix` offers `sched_setscheduler`.
+pub(crate) fn schedule_as_batch() {
+    // SAFETY: sched_getscheduler reads this process's policy; no pointer.
+    if unsafe { libc::sched_getscheduler(0) } != libc::SCHED_OTHER {
+        return;
+    }
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: changes only this process's policy; `param` is a valid
+    // `sched_param` (priority 0, the only one SCHED_BATCH takes) that the
+    // call only reads.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+}
+
 /// The number of CPUs this process may run on: the CPUs of its affinity
 /// mask (`sched_getaffinity`, one system call; `available_parallelism`
 /// also reads the cgroup's CPU quota from files, 50-100 µs here). At least

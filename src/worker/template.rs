@@ -379,6 +379,9 @@ fn serve(
     set_in_worker();
     let sock = sock.as_fd();
     os::template_signals();
+    // The workers inherit it (design.md, section 5, "Workers are batch
+    // jobs").
+    os::schedule_as_batch();
     // SAFETY: this child ends with `_exit` and, of what it inherited, uses
     // only the region's mapping and these two descriptors (the other
     // `OwnedFd`s it inherited are forgotten or never dropped).
