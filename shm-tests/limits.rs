@@ -854,6 +854,17 @@ fn worker_policies(pool: &Pool, n: usize) -> Vec<i32> {
     seen
 }
 
+/// An initializer that sets the ordinary policy (`Builder::initializer`'s
+/// docs).
+fn back_to_ordinary() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets this process's policy; `param` is only read.
+    assert_eq!(
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) },
+        0
+    );
+}
+
 #[test]
 fn workers_are_batch_jobs_unless_the_program_chose_its_policy() {
     isolated("policy_body", 60);
@@ -893,6 +904,14 @@ fn policy_body() {
             !pool.worker_pids().contains(&pids[0]) && pool.worker_pids().len() == 2
         }));
         assert_eq!(worker_policies(&pool, 64), [libc::SCHED_BATCH]);
+        // An initializer may give the workers the ordinary policy back.
+        let ordinary = Pool::builder()
+            .workers(2)
+            .chunk_size(1)
+            .initializer(back_to_ordinary)
+            .build()
+            .unwrap();
+        assert_eq!(worker_policies(&ordinary, 64), [libc::SCHED_OTHER]);
         // A policy the program chose is its workers' too.
         // SAFETY: sets this process's policy; `param` is only read.
         assert_eq!(

@@ -183,6 +183,13 @@ impl Builder {
     /// panics, the pool is unusable: every job fails with
     /// [`Error::InitializerFailed`].
     ///
+    /// It is also where a worker's process settings go. For one: workers
+    /// start as `SCHED_BATCH` jobs when the program runs under the ordinary
+    /// policy (a woken worker does not preempt a busy thread; design.md,
+    /// "Workers are batch jobs"); an initializer that calls
+    /// `sched_setscheduler(0, SCHED_OTHER, ..)` gives them ordinary wake-up
+    /// preemption back.
+    ///
     /// ```
     /// use std::sync::atomic::{AtomicU32, Ordering};
     /// static READY: AtomicU32 = AtomicU32::new(0);
