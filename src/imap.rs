@@ -506,7 +506,9 @@ where
     /// The stream is finished: `join` no longer waits for it.
     fn end_stream(&mut self) {
         if let Some(id) = self.stream.take() {
-            if self.pool.inner.in_owner() {
+            // Also in a task the caller runs (a stream kept in a static):
+            // it is this stream, finished, not a worker's copy.
+            if self.pool.inner.in_owner_process() {
                 self.pool.inner.close_stream(id);
             }
         }
@@ -567,7 +569,9 @@ impl<I: Iterator, U, F> Drop for Imap<'_, I, U, F> {
             }
         }
         if let Some(id) = self.stream.take() {
-            if self.pool.inner.in_owner() {
+            // Also from a task the caller runs (a stream kept in a static):
+            // `join` would otherwise wait for this stream forever.
+            if self.pool.inner.in_owner_process() {
                 self.pool.inner.close_stream(id);
             }
         }

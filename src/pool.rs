@@ -1043,7 +1043,11 @@ impl Drop for Pool {
         // cannot be the pool running that task (the caller borrows it).
         self.shut_down();
         let me = thread::current().id();
-        let results = lock(&self.inner.results).take();
+        // From such a task the result thread is let go, not joined: one of
+        // its callbacks may be waiting for the job this thread is running
+        // (a `map` of the other pool). It ends by itself once its last
+        // callback returns, the workers being gone.
+        let results = lock(&self.inner.results).take().filter(|_| !in_task());
         for handle in self.supervisor.take().into_iter().chain(results) {
             // A callback may drop the last handle on the result thread itself;
             // that thread exits once it returns.

@@ -636,7 +636,7 @@ impl<R> Drop for AsyncResult<R> {
     fn drop(&mut self) {
         if let Some((s, seq)) = self.ticket {
             // ORDERING: SeqCst: see `on_complete`.
-            if self.inner.in_owner() && !self.cell.listened.load(SeqCst) {
+            if self.inner.in_owner_process() && !self.cell.listened.load(SeqCst) {
                 self.inner.cancel(s, seq);
             }
         }

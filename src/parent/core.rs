@@ -366,8 +366,9 @@ impl Core {
     /// answering its cell with `Cancelled` at once.
     pub(crate) fn cancel(&self, s: usize, seq: u64) {
         // A copy of the pool in a worker or a forked child owns no job (and
-        // the ring lock may have been held at the fork).
-        if !self.in_owner() {
+        // the ring lock may have been held at the fork). A task the caller
+        // runs holds the real result: it cancels like any code of the owner.
+        if !self.in_owner_process() {
             return;
         }
         let cell = self.ring().cancel(&self.region, s, seq);

@@ -61,7 +61,9 @@ pub(crate) fn set_in_worker() {
 /// in a caller running ranges of its own job (`Builder::caller_runs`). Pool
 /// calls from a task fail with `WouldDeadlock` either way, so a task behaves
 /// the same wherever it runs (a `join` from a task the caller runs would
-/// wait for the job that thread itself is running).
+/// wait for the job that thread itself is running). Drops are the
+/// exception (`Core::in_owner_process`): in the caller they drop the real
+/// pool, result or stream, in a worker a copy.
 pub(crate) fn in_task() -> bool {
     in_worker() || RUNNING_RANGES.try_with(Cell::get).unwrap_or(false)
 }
