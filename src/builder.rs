@@ -184,11 +184,11 @@ impl Builder {
     /// [`Error::InitializerFailed`].
     ///
     /// It is also where a worker's process settings go. For one: workers
-    /// start as `SCHED_BATCH` jobs when the program runs under the ordinary
-    /// policy (a woken worker does not preempt a busy thread; design.md,
-    /// "Workers are batch jobs"); an initializer that calls
-    /// `sched_setscheduler(0, SCHED_OTHER, ..)` gives them ordinary wake-up
-    /// preemption back.
+    /// start as `SCHED_BATCH` jobs when the thread that builds the pool runs
+    /// under the ordinary policy (a woken worker does not preempt a busy
+    /// thread; design.md, "Workers are batch jobs"); an initializer that
+    /// calls `sched_setscheduler(0, SCHED_OTHER, ..)` gives them ordinary
+    /// wake-up preemption back.
     ///
     /// ```
     /// use std::sync::atomic::{AtomicU32, Ordering};

@@ -496,25 +496,39 @@ pub(crate) fn wait_raw(pid: u32) -> Option<i32> {
 }
 
 /// Makes this process a batch job for the scheduler (`SCHED_BATCH`, its
-/// nice value unchanged) if it is an ordinary one (`SCHED_OTHER`); a
-/// real-time, idle or reset-on-fork policy the program chose is left
-/// alone. Children forked after it inherit it. The one thing it changes on
-/// Linux: waking the process no longer preempts the task running on the
-/// CPU it is woken on; it runs when that task sleeps, at the next tick, or
-/// on another CPU if one is idle. A worker woken by a job posted from a busy
-/// caller thus leaves that thread its CPU (`docs/performance.md`,
-/// "`apply_async`"). A hint: an error (a seccomp filter) is ignored.
-/// Hand-written: neither `nix` nor `rustix` offers `sched_setscheduler`.
+/// nice value unchanged) if it runs under the ordinary policy
+/// (`SCHED_OTHER`, inherited from the thread that forked it); a real-time
+/// or idle policy that thread had is left alone. (The kernel already turned
+/// a real-time policy with reset-on-fork into `SCHED_OTHER` in this child,
+/// which then becomes `SCHED_BATCH` like any ordinary one.) Children forked
+/// after it inherit it. The one thing it changes on Linux: waking the
+/// process no longer preempts the task running on the CPU it is woken on;
+/// it runs when that task sleeps, at the next tick, or on another CPU if
+/// one is idle. A worker woken by a job posted from a busy caller thus
+/// leaves that thread its CPU (`docs/performance.md`, "Why `apply_async`
+/// swung between 0.7 and 1.4 M tasks/s"). A hint: an error (a seccomp
+/// filter) is ignored. Raw system calls, which are async-signal-safe and
+/// which musl's wrappers (stubs that fail) are not: neither `nix` nor
+/// `rustix` offers them.
 pub(crate) fn schedule_as_batch() {
-    // SAFETY: sched_getscheduler reads this process's policy; no pointer.
-    if unsafe { libc::sched_getscheduler(0) } != libc::SCHED_OTHER {
+    // SAFETY: sched_getscheduler(pid 0) reads the calling thread's policy
+    // (this process's only thread); no pointer is passed.
+    let policy = unsafe { libc::syscall(libc::SYS_sched_getscheduler, 0) };
+    if policy != libc::c_long::from(libc::SCHED_OTHER) {
         return;
     }
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: changes only this process's policy; `param` is a valid
-    // `sched_param` (priority 0, the only one SCHED_BATCH takes) that the
-    // call only reads.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    // SAFETY: changes only the calling thread's policy (this process's only
+    // thread); `param` is a valid `sched_param` (priority 0, the only one
+    // SCHED_BATCH takes) that the call only reads.
+    let _ = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0,
+            libc::SCHED_BATCH,
+            &raw const param,
+        )
+    };
 }
 
 /// The number of CPUs this process may run on: the CPUs of its affinity

@@ -744,6 +744,7 @@ impl Ring {
             // us back. Look once more now: this time the verdict is an
             // error (`empty_and_scan` returns a value), and a worker still
             // inside leaves after our Abort, so it wakes us when it goes.
+            debug_assert!(matches!(&self.phases[s], Phase::Busy(j) if j.corrupt.is_some()));
             return self.try_harvest(region, s, seq);
         };
         Some(self.hand_over(region, s, drained, verdict))
