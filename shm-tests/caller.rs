@@ -275,11 +275,7 @@ fn a_task_run_by_the_caller_that_drops_another_pool_ends_it_body() {
     if !in_isolation() {
         return;
     }
-    let threads = || {
-        std::fs::read_dir("/proc/self/task")
-            .map(|d| d.count())
-            .unwrap_or(0)
-    };
+    let threads = common::threads;
     let pool = helping_pool(1);
     assert_eq!(pool.map(&[1u32, 2], |x| x + 1).unwrap()[..], [2, 3]);
     let before = threads();

@@ -230,11 +230,7 @@ fn nothing_is_left_behind_body() {
         return;
     }
     let fds = common::open_fds();
-    let threads = || {
-        std::fs::read_dir("/proc/self/task")
-            .map(|d| d.count())
-            .unwrap_or(0)
-    };
+    let threads = common::threads;
     let baseline_threads = threads();
     let shm_files = std::fs::read_dir("/dev/shm")
         .map(|d| d.count())

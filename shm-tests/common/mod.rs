@@ -402,6 +402,14 @@ pub fn in_isolation() -> bool {
     std::env::var_os(ISOLATED).is_some()
 }
 
+/// This process's threads, as listed in `/proc/self/task` (0 without
+/// `/proc`). A joined thread may stay listed for a moment.
+pub fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
 /// Open file descriptors of this process.
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
