@@ -267,3 +267,132 @@ fn ndarray_body() {
         assert_eq!(pool.stats().bytes_staged, 0);
     })
 }
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn a_strided_arrays_heap_copy_outlives_its_stencil() {
+    isolated_with_heap("strided_stencil_body", 120);
+}
+
+/// A strided array (a transpose) is copied into row-major order first; with
+/// the heap installed the copy is a heap `Vec` the workers read in place, so
+/// it must live until the job is harvested. A thread allocating blocks of
+/// the same size meanwhile would be handed the copy's block if it were
+/// freed early, and the stencil would read its `-1.0`s.
+#[cfg(feature = "ndarray")]
+#[test]
+#[ignore = "run in a process of its own by a_strided_arrays_heap_copy_outlives_its_stencil"]
+fn strided_stencil_body() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    static STOP: AtomicBool = AtomicBool::new(false);
+    if !in_isolation() {
+        return;
+    }
+    deadline(100, || {
+        let pool = Pool::new(2).unwrap();
+        let n = 1024;
+        let a = ndarray::Array2::<f64>::from_shape_fn((n, n), |(i, j)| (i * n + j) as f64);
+        let churn = std::thread::spawn(move || {
+            while !STOP.load(Relaxed) {
+                std::hint::black_box(vec![-1.0f64; n * n]);
+            }
+        });
+        for _ in 0..4 {
+            let t = a.t();
+            let out = pool
+                .map_stencil(&t, |v: &ndarray::ArrayView2<'_, f64>, (i, j)| v[[i, j]])
+                .unwrap();
+            let wrong = out
+                .view()
+                .iter()
+                .zip(t.iter())
+                .filter(|(x, y)| x != y)
+                .count();
+            assert_eq!(wrong, 0, "the stencil read a freed copy");
+        }
+        STOP.store(true, Relaxed);
+        churn.join().unwrap();
+        assert_eq!(pool.stats().bytes_staged, 0, "the copy is read in place");
+    })
+}
+
+#[test]
+fn a_heap_reserved_after_the_pool_is_built_is_staged_for_it() {
+    common::isolated_without_heap("heap_after_pool_body", 120);
+}
+
+/// The heap used directly (not as the global allocator), reserved by its
+/// first allocation after a pool was built: that pool's workers do not map
+/// it, so its slices are staged for that pool (and read in place by a pool
+/// built afterwards).
+#[test]
+#[ignore = "run in a process of its own by a_heap_reserved_after_the_pool_is_built_is_staged_for_it"]
+fn heap_after_pool_body() {
+    use std::alloc::{GlobalAlloc, Layout};
+    // SAFETY: tasks reach this heap only through their arguments.
+    static DIRECT: shmpool::SharedHeap = unsafe { shmpool::SharedHeap::new() };
+    if !in_isolation() {
+        return;
+    }
+    assert!(!heap_in_use());
+    deadline(100, || {
+        let before = Pool::new(2).unwrap();
+        let n = N;
+        let layout = Layout::array::<u64>(n).unwrap();
+        // SAFETY: a layout of non-zero size; freed below with the same one.
+        let p = unsafe { DIRECT.alloc(layout) }.cast::<u64>();
+        assert!(!p.is_null() && DIRECT.stats().active);
+        // SAFETY: a fresh, exclusive block of `n` `u64`s; written before it
+        // is read.
+        let xs = unsafe {
+            p.write_bytes(0, n);
+            std::slice::from_raw_parts_mut(p, n)
+        };
+        for (i, x) in xs.iter_mut().enumerate() {
+            *x = i as u64;
+        }
+        let got = before.map(xs, |x| x + 1).unwrap();
+        assert_eq!(got[n - 1], n as u64);
+        assert_eq!(before.stats().bytes_staged, (n * 8) as u64, "staged");
+        before.map_in_place(xs, |x| x * 2).unwrap();
+        assert_eq!(xs[3], 6);
+        let after = Pool::new(2).unwrap();
+        assert_eq!(after.map(xs, |x| x + 1).unwrap()[1], 3);
+        assert_eq!(after.stats().bytes_staged, 0, "read in place");
+        // SAFETY: allocated above with this layout; no slice of it is used
+        // after this.
+        unsafe { DIRECT.dealloc(p.cast(), layout) };
+    })
+}
+
+#[derive(Clone, Copy, bytemuck_derive::Pod, bytemuck_derive::Zeroable)]
+#[repr(C, align(8192))]
+struct OverAligned([u64; 1024]);
+
+#[test]
+fn over_aligned_heap_data_is_refused_as_anywhere_else() {
+    isolated_with_heap("over_aligned_body", 120);
+}
+
+/// A type aligned beyond a page cannot live in shared memory: refused with
+/// `InvalidArgument` when it lies in the heap too, as when it is staged.
+#[test]
+#[ignore = "run in a process of its own by over_aligned_heap_data_is_refused_as_anywhere_else"]
+fn over_aligned_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(100, || {
+        let pool = Pool::new(1).unwrap();
+        let xs = vec![OverAligned([1; 1024]); 16];
+        let mut out = vec![OverAligned([0; 1024]); 16];
+        assert!(in_heap(&xs) && in_heap(&out));
+        let bump = |b: OverAligned| OverAligned([b.0[0] + 1; 1024]);
+        let refused = |r: Result<(), Error>| matches!(r, Err(Error::InvalidArgument { .. }));
+        assert!(refused(pool.map(&xs, bump).map(drop)));
+        assert!(refused(pool.map_into(&xs, &mut out, bump)));
+        assert!(refused(pool.map_in_place(&mut out, bump)));
+        assert_eq!(out[0].0[0], 0, "nothing written");
+        assert_eq!(pool.map(&[1u64, 2], |x| x + 1).unwrap()[..], [2, 3]);
+    })
+}

@@ -270,12 +270,17 @@ impl Pool {
         for (s, &n) in shape[1..].iter_mut().zip(a.shape()) {
             *s = n as u64;
         }
-        let input = self.place_input(&row_major(a))?;
+        // Bound for the whole call: a copy (a strided `a`) that lies in the
+        // shared heap is read in place by the workers, so it must outlive
+        // the job, not just the placement.
+        let elements = row_major(a);
+        let input = self.place_input(&elements)?;
         let mut inline = InlineData::new();
         let ctx = self.place_value(&shape, &mut inline)?;
         let run: RunFn = run_stencil::<T, U, D, F>;
         let out =
             self.run_blocking::<U>(len, run, input, Some(ctx), Some(inline), More::default())?;
+        drop(elements);
         ShmArray::from_shmvec(out, a.raw_dim())
     }
 }

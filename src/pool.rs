@@ -37,7 +37,7 @@ const GUIDED_MIN_PER_WORKER: usize = 16;
 const PAGE_CHUNK_FROM: usize = 64 << 10;
 /// The largest alignment an arena block can guarantee (the region is page
 /// aligned).
-const MAX_ALIGN: usize = 4096;
+pub(crate) const MAX_ALIGN: usize = 4096;
 /// By default, outputs smaller than this are never streamed.
 const STREAM_FLOOR: usize = 1 << 20;
 /// By default, outputs this large are always streamed, however large the

@@ -352,6 +352,15 @@ pub fn isolated_with_heap(name: &str, secs: u64) -> String {
     isolated_with(name, secs, command)
 }
 
+/// [`isolated`], with the system allocator as the test process's global
+/// allocator whatever `SHMPOOL_TEST_HEAP` says (for a test that reserves a
+/// shared heap of its own).
+pub fn isolated_without_heap(name: &str, secs: u64) -> String {
+    let mut command = Command::new(std::env::current_exe().expect("test binary path"));
+    command.env_remove(TEST_HEAP);
+    isolated_with(name, secs, command)
+}
+
 fn isolated_with(name: &str, secs: u64, mut command: Command) -> String {
     command
         .args([

@@ -147,6 +147,11 @@ pub(crate) struct Core {
     /// alias was mapped before the pool's template was forked): a job's
     /// output in the heap is then written in place, else staged.
     pub(crate) heap_writable: bool,
+    /// Whether this pool's workers map the shared heap (it was reserved
+    /// before the pool's template was forked): a job's input in the heap is
+    /// then read in place, else staged. A program that uses a `SharedHeap`
+    /// directly, not as its global allocator, may reserve it later.
+    pub(crate) heap_mapped: bool,
     /// The fork generation (`os::fork_generation`) of the process that built
     /// the pool; a copy of the pool in a forked child refuses to work.
     pub(crate) owner: u64,
@@ -247,6 +252,7 @@ impl Core {
             config,
             // Mapped by `Builder::build` before the template is forked.
             heap_writable: crate::heap::writable_alias().is_some(),
+            heap_mapped: crate::heap::capacity() != 0,
             owner: os::fork_generation(),
             broken: OnceLock::new(),
             ring: Mutex::new(Ring::new(layout.ring)),

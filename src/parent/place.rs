@@ -40,7 +40,7 @@ use bytemuck::Pod;
 use crate::error::Error;
 use crate::heap;
 use crate::parent::ring::{InlineData, Loc};
-use crate::pool::Pool;
+use crate::pool::{MAX_ALIGN, Pool};
 use crate::shm::region::{Alloc, Fresh};
 use crate::shmvec::ShmVec;
 
@@ -111,10 +111,16 @@ impl Pool {
             return Place::Arena(off);
         }
         // Only the heap's owner places data in it (pool calls are refused
-        // anywhere else), and every pool's workers map all of it: the heap
-        // is reserved before any pool forks.
+        // anywhere else), and only for a pool whose workers map it (it was
+        // reserved before the pool was built). A type aligned beyond what
+        // shared memory promises is refused by staging (`check_align`), as
+        // anywhere else: the heap's writable alias is only page-aligned.
         match heap::contains(ptr, bytes) {
-            Some(off) if heap::active() => Place::Heap(off as u64),
+            Some(off)
+                if self.inner.heap_mapped && heap::active() && align_of::<T>() <= MAX_ALIGN =>
+            {
+                Place::Heap(off as u64)
+            }
             _ => Place::Elsewhere,
         }
     }
