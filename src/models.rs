@@ -180,6 +180,7 @@ fn submit(region: &Region, ring: &mut Ring, job: usize, len: u64, tokens: u32) -
         len,
         chunk: 1,
         more: [0; 2],
+        window: [0; 2],
         guided: false,
         stream: false,
         inline: InlineData::new(),

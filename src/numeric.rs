@@ -311,7 +311,7 @@ impl Pool {
         if v.is_empty() {
             return Ok(());
         }
-        let len = v.len();
+        let (len, bytes) = (v.len(), size_of_val(v));
         self.write_through(v, true, |at| {
             let sched = self.schedule_for::<T>(len);
             self.submit_parts(Parts {
@@ -321,7 +321,7 @@ impl Pool {
                 input: (at, None),
                 more: More::default(),
                 ctx: None,
-                out: Output::Input,
+                out: Output::Input(bytes),
                 inline: InlineData::new(),
                 waiter: Waiter::Sync,
             })

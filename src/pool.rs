@@ -131,10 +131,11 @@ pub(crate) enum Output {
     /// A new block, which becomes the caller's `ShmVec`.
     New(Alloc),
     /// Memory the caller borrows mutably for the job's life (`map_into`):
-    /// an arena block of this pool, or a slice of the shared heap.
-    At(Loc),
-    /// The input itself (`map_in_place`).
-    Input,
+    /// an arena block of this pool, or a slice of the shared heap; and its
+    /// length in bytes.
+    At(Loc, usize),
+    /// The input itself (`map_in_place`), of this many bytes.
+    Input(usize),
 }
 
 /// Where a job's inputs beyond the first two are, in the descriptor's
@@ -534,7 +535,7 @@ impl Pool {
                 input: placed,
                 more: More::default(),
                 ctx: None,
-                out: Output::At(at),
+                out: Output::At(at, len * size_of::<U>()),
                 inline: InlineData::new(),
                 waiter: Waiter::Sync,
             })
@@ -849,11 +850,16 @@ impl Pool {
         // Never more than the length: claims add `chunk` to a counter, which
         // must not wrap (a reduction's partition is the same either way).
         let chunk = p.sched.chunk.clamp(1, p.len.max(1));
-        let in_place = matches!(p.out, Output::Input);
-        let (output, out) = match p.out {
-            Output::New(block) => (Loc::Arena(block.off()), Out::Block(block)),
-            Output::At(loc) => (loc, Out::Nothing),
-            Output::Input => (in_loc, Out::Nothing),
+        let in_place = matches!(p.out, Output::Input(_));
+        let (output, out, written) = match p.out {
+            Output::New(block) => (Loc::Arena(block.off()), Out::Block(block), 0),
+            Output::At(loc, bytes) => (loc, Out::Nothing, bytes),
+            Output::Input(bytes) => (in_loc, Out::Nothing, bytes),
+        };
+        // The only heap pages a worker may write for this job.
+        let window = match output {
+            Loc::Heap(off) => [off, written as u64],
+            _ => [0, 0],
         };
         let spec = Spec {
             run: p.run as usize,
@@ -863,6 +869,7 @@ impl Pool {
             len: p.len as u64,
             chunk: chunk as u64,
             more: p.more.words,
+            window,
             guided: p.sched.guided,
             stream: p.sched.stream && !in_place,
             inline: p.inline,
@@ -915,6 +922,7 @@ impl Pool {
             len: 1,
             chunk: 1,
             more: [0; 2],
+            window: [0; 2],
             guided: false,
             stream: false,
             inline,

@@ -603,13 +603,15 @@ pub(crate) unsafe fn protect_read_only() -> bool {
     unsafe { os::protect(base(), capacity(), false) }
 }
 
-/// The start of a second, writable, shared mapping of the whole heap; 0
-/// until made, or if it could not be. Made once, in the owner, by the
-/// first pool built while the heap is active (`writable_alias`), and
-/// inherited by every pool's template and workers: their view of the heap
-/// at its own address is read-only (a task cannot write the owner's data),
-/// and the engine writes a job's output that lives in the heap through this
-/// mapping instead, at `alias + offset`.
+/// The start of a second shared mapping of the whole heap, made
+/// inaccessible; 0 until made, or if it could not be. Made once, in the
+/// owner, by the first pool built while the heap is active
+/// (`writable_alias`), and inherited by every pool's template and workers:
+/// their view of the heap at its own address is read-only (a task cannot
+/// write the owner's data), and a worker writes a job's output that lives
+/// in the heap through this mapping instead, at `alias + offset`, after
+/// making the output's pages (and only those) writable for the job
+/// (`worker::heap_view::set`).
 static ALIAS: AtomicUsize = AtomicUsize::new(0);
 /// Set once the owner tried to make the alias.
 static ALIAS_TRIED: AtomicBool = AtomicBool::new(false);

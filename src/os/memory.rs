@@ -319,15 +319,17 @@ pub(crate) unsafe fn shared_view(
     unsafe { mmap(base as *mut c_void, len, prot, flags, fd, 0) }.is_ok()
 }
 
-/// Maps all of `fd` (`len` bytes) once more, shared and writable, at an
-/// address of the kernel's choosing: a second view of the same pages
-/// (the shared heap's writable alias). Never unmapped by itself.
+/// Maps all of `fd` (`len` bytes) once more, shared but inaccessible, at an
+/// address of the kernel's choosing: a second view of the same pages (the
+/// shared heap's writable alias), whose parts a worker makes writable one
+/// job output at a time ([`open_window`]). The file is open for writing, so
+/// the mapping may become writable. Never unmapped by itself.
 ///
 /// # Safety
 /// Nothing shrinks the file below `len` while the mapping lives (as for
 /// [`SharedMap::new`]).
 pub(crate) unsafe fn map_alias(fd: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
-    let prot = ProtFlags::READ | ProtFlags::WRITE;
+    let prot = ProtFlags::empty();
     let flags = MapFlags::SHARED | MapFlags::NORESERVE;
     // SAFETY: a new mapping at an address the kernel picks overlaps nothing
     // of ours; the caller's contract keeps its pages backed.
@@ -348,6 +350,23 @@ pub(crate) unsafe fn protect(base: usize, len: usize, writable: bool) -> bool {
     };
     // SAFETY: the caller's contract.
     unsafe { rustix::mm::mprotect(base as *mut c_void, len, prot) }.is_ok()
+}
+
+/// Makes `base..base + len` of a shared mapping writable (`open`) or
+/// inaccessible again.
+///
+/// # Safety
+/// The range is page-aligned and lies in a shared mapping of a file opened
+/// for writing (the heap's alias); when closing, no reference into the
+/// range is used afterwards.
+pub(crate) unsafe fn open_window(base: usize, len: usize, open: bool) -> io::Result<()> {
+    let prot = if open {
+        MprotectFlags::READ | MprotectFlags::WRITE
+    } else {
+        MprotectFlags::empty()
+    };
+    // SAFETY: the caller's contract.
+    unsafe { rustix::mm::mprotect(base as *mut c_void, len, prot) }.map_err(io::Error::from)
 }
 
 /// Whether `bytes` more can still be mapped under this process's

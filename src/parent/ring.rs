@@ -126,7 +126,7 @@ pub(crate) struct Job {
     /// twice).
     pub(crate) retryable: bool,
     /// The descriptor as published, to detect a worker overwriting it.
-    pub(crate) published: [u64; 9],
+    pub(crate) published: [u64; 11],
     /// Why the harvest found the slot corrupt although it said DONE (its
     /// counts do not add up, say). The job is then failed with
     /// `Corrupted` once no worker is left in the slot.
@@ -147,7 +147,7 @@ impl Job {
             waiter,
             attempts: Vec::new(),
             retryable: true,
-            published: [0; 9],
+            published: [0; 11],
             corrupt: None,
             published_ns: 0,
         }
@@ -155,7 +155,7 @@ impl Job {
 }
 
 /// The descriptor words a job is published with, in a fixed order.
-fn descriptor(slot: &Slot) -> [u64; 9] {
+fn descriptor(slot: &Slot) -> [u64; 11] {
     let d = &slot.desc;
     // ORDERING: Relaxed: Believe: compared by the parent, which wrote them
     // in Reset; a worker that changed them is what the comparison looks for.
@@ -169,6 +169,8 @@ fn descriptor(slot: &Slot) -> [u64; 9] {
         u64::from(d.notify.load(Relaxed)),
         d.more[0].load(Relaxed),
         d.more[1].load(Relaxed),
+        d.window[0].load(Relaxed),
+        d.window[1].load(Relaxed),
     ]
 }
 
@@ -252,6 +254,9 @@ pub(crate) struct Spec {
     pub(crate) chunk: u64,
     /// `Desc::more`: where the inputs beyond the first two are.
     pub(crate) more: [u64; 2],
+    /// `Desc::window`: the heap offset and byte length of an output that
+    /// lies in the shared heap, else zeros.
+    pub(crate) window: [u64; 2],
     /// Guided claims (`FLAG_GUIDED`); else fixed ranges of `chunk`.
     pub(crate) guided: bool,
     /// Streaming stores for the output (`FLAG_STREAM`).
@@ -449,6 +454,8 @@ impl Ring {
         d.chunk.store(spec.chunk, Relaxed);
         d.more[0].store(spec.more[0], Relaxed);
         d.more[1].store(spec.more[1], Relaxed);
+        d.window[0].store(spec.window[0], Relaxed);
+        d.window[1].store(spec.window[1], Relaxed);
         d.first_claim_ns.store(0, Relaxed);
         d.done_ns.store(0, Relaxed);
         job.published_ns = os::monotonic_ns();
@@ -1013,6 +1020,10 @@ fn task_error(slot: &Slot, len: u64) -> Option<Error> {
         KIND_MISCOUNT => Some(Error::Corrupted {
             detail: "a range of the job was handed out twice, or after it had finished",
         }),
+        KIND_IO => Some(Error::Io(std::io::Error::other(format!(
+            "a worker could not make the job's output in the shared heap writable: {}",
+            read(&err.msg, err.msg_len.load(Relaxed), MSG_CAP)
+        )))),
         _ => Some(Error::Corrupted {
             detail: "the error record kind is not a valid value",
         }),

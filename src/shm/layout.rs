@@ -145,6 +145,11 @@ pub(crate) struct Desc {
     /// second and third inputs, or a table's offset and length. Part of the
     /// descriptor, so that a worker rewriting them fails the job.
     pub(crate) more: [AtomicU64; 2],
+    /// The job's output in the shared heap, if it has one there: its heap
+    /// offset and length in bytes (0 and 0 otherwise). A worker makes these
+    /// pages of the heap's writable alias writable while it runs the job's
+    /// ranges, and writes no other heap page (`worker::heap_view`).
+    pub(crate) window: [AtomicU64; 2],
     /// `CLOCK_MONOTONIC` nanoseconds of the job's first claim (0 until then),
     /// set once by whichever runner claims first; for `Stats::profile`.
     pub(crate) first_claim_ns: AtomicU64,

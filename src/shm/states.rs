@@ -89,3 +89,7 @@ pub(crate) const KIND_CORRUPT: u32 = 2;
 /// RUNNING. No honest run does either (the claim, done or state word was
 /// scribbled on).
 pub(crate) const KIND_MISCOUNT: u32 = 3;
+/// `ErrorRecord::kind`: a system call the worker needed for the range
+/// failed (the message says which error): making the job's output in the
+/// shared heap writable (`worker::heap_view::set`).
+pub(crate) const KIND_IO: u32 = 4;

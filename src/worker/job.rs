@@ -20,6 +20,7 @@ use bytemuck::Pod;
 
 use crate::heap;
 use crate::shm::region::Region;
+use crate::worker::heap_view;
 use crate::worker::stream::fill;
 
 /// The message of the compile-time check on task closures.
@@ -71,6 +72,9 @@ pub(crate) struct Memory {
     /// then).
     pub(crate) heap_out: *mut u8,
     pub(crate) heap_len: u64,
+    /// `heap_out` is the alias, whose pages are written only through the
+    /// window the worker opens on the job's output (`heap_view::set`).
+    pub(crate) windowed: bool,
 }
 
 impl Memory {
@@ -80,12 +84,15 @@ impl Memory {
     pub(crate) fn here(region: &Region) -> Memory {
         let heap_len = heap::capacity() as u64;
         let heap_base = heap::base() as *mut u8;
-        let heap_out = if heap_len == 0 {
-            std::ptr::null_mut()
+        let (heap_out, windowed) = if heap_len == 0 {
+            (std::ptr::null_mut(), false)
         } else if heap::active() {
-            heap_base
+            (heap_base, false)
         } else {
-            heap::writable_alias().map_or(std::ptr::null_mut(), |a| a as *mut u8)
+            match heap::writable_alias() {
+                Some(a) => (a as *mut u8, true),
+                None => (std::ptr::null_mut(), false),
+            }
         };
         Memory {
             region: region.base(),
@@ -93,6 +100,7 @@ impl Memory {
             heap: heap_base.cast_const(),
             heap_out,
             heap_len,
+            windowed,
         }
     }
 }
@@ -109,6 +117,9 @@ pub(crate) struct JobArgs {
     /// `Desc::more`: `map3`'s second and third inputs, or a table's offset
     /// and length.
     pub(crate) more: [u64; 2],
+    /// `Desc::window`: the heap offset and length of the job's output in
+    /// the shared heap (zeros if it has none there).
+    pub(crate) window: [u64; 2],
     /// The claim size (at least 1): ranges start at multiples of it.
     pub(crate) chunk: u64,
     /// Write outputs with streaming stores (`FLAG_STREAM`).
@@ -123,8 +134,9 @@ pub(crate) struct BadDescriptor;
 ///
 /// # Safety
 /// - `args.mem` describes live mappings: `region_len` bytes at `region`,
-///   and `heap_len` bytes at `heap` (readable) and at `heap_out`
-///   (writable, if not null);
+///   and `heap_len` bytes at `heap` (readable) and at `heap_out` (if not
+///   null; writable where `elems` lets a write through: all of it in the
+///   owner, the job's open window in a worker);
 /// - the function is the trampoline the descriptor was published with, so
 ///   its type parameters match the data at the offsets;
 /// - no one else writes elements `start..end` of the output while it runs.
@@ -201,6 +213,23 @@ impl JobArgs {
         Ok(unsafe { slice::from_raw_parts_mut(first, end - start) })
     }
 
+    /// Where this job's output window lies in this worker's writable alias
+    /// of the heap (`heap_view::set`): `None` if the job has no output in
+    /// the heap, if this runner writes the heap directly (the owner), or if
+    /// the window does not lie in the heap (a scribbled descriptor: the
+    /// writes then fail as out of bounds).
+    pub(crate) fn window_of(&self) -> Option<(usize, usize)> {
+        let [off, bytes] = self.window;
+        let m = &self.mem;
+        let fits = off.checked_add(bytes).is_some_and(|end| end <= m.heap_len);
+        (m.windowed && bytes != 0 && fits).then(|| {
+            (
+                m.heap_out.wrapping_add(off as usize) as usize,
+                bytes as usize,
+            )
+        })
+    }
+
     fn elems<T>(
         &self,
         off: u64,
@@ -210,7 +239,8 @@ impl JobArgs {
         write: bool,
     ) -> Result<*mut T, BadDescriptor> {
         let m = &self.mem;
-        let (base, len, off) = if off & HEAP_TAG == 0 {
+        let in_heap = off & HEAP_TAG != 0;
+        let (base, len, off) = if !in_heap {
             (m.region, m.region_len, off)
         } else if write {
             (m.heap_out, m.heap_len, off & !HEAP_TAG)
@@ -228,6 +258,14 @@ impl JobArgs {
             && end as u64 <= count;
         if !ok {
             return Err(BadDescriptor);
+        }
+        if write && in_heap && m.windowed {
+            // Through the alias, only the window the worker opened for this
+            // job (`window_of`) is writable: anything else would fault.
+            let at = base.wrapping_add(off as usize) as usize;
+            if !heap_view::covers(at, bytes as usize) {
+                return Err(BadDescriptor);
+            }
         }
         // In bounds by the checks above, so `add` stays within the mapping.
         Ok(base
@@ -565,12 +603,14 @@ mod tests {
                 heap: std::ptr::null(),
                 heap_out: std::ptr::null_mut(),
                 heap_len: 0,
+                windowed: false,
             },
             in_off,
             out_off,
             ctx_off: 0,
             len,
             more: [0; 2],
+            window: [0; 2],
             chunk: 1,
             stream: false,
         }

@@ -429,6 +429,7 @@ fn enter<'a>(ctx: &WorkerCtx<'a>, s: usize) -> Option<JobView<'a>> {
             ctx_off: d.ctx_off.load(Relaxed),
             len,
             more: [d.more[0].load(Relaxed), d.more[1].load(Relaxed)],
+            window: [d.window[0].load(Relaxed), d.window[1].load(Relaxed)],
             chunk,
             stream: notify & FLAG_STREAM != 0,
         },
@@ -607,6 +608,10 @@ fn run_claimed(ctx: &WorkerCtx<'_>, job: &JobView<'_>, start: u64, end: u64) -> 
     let slot = job.slot;
     if !job.visited.replace(true) {
         note_visit(slot, ctx.index);
+        // Before this job's first task runs here: only its own output (if
+        // it lies in the heap) is writable through the heap's alias. Kept
+        // open while job after job writes the same output.
+        heap_view::set(job.args.window_of());
     }
     // ORDERING: Begin: Relaxed stores, then a Release store of the phase:
     // the supervisor reads them after reaping this process, or (for a
@@ -761,6 +766,7 @@ pub(crate) fn run_as_caller(region: &Region, s: usize, spec: &Spec) {
         ctx_off: spec.ctx.resolve(inline_off),
         len,
         more: spec.more,
+        window: spec.window,
         chunk,
         stream: spec.stream,
     };
@@ -847,14 +853,17 @@ fn run_range(slot: &Slot, args: &JobArgs, run: usize, start: u64, end: u64) {
     // data, and this worker alone claimed `start..end`.
     match catch_unwind(AssertUnwindSafe(|| unsafe { f(args, s, e) })) {
         Ok(Ok(())) => {}
-        Ok(Err(BadDescriptor)) => record_error(
-            slot,
-            KIND_CORRUPT,
-            start,
-            end,
-            "job descriptor out of bounds",
-            None,
-        ),
+        Ok(Err(BadDescriptor)) => match heap_view::take_window_error() {
+            Some(e) => record_error(slot, KIND_IO, start, end, &e.to_string(), None),
+            None => record_error(
+                slot,
+                KIND_CORRUPT,
+                start,
+                end,
+                "job descriptor out of bounds",
+                None,
+            ),
+        },
         Err(payload) => {
             let message = payload_message(&*payload);
             let location = take_panic_location();
