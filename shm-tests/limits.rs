@@ -323,14 +323,81 @@ const DEFAULT: u8 = 0;
 const IGNORED: u8 = 1;
 const CAUGHT: u8 = 2;
 
+/// Sets `sig`'s disposition in this process to `SIG_DFL` or `SIG_IGN`.
+fn set_disposition(sig: i32, handler: libc::sighandler_t) {
+    // SAFETY: a default or an ignored disposition installs no handler.
+    assert_ne!(unsafe { libc::signal(sig, handler) }, libc::SIG_ERR);
+}
+
+/// Whether SIGINT is among the signals `SigIgn` (as read by
+/// `dispositions_of_a_started_program`) names.
+fn ignores_sigint(ignored: u64) -> bool {
+    ignored & (1u64 << (libc::SIGINT - 1)) != 0
+}
+
 #[test]
 fn a_program_started_from_a_task_gets_default_signal_dispositions() {
-    deadline(60, || {
+    isolated("default_dispositions_body", 60);
+}
+
+#[test]
+#[ignore = "run in a process of its own by a_program_started_from_a_task_gets_default_signal_dispositions"]
+fn default_dispositions_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(50, || {
+        // Ctrl-C's default action, whatever this process inherited (see
+        // `ctrl_c_body`).
+        set_disposition(libc::SIGINT, libc::SIG_DFL);
         let pool = Pool::new(1).unwrap();
+        // The worker catches it, so that a program a task starts gets the
+        // default back.
+        assert_eq!(pool.apply(libc::SIGINT, disposition).unwrap(), CAUGHT);
         let [ignored, blocked] = pool.apply(0u8, dispositions_of_a_started_program).unwrap();
-        let int = 1u64 << (libc::SIGINT - 1);
-        assert_eq!(ignored & int, 0, "SIGINT is ignored: SigIgn {ignored:x}");
+        assert!(!ignores_sigint(ignored), "SigIgn {ignored:x}");
         assert_eq!(blocked, 0, "SigBlk {blocked:x}");
+        assert_eq!(disposition(libc::SIGINT), DEFAULT);
+    })
+}
+
+#[test]
+fn a_parent_that_ignores_ctrl_c_gets_workers_that_ignore_it() {
+    isolated("ignored_ctrl_c_body", 60);
+}
+
+#[test]
+#[ignore = "run in a process of its own by a_parent_that_ignores_ctrl_c_gets_workers_that_ignore_it"]
+fn ignored_ctrl_c_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(50, || {
+        // As a shell without job control starts a background job, or as
+        // `nohup` does.
+        set_disposition(libc::SIGINT, libc::SIG_IGN);
+        let [from_parent, _] = dispositions_of_a_started_program(0);
+        assert!(
+            ignores_sigint(from_parent),
+            "premise: SigIgn {from_parent:x}"
+        );
+        let pool = Pool::new(1).unwrap();
+        assert_eq!(pool.apply(libc::SIGINT, disposition).unwrap(), IGNORED);
+        // A program a task starts ignores it too, as one the parent starts.
+        let [from_task, _] = pool.apply(0u8, dispositions_of_a_started_program).unwrap();
+        assert!(ignores_sigint(from_task), "SigIgn {from_task:x}");
+        // Ctrl-C interrupts nothing in the worker.
+        let worker = pool.worker_pids()[0];
+        // SAFETY: kill sends a signal to this pool's worker.
+        assert_eq!(unsafe { libc::kill(worker as i32, libc::SIGINT) }, 0);
+        assert_eq!(pool.apply(4u8, |x| x + 1).unwrap(), 5);
+        assert_eq!(pool.worker_pids(), [worker]);
+        assert_eq!(disposition(libc::SIGINT), IGNORED);
+        // The parent's own disposition decides, at each `Pool::new`.
+        drop(pool);
+        set_disposition(libc::SIGINT, libc::SIG_DFL);
+        let pool = Pool::new(1).unwrap();
+        assert_eq!(pool.apply(libc::SIGINT, disposition).unwrap(), CAUGHT);
     })
 }
 

@@ -19,11 +19,18 @@ use std::ffi::{c_int, c_void};
 use std::mem::MaybeUninit;
 use std::ptr;
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use nix::sys::signal::{
     SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, sigaction, signal, sigprocmask,
 };
+
+/// Set by the template when the parent ignored `SIGINT` at the fork (a
+/// background job of a shell without job control, `nohup`): its workers
+/// keep ignoring it, as a program the parent started would.
+static INTERRUPTS_IGNORED: AtomicBool = AtomicBool::new(false);
 
 /// In a freshly forked worker: Ctrl-C is caught by a handler that does
 /// nothing, not ignored: an ignored signal stays ignored across `exec`, so
@@ -31,8 +38,15 @@ use nix::sys::signal::{
 /// gone. A caught signal reverts to its default in the new program.
 /// `SA_RESTART` restarts most system calls it interrupts in the worker; the
 /// few the kernel never restarts (`nanosleep`, `poll`, ...) return `EINTR`,
-/// which the standard library's sleeps and waits retry.
+/// which the standard library's sleeps and waits retry. Where the parent
+/// ignored `SIGINT` (see [`template_signals`]) the worker keeps the
+/// template's `SIG_IGN` instead, and so do the programs its tasks start.
 pub(crate) fn catch_interrupts() {
+    // ORDERING: Relaxed: stored by the template before it forked this
+    // worker, which has its own copy of the template's memory.
+    if INTERRUPTS_IGNORED.load(Relaxed) {
+        return;
+    }
     let act = SigAction::new(
         SigHandler::Handler(ignore_signal),
         SaFlags::SA_RESTART,
@@ -63,9 +77,10 @@ pub(crate) fn unblock_all() {
 ///
 /// Then: the terminal's Ctrl-C is for the parent to handle (the template
 /// never `exec`s, so ignoring it here reaches no program; each worker
-/// catches it instead, see [`catch_interrupts`]); a parent that ignores
-/// `SIGCHLD` would make the kernel reap our workers before we learn how
-/// they died. And no signal stays blocked.
+/// catches it instead, or keeps ignoring it if the parent did, see
+/// [`catch_interrupts`]); a parent that ignores `SIGCHLD` would make the
+/// kernel reap our workers before we learn how they died. And no signal
+/// stays blocked.
 ///
 /// One `sigaction` reads each signal's disposition and a second resets
 /// only a caught one: some 60 system calls, about 10 µs (design.md,
@@ -82,6 +97,11 @@ pub(crate) fn template_signals() {
         let Some(handler) = handler_of(sig) else {
             continue;
         };
+        if sig == libc::SIGINT {
+            // ORDERING: Relaxed: read by the workers this process forks
+            // later, each in a copy of its memory.
+            INTERRUPTS_IGNORED.store(handler == libc::SIG_IGN, Relaxed);
+        }
         // SIGINT and SIGCHLD are set below.
         let later = matches!(sig, libc::SIGINT | libc::SIGCHLD);
         if handler != libc::SIG_DFL && handler != libc::SIG_IGN && !later {
