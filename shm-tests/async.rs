@@ -323,6 +323,90 @@ fn blocking_on_an_unfinished_job_inside_a_callback_is_an_error() {
 }
 
 #[test]
+fn awaiting_an_unfinished_job_inside_a_callback_is_an_error() {
+    common::isolated("await_in_callback_body", 60);
+}
+
+#[test]
+#[ignore = "run by awaiting_an_unfinished_job_inside_a_callback_is_an_error"]
+fn await_in_callback_body() {
+    if !common::in_isolation() {
+        return;
+    }
+    deadline(50, || {
+        let pool = Pool::new(2).unwrap();
+        // As in `blocking_on_an_unfinished_job_inside_a_callback_is_an_error`,
+        // with `block_on` in place of `get`: the future would wait for the
+        // very thread that polls it, and so would dropping the pool.
+        let (later, release) = (Gate::new(), Gate::new());
+        let slow = Arc::new(Mutex::new(Some(
+            pool.apply_async(later.token(), gated).unwrap(),
+        )));
+        let first = pool.apply_async(release.token(), gated).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = slow.clone();
+        first.on_complete(move |_| {
+            let r = s.lock().unwrap().take().unwrap();
+            let thread = thread::current().name().map(str::to_owned);
+            tx.send((thread, futures::executor::block_on(r))).unwrap();
+        });
+        release.open();
+        let (thread, got) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("block_on returned");
+        assert_eq!(
+            thread.as_deref(),
+            Some("shmpool-results"),
+            "premise: a result-thread callback"
+        );
+        assert!(matches!(got, Err(Error::WouldDeadlock { .. })), "{got:?}");
+        assert_eq!(first.get().unwrap(), release.token());
+        // The result thread carries on: another job, then close and join.
+        later.open();
+        assert_eq!(pool.apply_async(3u8, |x| x * 2).unwrap().get().unwrap(), 6);
+        pool.close();
+        pool.join().unwrap();
+        drop(pool);
+    })
+}
+
+#[test]
+fn waiting_while_a_late_callback_reads_the_outcome_returns_at_once() {
+    deadline(60, || {
+        let pool = Pool::new(1).unwrap();
+        let r = Arc::new(pool.apply_async(4u8, |x| x + 1).unwrap());
+        r.wait();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let registrar = thread::spawn({
+            let r = r.clone();
+            move || {
+                // A callback on a complete result runs here, at once, and
+                // holds the outcome until it returns.
+                r.on_complete(move |out| {
+                    assert_eq!(*out.as_ref().unwrap(), 5);
+                    started_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                });
+            }
+        });
+        started.recv_timeout(Duration::from_secs(20)).unwrap();
+        let t = std::time::Instant::now();
+        assert!(r.ready());
+        assert!(r.wait_timeout(Duration::from_secs(10)));
+        r.wait();
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "waited for the late callback: {:?}",
+            t.elapsed()
+        );
+        go.send(()).unwrap();
+        registrar.join().unwrap();
+        assert_eq!(Arc::try_unwrap(r).unwrap().get().unwrap(), 5);
+    })
+}
+
+#[test]
 fn callbacks_may_submit_more_work_even_when_the_ring_is_full() {
     deadline(60, || {
         let pool = Arc::new(Pool::builder().workers(2).ring_size(2).build().unwrap());

@@ -10,9 +10,11 @@ mod common;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
+use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering::SeqCst};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -302,14 +304,201 @@ fn dispositions_of_a_started_program(_: u8) -> [u64; 2] {
     [mask("SigIgn:"), mask("SigBlk:")]
 }
 
+/// `sig`'s disposition in this process: its default, ignored, or caught.
+fn disposition(sig: i32) -> u8 {
+    let mut old = MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: with a null new action, sigaction only writes the current one
+    // into a live struct.
+    let r = unsafe { libc::sigaction(sig, std::ptr::null(), old.as_mut_ptr()) };
+    assert_eq!(r, 0, "sigaction({sig})");
+    // SAFETY: all zeroes is a valid sigaction, and sigaction wrote one.
+    match unsafe { old.assume_init() }.sa_sigaction {
+        libc::SIG_DFL => DEFAULT,
+        libc::SIG_IGN => IGNORED,
+        _ => CAUGHT,
+    }
+}
+
+const DEFAULT: u8 = 0;
+const IGNORED: u8 = 1;
+const CAUGHT: u8 = 2;
+
+/// Sets `sig`'s disposition in this process to `SIG_DFL` or `SIG_IGN`.
+fn set_disposition(sig: i32, handler: libc::sighandler_t) {
+    // SAFETY: a default or an ignored disposition installs no handler.
+    assert_ne!(unsafe { libc::signal(sig, handler) }, libc::SIG_ERR);
+}
+
+/// Whether SIGINT is among the signals `SigIgn` (as read by
+/// `dispositions_of_a_started_program`) names.
+fn ignores_sigint(ignored: u64) -> bool {
+    ignored & (1u64 << (libc::SIGINT - 1)) != 0
+}
+
 #[test]
 fn a_program_started_from_a_task_gets_default_signal_dispositions() {
-    deadline(60, || {
+    isolated("default_dispositions_body", 60);
+}
+
+#[test]
+#[ignore = "run in a process of its own by a_program_started_from_a_task_gets_default_signal_dispositions"]
+fn default_dispositions_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(50, || {
+        // Ctrl-C's default action, whatever this process inherited (see
+        // `ctrl_c_body`).
+        set_disposition(libc::SIGINT, libc::SIG_DFL);
         let pool = Pool::new(1).unwrap();
+        // The worker catches it, so that a program a task starts gets the
+        // default back.
+        assert_eq!(pool.apply(libc::SIGINT, disposition).unwrap(), CAUGHT);
         let [ignored, blocked] = pool.apply(0u8, dispositions_of_a_started_program).unwrap();
-        let int = 1u64 << (libc::SIGINT - 1);
-        assert_eq!(ignored & int, 0, "SIGINT is ignored: SigIgn {ignored:x}");
+        assert!(!ignores_sigint(ignored), "SigIgn {ignored:x}");
         assert_eq!(blocked, 0, "SigBlk {blocked:x}");
+        assert_eq!(disposition(libc::SIGINT), DEFAULT);
+    })
+}
+
+#[test]
+fn a_parent_that_ignores_ctrl_c_gets_workers_that_ignore_it() {
+    isolated("ignored_ctrl_c_body", 60);
+}
+
+#[test]
+#[ignore = "run in a process of its own by a_parent_that_ignores_ctrl_c_gets_workers_that_ignore_it"]
+fn ignored_ctrl_c_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(50, || {
+        // As a shell without job control starts a background job, or as
+        // `nohup` does.
+        set_disposition(libc::SIGINT, libc::SIG_IGN);
+        let [from_parent, _] = dispositions_of_a_started_program(0);
+        assert!(
+            ignores_sigint(from_parent),
+            "premise: SigIgn {from_parent:x}"
+        );
+        let pool = Pool::new(1).unwrap();
+        assert_eq!(pool.apply(libc::SIGINT, disposition).unwrap(), IGNORED);
+        // A program a task starts ignores it too, as one the parent starts.
+        let [from_task, _] = pool.apply(0u8, dispositions_of_a_started_program).unwrap();
+        assert!(ignores_sigint(from_task), "SigIgn {from_task:x}");
+        // Ctrl-C interrupts nothing in the worker.
+        let worker = pool.worker_pids()[0];
+        // SAFETY: kill sends a signal to this pool's worker.
+        assert_eq!(unsafe { libc::kill(worker as i32, libc::SIGINT) }, 0);
+        assert_eq!(pool.apply(4u8, |x| x + 1).unwrap(), 5);
+        assert_eq!(pool.worker_pids(), [worker]);
+        assert_eq!(disposition(libc::SIGINT), IGNORED);
+        // The parent's own disposition decides, at each `Pool::new`.
+        drop(pool);
+        set_disposition(libc::SIGINT, libc::SIG_DFL);
+        let pool = Pool::new(1).unwrap();
+        assert_eq!(pool.apply(libc::SIGINT, disposition).unwrap(), CAUGHT);
+    })
+}
+
+/// The write end of the pipe `write_to_pipe` writes to.
+static PIPE: AtomicI32 = AtomicI32::new(-1);
+
+/// A handler as signal-hook, `tokio::signal` or ctrlc install: it writes a
+/// byte to a pipe that a thread of the program reads.
+extern "C" fn write_to_pipe(_: libc::c_int) {
+    let fd = PIPE.load(SeqCst);
+    // SAFETY: write is async-signal-safe; the buffer lives for the call.
+    unsafe { libc::write(fd, b"!".as_ptr().cast(), 1) };
+}
+
+/// Installs `write_to_pipe` for `sig`.
+fn catch_into_pipe(sig: i32) {
+    // SAFETY: all zeroes is a valid sigaction (an empty mask, no flags).
+    let mut act = unsafe { MaybeUninit::<libc::sigaction>::zeroed().assume_init() };
+    act.sa_sigaction = write_to_pipe as *const () as libc::sighandler_t;
+    act.sa_flags = libc::SA_RESTART;
+    // SAFETY: the handler makes one async-signal-safe call; `act` lives for
+    // the call.
+    assert_eq!(
+        unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) },
+        0
+    );
+}
+
+/// Waits until `pid` is gone and the pool has `n` workers, none of them
+/// `pid` and all children of a template other than `not_of` (if given).
+fn replaced(pool: &Pool, pid: u32, n: usize, not_of: Option<u32>) -> bool {
+    wait_until(Duration::from_secs(10), || {
+        let pids = pool.worker_pids();
+        common::is_dead(pid)
+            && pids.len() == n
+            && !pids.contains(&pid)
+            && pids
+                .iter()
+                .all(|&p| common::proc_stat(p).is_some_and(|(_, parent)| Some(parent) != not_of))
+    })
+}
+
+#[test]
+fn the_parents_signal_handlers_stay_in_the_parent() {
+    isolated("parents_handlers_body", 60);
+}
+
+#[test]
+#[ignore = "run in a process of its own by the_parents_signal_handlers_stay_in_the_parent"]
+fn parents_handlers_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(50, || {
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe2 writes two descriptors into a live array.
+        assert_eq!(
+            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) },
+            0
+        );
+        PIPE.store(fds[1], SeqCst);
+        catch_into_pipe(libc::SIGTERM);
+        catch_into_pipe(libc::SIGUSR1);
+        let pool = Pool::new(2).unwrap();
+        assert_eq!(pool.apply(libc::SIGTERM, disposition).unwrap(), DEFAULT);
+        assert_eq!(pool.apply(libc::SIGUSR1, disposition).unwrap(), DEFAULT);
+        // SIGTERM ends a worker, which the pool replaces.
+        let pids = pool.worker_pids();
+        let template = common::proc_stat(pids[0]).unwrap().1;
+        assert_ne!(template, std::process::id());
+        // SAFETY: kill sends a signal to this pool's worker.
+        assert_eq!(unsafe { libc::kill(pids[0] as i32, libc::SIGTERM) }, 0);
+        assert!(
+            replaced(&pool, pids[0], 2, None),
+            "{:?}",
+            pool.worker_pids()
+        );
+        let xs: Vec<u32> = (0..1000).collect();
+        assert_eq!(pool.map(&xs, |x| x * 2).unwrap()[999], 1998);
+        // And the template: the pool forks another, with new workers.
+        // SAFETY: kill sends a signal to this pool's template.
+        assert_eq!(unsafe { libc::kill(template as i32, libc::SIGTERM) }, 0);
+        assert!(
+            replaced(&pool, template, 2, Some(template)),
+            "{:?}",
+            pool.worker_pids()
+        );
+        assert_eq!(pool.map(&xs, |x| x + 1).unwrap()[999], 1000);
+        assert_eq!(pool.apply(libc::SIGUSR1, disposition).unwrap(), DEFAULT);
+        // The parent's handlers are its own still, and only its own wrote.
+        assert_eq!(disposition(libc::SIGTERM), CAUGHT);
+        assert_eq!(disposition(libc::SIGUSR1), CAUGHT);
+        let mut buf = [0u8; 16];
+        // SAFETY: read into a live buffer from a nonblocking pipe.
+        let before = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+        assert_eq!(before, -1, "nothing wrote to the pipe yet");
+        // SAFETY: raise runs this process's own handler.
+        assert_eq!(unsafe { libc::raise(libc::SIGUSR1) }, 0);
+        // SAFETY: as above.
+        let after = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+        assert_eq!(after, 1, "the parent's handler wrote its byte");
     })
 }
 

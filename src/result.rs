@@ -34,9 +34,12 @@ enum State<R> {
     },
     Done(Result<R, Error>),
     /// Complete, but the outcome is lent to a callback registered after
-    /// completion; callbacks registered meanwhile wait in `late`. Waiters
-    /// treat it as not yet available (the thread running the late
-    /// callbacks is marked, see `CallbackScope`, and does not wait).
+    /// completion; callbacks registered meanwhile wait in `late`. It lasts
+    /// one `on_complete` call, which borrows the `AsyncResult`: meanwhile
+    /// other threads can only look (`ready`, `wait`, which find the job
+    /// complete), never take the outcome or poll the future. The thread
+    /// running the late callbacks is marked (see `CallbackScope`) and does
+    /// not wait.
     Lent {
         ok: bool,
         late: Vec<Callback<R>>,
@@ -353,7 +356,7 @@ impl<R: Send + 'static> AsyncResult<R> {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn get(mut self) -> Result<R, Error> {
-        self.block(None)
+        self.block(None, true)
             .map_err(|reason| Error::WouldDeadlock { reason })?;
         self.take()
     }
@@ -378,7 +381,7 @@ impl<R: Send + 'static> AsyncResult<R> {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn get_timeout(&mut self, timeout: Duration) -> Result<R, Error> {
-        self.block(Some(timeout))
+        self.block(Some(timeout), true)
             .map_err(|reason| Error::WouldDeadlock { reason })?;
         if matches!(
             &*lock(&self.cell.state),
@@ -401,7 +404,7 @@ impl<R: Send + 'static> AsyncResult<R> {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn wait(&self) {
-        let _ = self.block(None);
+        let _ = self.block(None, false);
     }
 
     /// Blocks until the job is complete or `timeout` passes; returns whether
@@ -417,7 +420,7 @@ impl<R: Send + 'static> AsyncResult<R> {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        let _ = self.block(Some(timeout));
+        let _ = self.block(Some(timeout), false);
         self.ready()
     }
 
@@ -544,12 +547,14 @@ impl<R: Send + 'static> AsyncResult<R> {
         }
     }
 
-    /// Waits for completion (forever, or up to `timeout`). Returns `false`
+    /// Waits for completion (forever, or up to `timeout`), and with `value`
+    /// also for an outcome lent to a late callback to be given back (`get`
+    /// never finds one lent: see `State::Lent`). Fails
     /// only when waiting would deadlock: this thread is running this
     /// result's callbacks (so the outcome cannot become visible before it
     /// returns), or it is the result thread (the only one that could
     /// deliver an unfinished job).
-    fn block(&self, timeout: Option<Duration>) -> Result<(), &'static str> {
+    fn block(&self, timeout: Option<Duration>, value: bool) -> Result<(), &'static str> {
         // A deadline too far away to represent is no deadline: wait forever.
         let deadline = timeout.and_then(deadline_after);
         let mut state = lock(&self.cell.state);
@@ -557,7 +562,12 @@ impl<R: Send + 'static> AsyncResult<R> {
             if let Some(reason) = self.never_delivered(&state) {
                 return Err(reason);
             }
-            if matches!(&*state, State::Done(_) | State::Taken { .. }) {
+            let complete = match &*state {
+                State::Pending { .. } => false,
+                State::Lent { .. } => !value,
+                State::Done(_) | State::Taken { .. } => true,
+            };
+            if complete {
                 break;
             }
             let wait = match deadline {
@@ -650,13 +660,11 @@ impl<R: Send + 'static> Future for AsyncResult<R> {
         let this = self.get_mut();
         {
             let mut state = lock(&this.cell.state);
-            // Polled in another process (a task, a forked copy), where no
-            // one will ever wake it. (On the result thread it may still
-            // complete once the callback that polls it returns.)
-            if !this.inner.in_owner() {
-                if let Some(reason) = this.never_delivered(&state) {
-                    return Poll::Ready(Err(Error::WouldDeadlock { reason }));
-                }
+            // Where no one would ever wake it, as `get` (another process;
+            // the result thread, which delivers it only once the callback
+            // that polls it returns; a callback of this result).
+            if let Some(reason) = this.never_delivered(&state) {
+                return Poll::Ready(Err(Error::WouldDeadlock { reason }));
             }
             match &mut *state {
                 State::Pending { waker, .. } => {
@@ -667,7 +675,8 @@ impl<R: Send + 'static> Future for AsyncResult<R> {
                     return Poll::Pending;
                 }
                 State::Lent { .. } => {
-                    // A late callback is reading the outcome; it is brief.
+                    // Not reached: a poll needs `&mut self`, and the outcome
+                    // is lent only while `on_complete` borrows it.
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }

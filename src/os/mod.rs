@@ -16,7 +16,8 @@
 //! `/proc/self/auxv` into an allocated buffer on first use, which the
 //! shared heap's allocator must not do. Hand-written, each with its reason
 //! at the function:
-//! `_exit`, `_Fork`, `pthread_atfork`, `close_range`, `setitimer`.
+//! `_exit`, `_Fork`, `pthread_atfork`, `close_range`, `setitimer`, and
+//! `sigaction` to read a disposition or reset a real-time signal's.
 //!
 //! - [`memory`]: memfds, their pages, mappings, the address-space probe.
 //! - [`sync`]: futexes, eventfds, `poll`, the monotonic clock.

@@ -8,18 +8,29 @@
 //! runs at any point of the program. The handlers below are
 //! async-signal-safe: atomics, `OnceLock::get` (an atomic load) and
 //! `sigaction`. Hand-written: `setitimer` (nix's `alarm` counts whole
-//! seconds; the template's watchdog needs a quarter of one).
+//! seconds; the template's watchdog needs a quarter of one), and
+//! `sigaction` to read a disposition without setting one, or to reset a
+//! real-time signal (nix's `sigaction` always sets one, and its `Signal`
+//! names no real-time signal).
 
 #![allow(unsafe_code)]
 
 use std::ffi::{c_int, c_void};
+use std::mem::MaybeUninit;
 use std::ptr;
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use nix::sys::signal::{
     SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, sigaction, signal, sigprocmask,
 };
+
+/// Set by the template when the parent ignored `SIGINT` at the fork (a
+/// background job of a shell without job control, `nohup`): its workers
+/// keep ignoring it, as a program the parent started would.
+static INTERRUPTS_IGNORED: AtomicBool = AtomicBool::new(false);
 
 /// In a freshly forked worker: Ctrl-C is caught by a handler that does
 /// nothing, not ignored: an ignored signal stays ignored across `exec`, so
@@ -27,8 +38,15 @@ use nix::sys::signal::{
 /// gone. A caught signal reverts to its default in the new program.
 /// `SA_RESTART` restarts most system calls it interrupts in the worker; the
 /// few the kernel never restarts (`nanosleep`, `poll`, ...) return `EINTR`,
-/// which the standard library's sleeps and waits retry.
+/// which the standard library's sleeps and waits retry. Where the parent
+/// ignored `SIGINT` (see [`template_signals`]) the worker keeps the
+/// template's `SIG_IGN` instead, and so do the programs its tasks start.
 pub(crate) fn catch_interrupts() {
+    // ORDERING: Relaxed: stored by the template before it forked this
+    // worker, which has its own copy of the template's memory.
+    if INTERRUPTS_IGNORED.load(Relaxed) {
+        return;
+    }
     let act = SigAction::new(
         SigHandler::Handler(ignore_signal),
         SaFlags::SA_RESTART,
@@ -47,18 +65,77 @@ pub(crate) fn unblock_all() {
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
 
-/// In the template: the terminal's Ctrl-C is for the parent to handle (the
-/// template never `exec`s, so ignoring it here reaches no program; each
-/// worker catches it instead, see [`catch_interrupts`]); a parent that
-/// ignores `SIGCHLD` would make the kernel reap our workers before we learn
-/// how they died. And no signal stays blocked.
+/// In the template, first thing: the dispositions a freshly `exec`ed
+/// program would have. Every signal the parent caught gets its default
+/// back (a parent's handler, say a `SIGTERM` handler that writes to a
+/// self-pipe, would otherwise run in the template and every worker: the
+/// signal would no longer end them, and the handler would write to whatever
+/// a task opened under the pipe's descriptor number); ignored signals stay
+/// ignored. Except `SIGSEGV` and `SIGBUS`, which keep the standard
+/// library's stack-overflow handlers (a worker's own `SIGSEGV` handler
+/// passes faults on to them, see [`on_protection_fault`]).
+///
+/// Then: the terminal's Ctrl-C is for the parent to handle (the template
+/// never `exec`s, so ignoring it here reaches no program; each worker
+/// catches it instead, or keeps ignoring it if the parent did, see
+/// [`catch_interrupts`]); a parent that ignores `SIGCHLD` would make the
+/// kernel reap our workers before we learn how they died. And no signal
+/// stays blocked.
+///
+/// One `sigaction` reads each signal's disposition and a second resets
+/// only a caught one: some 60 system calls, about 10 µs (design.md,
+/// section 14, "Signals").
 pub(crate) fn template_signals() {
+    for sig in 1..=libc::SIGRTMAX() {
+        if matches!(
+            sig,
+            libc::SIGKILL | libc::SIGSTOP | libc::SIGSEGV | libc::SIGBUS
+        ) {
+            continue;
+        }
+        // `None`: a number libc keeps for itself (glibc's 32 and 33).
+        let Some(handler) = handler_of(sig) else {
+            continue;
+        };
+        if sig == libc::SIGINT {
+            // ORDERING: Relaxed: read by the workers this process forks
+            // later, each in a copy of its memory.
+            INTERRUPTS_IGNORED.store(handler == libc::SIG_IGN, Relaxed);
+        }
+        // SIGINT and SIGCHLD are set below.
+        let later = matches!(sig, libc::SIGINT | libc::SIGCHLD);
+        if handler != libc::SIG_DFL && handler != libc::SIG_IGN && !later {
+            reset(sig);
+        }
+    }
     // SAFETY: ignoring a signal and restoring a default install no handler.
     unsafe {
         let _ = signal(Signal::SIGINT, SigHandler::SigIgn);
         let _ = signal(Signal::SIGCHLD, SigHandler::SigDfl);
     }
     unblock_all();
+}
+
+/// The handler of `sig` (`SIG_DFL`, `SIG_IGN` or a function's address), or
+/// `None` where `sigaction` refuses the number.
+fn handler_of(sig: c_int) -> Option<libc::sighandler_t> {
+    let mut old = MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: with a null new action, sigaction only writes the current one
+    // into `old`, which lives for the call.
+    let done = unsafe { libc::sigaction(sig, ptr::null(), old.as_mut_ptr()) };
+    // SAFETY: all zeroes is a valid `sigaction` (integers, a signal set and
+    // an optional function pointer), and on success libc wrote a whole one.
+    (done == 0).then(|| unsafe { old.assume_init() }.sa_sigaction)
+}
+
+/// Gives `sig` its default action.
+fn reset(sig: c_int) {
+    // SAFETY: all zeroes is a valid `sigaction`: `SIG_DFL` (0), no flags,
+    // an empty mask.
+    let default = unsafe { MaybeUninit::<libc::sigaction>::zeroed().assume_init() };
+    // SAFETY: restoring a default installs no handler; `default` lives for
+    // the call.
+    unsafe { libc::sigaction(sig, &default, ptr::null_mut()) };
 }
 
 /// Arms a one-shot `SIGALRM` for this process in `after` (`Duration::ZERO`

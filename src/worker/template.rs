@@ -378,6 +378,8 @@ fn serve(
 ) -> ! {
     set_in_worker();
     let sock = sock.as_fd();
+    // The parent's handlers go before anything else runs here (design.md,
+    // section 14, "Signals").
     os::template_signals();
     // The workers inherit it (design.md, section 5, "Workers are batch
     // jobs").
