@@ -552,7 +552,9 @@ pub(crate) mod tests {
             assert_eq!(*(base as *const u8), 7, "same bytes");
             *(base as *mut u8) = 9;
             // The file still holds 7: map it again to look.
+            // An alias is inaccessible until a window is opened on it.
             let again = map_alias(fd.as_fd(), 1 << 20).unwrap();
+            open_window(again, 1 << 20, true).unwrap();
             assert_eq!(*(again as *const u8), 7, "a private write");
             *(again as *mut u8).add(4096) = 5;
             assert_eq!(
