@@ -784,12 +784,23 @@ impl Supervisor {
         {
             thread::sleep(Duration::from_millis(20));
         }
+        // All killed first, then waited for together: a worker slow to die
+        // (in uninterruptible sleep) costs the patience once, not once each.
+        {
+            let procs = lock(&self.inner.procs);
+            for (w, state) in self.workers.iter().enumerate() {
+                if let (Worker::Live(_), Some((_, pidfd))) = (state, &procs.workers[w]) {
+                    os::pidfd_kill(pidfd);
+                }
+            }
+        }
+        let deadline = saturating_deadline(KILL_PATIENCE);
         for w in 0..self.workers.len() {
             match self.workers[w] {
                 Worker::Live(pid) => {
                     if let Some((_, pidfd)) = &lock(&self.inner.procs).workers[w] {
-                        os::pidfd_kill(pidfd);
-                        os::pidfd_exited(pidfd, KILL_PATIENCE.as_millis() as i32);
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        os::pidfd_exited(pidfd, left.as_millis() as i32);
                         // Orphans come to us if we are a subreaper or PID 1.
                         os::reap_pidfd(pidfd);
                     }
