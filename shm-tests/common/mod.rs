@@ -595,6 +595,20 @@ pub mod forge {
         found.is_some()
     }
 
+    /// Writes "in no slot" (`NO_SLOT`) into the `slot` word (at 0) of the
+    /// record of the worker running range `start..end` (this one), from
+    /// inside a task: one scribbled word that must not hide the worker from
+    /// the parent's drain while it still runs the range. Returns whether it
+    /// found the record.
+    pub fn hide_from_drain(start: u64, end: u64) -> bool {
+        const NO_SLOT: u32 = u32::MAX;
+        let found = running_record(start, end);
+        if let Some(r) = found {
+            u32_at(r).store(NO_SLOT, SeqCst);
+        }
+        found.is_some()
+    }
+
     /// Makes the record of the worker running range `start..end` (this
     /// one, when the job runs one range at a time) look as it does between
     /// two ranges while it holds a claim it has not recorded: in the slot,

@@ -335,19 +335,24 @@ impl fmt::Debug for Ring {
 }
 
 /// Whether no live worker is in slot `s`. Dead workers' records are cleared
-/// by the supervisor after it has dealt with their job.
+/// by the supervisor after it has dealt with their job. A worker counts as
+/// in the slot if either of its words says so (`slot`, or `in_range` while
+/// it runs a range): a task that overwrites one of them (its `slot`, say)
+/// does not hide the worker, which would let the slot's output go back to
+/// its caller while the worker still writes it.
 pub(crate) fn drained(region: &Region, s: usize) -> bool {
     (0..region.layout().workers).all(|w| {
+        let rec = region.record(w);
         // ORDERING: SeqCst: Drain, the parent's half of the Dekker pair with
-        // a worker's Announce and LookState; the caller stored Empty or
-        // Abort (SeqCst) before calling this.
-        region.record(w).slot.load(SeqCst) != s as u32
+        // a worker's Announce and LookState (and its Enter); the caller
+        // stored Empty or Abort (SeqCst) before calling this.
+        rec.slot.load(SeqCst) != s as u32 && rec.in_range.load(SeqCst) != s as u32
     })
 }
 
-/// Whether slot `s` is drained, and whether a live worker in it is inside
-/// one of its ranges (`WorkerRecord::in_range`; a dead worker's stale
-/// `in_range` is ignored, as its `slot` was cleared).
+/// Whether slot `s` is drained (as [`drained`] decides), and whether a live
+/// worker is inside one of its ranges (`WorkerRecord::in_range`; a dead
+/// worker's is cleared by the supervisor before it deals with its job).
 fn presence(region: &Region, s: usize) -> (bool, bool) {
     let s = s as u32;
     let (mut drained, mut in_range) = (true, false);
@@ -356,9 +361,10 @@ fn presence(region: &Region, s: usize) -> (bool, bool) {
         // ORDERING: SeqCst: Scan: `slot` as in Drain; `in_range` is the
         // harvest's half of the Dekker pair with a worker's Enter and
         // LookRange, loaded after the caller's Empty.
-        if rec.slot.load(SeqCst) == s {
+        let inside = rec.in_range.load(SeqCst) == s;
+        if rec.slot.load(SeqCst) == s || inside {
             drained = false;
-            in_range |= rec.in_range.load(SeqCst) == s;
+            in_range |= inside;
         }
     }
     (drained, in_range)

@@ -642,6 +642,12 @@ impl Supervisor {
         let mark = rec.oom.swap(0, Relaxed);
         let oom = mark == OOM_MARK;
         let heap_write = mark == HEAP_WRITE_MARK;
+        // A dead worker is in no range: cleared before a retry of its range
+        // can run and complete the job, whose harvest would otherwise take
+        // this stale word for a worker inside a finished job. Its `slot`
+        // keeps the slot undrained until its job's fate is recorded.
+        // ORDERING: SeqCst: read by Drain and Scan.
+        rec.in_range.store(NO_SLOT, SeqCst);
         // Killed for a timeout, and still where it stood too long (it may
         // have moved on between the check and the kill).
         let timed_out = match deadline {
@@ -1086,6 +1092,8 @@ impl Supervisor {
             for w in 0..self.workers.len() {
                 // ORDERING: SeqCst: Clear, read by Drain.
                 region.record(w).slot.store(NO_SLOT, SeqCst);
+                // ORDERING: SeqCst: as above.
+                region.record(w).in_range.store(NO_SLOT, SeqCst);
             }
             busy
         };

@@ -130,6 +130,9 @@ impl Region {
         for w in 0..layout.workers {
             // ORDERING: Relaxed: no worker exists yet; fork publishes it.
             region.record(w).slot.store(NO_SLOT, Relaxed);
+            // ORDERING: Relaxed: as above. (A zero would be slot 0: a Drain
+            // would wait for a worker that has not started yet.)
+            region.record(w).in_range.store(NO_SLOT, Relaxed);
         }
         // ORDERING: as above.
         region.control().magic.0.store(MAGIC, Relaxed);

@@ -166,8 +166,9 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
     // A request to retire was meant for the worker this one replaces, and
     // a range it was running is not ours.
     // ORDERING: Relaxed: only this worker acts on `retire`; the parent may
-    // set it again at any time. `in_range` is read by the parent only
-    // together with `slot`, which we have not yet set.
+    // set it again at any time. `in_range` was cleared by the supervisor
+    // when the worker replaced died (a scribbled value only delays a
+    // Drain until this store is seen).
     rec.retire.store(0, Relaxed);
     rec.in_range.store(NO_SLOT, Relaxed);
     // Even: no claim held (the worker replaced may have died holding one).
@@ -270,8 +271,8 @@ pub(crate) fn work(
         rec.init.store(0, Relaxed);
         // ORDERING: Relaxed: as above.
         rec.oom.store(0, Relaxed);
-        // ORDERING: Relaxed: the parent reads it only with `slot`, stored
-        // above.
+        // ORDERING: Relaxed: a Drain that still reads a scribbled value
+        // only waits for the next look (the kick that woke us recurs).
         rec.in_range.store(NO_SLOT, Relaxed);
         if retiring(rec) {
             return EXIT_RETIRED;
