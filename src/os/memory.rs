@@ -15,18 +15,25 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::{self, NonNull};
 use std::sync::OnceLock;
 
-use rustix::fs::{FallocateFlags, MemfdFlags, fallocate, ftruncate, memfd_create};
+use rustix::fs::{
+    FallocateFlags, MemfdFlags, SealFlags, fallocate, fcntl_add_seals, ftruncate, memfd_create,
+};
 use rustix::io::Errno;
 use rustix::mm::{Advice, MapFlags, MprotectFlags, ProtFlags, madvise, mmap, mmap_anonymous};
 
 /// Creates an anonymous shared-memory file of `len` bytes, sparse and
-/// close-on-exec. It shows as `memfd:<name>` in `/proc/<pid>/maps`.
+/// close-on-exec, sealed against shrinking: no process that reaches it
+/// (a task opening `/proc/<pid>/fd/<n>`) can truncate it under the
+/// mappings, which would end every process that maps it with `SIGBUS`. It
+/// shows as `memfd:<name>` in `/proc/<pid>/maps`.
 ///
 /// # Errors
 /// Fails when the kernel refuses the file or its size (`EMFILE`, `EFBIG`).
 pub(crate) fn memfd(name: &CStr, len: u64) -> io::Result<OwnedFd> {
-    let fd = memfd_create(name, MemfdFlags::CLOEXEC)?;
+    let fd = memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
     ftruncate(&fd, file_offset(len)?)?;
+    // Best effort: a kernel without seals keeps the file as it was.
+    let _ = fcntl_add_seals(&fd, SealFlags::SHRINK);
     Ok(fd)
 }
 
@@ -459,6 +466,20 @@ fn leading_number(text: &[u8]) -> Option<u64> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn a_memfd_cannot_be_shrunk_but_can_grow_and_be_punched() {
+        let fd = super::memfd(c"test", 1 << 20).unwrap();
+        let shrink = rustix::fs::ftruncate(&fd, 4096);
+        assert_eq!(
+            shrink,
+            Err(rustix::io::Errno::PERM),
+            "sealed against shrinking"
+        );
+        super::reserve(&fd, 0, 8192).unwrap();
+        super::punch(&fd, 0, 4096);
+        rustix::fs::ftruncate(&fd, 2 << 20).unwrap();
+    }
+
     #[test]
     fn statm_s_first_field_or_no_answer() {
         assert_eq!(super::leading_number(b"12345 678 9\n"), Some(12345));
