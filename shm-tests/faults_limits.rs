@@ -1172,3 +1172,66 @@ fn a_worker_hidden_by_its_own_record_still_holds_its_job() {
         assert_healthy(&pool);
     })
 }
+
+/// Sets its worker's record to "idle" (`how & 1`), or also marks it as in
+/// the initializer (`how & 2`), then sleeps 3 s (`how & 4`) or dies of
+/// `SIGKILL`. 9: a record was not found.
+fn pose_and_stall(how: u32) -> u32 {
+    if how & 2 != 0 && !common::forge::mark_as_initializing(0, 1) {
+        return 9;
+    }
+    if how & 1 != 0 && !common::forge::pose_idle(0, 1) {
+        return 9;
+    }
+    if how & 4 != 0 {
+        thread::sleep(Duration::from_secs(3));
+    } else {
+        // SAFETY: kills this worker process, on purpose.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    how
+}
+
+/// A task that overwrites its record's `phase` with "idle" is still timed
+/// (its `in_range` says it runs a range): the timeout kills it.
+#[test]
+fn a_task_that_poses_as_idle_is_still_timed() {
+    deadline(60, || {
+        let pool = Pool::builder()
+            .workers(1)
+            .task_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let r = pool.apply(1u32 | 4, pose_and_stall);
+        assert!(matches!(r, Err(Error::TaskTimedOut { .. })), "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_healthy(&pool);
+    })
+}
+
+/// A task that marks its record as in the initializer *and* idle, then
+/// dies, is a task's death (its range known), not a failed initializer: the
+/// pool goes on.
+#[test]
+fn a_task_that_poses_as_its_initializer_and_dies_does_not_break_the_pool() {
+    deadline(60, || {
+        let pool = Pool::builder()
+            .workers(2)
+            .initializer(quiet_init)
+            .max_retries(0)
+            .build()
+            .unwrap();
+        let r = pool.apply(1u32 | 2, pose_and_stall);
+        match r {
+            Err(Error::WorkerDied { range, .. }) => assert_eq!(range, Some(0..1)),
+            other => panic!("expected WorkerDied, got {other:?}"),
+        }
+        assert_eq!(pool.apply(7u32, |x| x + 1).unwrap(), 8);
+        assert_healthy(&pool);
+    })
+}

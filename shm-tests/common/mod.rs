@@ -609,6 +609,19 @@ pub mod forge {
         found.is_some()
     }
 
+    /// Writes "idle" into the `phase` word of the record of the worker
+    /// running range `start..end` (this one), from inside a task: one
+    /// scribbled word that must not stop the worker being timed, watched or
+    /// settled as running a range. Returns whether it found the record.
+    pub fn pose_idle(start: u64, end: u64) -> bool {
+        const PHASE_IDLE: u32 = 0;
+        let found = running_record(start, end);
+        if let Some(r) = found {
+            u32_at(r + PHASE).store(PHASE_IDLE, SeqCst);
+        }
+        found.is_some()
+    }
+
     /// Makes the record of the worker running range `start..end` (this
     /// one, when the job runs one range at a time) look as it does between
     /// two ranges while it holds a claim it has not recorded: in the slot,

@@ -23,7 +23,8 @@ use crate::parent::core::{Core, STOP_GRACEFUL, STOP_KILL, STOP_NONE, lock, satur
 use crate::parent::ring::Verdict;
 use crate::parent::stuck::{self, Subject, Watch};
 use crate::shm::futex;
-use crate::shm::layout::{LOC_CAP, MSG_CAP};
+use crate::shm::layout::{LOC_CAP, MSG_CAP, WorkerRecord};
+use crate::shm::region::Region;
 use crate::shm::states::*;
 use crate::worker::template::{PanicHook, Report, StdioProbe, Template};
 
@@ -593,8 +594,7 @@ impl Supervisor {
         // initializer (recycled, retired). A forged mark can then only
         // misname the death of an idle worker that a task also killed.
         let in_init = rec.init.load(Relaxed) == INIT_MARK
-            // ORDERING: Relaxed, as above.
-            && rec.phase.load(Relaxed) != PHASE_RUNNING
+            && !in_a_range(&self.inner.region, rec)
             && !matches!(status.code, Some(EXIT_RECYCLED | EXIT_RETIRED));
         let idle = rec.slot.load(Relaxed) == NO_SLOT;
         self.settle(w, pid, status);
@@ -636,7 +636,7 @@ impl Supervisor {
         // visible; Acquire states the intent.
         let slot = rec.slot.load(Acquire);
         let (start, end) = (rec.start.load(Relaxed), rec.end.load(Relaxed));
-        let running = rec.phase.load(Relaxed) == PHASE_RUNNING;
+        let running = in_a_range(region, rec);
         let started = rec.started_ns.load(Relaxed);
         let steps = rec.steps.load(Relaxed);
         let mark = rec.oom.swap(0, Relaxed);
@@ -856,11 +856,12 @@ impl Supervisor {
                 continue;
             }
             let rec = self.inner.region.record(w);
-            // ORDERING: Acquire: pairs with the worker's Begin (a Release
-            // store of the phase, after `started_ns` and its range); the
-            // loads after it are Relaxed, ordered by it. A stale reading of
-            // the slot or the steps delays a verdict by a tick at most.
-            let at = if rec.phase.load(Acquire) == PHASE_RUNNING {
+            // ORDERING: `in_a_range` loads Acquire: pairs with the worker's
+            // Begin (a Release store of the phase, after `started_ns` and
+            // its range) and Enter; the loads after it are Relaxed, ordered
+            // by it. A stale reading of the slot or the steps delays a
+            // verdict by a tick at most.
+            let at = if in_a_range(&self.inner.region, rec) {
                 let (slot, start) = (rec.slot.load(Relaxed), rec.start.load(Relaxed));
                 Sighting::Range(slot, start, rec.started_ns.load(Relaxed))
             } else {
@@ -919,7 +920,7 @@ impl Supervisor {
         // ORDERING: Relaxed: a heuristic; a verdict needs two agreeing looks
         // at the process itself, and the death is settled from the record
         // after the process is gone.
-        if rec.phase.load(Relaxed) == PHASE_RUNNING {
+        if in_a_range(&self.inner.region, rec) {
             return Some(Subject::Range {
                 slot: rec.slot.load(Relaxed),
                 start: rec.start.load(Relaxed),
@@ -1112,4 +1113,19 @@ impl Supervisor {
         }
         self.inner.poke_result_thread();
     }
+}
+
+/// Whether worker record `rec` says its worker is inside a range: its
+/// `phase` says so, or its `in_range` names a slot. An honest worker sets
+/// `phase` before `in_range` and clears it after, so either word alone
+/// tells (`in_range` names a slot of the ring); reading both means that a task that overwrites one of them (an
+/// idle `phase`, say) is still timed, watched and settled as running a
+/// range.
+fn in_a_range(region: &Region, rec: &WorkerRecord) -> bool {
+    // ORDERING: Acquire: pairs with the worker's Begin (a Release store of
+    // `phase`) or Enter (SeqCst), which follow its range's words.
+    rec.phase.load(Acquire) == PHASE_RUNNING
+        // (Garbage there rarely names a slot of the ring: it would have an
+        // idle worker timed.)
+        || (rec.in_range.load(Acquire) as usize) < region.layout().ring
 }
