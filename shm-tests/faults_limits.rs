@@ -1235,3 +1235,59 @@ fn a_task_that_poses_as_its_initializer_and_dies_does_not_break_the_pool() {
         assert_healthy(&pool);
     })
 }
+
+/// Element 0: makes the worker's completion eventfd (one open file with the
+/// parent's) blocking, fills its counter, and aborts; others pass through.
+fn wedge_the_eventfd(x: u64) -> u64 {
+    if x == 0 {
+        for entry in std::fs::read_dir("/proc/self/fd")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let link = std::fs::read_link(entry.path()).unwrap_or_default();
+            if link.to_string_lossy() != "anon_inode:[eventfd]" {
+                continue;
+            }
+            let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            // SAFETY: none needed beyond the descriptor being open: this
+            // task misuses the worker's own descriptor on purpose.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFL);
+                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+                let most: u64 = 0xffff_ffff_ffff_fffe;
+                libc::write(fd, (&raw const most).cast(), 8);
+            }
+        }
+        common::mute_stderr();
+        std::process::abort();
+    }
+    x
+}
+
+#[test]
+fn a_task_that_blocks_the_completion_eventfd_does_not_wedge_the_parent() {
+    common::isolated("wedged_eventfd_body", 60);
+}
+
+/// The parent wakes its result thread through an eventfd of its own: a task
+/// that makes the workers' one blocking and full cannot make the
+/// supervisor (or any thread of the parent) block writing to it.
+#[test]
+#[ignore = "run in a process of its own by a_task_that_blocks_the_completion_eventfd_does_not_wedge_the_parent"]
+fn wedged_eventfd_body() {
+    if !common::in_isolation() {
+        return;
+    }
+    deadline(50, || {
+        let pool = Pool::builder().workers(1).max_retries(0).build().unwrap();
+        let r = pool.map(&[0u64, 1], wedge_the_eventfd);
+        assert!(matches!(r, Err(Error::WorkerDied { .. })), "{r:?}");
+        assert_eq!(pool.map(&[5u64, 6], |x| x + 1).unwrap()[..], [6, 7]);
+        let async_result = pool.apply_async(3u64, |x| x * 2).unwrap();
+        assert_eq!(async_result.get().unwrap(), 6);
+        assert_healthy(&pool);
+    })
+}

@@ -774,12 +774,21 @@ pub(crate) fn result_loop(inner: Arc<Core>) {
         } else {
             1000
         };
-        let mut fds = [os::watch(inner.done_fd())];
+        let mut fds = [os::watch(inner.done_fd()), os::watch(inner.poke_fd())];
         let woken = matches!(os::poll(&mut fds, timeout), Ok(n) if n > 0);
         doorbell.awake();
         announced = false;
         if woken {
-            os::eventfd_drain(inner.done_fd());
+            // Each read only where the poll saw input: a task may have made
+            // `done_fd` blocking, and this thread is its only reader.
+            let [done, poke] = &fds;
+            let (done, poke) = (os::has_input(done), os::has_input(poke));
+            if done {
+                os::eventfd_drain(inner.done_fd());
+            }
+            if poke {
+                os::eventfd_drain(inner.poke_fd());
+            }
             unclocked = CLOCK_EVERY;
         } else {
             ticked = true;

@@ -556,7 +556,8 @@ pub mod forge {
     }
 
     /// `WorkerRecord`: `phase` (u32) at 4, `init` (u32) at 12, `start` and
-    /// `end` (u64) at 16 and 24, `steps` (u64) at 48; the records follow the
+    /// `end` (u64) at 16 and 24, `in_range` (u32) at 40, `steps` (u64) at
+    /// 48; the records follow the
     /// 1408-byte control block, one 128-byte line each (pinned by the
     /// crate's layout test).
     const RECORDS: usize = 1408;
@@ -564,6 +565,7 @@ pub mod forge {
     const INIT: usize = 12;
     const START: usize = 16;
     const END: usize = 24;
+    const IN_RANGE: usize = 40;
     const STEPS: usize = 48;
 
     fn u32_at(addr: usize) -> &'static AtomicU32 {
@@ -625,14 +627,16 @@ pub mod forge {
     /// Makes the record of the worker running range `start..end` (this
     /// one, when the job runs one range at a time) look as it does between
     /// two ranges while it holds a claim it has not recorded: in the slot,
-    /// phase idle, an odd count of steps. That is what a worker stopped
+    /// in no range, phase idle, an odd count of steps. That is what a worker stopped
     /// after a claim and before running it shows (or after running a range
     /// and before counting it). Returns whether it found the record.
     pub fn pose_between_ranges(start: u64, end: u64) -> bool {
         const PHASE_IDLE: u32 = 0;
+        const NO_SLOT: u32 = u32::MAX;
         let found = running_record(start, end);
         if let Some(r) = found {
             word(r + STEPS).fetch_or(1, SeqCst);
+            u32_at(r + IN_RANGE).store(NO_SLOT, SeqCst);
             u32_at(r + PHASE).store(PHASE_IDLE, SeqCst);
         }
         found.is_some()

@@ -168,6 +168,12 @@ pub(crate) struct Core {
     /// reads it. (Closed on drop except in a worker: see `Drop`; `None`
     /// only there.)
     done_fd: Option<OwnedFd>,
+    /// Wakes the result thread from this process. Not `done_fd`, which
+    /// every worker holds: its flags belong to one open file shared with
+    /// them, and a task that cleared its `O_NONBLOCK` and filled its
+    /// counter would make this process's next write to it block. (As
+    /// `done_fd`.)
+    poke_fd: Option<OwnedFd>,
     /// Wakes the supervisor. (As `done_fd`.)
     ctl_fd: Option<OwnedFd>,
     pub(crate) procs: Mutex<Procs>,
@@ -200,6 +206,7 @@ impl Drop for Core {
             let procs = self.procs.get_mut().unwrap_or_else(PoisonError::into_inner);
             std::mem::forget(std::mem::take(&mut procs.workers));
             std::mem::forget(self.done_fd.take());
+            std::mem::forget(self.poke_fd.take());
             std::mem::forget(self.ctl_fd.take());
         }
     }
@@ -261,6 +268,7 @@ impl Core {
             stop: AtomicU8::new(STOP_NONE),
             stats: Counters::default(),
             done_fd: Some(os::new_eventfd()?),
+            poke_fd: Some(os::new_eventfd()?),
             ctl_fd: Some(os::new_eventfd()?),
             procs: Mutex::new(Procs {
                 workers: (0..layout.workers).map(|_| None).collect(),
@@ -397,8 +405,13 @@ impl Core {
         self.result_thread.get() == Some(&std::thread::current().id())
     }
 
+    /// The eventfd this process writes to wake the result thread.
+    pub(crate) fn poke_fd(&self) -> BorrowedFd<'_> {
+        self.poke_fd.as_ref().expect("open until dropped").as_fd()
+    }
+
     pub(crate) fn poke_result_thread(&self) {
-        os::eventfd_signal(self.done_fd());
+        os::eventfd_signal(self.poke_fd());
     }
 
     /// Sends `SIGKILL` to every live worker, through its pidfd: never to a
