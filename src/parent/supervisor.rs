@@ -1116,11 +1116,11 @@ impl Supervisor {
 }
 
 /// Whether worker record `rec` says its worker is inside a range: its
-/// `phase` says so, or its `in_range` names a slot. An honest worker sets
-/// `phase` before `in_range` and clears it after, so either word alone
-/// tells (`in_range` names a slot of the ring); reading both means that a task that overwrites one of them (an
-/// idle `phase`, say) is still timed, watched and settled as running a
-/// range.
+/// `phase` says so, or its `in_range` names a slot of the ring. An honest
+/// worker sets `phase` before `in_range` and clears it after, so either
+/// word alone tells; reading both means that a task that overwrites one of
+/// them (an idle `phase`, say) is still timed, watched and settled as
+/// running a range.
 fn in_a_range(region: &Region, rec: &WorkerRecord) -> bool {
     // ORDERING: Acquire: pairs with the worker's Begin (a Release store of
     // `phase`) or Enter (SeqCst), which follow its range's words.

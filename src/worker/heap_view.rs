@@ -93,8 +93,8 @@ pub(crate) fn install(mark: &AtomicU32) {
 /// cannot be opened, it stays closed and the failure is kept for the range
 /// that finds it closed (`take_window_error`).
 pub(crate) fn set(want: Option<(usize, usize)>) {
-    // ORDERING: Relaxed (here and below): this worker's own state, read and
-    // written by its one thread (see `WINDOW_START`).
+    // ORDERING: Relaxed: this worker's own state, read and written by its
+    // one thread (see `WINDOW_START`).
     WINDOW_ERROR.store(0, Relaxed);
     let page = os::page_size();
     let (start, len) = match want {
@@ -107,6 +107,7 @@ pub(crate) fn set(want: Option<(usize, usize)>) {
         }
         None => (0, 0),
     };
+    // ORDERING: Relaxed: as above.
     let (open_start, open_len) = (WINDOW_START.load(Relaxed), WINDOW_LEN.load(Relaxed));
     if (open_start, open_len) == (start, len) {
         return;
@@ -118,7 +119,9 @@ pub(crate) fn set(want: Option<(usize, usize)>) {
             os::write_stderr(b"shmpool: a worker could not close its window on the shared heap\n");
             os::exit_now(EXIT_BUG);
         }
+        // ORDERING: Relaxed: as above.
         WINDOW_LEN.store(0, Relaxed);
+        // ORDERING: Relaxed: as above.
         WINDOW_START.store(0, Relaxed);
     }
     if len == 0 {
@@ -130,9 +133,12 @@ pub(crate) fn set(want: Option<(usize, usize)>) {
     // which is open for writing.
     match unsafe { os::open_window(start, len, true) } {
         Ok(()) => {
+            // ORDERING: Relaxed: as above.
             WINDOW_START.store(start, Relaxed);
+            // ORDERING: Relaxed: as above.
             WINDOW_LEN.store(len, Relaxed);
         }
+        // ORDERING: Relaxed: as above.
         Err(e) => WINDOW_ERROR.store(e.raw_os_error().unwrap_or(-1), Relaxed),
     }
 }
