@@ -1127,27 +1127,6 @@ fn ignoring_sigchld_body() {
     assert_healthy(&pool);
 }
 
-/// Element 0 hides its worker from the parent's drain (its record's `slot`
-/// overwritten with "in no slot"), then runs on for 500 ms and returns a
-/// marker; element 1, on the other worker, panics after 100 ms. 2 means the
-/// record was not found.
-fn hide_then_write(x: u64) -> u64 {
-    match x {
-        0 => {
-            if !common::forge::hide_from_drain(0, 1) {
-                return 2;
-            }
-            thread::sleep(Duration::from_millis(500));
-            0xdead
-        }
-        1 => {
-            thread::sleep(Duration::from_millis(100));
-            panic!("element 1 fails");
-        }
-        _ => x,
-    }
-}
-
 /// A failed job's output goes back to its caller only once no worker can
 /// write it: a worker whose task overwrote its record's `slot` is still
 /// seen in its range (`in_range`), so `map_into` returns after it, and
@@ -1159,7 +1138,7 @@ fn a_worker_hidden_by_its_own_record_still_holds_its_job() {
         let xs: Vec<u64> = (0..64).collect();
         let mut out = pool.alloc_zeroed::<u64>(64).unwrap();
         let started = Instant::now();
-        let r = pool.map_into(&xs, &mut out, hide_then_write);
+        let r = pool.map_into(&xs, &mut out, common::forge::hide_then_write);
         let took = started.elapsed();
         assert!(matches!(r, Err(Error::TaskPanicked { .. })), "{r:?}");
         let seen = out[0];

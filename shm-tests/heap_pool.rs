@@ -509,26 +509,6 @@ fn a_hidden_worker_cannot_write_a_heap_output_after_its_call() {
     isolated_with_heap("hidden_worker_heap_body", 120);
 }
 
-/// Element 0 hides its worker from the parent's drain (one scribbled word
-/// of its record), runs on for 500 ms and returns a marker; element 1
-/// panics after 100 ms. 2: the record was not found.
-fn hide_then_write(x: u64) -> u64 {
-    match x {
-        0 => {
-            if !common::forge::hide_from_drain(0, 1) {
-                return 2;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(500));
-            0xdead
-        }
-        1 => {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            panic!("element 1 fails");
-        }
-        _ => x,
-    }
-}
-
 /// A failed `map_into` of a heap output returns only once no worker can
 /// write it: after it returns, the caller frees the output and reuses its
 /// memory for data of its own, which no late write may reach.
@@ -544,7 +524,7 @@ fn hidden_worker_heap_body() {
         let xs: Vec<u64> = (0..n as u64).collect();
         let mut out = vec![0u64; n];
         assert!(in_heap(&out));
-        let r = pool.map_into(&xs, &mut out, hide_then_write);
+        let r = pool.map_into(&xs, &mut out, common::forge::hide_then_write);
         assert!(matches!(r, Err(Error::TaskPanicked { .. })), "{r:?}");
         drop(out);
         let mine = vec![7u64; n];

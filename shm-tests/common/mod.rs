@@ -611,6 +611,27 @@ pub mod forge {
         found.is_some()
     }
 
+    /// A task for a job of one-element ranges: element 0 hides its worker
+    /// from the parent's drain ([`hide_from_drain`]), runs on for 500 ms
+    /// and returns a marker; element 1, on another worker, panics after
+    /// 100 ms; the others pass through. 2: the record was not found.
+    pub fn hide_then_write(x: u64) -> u64 {
+        match x {
+            0 => {
+                if !hide_from_drain(0, 1) {
+                    return 2;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                0xdead
+            }
+            1 => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                panic!("element 1 fails");
+            }
+            _ => x,
+        }
+    }
+
     /// Writes "idle" into the `phase` word of the record of the worker
     /// running range `start..end` (this one), from inside a task: one
     /// scribbled word that must not stop the worker being timed, watched or
