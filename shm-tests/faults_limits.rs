@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{assert_healthy, deadline, is_dead, wait_until};
+use common::{Gate, assert_healthy, deadline, is_dead, wait_until};
 use shmpool::{Error, Pool};
 
 /// Spins forever on element `bad`; passes the others through.
@@ -1215,31 +1215,38 @@ fn a_task_that_poses_as_its_initializer_and_dies_does_not_break_the_pool() {
     })
 }
 
-/// Element 0: makes the worker's completion eventfd (one open file with the
-/// parent's) blocking, fills its counter, and aborts; others pass through.
+/// Makes the worker's completion eventfd (one open file with the parent's)
+/// blocking and fills its counter: the next write to it blocks until the
+/// parent reads it.
+fn wedge_the_completion_eventfd() {
+    for entry in std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let link = std::fs::read_link(entry.path()).unwrap_or_default();
+        if link.to_string_lossy() != "anon_inode:[eventfd]" {
+            continue;
+        }
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // SAFETY: none needed beyond the descriptor being open: this
+        // task misuses the worker's own descriptor on purpose.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            let most: u64 = 0xffff_ffff_ffff_fffe;
+            libc::write(fd, (&raw const most).cast(), 8);
+        }
+    }
+}
+
+/// Element 0: wedges the completion eventfd and aborts; others pass
+/// through.
 fn wedge_the_eventfd(x: u64) -> u64 {
     if x == 0 {
-        for entry in std::fs::read_dir("/proc/self/fd")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let link = std::fs::read_link(entry.path()).unwrap_or_default();
-            if link.to_string_lossy() != "anon_inode:[eventfd]" {
-                continue;
-            }
-            let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            // SAFETY: none needed beyond the descriptor being open: this
-            // task misuses the worker's own descriptor on purpose.
-            unsafe {
-                let flags = libc::fcntl(fd, libc::F_GETFL);
-                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
-                let most: u64 = 0xffff_ffff_ffff_fffe;
-                libc::write(fd, (&raw const most).cast(), 8);
-            }
-        }
+        wedge_the_completion_eventfd();
         common::mute_stderr();
         std::process::abort();
     }
@@ -1267,6 +1274,86 @@ fn wedged_eventfd_body() {
         assert_eq!(pool.map(&[5u64, 6], |x| x + 1).unwrap()[..], [6, 7]);
         let async_result = pool.apply_async(3u64, |x| x * 2).unwrap();
         assert_eq!(async_result.get().unwrap(), 6);
+        assert_healthy(&pool);
+    })
+}
+
+/// `[role, gate]`: role 0 makes its job (of three elements) ring the
+/// completion eventfd and wedges that eventfd; role 1 waits at its gate;
+/// role 2 says it reached its gate and panics.
+fn ring_into_a_wedged_eventfd(x: [u64; 2]) -> u64 {
+    match x[0] {
+        0 => {
+            if !common::forge::ring_on_completion(3) {
+                return 1;
+            }
+            wedge_the_completion_eventfd();
+            0
+        }
+        1 => common::gated(x[1]),
+        _ => {
+            common::arrive(x[1]);
+            common::mute_stderr();
+            panic!("the last element fails");
+        }
+    }
+}
+
+#[test]
+fn a_worker_made_to_ring_a_wedged_eventfd_in_a_pool_without_async_jobs_goes_on() {
+    common::isolated("ringing_a_wedged_eventfd_body", 60);
+}
+
+/// A pool that has run no asynchronous job has no result thread to read
+/// the completion eventfd. A task that forges its job's notify bit and
+/// wedges that eventfd (blocking, counter full) makes the next worker to
+/// enter the job block writing it as it leaves: the supervisor reads the
+/// eventfd in the result thread's place, so the worker goes on (and, as one
+/// that ran a corrupt job, is replaced), and the pool keeps both workers.
+#[test]
+#[ignore = "run in a process of its own by a_worker_made_to_ring_a_wedged_eventfd_in_a_pool_without_async_jobs_goes_on"]
+fn ringing_a_wedged_eventfd_body() {
+    if !common::in_isolation() {
+        return;
+    }
+    deadline(50, || {
+        let pool = Pool::builder()
+            .workers(2)
+            .chunk_size(1)
+            .max_retries(0)
+            .build()
+            .unwrap();
+        let (hold, wait, failing) = (Gate::new(), Gate::new(), Gate::new());
+        thread::scope(|s| {
+            // One worker is held outside the job, so that it enters it
+            // after the forgery; the other runs the forgery, then waits.
+            let held = s.spawn(|| pool.apply(hold.token(), common::gated));
+            assert!(wait_until(Duration::from_secs(20), || hold.reached()));
+            let opener = s.spawn(|| {
+                assert!(wait_until(Duration::from_secs(20), || wait.reached()));
+                hold.open();
+                assert!(wait_until(Duration::from_secs(20), || failing.reached()));
+                thread::sleep(Duration::from_millis(100));
+                wait.open();
+            });
+            let xs = [[0, 0], [1, wait.token()], [2, failing.token()]];
+            let r = pool.map(&xs, ring_into_a_wedged_eventfd);
+            assert!(r.is_err(), "{r:?}");
+            opener.join().unwrap();
+            assert_eq!(held.join().unwrap().unwrap(), hold.token());
+        });
+        // Both workers take tasks at once.
+        let (one, two) = (Gate::new(), Gate::new());
+        thread::scope(|s| {
+            let a = s.spawn(|| pool.apply(one.token(), common::gated));
+            let b = s.spawn(|| pool.apply(two.token(), common::gated));
+            let both = wait_until(Duration::from_secs(10), || one.reached() && two.reached());
+            one.open();
+            two.open();
+            assert_eq!(a.join().unwrap().unwrap(), one.token());
+            assert_eq!(b.join().unwrap().unwrap(), two.token());
+            assert!(both, "only one worker took a task: the other stands still");
+        });
         assert_healthy(&pool);
     })
 }

@@ -220,11 +220,17 @@ fn arrival_path(token: u64) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("shmpool-test-gate-{token:x}.reached"))
 }
 
+/// Says, from a task, that it has reached the gate of `token`
+/// ([`Gate::reached`]) without waiting there.
+pub fn arrive(token: u64) {
+    let _ = std::fs::write(arrival_path(token), b"");
+}
+
 /// A task that says it has reached the gate of `token` ([`Gate::reached`]),
 /// waits until the gate is open (or a minute has passed), then returns
 /// `token`.
 pub fn gated(token: u64) -> u64 {
-    let _ = std::fs::write(arrival_path(token), b"");
+    arrive(token);
     let end = Instant::now() + GATE_PATIENCE;
     while !gate_path(token).exists() && Instant::now() < end {
         thread::sleep(Duration::from_millis(1));
@@ -502,7 +508,9 @@ pub mod forge {
     const CLAIM: usize = 128;
     const DONE: usize = 384;
     const SQUARES: usize = 392;
-    /// `Desc::abort` (u32).
+    /// `Desc::notify` (u32: `NOTIFY_EVENT` is bit 0) and `Desc::abort`
+    /// (u32).
+    const NOTIFY: usize = 8;
     const ABORT: usize = 12;
     /// `SLOT_RUNNING` and `SLOT_DONE`.
     const SLOT_RUNNING: u32 = 1;
@@ -534,6 +542,22 @@ pub mod forge {
             let state = unsafe { &*(s as *const AtomicU32) };
             word(s + LEN).load(SeqCst) == len && state.load(SeqCst) == SLOT_RUNNING
         })
+    }
+
+    /// Sets the `NOTIFY_EVENT` bit of the running job of `len` elements,
+    /// from inside one of its tasks: a worker that enters the job after
+    /// this (and only such a one: each reads the bit as it enters) writes
+    /// the completion eventfd when it leaves a failed job or completes it,
+    /// as it would for an asynchronous job, although this one is not.
+    /// Returns false if the slot was not found.
+    pub fn ring_on_completion(len: u64) -> bool {
+        let Some(slot) = running_slot(len) else {
+            return false;
+        };
+        // SAFETY: as in `word`, at `Desc::notify`'s offset (4-byte aligned).
+        let notify = unsafe { &*((slot + NOTIFY) as *const AtomicU32) };
+        notify.fetch_or(1, SeqCst);
+        true
     }
 
     /// Points the `more` words of the running job of `len` elements (a

@@ -414,6 +414,30 @@ impl Core {
         os::eventfd_signal(self.poke_fd());
     }
 
+    /// Reads the completion eventfd in the result thread's place while
+    /// there is none (a pool that has run no asynchronous job). Honest
+    /// workers then never write it, but a task can set its job's notify bit
+    /// and make the eventfd blocking and full: the next worker to ring it
+    /// would block until someone reads it. The supervisor calls this every
+    /// repair round. Under the `results` lock, which `start_result_thread`
+    /// holds to start the thread, so the two are never both reading: a
+    /// read after a `poll` that saw input cannot block.
+    pub(crate) fn drain_unread_completions(&self) {
+        // ORDERING: Acquire: pairs with `start_result_thread`'s Release; a
+        // stale `false` only sends us to the lock.
+        if self.results_started.load(Acquire) {
+            return;
+        }
+        let results = lock(&self.results);
+        if results.is_some() {
+            return;
+        }
+        let mut fds = [os::watch(self.done_fd())];
+        if matches!(os::poll(&mut fds, 0), Ok(n) if n > 0) && os::has_input(&fds[0]) {
+            os::eventfd_drain(self.done_fd());
+        }
+    }
+
     /// Sends `SIGKILL` to every live worker, through its pidfd: never to a
     /// process that recycled a worker's pid.
     pub(crate) fn kill_workers(&self) {

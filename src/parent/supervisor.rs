@@ -338,6 +338,7 @@ impl Supervisor {
     fn repair(&mut self) {
         let running = self.stop() == STOP_NONE;
         self.inner.ring().repair(&self.inner.region, running);
+        self.inner.drain_unread_completions();
         self.repaired = Instant::now();
     }
 

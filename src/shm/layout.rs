@@ -356,6 +356,8 @@ mod tests {
         // `shm-tests/common/mod.rs` (`forge`) forges these words from inside
         // a task, at these offsets from the start of a slot.
         assert_eq!(offset_of!(Slot, desc) + offset_of!(Desc, state), 0);
+        assert_eq!(offset_of!(Desc, notify), 8);
+        assert_eq!(crate::shm::states::NOTIFY_EVENT, 1);
         assert_eq!(offset_of!(Desc, abort), 12);
         assert_eq!(offset_of!(Desc, len), 48);
         assert_eq!(offset_of!(Desc, chunk), 56);
