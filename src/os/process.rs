@@ -482,6 +482,26 @@ pub(crate) fn decode_status(raw: i32) -> ExitStatus {
     }
 }
 
+/// Blocks until the child behind `pidfd` ends, reaps it and says how it
+/// ended (`None` if it is not our child any more: something else in the
+/// program reaped it, a `waitpid(-1)` in a `SIGCHLD` handler for one).
+/// Unlike [`wait_raw`] it can never wait for, or reap, another child that
+/// took over a reaped child's pid.
+pub(crate) fn wait_pidfd(pidfd: &OwnedFd) -> Option<ExitStatus> {
+    loop {
+        match waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED) {
+            Ok(Some(status)) => {
+                return Some(ExitStatus {
+                    signal: status.terminating_signal(),
+                    code: status.exit_status(),
+                });
+            }
+            Err(Errno::INTR) => {}
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
 /// Blocks until child `pid` ends and returns its raw status (`None` if it is
 /// not our child any more).
 pub(crate) fn wait_raw(pid: u32) -> Option<i32> {
@@ -624,6 +644,59 @@ mod tests {
             links >= 3 && links.abs_diff(threads + 2) <= 1,
             "{links} links, {threads} threads"
         );
+    }
+
+    #[test]
+    fn waiting_on_a_pidfd_never_waits_for_the_child_that_took_over_its_pid() {
+        for _ in 0..20 {
+            // A child that exits at once, reaped behind its pidfd's back (as
+            // a `waitpid(-1)` elsewhere in the program would reap it)...
+            // SAFETY: the child only `_exit`s.
+            let Forked::Parent(gone) = unsafe { fork() }.unwrap() else {
+                exit_now(0)
+            };
+            let pidfd = pidfd_open(gone).unwrap();
+            assert!(wait_raw(gone).is_some());
+            // ...and a second child given its pid (`ns_last_pid` takes the
+            // pid the next fork follows; only root may write it).
+            let next = format!("{}", gone - 1);
+            if let Err(e) = std::fs::write("/proc/sys/kernel/ns_last_pid", next) {
+                assert!(
+                    !rustix::process::geteuid().is_root(),
+                    "root cannot choose a pid: {e}"
+                );
+                eprintln!("not run: choosing a child's pid takes root ({e})");
+                return;
+            }
+            // SAFETY: the child only `pause`s until it is killed.
+            let Forked::Parent(heir) = unsafe { fork() }.unwrap() else {
+                loop {
+                    // SAFETY: async-signal-safe, no arguments.
+                    unsafe { libc::pause() };
+                }
+            };
+            if heir != gone {
+                // Another test's fork took the pid first: again.
+                kill_now(heir);
+                wait_raw(heir);
+                continue;
+            }
+            // `waitpid(gone)` would wait for the heir, and reap it.
+            let started = std::time::Instant::now();
+            assert_eq!(wait_pidfd(&pidfd), None);
+            assert!(started.elapsed() < std::time::Duration::from_secs(1));
+            let heir_pid = rustix_pid(heir).unwrap();
+            assert!(
+                waitpid(Some(heir_pid), WaitOptions::NOHANG)
+                    .unwrap()
+                    .is_none(),
+                "the heir is still running, and still ours to reap"
+            );
+            kill_now(heir);
+            assert_eq!(wait_raw(heir).map(decode_status).unwrap().signal, Some(9));
+            return;
+        }
+        panic!("20 other forks took the freed pid first");
     }
 
     #[test]

@@ -71,13 +71,13 @@ const PARENT_CHECK: Duration = Duration::from_millis(250);
 /// the template (and so its workers), unless `dismiss` already did.
 #[derive(Debug)]
 pub(crate) struct Template {
-    pub(crate) pid: u32,
+    /// Signals and the final wait go through it, never through a pid.
     pub(crate) pidfd: OwnedFd,
     pub(crate) sock: OwnedFd,
     /// Workers `0..unasked` are forked by the template as it starts, without
     /// a request (the pool's first workers).
     pub(crate) unasked: usize,
-    /// Set once the template has been reaped: its pid may be anyone's now.
+    /// Set once the template has been reaped.
     reaped: bool,
 }
 
@@ -266,7 +266,6 @@ impl Template {
                 drop(theirs);
                 match os::pidfd_open(pid) {
                     Ok(pidfd) => Ok(Template {
-                        pid,
                         pidfd,
                         sock: ours,
                         unasked: first,
@@ -336,7 +335,7 @@ impl Template {
     /// how it ended.
     pub(crate) fn kill_and_reap(mut self) -> Option<os::ExitStatus> {
         os::pidfd_kill(&self.pidfd);
-        let status = os::wait_raw(self.pid).map(os::decode_status);
+        let status = os::wait_pidfd(&self.pidfd);
         self.reaped = true;
         status
     }
@@ -353,7 +352,7 @@ impl Template {
         if !os::pidfd_exited(&self.pidfd, grace.as_millis().max(1) as i32) {
             os::pidfd_kill(&self.pidfd);
         }
-        os::wait_raw(self.pid);
+        os::wait_pidfd(&self.pidfd);
         self.reaped = true;
     }
 }
