@@ -1278,6 +1278,48 @@ fn wedged_eventfd_body() {
     })
 }
 
+/// The CPU time process `pid` has used, in clock ticks (`utime` plus
+/// `stime` from `/proc/<pid>/stat`).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command's closing parenthesis: state is the
+    // first, utime the 12th and stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    tick(11) + tick(12)
+}
+
+/// A task that scribbles the work-token count up to four billion costs
+/// the idle workers a repair round of CPU time at most: the parent lowers
+/// it to the worker count. (They took tokens and found nothing, at full
+/// speed, for minutes.)
+#[test]
+fn a_task_that_floods_the_work_tokens_does_not_keep_the_workers_busy() {
+    deadline(60, || {
+        let pool = Pool::builder().workers(2).build().unwrap();
+        let found = pool
+            .apply(0u64, |_| u64::from(common::forge::flood_the_tokens()))
+            .unwrap();
+        assert_eq!(found, 1, "the region was not found");
+        // The repair rounds (at least once a second).
+        thread::sleep(Duration::from_secs(2));
+        let pids = pool.worker_pids();
+        let cpu = || pids.iter().map(|&p| cpu_ticks(p)).sum::<u64>();
+        let before = cpu();
+        thread::sleep(Duration::from_secs(1));
+        let used = cpu() - before;
+        // Clock ticks are hundredths of a second here; idle workers use none.
+        assert!(used < 20, "idle workers used {used} ticks of CPU in 1 s");
+        assert_healthy(&pool);
+    })
+}
+
 /// `[role, gate]`: role 0 makes its job (of three elements) ring the
 /// completion eventfd and wedges that eventfd; role 1 waits at its gate;
 /// role 2 says it reached its gate and panics.

@@ -544,6 +544,20 @@ pub mod forge {
         })
     }
 
+    /// Scribbles the work-token count (`Semaphore::count`, the first word
+    /// of `Control::sem`, at 256 in the control block) up to `u32::MAX`,
+    /// from inside a task. Returns false if the region was not found.
+    pub fn flood_the_tokens() -> bool {
+        const TOKENS: usize = 256;
+        let Some(base) = region_base() else {
+            return false;
+        };
+        // SAFETY: as in `word`, at the count's offset (4-byte aligned).
+        let count = unsafe { &*((base + TOKENS) as *const AtomicU32) };
+        count.store(u32::MAX, SeqCst);
+        true
+    }
+
     /// Sets the `NOTIFY_EVENT` bit of the running job of `len` elements,
     /// from inside one of its tasks: a worker that enters the job after
     /// this (and only such a one: each reads the bit as it enters) writes

@@ -625,13 +625,15 @@ impl Ring {
 
     /// Puts back what the parent owns in shared memory, in case a worker
     /// scribbled over it: slots without a job are EMPTY with no pending bit,
-    /// and (while the pool runs) the shutdown flag is clear.
+    /// (while the pool runs) the shutdown flag is clear, and there are no
+    /// more work tokens than workers (`Semaphore::clamp`).
     pub(crate) fn repair(&mut self, region: &Region, running: bool) {
         let control = region.control();
         // ORDERING: Relaxed: Repair; workers re-read it on every wake-up.
         if running && control.shutdown.0.load(Relaxed) != 0 {
             control.shutdown.0.store(0, SeqCst);
         }
+        control.sem.clamp(region.layout().workers as u32);
         for s in 0..self.size {
             if matches!(self.phases.get(s), Some(Phase::Busy(_))) {
                 continue;

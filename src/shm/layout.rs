@@ -364,7 +364,9 @@ mod tests {
         assert_eq!(offset_of!(Slot, claim) + offset_of!(Claim, next), 128);
         assert_eq!(offset_of!(Slot, counts) + offset_of!(Counts, done), 384);
         assert_eq!(offset_of!(Slot, counts) + offset_of!(Counts, squares), 392);
-        // And these in a worker's record (after the 1408-byte control block).
+        // The work tokens (`Semaphore::count`, its first word) in the
+        // control block, and a worker's record after the 1408-byte block.
+        assert_eq!(offset_of!(Control, sem), 256);
         assert_eq!(size_of::<Control>(), 1408);
         assert_eq!(offset_of!(WorkerRecord, phase), 4);
         assert_eq!(offset_of!(WorkerRecord, init), 12);

@@ -110,6 +110,25 @@ impl Semaphore {
         }
     }
 
+    /// Lowers the token count to `most` if it is above. A token wakes one
+    /// worker, which then looks at every slot, so more tokens than workers
+    /// never make more progress; a count scribbled up to billions would
+    /// keep idle workers taking tokens and finding nothing, at full speed,
+    /// for minutes. The parent calls this with the worker count.
+    pub(crate) fn clamp(&self, most: u32) {
+        // ORDERING: Relaxed: a hint for the exchange below.
+        let mut c = self.count.load(Relaxed);
+        while c > most {
+            // ORDERING: Relaxed: a read-modify-write, so it continues the
+            // release sequence of the posts whose tokens it keeps; a Take
+            // that reads what it wrote still acquires them.
+            match self.count.compare_exchange_weak(c, most, Relaxed, Relaxed) {
+                Ok(_) => return,
+                Err(now) => c = now,
+            }
+        }
+    }
+
     /// Takes one token if there is one.
     pub(crate) fn try_acquire(&self) -> bool {
         // ORDERING: Relaxed: only a hint for the loop below (Take).
@@ -264,6 +283,20 @@ mod tests {
         assert!(s.try_acquire());
         assert!(s.wait(0, Duration::ZERO));
         assert!(!s.wait(10, Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn a_clamp_lowers_the_tokens_and_never_raises_them() {
+        let s = sem();
+        s.post(10);
+        s.clamp(3);
+        assert_eq!(s.count.load(SeqCst), 3);
+        s.clamp(5);
+        assert_eq!(s.count.load(SeqCst), 3);
+        for _ in 0..3 {
+            assert!(s.try_acquire());
+        }
+        assert!(!s.try_acquire());
     }
 
     #[test]
