@@ -2,7 +2,8 @@
 //! `mpirun.rs`). Every operation is checked against the single-process pool
 //! on the same data, at sizes with fewer elements than ranks and sizes that
 //! do not divide; then failures: a task panic on one rank (or two), a worker
-//! killed on one rank, a rank's arena too small, bad arguments, and a pool
+//! killed on one rank, a rank's arena too small, bad arguments, elements of
+//! another size than the root's, and a pool
 //! built after MPI started. Each must give every rank the same error naming
 //! the failed rank, promptly, and leave the cluster usable.
 
@@ -80,6 +81,7 @@ pub fn rank_main() {
     task_panics(&cluster);
     killed_workers(&world, &strict, &retrying, &marker);
     bad_arguments_and_full_arenas(&world, &cluster, &pool, &small);
+    element_sizes_must_match(&cluster);
     println!(
         "rank {rank} of {size}: all scenarios passed in {:.2} s",
         t.elapsed().as_secs_f64()
@@ -453,5 +455,55 @@ fn bad_arguments_and_full_arenas(
     let ok = on_root.gather(&[rank as u32]).unwrap();
     if let Some(ok) = ok {
         assert_eq!(ok, (0..size as u32).collect::<Vec<_>>());
+    }
+}
+
+/// Ranks that pass elements of different sizes to one operation (the
+/// root's `u32`s, the others' `u64`s, or the reverse) fail on every rank,
+/// naming the first rank whose size differs from the root's, instead of
+/// receiving a short block (zeros as `Ok`) or aborting the job on an MPI
+/// truncation; the cluster goes on.
+fn element_sizes_must_match(cluster: &Cluster<'_>) {
+    let (rank, size) = (cluster.rank(), cluster.size());
+    if size == 1 {
+        return;
+    }
+    let n = 10 * size + 3;
+    let narrow: Vec<u32> = (0..n as u32).collect();
+    let wide: Vec<u64> = (0..n as u64).collect();
+    // scatter: wider elements than the root's, then narrower.
+    if rank == 0 {
+        let r = cluster.scatter(Some(&narrow[..]));
+        expect_remote(r, 1, "element");
+        let r = cluster.scatter(Some(&wide[..]));
+        expect_remote(r, 1, "element");
+    } else {
+        expect_remote(cluster.scatter::<u64>(None), 1, "element");
+        expect_remote(cluster.scatter::<u32>(None), 1, "element");
+    }
+    // gather: parts of narrower elements than the root's, then wider.
+    if rank == 0 {
+        expect_remote(cluster.gather(&wide[..3]), 1, "element");
+        expect_remote(cluster.gather(&narrow[..3]), 1, "element");
+    } else {
+        expect_remote(cluster.gather(&narrow[..3]), 1, "element");
+        expect_remote(cluster.gather(&wide[..3]), 1, "element");
+    }
+    // map_reduce: partials of another size than the root's.
+    if rank == 0 {
+        let r = cluster.map_reduce(&narrow, |x| x, u32::wrapping_add, 0);
+        expect_remote(r, 1, "bytes");
+        let r = cluster.map_reduce(&wide, |x| x, u64::wrapping_add, 0);
+        expect_remote(r, 1, "bytes");
+    } else {
+        let r = cluster.map_reduce(&wide, |x| x, u64::wrapping_add, 0);
+        expect_remote(r, 1, "bytes");
+        let r = cluster.map_reduce(&narrow, |x| x, u32::wrapping_add, 0);
+        expect_remote(r, 1, "bytes");
+    }
+    let ok = cluster.gather(&narrow[..rank]).unwrap();
+    if let Some(ok) = ok {
+        let want: Vec<u32> = (0..size).flat_map(|r| 0..r as u32).collect();
+        assert_eq!(ok, want, "gather after the mismatches");
     }
 }
