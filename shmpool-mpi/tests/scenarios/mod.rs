@@ -63,6 +63,11 @@ pub fn rank_main() {
         .arena_size(4 << 20)
         .build()
         .expect("small pool");
+    let timed = Pool::builder()
+        .workers(1)
+        .task_timeout(Duration::from_millis(500))
+        .build()
+        .expect("pool with a task timeout");
     thread::spawn(|| {
         thread::sleep(RANK_LIMIT);
         eprintln!("a rank missed its time limit of {RANK_LIMIT:?}");
@@ -82,6 +87,7 @@ pub fn rank_main() {
     killed_workers(&world, &strict, &retrying, &marker);
     bad_arguments_and_full_arenas(&world, &cluster, &pool, &small);
     element_sizes_must_match(&cluster);
+    hung_tasks_time_out(&world, &timed);
     println!(
         "rank {rank} of {size}: all scenarios passed in {:.2} s",
         t.elapsed().as_secs_f64()
@@ -506,4 +512,49 @@ fn element_sizes_must_match(cluster: &Cluster<'_>) {
         let want: Vec<u32> = (0..size).flat_map(|r| 0..r as u32).collect();
         assert_eq!(ok, want, "gather after the mismatches");
     }
+}
+
+/// Spins forever when `x` is 0 (a task that never returns).
+fn stuck_at_zero(x: u64) -> u64 {
+    while std::hint::black_box(x) == 0 {
+        std::hint::spin_loop();
+    }
+    x
+}
+
+/// A task that never returns on one rank, in pools with a `task_timeout`:
+/// the operation fails on every rank, naming that rank, instead of holding
+/// the others in the next collective; the cluster goes on.
+fn hung_tasks_time_out(world: &SimpleCommunicator, timed: &Pool) {
+    let (rank, size) = (world.rank() as usize, world.size() as usize);
+    let last = size - 1;
+    let cluster = Cluster::new(world, timed).unwrap();
+    let local: Vec<u64> = if rank == last {
+        vec![3, 0, 5]
+    } else {
+        vec![1, 2]
+    };
+    let t = Instant::now();
+    expect_remote(cluster.map_local(&local, stuck_at_zero), last, "timed out");
+    let r = cluster.map_reduce(&local, stuck_at_zero, u64::wrapping_add, 0);
+    expect_remote(r, last, "timed out");
+    // A reduce that hangs when neither side is 0: only in the root's
+    // combination of the ranks' partials (each rank reduces one element).
+    let r = cluster.map_reduce(
+        &[1u64],
+        |x: u64| x,
+        |a, b| {
+            stuck_at_zero(u64::from(a == 0 || b == 0));
+            a + b
+        },
+        0,
+    );
+    if size == 1 {
+        assert_eq!(r.unwrap(), 1);
+    } else {
+        expect_remote(r, 0, "timed out");
+    }
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    let ys = cluster.map_local(&[1u64, 2], |x| x + 1).unwrap();
+    assert_eq!(ys, vec![2, 3]);
 }
