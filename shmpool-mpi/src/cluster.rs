@@ -616,11 +616,25 @@ impl Drop for Cluster<'_> {
     /// every operation: every rank drops its cluster). After `MPI_Finalize`
     /// (the `Universe` dropped first) it can no longer be freed, and is
     /// left to the process's exit.
+    ///
+    /// Dropped by a panic that unwinds past it, the cluster ends the whole
+    /// job (`MPI_Abort`), as a rank that dies would: this rank will call none
+    /// of the cluster's collectives again, so the other ranks would wait in
+    /// their next one, and this rank in `MPI_Finalize`, forever.
     fn drop(&mut self) {
-        if !mpi::environment::is_finalized() {
-            // SAFETY: `comm` is not used after this.
-            unsafe { ManuallyDrop::drop(&mut self.comm) };
+        if mpi::environment::is_finalized() {
+            return;
         }
+        if std::thread::panicking() {
+            eprintln!(
+                "shmpool-mpi: rank {} of {} panicked with its cluster alive; \
+                 MPI_Abort ends the job (the other ranks would wait for it forever)",
+                self.rank, self.size
+            );
+            self.comm.abort(101);
+        }
+        // SAFETY: `comm` is not used after this.
+        unsafe { ManuallyDrop::drop(&mut self.comm) };
     }
 }
 

@@ -94,6 +94,26 @@ pub fn rank_main() {
     );
 }
 
+/// One rank of a job in which rank 1 panics in its own code, with no panic
+/// hook of the program's, while its cluster is alive, and rank 0 goes on
+/// with the cluster. The job must end, not hang (see `mpirun.rs`).
+pub fn panicking_rank_main() {
+    thread::spawn(|| {
+        thread::sleep(RANK_LIMIT);
+        // SAFETY: _exit ends the process at once; nothing is left to run.
+        unsafe { libc::_exit(102) };
+    });
+    let pool = Pool::new(1).expect("pool");
+    let universe = mpi::initialize().expect("MPI initialises once");
+    let cluster = Cluster::new(&universe.world(), &pool).expect("a pool built before MPI");
+    if cluster.rank() == 1 {
+        panic!("rank 1's own code panics");
+    }
+    // Never `Ok`: rank 1 is gone. Without a way out, this waits forever.
+    let r = cluster.map_local(&[1u32, 2], |x| x + 1);
+    println!("rank 0 went on: {r:?}");
+}
+
 /// `n` values of varied sign and magnitude, so that a floating-point sum
 /// depends on its order.
 fn data(n: usize) -> Vec<f64> {
