@@ -65,7 +65,7 @@ pub fn rank_main() {
         .expect("small pool");
     let timed = Pool::builder()
         .workers(1)
-        .task_timeout(Duration::from_millis(500))
+        .task_timeout(Duration::from_secs(1))
         .build()
         .expect("pool with a task timeout");
     thread::spawn(|| {
@@ -88,6 +88,7 @@ pub fn rank_main() {
     bad_arguments_and_full_arenas(&world, &cluster, &pool, &small);
     element_sizes_must_match(&cluster);
     hung_tasks_time_out(&world, &timed);
+    intercommunicators_are_refused(&world, &pool);
     println!(
         "rank {rank} of {size}: all scenarios passed in {:.2} s",
         t.elapsed().as_secs_f64()
@@ -577,4 +578,31 @@ fn hung_tasks_time_out(world: &SimpleCommunicator, timed: &Pool) {
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
     let ys = cluster.map_local(&[1u64, 2], |x| x + 1).unwrap();
     assert_eq!(ys, vec![2, 3]);
+}
+
+/// `Cluster::new` over an intercommunicator (the even ranks' group joined
+/// to the odd ranks') fails on every rank of both groups, naming a rank,
+/// rather than leaving one group's broadcasts waiting for the other's.
+fn intercommunicators_are_refused(world: &SimpleCommunicator, pool: &Pool) {
+    use mpi::raw::{AsRaw, FromRaw};
+    use mpi::topology::{Color, InterCommunicator};
+    let (rank, size) = (world.rank(), world.size());
+    if size < 2 {
+        return;
+    }
+    let half = world
+        .split_by_color(Color::with_value(rank % 2))
+        .expect("every rank has a color");
+    let mut raw = world.as_raw();
+    // SAFETY: both communicators are live; every rank calls it, with its
+    // group's leader (local rank 0) and the other group's leader in `world`
+    // (world rank 1 for the even group, 0 for the odd one); `raw` is written.
+    unsafe {
+        mpi::ffi::MPI_Intercomm_create(half.as_raw(), 0, world.as_raw(), 1 - rank % 2, 99, &mut raw)
+    };
+    // SAFETY: `raw` is the live intercommunicator created above, used only
+    // through `inter` from here on.
+    let inter = unsafe { InterCommunicator::from_raw(raw) };
+    let r = Cluster::new(&inter, pool);
+    expect_remote(r, half.rank() as usize, "intercommunicator");
 }
