@@ -6,7 +6,9 @@
 //! `mpirun -np N --bind-to none <this binary> --rank`, each under a time
 //! limit, and checks that every rank reported success. Started with
 //! `--rank` (by mpirun), it is one rank: it runs every scenario of
-//! `scenarios/` and prints `rank R of N: all scenarios passed`.
+//! `scenarios/` and prints `rank R of N: all scenarios passed`. Started with
+//! `--rank-panics`, it is a rank of a job in which rank 1 panics while rank 0
+//! goes on: the driver checks that the job ends, and does not hang.
 //!
 //! Without `mpirun` on the PATH the driver prints why and passes, unless
 //! `SHMPOOL_MPI_REQUIRE=1` (CI) makes that a failure.

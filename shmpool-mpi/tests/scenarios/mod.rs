@@ -3,9 +3,11 @@
 //! on the same data, at sizes with fewer elements than ranks and sizes that
 //! do not divide; then failures: a task panic on one rank (or two), a worker
 //! killed on one rank, a rank's arena too small, bad arguments, elements of
-//! another size than the root's, and a pool
-//! built after MPI started. Each must give every rank the same error naming
-//! the failed rank, promptly, and leave the cluster usable.
+//! another size than the root's, a task that never returns (in pools with a
+//! `task_timeout`), an intercommunicator, and a pool built after MPI
+//! started. Each must give every rank the same error naming the failed rank,
+//! promptly, and leave the cluster usable. `panicking_rank_main` is a job of
+//! its own, in which one rank panics in its own code.
 
 use std::ops::Range;
 use std::path::Path;
