@@ -6,7 +6,9 @@
 //! `mpirun -np N --bind-to none <this binary> --rank`, each under a time
 //! limit, and checks that every rank reported success. Started with
 //! `--rank` (by mpirun), it is one rank: it runs every scenario of
-//! `scenarios/` and prints `rank R of N: all scenarios passed`.
+//! `scenarios/` and prints `rank R of N: all scenarios passed`. Started with
+//! `--rank-panics`, it is a rank of a job in which rank 1 panics while rank 0
+//! goes on: the driver checks that the job ends, and does not hang.
 //!
 //! Without `mpirun` on the PATH the driver prints why and passes, unless
 //! `SHMPOOL_MPI_REQUIRE=1` (CI) makes that a failure.
@@ -22,9 +24,16 @@ use std::time::{Duration, Instant};
 /// The longest one mpirun may run.
 const LIMIT: Duration = Duration::from_secs(240);
 
+/// The longest a job with a panicking rank may take to end.
+const PANIC_LIMIT: Duration = Duration::from_secs(60);
+
 fn main() {
     if std::env::args().any(|a| a == "--rank") {
         scenarios::rank_main();
+        return;
+    }
+    if std::env::args().any(|a| a == "--rank-panics") {
+        scenarios::panicking_rank_main();
         return;
     }
     std::process::exit(driver());
@@ -85,6 +94,19 @@ fn driver() -> i32 {
             }
         }
     }
+    // A panic in one rank's own code, with no panic hook, while the other
+    // rank goes on with the cluster: the job must end (its cluster aborts
+    // it as the panic unwinds), not hang.
+    let mut cmd = mpirun(flavor, 2);
+    cmd.arg(&exe).arg("--rank-panics");
+    if !run_failing(
+        "a rank that panics, 2 ranks",
+        cmd,
+        PANIC_LIMIT,
+        "its cluster alive",
+    ) {
+        failed += 1;
+    }
     // The example, as a user runs it, if `cargo test` built it.
     let example = exe
         .parent()
@@ -131,7 +153,7 @@ fn mpirun(flavor: Flavor, np: usize) -> Command {
 /// `expect` on `lines` lines.
 fn run_checked(label: &str, mut cmd: Command, lines: usize, expect: &str) -> bool {
     let started = Instant::now();
-    let (status, out, err) = match run_limited(&mut cmd) {
+    let (status, out, err) = match run_limited(&mut cmd, LIMIT) {
         Ok(done) => done,
         Err(why) => {
             eprintln!("FAILED {label}: {why}");
@@ -153,9 +175,37 @@ fn run_checked(label: &str, mut cmd: Command, lines: usize, expect: &str) -> boo
     ok
 }
 
+/// Runs `cmd` under `limit` and checks that it failed (did not hang) and
+/// printed `expect` on stderr.
+fn run_failing(label: &str, mut cmd: Command, limit: Duration, expect: &str) -> bool {
+    let started = Instant::now();
+    let (status, out, err) = match run_limited(&mut cmd, limit) {
+        Ok(done) => done,
+        Err(why) => {
+            eprintln!("FAILED {label}: {why}");
+            return false;
+        }
+    };
+    let ok = status.is_some_and(|s| !s.success()) && err.contains(expect);
+    let took = started.elapsed().as_secs_f64();
+    if ok {
+        println!("ok {label}: the job ended ({took:.1} s)");
+    } else {
+        let status = status.map_or("killed after the time limit".to_owned(), |s| s.to_string());
+        eprintln!(
+            "FAILED {label} ({took:.1} s): {status}, expected a failed job with {expect:?}\n\
+             --- stdout\n{out}\n--- stderr\n{err}"
+        );
+    }
+    ok
+}
+
 /// Runs `cmd` in a process group of its own; kills the group if it runs past
-/// [`LIMIT`]. Returns its status (`None`: killed), stdout and stderr.
-fn run_limited(cmd: &mut Command) -> Result<(Option<ExitStatus>, String, String), String> {
+/// `limit`. Returns its status (`None`: killed), stdout and stderr.
+fn run_limited(
+    cmd: &mut Command,
+    limit: Duration,
+) -> Result<(Option<ExitStatus>, String, String), String> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -172,7 +222,7 @@ fn run_limited(cmd: &mut Command) -> Result<(Option<ExitStatus>, String, String)
     };
     let out = drain(Box::new(child.stdout.take().expect("piped")));
     let err = drain(Box::new(child.stderr.take().expect("piped")));
-    let deadline = Instant::now() + LIMIT;
+    let deadline = Instant::now() + limit;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),

@@ -2,9 +2,12 @@
 //! `mpirun.rs`). Every operation is checked against the single-process pool
 //! on the same data, at sizes with fewer elements than ranks and sizes that
 //! do not divide; then failures: a task panic on one rank (or two), a worker
-//! killed on one rank, a rank's arena too small, bad arguments, and a pool
-//! built after MPI started. Each must give every rank the same error naming
-//! the failed rank, promptly, and leave the cluster usable.
+//! killed on one rank, a rank's arena too small, bad arguments, elements of
+//! another size than the root's, a task that never returns (in pools with a
+//! `task_timeout`), an intercommunicator, and a pool built after MPI
+//! started. Each must give every rank the same error naming the failed rank,
+//! promptly, and leave the cluster usable. `panicking_rank_main` is a job of
+//! its own, in which one rank panics in its own code.
 
 use std::ops::Range;
 use std::path::Path;
@@ -62,6 +65,11 @@ pub fn rank_main() {
         .arena_size(4 << 20)
         .build()
         .expect("small pool");
+    let timed = Pool::builder()
+        .workers(1)
+        .task_timeout(Duration::from_secs(1))
+        .build()
+        .expect("pool with a task timeout");
     thread::spawn(|| {
         thread::sleep(RANK_LIMIT);
         eprintln!("a rank missed its time limit of {RANK_LIMIT:?}");
@@ -80,10 +88,33 @@ pub fn rank_main() {
     task_panics(&cluster);
     killed_workers(&world, &strict, &retrying, &marker);
     bad_arguments_and_full_arenas(&world, &cluster, &pool, &small);
+    element_sizes_must_match(&cluster);
+    hung_tasks_time_out(&world, &timed);
+    intercommunicators_are_refused(&world, &pool);
     println!(
         "rank {rank} of {size}: all scenarios passed in {:.2} s",
         t.elapsed().as_secs_f64()
     );
+}
+
+/// One rank of a job in which rank 1 panics in its own code, with no panic
+/// hook of the program's, while its cluster is alive, and rank 0 goes on
+/// with the cluster. The job must end, not hang (see `mpirun.rs`).
+pub fn panicking_rank_main() {
+    thread::spawn(|| {
+        thread::sleep(RANK_LIMIT);
+        // SAFETY: _exit ends the process at once; nothing is left to run.
+        unsafe { libc::_exit(102) };
+    });
+    let pool = Pool::new(1).expect("pool");
+    let universe = mpi::initialize().expect("MPI initialises once");
+    let cluster = Cluster::new(&universe.world(), &pool).expect("a pool built before MPI");
+    if cluster.rank() == 1 {
+        panic!("rank 1's own code panics");
+    }
+    // Never `Ok`: rank 1 is gone. Without a way out, this waits forever.
+    let r = cluster.map_local(&[1u32, 2], |x| x + 1);
+    println!("rank 0 went on: {r:?}");
 }
 
 /// `n` values of varied sign and magnitude, so that a floating-point sum
@@ -454,4 +485,126 @@ fn bad_arguments_and_full_arenas(
     if let Some(ok) = ok {
         assert_eq!(ok, (0..size as u32).collect::<Vec<_>>());
     }
+}
+
+/// Ranks that pass elements of different sizes to one operation (the
+/// root's `u32`s, the others' `u64`s, or the reverse) fail on every rank,
+/// naming the first rank whose size differs from the root's, instead of
+/// receiving a short block (zeros as `Ok`) or aborting the job on an MPI
+/// truncation; the cluster goes on.
+fn element_sizes_must_match(cluster: &Cluster<'_>) {
+    let (rank, size) = (cluster.rank(), cluster.size());
+    if size == 1 {
+        return;
+    }
+    let n = 10 * size + 3;
+    let narrow: Vec<u32> = (0..n as u32).collect();
+    let wide: Vec<u64> = (0..n as u64).collect();
+    // scatter: wider elements than the root's, then narrower.
+    if rank == 0 {
+        let r = cluster.scatter(Some(&narrow[..]));
+        expect_remote(r, 1, "element");
+        let r = cluster.scatter(Some(&wide[..]));
+        expect_remote(r, 1, "element");
+    } else {
+        expect_remote(cluster.scatter::<u64>(None), 1, "element");
+        expect_remote(cluster.scatter::<u32>(None), 1, "element");
+    }
+    // gather: parts of narrower elements than the root's, then wider.
+    if rank == 0 {
+        expect_remote(cluster.gather(&wide[..3]), 1, "element");
+        expect_remote(cluster.gather(&narrow[..3]), 1, "element");
+    } else {
+        expect_remote(cluster.gather(&narrow[..3]), 1, "element");
+        expect_remote(cluster.gather(&wide[..3]), 1, "element");
+    }
+    // map_reduce: partials of another size than the root's.
+    if rank == 0 {
+        let r = cluster.map_reduce(&narrow, |x| x, u32::wrapping_add, 0);
+        expect_remote(r, 1, "bytes");
+        let r = cluster.map_reduce(&wide, |x| x, u64::wrapping_add, 0);
+        expect_remote(r, 1, "bytes");
+    } else {
+        let r = cluster.map_reduce(&wide, |x| x, u64::wrapping_add, 0);
+        expect_remote(r, 1, "bytes");
+        let r = cluster.map_reduce(&narrow, |x| x, u32::wrapping_add, 0);
+        expect_remote(r, 1, "bytes");
+    }
+    let ok = cluster.gather(&narrow[..rank]).unwrap();
+    if let Some(ok) = ok {
+        let want: Vec<u32> = (0..size).flat_map(|r| 0..r as u32).collect();
+        assert_eq!(ok, want, "gather after the mismatches");
+    }
+}
+
+/// Spins forever when `x` is 0 (a task that never returns).
+fn stuck_at_zero(x: u64) -> u64 {
+    while std::hint::black_box(x) == 0 {
+        std::hint::spin_loop();
+    }
+    x
+}
+
+/// A task that never returns on one rank, in pools with a `task_timeout`:
+/// the operation fails on every rank, naming that rank, instead of holding
+/// the others in the next collective; the cluster goes on.
+fn hung_tasks_time_out(world: &SimpleCommunicator, timed: &Pool) {
+    let (rank, size) = (world.rank() as usize, world.size() as usize);
+    let last = size - 1;
+    let cluster = Cluster::new(world, timed).unwrap();
+    let local: Vec<u64> = if rank == last {
+        vec![3, 0, 5]
+    } else {
+        vec![1, 2]
+    };
+    let t = Instant::now();
+    expect_remote(cluster.map_local(&local, stuck_at_zero), last, "timed out");
+    let r = cluster.map_reduce(&local, stuck_at_zero, u64::wrapping_add, 0);
+    expect_remote(r, last, "timed out");
+    // A reduce that hangs when neither side is 0: only in the root's
+    // combination of the ranks' partials (each rank reduces one element).
+    let r = cluster.map_reduce(
+        &[1u64],
+        |x: u64| x,
+        |a, b| {
+            stuck_at_zero(u64::from(a == 0 || b == 0));
+            a + b
+        },
+        0,
+    );
+    if size == 1 {
+        assert_eq!(r.unwrap(), 1);
+    } else {
+        expect_remote(r, 0, "timed out");
+    }
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    let ys = cluster.map_local(&[1u64, 2], |x| x + 1).unwrap();
+    assert_eq!(ys, vec![2, 3]);
+}
+
+/// `Cluster::new` over an intercommunicator (the even ranks' group joined
+/// to the odd ranks') fails on every rank of both groups, naming a rank,
+/// rather than leaving one group's broadcasts waiting for the other's.
+fn intercommunicators_are_refused(world: &SimpleCommunicator, pool: &Pool) {
+    use mpi::raw::{AsRaw, FromRaw};
+    use mpi::topology::{Color, InterCommunicator};
+    let (rank, size) = (world.rank(), world.size());
+    if size < 2 {
+        return;
+    }
+    let half = world
+        .split_by_color(Color::with_value(rank % 2))
+        .expect("every rank has a color");
+    let mut raw = world.as_raw();
+    // SAFETY: both communicators are live; every rank calls it, with its
+    // group's leader (local rank 0) and the other group's leader in `world`
+    // (world rank 1 for the even group, 0 for the odd one); `raw` is written.
+    unsafe {
+        mpi::ffi::MPI_Intercomm_create(half.as_raw(), 0, world.as_raw(), 1 - rank % 2, 99, &mut raw)
+    };
+    // SAFETY: `raw` is the live intercommunicator created above, used only
+    // through `inter` from here on.
+    let inter = unsafe { InterCommunicator::from_raw(raw) };
+    let r = Cluster::new(&inter, pool);
+    expect_remote(r, half.rank() as usize, "intercommunicator");
 }
