@@ -367,6 +367,38 @@ fn a_work_queue_fed_by_its_own_results_does_not_deadlock() {
     })
 }
 
+/// A work queue of known length: its `size_hint` guarantees every item, but
+/// each `recv` waits for a result the loop has not taken yet. Read ahead
+/// (the default for such a source), it blocks forever; `read_ahead(false)`
+/// reads it only while nothing is in flight.
+#[test]
+fn a_work_queue_of_known_length_runs_with_read_ahead_off() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        for ordered in [true, false] {
+            let (tx, rx) = std::sync::mpsc::channel::<u64>();
+            tx.send(1).unwrap();
+            let queue = (0..10).map(move |_| rx.recv().unwrap());
+            let it = if ordered {
+                pool.imap(queue, times_ten).unwrap()
+            } else {
+                pool.imap_unordered(queue, times_ten).unwrap()
+            };
+            let mut seen = Vec::new();
+            for r in it.chunksize(1).read_ahead(false) {
+                let x = r.unwrap();
+                seen.push(x);
+                if seen.len() < 10 {
+                    tx.send(x % 1000 + 1).unwrap();
+                }
+            }
+            assert_eq!(seen.len(), 10, "ordered {ordered}");
+            assert_eq!(seen[..3], [10, 110, 1110]);
+        }
+        common::assert_healthy(&pool);
+    })
+}
+
 #[test]
 fn finished_results_are_yielded_without_waiting_for_more_input() {
     deadline(60, || {

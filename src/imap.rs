@@ -110,8 +110,10 @@ impl Finished {
 /// then would wait forever. A source that cannot say (a channel, `filter`,
 /// `lines`) is read only when nothing is in flight, one chunk at a time,
 /// unless [`read_ahead`](Self::read_ahead) says it never waits for the
-/// stream. When the workers are idle and the source is slow, a partly read
-/// chunk is submitted as it is.
+/// stream; `read_ahead(false)` reads any source that way (one that
+/// guarantees items but waits for the stream's results to produce them).
+/// When the workers are idle and the source is slow, a partly read chunk is
+/// submitted as it is.
 ///
 /// **Failures.** A chunk whose job fails (a panic, a dead worker, a
 /// timeout) is run again one element per job, so that only the failing
@@ -132,7 +134,8 @@ pub struct Imap<'p, I: Iterator, U, F> {
     ordered: bool,
     chunksize: usize,
     window: usize,
-    read_ahead: bool,
+    /// `read_ahead`: `None` reads ahead as far as `size_hint` guarantees.
+    read_ahead: Option<bool>,
     /// Chunks in flight, oldest first, with their sequence numbers.
     flight: VecDeque<(u64, Chunk<I::Item, U>)>,
     /// The chunk being yielded.
@@ -176,7 +179,7 @@ where
             ordered,
             chunksize: DEFAULT_CHUNKSIZE,
             window: 2 * pool.workers() + 2,
-            read_ahead: false,
+            read_ahead: None,
             flight: VecDeque::new(),
             current: None,
             finished: Arc::default(),
@@ -221,13 +224,20 @@ where
         self
     }
 
-    /// Whether to read ahead (keep `window` chunks in flight) a source that
-    /// cannot say how many items it has left, such as `filter`, `lines` or
-    /// a channel (default: `false`). Set it when the source never waits for
-    /// this stream's results: reading then overlaps the workers, as it
-    /// always does for a source whose `size_hint` guarantees its items. A
-    /// source that does wait for them (a work queue fed by the consuming
-    /// loop) would wait forever with it set.
+    /// Whether to read the source ahead of the results (keep `window`
+    /// chunks in flight) whatever it says of its length. By default a
+    /// source is read ahead only as far as its `size_hint` guarantees items
+    /// (ranges, slices, vectors, maps over them), and one that cannot say
+    /// (`filter`, `lines`, a channel) only while nothing is in flight.
+    ///
+    /// `true`: the source never waits for this stream's results, so reading
+    /// may overlap the workers whatever its `size_hint` says. `false`: it
+    /// may wait for them, so it is read only while nothing is in flight,
+    /// even if its `size_hint` promises items: a work queue of known length,
+    /// `(0..n).map(|_| rx.recv().unwrap())`, guarantees `n` items but blocks
+    /// in `recv` until the loop that consumes the stream sends more, which
+    /// it never does if the stream is reading instead of yielding. Either
+    /// way, a wrong answer waits forever.
     ///
     /// ```
     /// let pool = shmpool::Pool::new(2)?;
@@ -239,7 +249,7 @@ where
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn read_ahead(mut self, yes: bool) -> Self {
-        self.read_ahead = yes;
+        self.read_ahead = Some(yes);
         self
     }
 
@@ -301,10 +311,15 @@ where
                 return false;
             }
             let mut n = (self.chunksize - self.buffer.len()).min(self.block);
-            if !idle && !self.read_ahead {
+            if !idle {
                 // Chunks are in flight: read only the items the source
-                // guarantees. Anything more may wait for their results.
-                n = n.min(self.source.size_hint().0);
+                // guarantees (or none, if the caller said reading may wait
+                // for their results). Anything more may wait for them.
+                match self.read_ahead {
+                    Some(true) => {}
+                    Some(false) => return false,
+                    None => n = n.min(self.source.size_hint().0),
+                }
                 if n == 0 {
                     return false;
                 }
