@@ -246,6 +246,40 @@ fn a_full_arena_slows_a_stream_without_ending_it() {
     })
 }
 
+fn slow_page(x: [u64; 512]) -> [u64; 512] {
+    std::thread::sleep(Duration::from_millis(1));
+    x
+}
+
+#[test]
+fn a_chunk_larger_than_the_arena_is_split_until_it_fits() {
+    deadline(120, || {
+        // 600 items of 4 KiB: the default chunk (all of them) needs 4.8 MiB
+        // in and out, the arena has 1 MiB. Element by element, the 600 jobs
+        // submitted at once needed 8 KiB each, and most failed with
+        // `OutOfSharedMemory`; in halves, 75 items fit.
+        let pool = Pool::builder()
+            .workers(2)
+            .arena_size(1 << 20)
+            .build()
+            .unwrap();
+        for ordered in [true, false] {
+            let source = (0..600u64).map(|i| [i; 512]);
+            let it = if ordered {
+                pool.imap(source, slow_page).unwrap()
+            } else {
+                pool.imap_unordered(source, slow_page).unwrap()
+            };
+            let mut got: Vec<u64> = it.map(|r| r.unwrap()[511]).collect();
+            if !ordered {
+                got.sort_unstable();
+            }
+            assert_eq!(got, (0..600).collect::<Vec<_>>(), "ordered {ordered}");
+        }
+        common::assert_healthy(&pool);
+    })
+}
+
 #[test]
 fn a_terminated_pool_ends_a_stream_after_one_error() {
     deadline(60, || {

@@ -57,8 +57,8 @@ enum Chunk<T, U> {
         job: AsyncResult<ShmVec<U>>,
         input: Vec<T>,
     },
-    /// Run one element per job: after the batch failed, or because the
-    /// chunk could never fit in the arena as a whole.
+    /// Run one element per job: after the batch failed, or because one
+    /// element could not fit in the arena even with nothing in flight.
     Singles(VecDeque<Result<AsyncResult<U>, Error>>),
     /// The outputs, being yielded.
     Done { out: ShmVec<U>, next: usize },
@@ -348,28 +348,36 @@ where
 
     /// Submits the buffer as the next chunk. Returns false, keeping the
     /// buffer, if the arena has no room while chunks are in flight
-    /// (back-pressure: their memory comes back as they are taken).
+    /// (back-pressure: their memory comes back as they are taken). With
+    /// nothing in flight, a chunk the arena cannot hold is halved until it
+    /// fits; the rest stays in the buffer for the next chunk.
     fn submit_buffer(&mut self) -> bool {
         let seq = self.next_seq;
-        let chunk = match self.submit_batch(seq) {
-            Ok(job) => Chunk::Batch {
-                job,
-                input: std::mem::take(&mut self.buffer),
-            },
-            Err(Error::OutOfSharedMemory { .. }) if !self.flight.is_empty() => return false,
-            // It cannot fit even in an empty window: run it element by
-            // element, each failing (or not) on its own.
-            Err(Error::OutOfSharedMemory { .. }) => {
-                let input = std::mem::take(&mut self.buffer);
-                Chunk::Singles(self.singles(&input))
-            }
-            // The pool refuses work (terminated, broken, a forked copy...):
-            // this error reports the chunk, and the stream ends after the
-            // chunks already in flight.
-            Err(e) => {
-                self.stopped = true;
-                self.buffer.clear();
-                Chunk::Failed(Some(e))
+        let mut take = self.buffer.len();
+        let chunk = loop {
+            match self.submit_batch(seq, take) {
+                Ok(job) => {
+                    break Chunk::Batch {
+                        job,
+                        input: self.take_buffer(take),
+                    };
+                }
+                Err(Error::OutOfSharedMemory { .. }) if !self.flight.is_empty() => return false,
+                Err(Error::OutOfSharedMemory { .. }) if take > 1 => take /= 2,
+                // One element that cannot fit even in an empty window: run
+                // it on its own, failing (or not) as its own job.
+                Err(Error::OutOfSharedMemory { .. }) => {
+                    let input = self.take_buffer(1);
+                    break Chunk::Singles(self.singles(&input));
+                }
+                // The pool refuses work (terminated, broken, a forked
+                // copy...): this error reports the chunk, and the stream
+                // ends after the chunks already in flight.
+                Err(e) => {
+                    self.stopped = true;
+                    self.buffer.clear();
+                    break Chunk::Failed(Some(e));
+                }
             }
         };
         self.next_seq += 1;
@@ -378,12 +386,19 @@ where
         true
     }
 
-    fn submit_batch(&self, seq: u64) -> Result<AsyncResult<ShmVec<U>>, Error> {
-        let shared = self.pool.to_shm(&self.buffer)?;
+    /// Submits the first `take` items of the buffer as chunk `seq`.
+    fn submit_batch(&self, seq: u64, take: usize) -> Result<AsyncResult<ShmVec<U>>, Error> {
+        let shared = self.pool.to_shm(&self.buffer[..take])?;
         let job = admitted(|| self.pool.map_async_unchecked(shared, self.f))?;
         let finished = self.finished.clone();
         job.on_complete(move |_| finished.report(seq));
         Ok(job)
+    }
+
+    /// The first `take` items of the buffer, taken out of it.
+    fn take_buffer(&mut self, take: usize) -> Vec<I::Item> {
+        let rest = self.buffer.split_off(take);
+        std::mem::replace(&mut self.buffer, rest)
     }
 
     /// Runs `input` one element per job.
@@ -646,8 +661,9 @@ impl Pool {
     /// error in its place; `Terminated` (or `InitializerFailed`) once, ending
     /// the stream (or `Io`, if the pool's result thread cannot be started for
     /// its first asynchronous job). A full arena only slows the stream
-    /// (chunks wait for room); a chunk that could never fit runs element by
-    /// element.
+    /// (chunks wait for room); a chunk that could never fit is split until
+    /// it does (an element that cannot fit on its own yields
+    /// `OutOfSharedMemory` in its place).
     ///
     /// ```
     /// let pool = shmpool::Pool::new(2)?;
