@@ -660,3 +660,41 @@ fn items_read_before_the_source_panicked_are_not_lost() {
         }
     })
 }
+
+/// A pool whose stream a task of a later pool reaches through a static.
+static STREAMING: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
+type Stream = Box<dyn Iterator<Item = Result<u64, Error>> + Send>;
+static HELD_STREAM: std::sync::Mutex<Option<Stream>> = std::sync::Mutex::new(None);
+
+/// Iterates the held stream (in a worker: its fork-time copy): 1 for
+/// `WouldDeadlock`, 2 for a value, 3 for another error, 4 for the end.
+fn iterate_held(_: u32) -> u32 {
+    let mut held = HELD_STREAM.lock().unwrap_or_else(|e| e.into_inner());
+    match held.as_mut().map(|s| s.next()) {
+        Some(Some(Err(Error::WouldDeadlock { .. }))) => 1,
+        Some(Some(Ok(_))) => 2,
+        Some(Some(Err(_))) => 3,
+        _ => 4,
+    }
+}
+
+/// A stream in the middle of a finished chunk, iterated by a task that
+/// reached it through a static: the chunk's outputs are the owner's, so the
+/// task gets `WouldDeadlock` (as for a stream with nothing finished), not a
+/// panic of the chunk's `ShmVec`.
+#[test]
+fn a_stream_iterated_in_a_task_mid_chunk_would_deadlock() {
+    deadline(60, || {
+        let other = STREAMING.get_or_init(|| Pool::new(2).unwrap());
+        let mut stream = other.imap(0u64..1_000_000, |x| x + 1).unwrap();
+        assert_eq!(stream.next().unwrap().unwrap(), 1);
+        *HELD_STREAM.lock().unwrap() = Some(Box::new(stream));
+        let pool = Pool::new(1).unwrap();
+        assert_eq!(pool.map(&[0u32], iterate_held).unwrap()[..], [1]);
+        // The owner's stream is untouched.
+        let mut held = HELD_STREAM.lock().unwrap().take().unwrap();
+        assert_eq!(held.next().unwrap().unwrap(), 2);
+        drop(held);
+        common::assert_healthy(&pool);
+    })
+}

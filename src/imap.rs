@@ -49,6 +49,9 @@ const FAST_BLOCK: Duration = Duration::from_micros(100);
 /// The most items read between two looks for a finished chunk.
 const MAX_BLOCK: usize = 1024;
 
+/// Why a copy of a stream in another process yields nothing.
+const ANOTHER_PROCESS: &str = "imap iterated in a task or a forked process; its chunks complete in the process that started it";
+
 /// One chunk of the stream, in flight or being yielded.
 enum Chunk<T, U> {
     /// Submitted as one job; its input is kept to run it again one element
@@ -417,7 +420,7 @@ where
             // A snapshot of the stream, in a task or a forked copy: its
             // chunks report to the process that submitted them.
             return Err(Error::WouldDeadlock {
-                reason: "imap iterated in a task or a forked process; its chunks complete in the process that started it",
+                reason: ANOTHER_PROCESS,
             });
         }
         if self.pool.inner.on_result_thread() {
@@ -500,8 +503,17 @@ where
         loop {
             match &mut self.current {
                 Some(Chunk::Done { out, next }) if *next < out.len() => {
+                    // The outputs are the owner's: in a copy of the stream
+                    // (a task that reached it through a static, a forked
+                    // child) they cannot be read, as nothing can be waited
+                    // for.
+                    let Some(outs) = out.slice_here() else {
+                        return Some(Err(Error::WouldDeadlock {
+                            reason: ANOTHER_PROCESS,
+                        }));
+                    };
                     *next += 1;
-                    return Some(Ok(out[*next - 1]));
+                    return Some(Ok(outs[*next - 1]));
                 }
                 Some(Chunk::Singles(jobs)) if !jobs.is_empty() => {
                     let job = jobs.pop_front().expect("not empty");
@@ -579,9 +591,9 @@ where
     fn next(&mut self) -> Option<Self::Item> {
         // The common case, kept small: the next output of a finished chunk.
         if let Some(Chunk::Done { out, next }) = &mut self.current {
-            if *next < out.len() {
+            if let Some(&y) = out.slice_here().and_then(|s| s.get(*next)) {
                 *next += 1;
-                return Some(Ok(out[*next - 1]));
+                return Some(Ok(y));
             }
         }
         self.next_chunk_item()
