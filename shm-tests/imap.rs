@@ -305,6 +305,35 @@ fn a_terminated_pool_ends_a_stream_after_one_error() {
     })
 }
 
+fn first_fails_rest_slow(x: u64) -> u64 {
+    assert!(x != 0, "the first");
+    std::thread::sleep(Duration::from_millis(20));
+    x
+}
+
+/// A chunk that failed is run again element by element; a `terminate`
+/// meanwhile ends the stream after one error too, not one per element left.
+#[test]
+fn a_terminated_pool_ends_a_stream_after_one_error_while_elements_rerun() {
+    deadline(60, || {
+        let pool = std::sync::Arc::new(Pool::new(2).unwrap());
+        let mut it = pool
+            .imap(0..100u64, first_fails_rest_slow)
+            .unwrap()
+            .chunksize(100);
+        assert!(matches!(it.next(), Some(Err(Error::TaskPanicked { .. }))));
+        assert_eq!(it.next().unwrap().unwrap(), 1);
+        pool.terminate();
+        let rest: Vec<Result<u64, Error>> = it.collect();
+        let errors = rest.iter().filter(|r| r.is_err()).count();
+        assert_eq!(errors, 1, "one error, then the end: {rest:?}");
+        assert!(matches!(
+            rest.last(),
+            Some(Err(Error::Terminated | Error::Closed))
+        ));
+    })
+}
+
 #[test]
 fn imap_inside_a_completion_callback_would_deadlock() {
     deadline(60, || {

@@ -517,7 +517,17 @@ where
                 }
                 Some(Chunk::Singles(jobs)) if !jobs.is_empty() => {
                     let job = jobs.pop_front().expect("not empty");
-                    return Some(job.and_then(AsyncResult::get));
+                    let out = job.and_then(AsyncResult::get);
+                    if let Err(
+                        Error::Closed | Error::Terminated | Error::InitializerFailed { .. },
+                    ) = out
+                    {
+                        // The pool can run nothing more (as in `settle`):
+                        // this error, then the end, not one per element.
+                        self.current = None;
+                        self.stop();
+                    }
+                    return Some(out);
                 }
                 Some(Chunk::Failed(e)) if e.is_some() => return e.take().map(Err),
                 _ => {}
