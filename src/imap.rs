@@ -13,8 +13,9 @@
 //! When the source is read is the whole protocol (design.md, "imap and the
 //! ring"): never while a finished result waits to be yielded; while chunks
 //! are in flight, only items the source guarantees (`size_hint`'s lower
-//! bound) unless the caller opted into `read_ahead`, because a source may
-//! wait for the stream's own results (a work queue fed by the consumer); and
+//! bound) unless the caller said otherwise (`read_ahead`: all it may, or
+//! none), because a source may wait for the stream's own results (a work
+//! queue fed by the consumer); and
 //! a partly read chunk is submitted as it is when the workers are idle and
 //! the source is slow.
 
