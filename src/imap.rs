@@ -507,8 +507,10 @@ where
                     // The outputs are the owner's: in a copy of the stream
                     // (a task that reached it through a static, a forked
                     // child) they cannot be read, as nothing can be waited
-                    // for.
+                    // for. One error, then the end (as in `wait_finished`).
                     let Some(outs) = out.slice_here() else {
+                        self.current = None;
+                        self.stop();
                         return Some(Err(Error::WouldDeadlock {
                             reason: ANOTHER_PROCESS,
                         }));
