@@ -500,23 +500,25 @@ where
 
     /// The slow path of `next`: the current chunk is used up.
     fn next_chunk_item(&mut self) -> Option<Result<U, Error>> {
+        if !self.pool.inner.in_owner_process() {
+            // A copy of the stream (a task that reached it through a static,
+            // a forked child): its chunks, their outcomes and their outputs
+            // are the owner's. One error, then the end.
+            if self.stopped {
+                return None;
+            }
+            self.current = None;
+            self.stop();
+            return Some(Err(Error::WouldDeadlock {
+                reason: ANOTHER_PROCESS,
+            }));
+        }
         self.note_owner();
         loop {
             match &mut self.current {
                 Some(Chunk::Done { out, next }) if *next < out.len() => {
-                    // The outputs are the owner's: in a copy of the stream
-                    // (a task that reached it through a static, a forked
-                    // child) they cannot be read, as nothing can be waited
-                    // for. One error, then the end (as in `wait_finished`).
-                    let Some(outs) = out.slice_here() else {
-                        self.current = None;
-                        self.stop();
-                        return Some(Err(Error::WouldDeadlock {
-                            reason: ANOTHER_PROCESS,
-                        }));
-                    };
                     *next += 1;
-                    return Some(Ok(outs[*next - 1]));
+                    return Some(Ok(out[*next - 1]));
                 }
                 Some(Chunk::Singles(jobs)) if !jobs.is_empty() => {
                     let job = jobs.pop_front().expect("not empty");
@@ -602,7 +604,9 @@ where
     type Item = Result<U, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        // The common case, kept small: the next output of a finished chunk.
+        // The common case, kept small: the next output of a finished chunk
+        // (not in a copy of the stream in another process: see
+        // `next_chunk_item`).
         if let Some(Chunk::Done { out, next }) = &mut self.current {
             if let Some(&y) = out.slice_here().and_then(|s| s.get(*next)) {
                 *next += 1;
