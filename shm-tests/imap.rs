@@ -246,6 +246,40 @@ fn a_full_arena_slows_a_stream_without_ending_it() {
     })
 }
 
+fn slow_page(x: [u64; 512]) -> [u64; 512] {
+    std::thread::sleep(Duration::from_millis(1));
+    x
+}
+
+#[test]
+fn a_chunk_larger_than_the_arena_is_split_until_it_fits() {
+    deadline(120, || {
+        // 600 items of 4 KiB: the default chunk (all of them) needs 4.8 MiB
+        // in and out, the arena has 1 MiB. Element by element, the 600 jobs
+        // submitted at once needed 8 KiB each, and most failed with
+        // `OutOfSharedMemory`; in halves, 75 items fit.
+        let pool = Pool::builder()
+            .workers(2)
+            .arena_size(1 << 20)
+            .build()
+            .unwrap();
+        for ordered in [true, false] {
+            let source = (0..600u64).map(|i| [i; 512]);
+            let it = if ordered {
+                pool.imap(source, slow_page).unwrap()
+            } else {
+                pool.imap_unordered(source, slow_page).unwrap()
+            };
+            let mut got: Vec<u64> = it.map(|r| r.unwrap()[511]).collect();
+            if !ordered {
+                got.sort_unstable();
+            }
+            assert_eq!(got, (0..600).collect::<Vec<_>>(), "ordered {ordered}");
+        }
+        common::assert_healthy(&pool);
+    })
+}
+
 #[test]
 fn a_terminated_pool_ends_a_stream_after_one_error() {
     deadline(60, || {
@@ -264,6 +298,35 @@ fn a_terminated_pool_ends_a_stream_after_one_error() {
         let rest: Vec<Result<u64, Error>> = it.collect();
         let errors = rest.iter().filter(|r| r.is_err()).count();
         assert_eq!(errors, 1, "one error, then the end");
+        assert!(matches!(
+            rest.last(),
+            Some(Err(Error::Terminated | Error::Closed))
+        ));
+    })
+}
+
+fn first_fails_rest_slow(x: u64) -> u64 {
+    assert!(x != 0, "the first");
+    std::thread::sleep(Duration::from_millis(20));
+    x
+}
+
+/// A chunk that failed is run again element by element; a `terminate`
+/// meanwhile ends the stream after one error too, not one per element left.
+#[test]
+fn a_terminated_pool_ends_a_stream_after_one_error_while_elements_rerun() {
+    deadline(60, || {
+        let pool = std::sync::Arc::new(Pool::new(2).unwrap());
+        let mut it = pool
+            .imap(0..100u64, first_fails_rest_slow)
+            .unwrap()
+            .chunksize(100);
+        assert!(matches!(it.next(), Some(Err(Error::TaskPanicked { .. }))));
+        assert_eq!(it.next().unwrap().unwrap(), 1);
+        pool.terminate();
+        let rest: Vec<Result<u64, Error>> = it.collect();
+        let errors = rest.iter().filter(|r| r.is_err()).count();
+        assert_eq!(errors, 1, "one error, then the end: {rest:?}");
         assert!(matches!(
             rest.last(),
             Some(Err(Error::Terminated | Error::Closed))
@@ -364,6 +427,38 @@ fn a_work_queue_fed_by_its_own_results_does_not_deadlock() {
             got.dedup();
             assert_eq!(got.len(), sent, "each once");
         }
+    })
+}
+
+/// A work queue of known length: its `size_hint` guarantees every item, but
+/// each `recv` waits for a result the loop has not taken yet. Read ahead
+/// (the default for such a source), it blocks forever; `read_ahead(false)`
+/// reads it only while nothing is in flight.
+#[test]
+fn a_work_queue_of_known_length_runs_with_read_ahead_off() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        for ordered in [true, false] {
+            let (tx, rx) = std::sync::mpsc::channel::<u64>();
+            tx.send(1).unwrap();
+            let queue = (0..10).map(move |_| rx.recv().unwrap());
+            let it = if ordered {
+                pool.imap(queue, times_ten).unwrap()
+            } else {
+                pool.imap_unordered(queue, times_ten).unwrap()
+            };
+            let mut seen = Vec::new();
+            for r in it.chunksize(1).read_ahead(false) {
+                let x = r.unwrap();
+                seen.push(x);
+                if seen.len() < 10 {
+                    tx.send(x % 1000 + 1).unwrap();
+                }
+            }
+            assert_eq!(seen.len(), 10, "ordered {ordered}");
+            assert_eq!(seen[..3], [10, 110, 1110]);
+        }
+        common::assert_healthy(&pool);
     })
 }
 
@@ -592,5 +687,47 @@ fn items_read_before_the_source_panicked_are_not_lost() {
             );
             assert_eq!(got, want, "ordered {ordered}");
         }
+    })
+}
+
+/// A pool whose stream a task of a later pool reaches through a static.
+static STREAMING: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
+type Stream = Box<dyn Iterator<Item = Result<u64, Error>> + Send>;
+static HELD_STREAM: std::sync::Mutex<Option<Stream>> = std::sync::Mutex::new(None);
+
+/// Iterates the held stream (in a worker: its fork-time copy) to its end,
+/// at most 1000 items: 1 for `WouldDeadlock`, 2 for a value, 3 for another
+/// error, one digit per item.
+fn iterate_held(_: u32) -> u64 {
+    let mut held = HELD_STREAM.lock().unwrap_or_else(|e| e.into_inner());
+    let stream = held.as_mut().expect("a stream is held");
+    stream.take(1000).fold(0, |digits, r| {
+        let d = match r {
+            Err(Error::WouldDeadlock { .. }) => 1,
+            Ok(_) => 2,
+            Err(_) => 3,
+        };
+        digits.saturating_mul(10).saturating_add(d)
+    })
+}
+
+/// A stream in the middle of a finished chunk, iterated by a task that
+/// reached it through a static: the chunk's outputs are the owner's, so the
+/// task gets `WouldDeadlock` (as for a stream with nothing finished), not a
+/// panic of the chunk's `ShmVec`; and only once: the copy then ends.
+#[test]
+fn a_stream_iterated_in_a_task_mid_chunk_would_deadlock() {
+    deadline(60, || {
+        let other = STREAMING.get_or_init(|| Pool::new(2).unwrap());
+        let mut stream = other.imap(0u64..1_000_000, |x| x + 1).unwrap();
+        assert_eq!(stream.next().unwrap().unwrap(), 1);
+        *HELD_STREAM.lock().unwrap() = Some(Box::new(stream));
+        let pool = Pool::new(1).unwrap();
+        assert_eq!(pool.map(&[0u32], iterate_held).unwrap()[..], [1]);
+        // The owner's stream is untouched.
+        let mut held = HELD_STREAM.lock().unwrap().take().unwrap();
+        assert_eq!(held.next().unwrap().unwrap(), 2);
+        drop(held);
+        common::assert_healthy(&pool);
     })
 }

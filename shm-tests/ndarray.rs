@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::deadline;
+use common::{deadline, in_isolation, isolated};
 use ndarray::{Array, ArrayView2, ArrayViewD, Axis, IxDyn, array, s};
 use shmpool::{Error, Pool};
 
@@ -111,5 +111,43 @@ fn shapes_ndarray_refuses_are_refused_not_panicked() {
             matches!(huge, Err(Error::InvalidArgument { .. })),
             "{huge:?}"
         );
+    })
+}
+
+/// A broadcast view's memory is one row, its logical size terabytes: its
+/// row-major copy must be refused by the arena, not attempted in the
+/// caller's memory (where it aborted the process).
+#[test]
+fn a_broadcast_view_larger_than_the_arena_is_refused() {
+    isolated("huge_broadcast_body", 60);
+}
+
+#[test]
+#[ignore = "run by a_broadcast_view_larger_than_the_arena_is_refused"]
+fn huge_broadcast_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(30, || {
+        let pool = Pool::new(2).unwrap();
+        let row = Array::from_elem(1 << 20, 1.0f64);
+        let huge = row.broadcast((1 << 20, 1 << 20)).unwrap();
+        let oom = |r: &Result<_, Error>| matches!(r, Err(Error::OutOfSharedMemory { .. }));
+        assert!(oom(&pool.map_array(&huge, |x| x + 1.0)));
+        assert!(oom(
+            &pool.map_stencil(&huge, |a: &ArrayView2<f64>, (i, j)| a[[i, j]])
+        ));
+        assert!(oom(&pool.array_to_shm(&huge)));
+        // A broadcast that fits is copied row-major, and counted as staged.
+        let small = row.slice(s![..4]);
+        let small = small.broadcast((3, 4)).unwrap();
+        let staged = pool.stats().bytes_staged;
+        assert_eq!(
+            pool.map_array(&small, |x| x * 2.0).unwrap().view(),
+            small.mapv(|x| x * 2.0)
+        );
+        assert_eq!(pool.stats().bytes_staged, staged + 96);
+        assert_eq!(pool.array_to_shm(&small).unwrap().view(), small);
+        common::assert_healthy(&pool);
     })
 }

@@ -13,8 +13,9 @@
 //! When the source is read is the whole protocol (design.md, "imap and the
 //! ring"): never while a finished result waits to be yielded; while chunks
 //! are in flight, only items the source guarantees (`size_hint`'s lower
-//! bound) unless the caller opted into `read_ahead`, because a source may
-//! wait for the stream's own results (a work queue fed by the consumer); and
+//! bound) unless the caller said otherwise (`read_ahead`: all it may, or
+//! none), because a source may wait for the stream's own results (a work
+//! queue fed by the consumer); and
 //! a partly read chunk is submitted as it is when the workers are idle and
 //! the source is slow.
 
@@ -49,6 +50,9 @@ const FAST_BLOCK: Duration = Duration::from_micros(100);
 /// The most items read between two looks for a finished chunk.
 const MAX_BLOCK: usize = 1024;
 
+/// Why a copy of a stream in another process yields nothing.
+const ANOTHER_PROCESS: &str = "imap iterated in a task or a forked process; its chunks complete in the process that started it";
+
 /// One chunk of the stream, in flight or being yielded.
 enum Chunk<T, U> {
     /// Submitted as one job; its input is kept to run it again one element
@@ -57,8 +61,8 @@ enum Chunk<T, U> {
         job: AsyncResult<ShmVec<U>>,
         input: Vec<T>,
     },
-    /// Run one element per job: after the batch failed, or because the
-    /// chunk could never fit in the arena as a whole.
+    /// Run one element per job: after the batch failed, or because one
+    /// element could not fit in the arena even with nothing in flight.
     Singles(VecDeque<Result<AsyncResult<U>, Error>>),
     /// The outputs, being yielded.
     Done { out: ShmVec<U>, next: usize },
@@ -110,8 +114,10 @@ impl Finished {
 /// then would wait forever. A source that cannot say (a channel, `filter`,
 /// `lines`) is read only when nothing is in flight, one chunk at a time,
 /// unless [`read_ahead`](Self::read_ahead) says it never waits for the
-/// stream. When the workers are idle and the source is slow, a partly read
-/// chunk is submitted as it is.
+/// stream; `read_ahead(false)` reads any source that way (one that
+/// guarantees items but waits for the stream's results to produce them).
+/// When the workers are idle and the source is slow, a partly read chunk is
+/// submitted as it is.
 ///
 /// **Failures.** A chunk whose job fails (a panic, a dead worker, a
 /// timeout) is run again one element per job, so that only the failing
@@ -132,7 +138,8 @@ pub struct Imap<'p, I: Iterator, U, F> {
     ordered: bool,
     chunksize: usize,
     window: usize,
-    read_ahead: bool,
+    /// `read_ahead`: `None` reads ahead as far as `size_hint` guarantees.
+    read_ahead: Option<bool>,
     /// Chunks in flight, oldest first, with their sequence numbers.
     flight: VecDeque<(u64, Chunk<I::Item, U>)>,
     /// The chunk being yielded.
@@ -176,7 +183,7 @@ where
             ordered,
             chunksize: DEFAULT_CHUNKSIZE,
             window: 2 * pool.workers() + 2,
-            read_ahead: false,
+            read_ahead: None,
             flight: VecDeque::new(),
             current: None,
             finished: Arc::default(),
@@ -221,13 +228,20 @@ where
         self
     }
 
-    /// Whether to read ahead (keep `window` chunks in flight) a source that
-    /// cannot say how many items it has left, such as `filter`, `lines` or
-    /// a channel (default: `false`). Set it when the source never waits for
-    /// this stream's results: reading then overlaps the workers, as it
-    /// always does for a source whose `size_hint` guarantees its items. A
-    /// source that does wait for them (a work queue fed by the consuming
-    /// loop) would wait forever with it set.
+    /// Whether to read the source ahead of the results (keep `window`
+    /// chunks in flight) whatever it says of its length. By default a
+    /// source is read ahead only as far as its `size_hint` guarantees items
+    /// (ranges, slices, vectors, maps over them), and one that cannot say
+    /// (`filter`, `lines`, a channel) only while nothing is in flight.
+    ///
+    /// `true`: the source never waits for this stream's results, so reading
+    /// may overlap the workers whatever its `size_hint` says. `false`: it
+    /// may wait for them, so it is read only while nothing is in flight,
+    /// even if its `size_hint` promises items: a work queue of known length,
+    /// `(0..n).map(|_| rx.recv().unwrap())`, guarantees `n` items but blocks
+    /// in `recv` until the loop that consumes the stream sends more, which
+    /// it never does if the stream is reading instead of yielding. Either
+    /// way, a wrong answer waits forever.
     ///
     /// ```
     /// let pool = shmpool::Pool::new(2)?;
@@ -239,7 +253,7 @@ where
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn read_ahead(mut self, yes: bool) -> Self {
-        self.read_ahead = yes;
+        self.read_ahead = Some(yes);
         self
     }
 
@@ -301,10 +315,15 @@ where
                 return false;
             }
             let mut n = (self.chunksize - self.buffer.len()).min(self.block);
-            if !idle && !self.read_ahead {
+            if !idle {
                 // Chunks are in flight: read only the items the source
-                // guarantees. Anything more may wait for their results.
-                n = n.min(self.source.size_hint().0);
+                // guarantees (or none, if the caller said reading may wait
+                // for their results). Anything more may wait for them.
+                match self.read_ahead {
+                    Some(true) => {}
+                    Some(false) => return false,
+                    None => n = n.min(self.source.size_hint().0),
+                }
                 if n == 0 {
                     return false;
                 }
@@ -333,28 +352,36 @@ where
 
     /// Submits the buffer as the next chunk. Returns false, keeping the
     /// buffer, if the arena has no room while chunks are in flight
-    /// (back-pressure: their memory comes back as they are taken).
+    /// (back-pressure: their memory comes back as they are taken). With
+    /// nothing in flight, a chunk the arena cannot hold is halved until it
+    /// fits; the rest stays in the buffer for the next chunk.
     fn submit_buffer(&mut self) -> bool {
         let seq = self.next_seq;
-        let chunk = match self.submit_batch(seq) {
-            Ok(job) => Chunk::Batch {
-                job,
-                input: std::mem::take(&mut self.buffer),
-            },
-            Err(Error::OutOfSharedMemory { .. }) if !self.flight.is_empty() => return false,
-            // It cannot fit even in an empty window: run it element by
-            // element, each failing (or not) on its own.
-            Err(Error::OutOfSharedMemory { .. }) => {
-                let input = std::mem::take(&mut self.buffer);
-                Chunk::Singles(self.singles(&input))
-            }
-            // The pool refuses work (terminated, broken, a forked copy...):
-            // this error reports the chunk, and the stream ends after the
-            // chunks already in flight.
-            Err(e) => {
-                self.stopped = true;
-                self.buffer.clear();
-                Chunk::Failed(Some(e))
+        let mut take = self.buffer.len();
+        let chunk = loop {
+            match self.submit_batch(seq, take) {
+                Ok(job) => {
+                    break Chunk::Batch {
+                        job,
+                        input: self.take_buffer(take),
+                    };
+                }
+                Err(Error::OutOfSharedMemory { .. }) if !self.flight.is_empty() => return false,
+                Err(Error::OutOfSharedMemory { .. }) if take > 1 => take /= 2,
+                // One element that cannot fit even in an empty window: run
+                // it on its own, failing (or not) as its own job.
+                Err(Error::OutOfSharedMemory { .. }) => {
+                    let input = self.take_buffer(1);
+                    break Chunk::Singles(self.singles(&input));
+                }
+                // The pool refuses work (terminated, broken, a forked
+                // copy...): this error reports the chunk, and the stream
+                // ends after the chunks already in flight.
+                Err(e) => {
+                    self.stopped = true;
+                    self.buffer.clear();
+                    break Chunk::Failed(Some(e));
+                }
             }
         };
         self.next_seq += 1;
@@ -363,12 +390,19 @@ where
         true
     }
 
-    fn submit_batch(&self, seq: u64) -> Result<AsyncResult<ShmVec<U>>, Error> {
-        let shared = self.pool.to_shm(&self.buffer)?;
+    /// Submits the first `take` items of the buffer as chunk `seq`.
+    fn submit_batch(&self, seq: u64, take: usize) -> Result<AsyncResult<ShmVec<U>>, Error> {
+        let shared = self.pool.to_shm(&self.buffer[..take])?;
         let job = admitted(|| self.pool.map_async_unchecked(shared, self.f))?;
         let finished = self.finished.clone();
         job.on_complete(move |_| finished.report(seq));
         Ok(job)
+    }
+
+    /// The first `take` items of the buffer, taken out of it.
+    fn take_buffer(&mut self, take: usize) -> Vec<I::Item> {
+        let rest = self.buffer.split_off(take);
+        std::mem::replace(&mut self.buffer, rest)
     }
 
     /// Runs `input` one element per job.
@@ -387,7 +421,7 @@ where
             // A snapshot of the stream, in a task or a forked copy: its
             // chunks report to the process that submitted them.
             return Err(Error::WouldDeadlock {
-                reason: "imap iterated in a task or a forked process; its chunks complete in the process that started it",
+                reason: ANOTHER_PROCESS,
             });
         }
         if self.pool.inner.on_result_thread() {
@@ -466,6 +500,19 @@ where
 
     /// The slow path of `next`: the current chunk is used up.
     fn next_chunk_item(&mut self) -> Option<Result<U, Error>> {
+        if !self.pool.inner.in_owner_process() {
+            // A copy of the stream (a task that reached it through a static,
+            // a forked child): its chunks, their outcomes and their outputs
+            // are the owner's. One error, then the end.
+            if self.stopped {
+                return None;
+            }
+            self.current = None;
+            self.stop();
+            return Some(Err(Error::WouldDeadlock {
+                reason: ANOTHER_PROCESS,
+            }));
+        }
         self.note_owner();
         loop {
             match &mut self.current {
@@ -475,7 +522,17 @@ where
                 }
                 Some(Chunk::Singles(jobs)) if !jobs.is_empty() => {
                     let job = jobs.pop_front().expect("not empty");
-                    return Some(job.and_then(AsyncResult::get));
+                    let out = job.and_then(AsyncResult::get);
+                    if let Err(
+                        Error::Closed | Error::Terminated | Error::InitializerFailed { .. },
+                    ) = out
+                    {
+                        // The pool can run nothing more (as in `settle`):
+                        // this error, then the end, not one per element.
+                        self.current = None;
+                        self.stop();
+                    }
+                    return Some(out);
                 }
                 Some(Chunk::Failed(e)) if e.is_some() => return e.take().map(Err),
                 _ => {}
@@ -547,11 +604,13 @@ where
     type Item = Result<U, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        // The common case, kept small: the next output of a finished chunk.
+        // The common case, kept small: the next output of a finished chunk
+        // (not in a copy of the stream in another process: see
+        // `next_chunk_item`).
         if let Some(Chunk::Done { out, next }) = &mut self.current {
-            if *next < out.len() {
+            if let Some(&y) = out.slice_here().and_then(|s| s.get(*next)) {
                 *next += 1;
-                return Some(Ok(out[*next - 1]));
+                return Some(Ok(y));
             }
         }
         self.next_chunk_item()
@@ -631,8 +690,9 @@ impl Pool {
     /// error in its place; `Terminated` (or `InitializerFailed`) once, ending
     /// the stream (or `Io`, if the pool's result thread cannot be started for
     /// its first asynchronous job). A full arena only slows the stream
-    /// (chunks wait for room); a chunk that could never fit runs element by
-    /// element.
+    /// (chunks wait for room); a chunk that could never fit is split until
+    /// it does (an element that cannot fit on its own yields
+    /// `OutOfSharedMemory` in its place).
     ///
     /// ```
     /// let pool = shmpool::Pool::new(2)?;

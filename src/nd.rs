@@ -12,7 +12,9 @@
 #![allow(unsafe_code)]
 
 use std::fmt;
+use std::mem::size_of_val;
 use std::slice;
+use std::time::Instant;
 
 use bytemuck::Pod;
 use ndarray::{Array, ArrayBase, ArrayView, ArrayViewMut, Data, Dimension, IntoDimension};
@@ -120,16 +122,54 @@ impl<T: Pod + fmt::Debug, D: Dimension> fmt::Debug for ShmArray<T, D> {
     }
 }
 
-/// `a`'s elements in row-major order: borrowed if contiguous, else copied.
-fn row_major<S, T, D>(a: &ArrayBase<S, D>) -> std::borrow::Cow<'_, [T]>
+/// `a`'s elements in row-major order: borrowed if contiguous, else copied
+/// into a new vector of `pool`'s arena (`counted`: as a staged input).
+///
+/// The copy goes straight into the arena, never through a `Vec` of this
+/// process: a view whose memory is small but whose logical size is not (a
+/// broadcast, a zero-stride axis) is bounded by the arena, and fails with
+/// `OutOfSharedMemory`, instead of exhausting the caller's memory.
+fn row_major<'a, S, T, D>(
+    pool: &Pool,
+    a: &'a ArrayBase<S, D>,
+    counted: bool,
+) -> Result<Elements<'a, T>, Error>
 where
     S: Data<Elem = T>,
     T: Pod,
     D: Dimension,
 {
-    match a.as_slice() {
-        Some(s) => std::borrow::Cow::Borrowed(s),
-        None => std::borrow::Cow::Owned(a.iter().copied().collect()),
+    if let Some(s) = a.as_slice() {
+        return Ok(Elements::Borrowed(s));
+    }
+    let started = Instant::now();
+    let mut copy: ShmVec<T> = pool.alloc::<T>(a.len())?.into_vec(a.len());
+    if size_of::<T>() != 0 {
+        for (to, &from) in copy.iter_mut().zip(a.iter()) {
+            *to = from;
+        }
+        if counted {
+            pool.note_staged(size_of_val(&*copy), started);
+        }
+    }
+    Ok(Elements::Copied(copy))
+}
+
+/// An array's elements in row-major order (`row_major`).
+enum Elements<'a, T> {
+    /// The array's own memory: it is contiguous.
+    Borrowed(&'a [T]),
+    /// A copy in the arena.
+    Copied(ShmVec<T>),
+}
+
+impl<T: Pod> std::ops::Deref for Elements<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Elements::Borrowed(s) => s,
+            Elements::Copied(v) => v,
+        }
     }
 }
 
@@ -179,12 +219,18 @@ impl Pool {
         T: Element,
         D: Dimension,
     {
-        ShmArray::from_shmvec(self.to_shm(&row_major(a))?, a.raw_dim())
+        let data = match row_major(self, a, false)? {
+            Elements::Borrowed(s) => self.to_shm(s)?,
+            Elements::Copied(v) => v,
+        };
+        ShmArray::from_shmvec(data, a.raw_dim())
     }
 
     /// `f` applied to every element of an array of any dimension; the result
     /// has the same shape, in shared memory. A contiguous input in this
-    /// pool's shared memory is read in place; any other is copied in once.
+    /// pool's shared memory is read in place; any other is copied in once
+    /// (a non-contiguous view, row-major, straight into shared memory: a
+    /// broadcast view larger than the arena is `OutOfSharedMemory`).
     ///
     /// # Errors
     /// As [`map`](Self::map).
@@ -212,7 +258,8 @@ impl Pool {
         F: Fn(T) -> U + Copy + Send + Sync + 'static,
     {
         const { assert!(size_of::<F>() == 0, "{}", CAPTURE_MESSAGE) };
-        let out = self.map_unchecked(&row_major(a), f)?;
+        self.prologue(f)?;
+        let out = self.map_unchecked(&row_major(self, a, true)?, f)?;
         ShmArray::from_shmvec(out, a.raw_dim())
     }
 
@@ -270,10 +317,10 @@ impl Pool {
         for (s, &n) in shape[1..].iter_mut().zip(a.shape()) {
             *s = n as u64;
         }
-        // Bound for the whole call: a copy (a strided `a`) that lies in the
-        // shared heap is read in place by the workers, so it must outlive
-        // the job, not just the placement.
-        let elements = row_major(a);
+        // Bound for the whole call: the workers read it in place (a copy
+        // of a strided `a` lies in the arena), so it must outlive the job,
+        // not just the placement.
+        let elements = row_major(self, a, true)?;
         let input = self.place_input(&elements)?;
         let mut inline = InlineData::new();
         let ctx = self.place_value(&shape, &mut inline)?;

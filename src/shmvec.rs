@@ -133,13 +133,25 @@ impl<T: Pod> ShmVec<T> {
     #[inline]
     #[track_caller]
     pub fn as_slice(&self) -> &[T] {
-        self.check_process();
+        match self.slice_here() {
+            Some(s) => s,
+            None => foreign_process(),
+        }
+    }
+
+    /// The elements as a slice, or `None` in any process but the one that
+    /// allocated the vector (where [`as_slice`](Self::as_slice) panics).
+    #[inline]
+    pub(crate) fn slice_here(&self) -> Option<&[T]> {
+        if !self.usable_here() {
+            return None;
+        }
         // SAFETY: `ptr` is aligned and valid for `len` initialised values
         // (shared memory always holds initialised bytes, and every bit
         // pattern is a valid `T: Pod`); this vector owns them, and this is
         // the process that allocated them (checked above), so no other
         // process can reach them through a `ShmVec`.
-        unsafe { slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+        Some(unsafe { slice::from_raw_parts(self.ptr.as_ptr(), self.len) })
     }
 
     /// The elements as a mutable slice.

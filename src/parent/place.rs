@@ -188,12 +188,18 @@ impl Pool {
         }
         let started = Instant::now();
         let block = self.copy_to_arena(input)?.into_alloc();
+        self.note_staged(size_of_val(input), started);
+        Ok((Loc::Arena(block.off()), Some(block)))
+    }
+
+    /// Counts `bytes` of an input copied into the arena since `started`
+    /// (`Stats::bytes_staged`, `Profile::staging`).
+    pub(crate) fn note_staged(&self, bytes: usize, started: Instant) {
         let took = started.elapsed().as_nanos() as u64;
         // ORDERING: Relaxed: statistics.
         let c = &self.inner.stats;
-        c.bytes_staged.fetch_add(size_of_val(input) as u64, Relaxed);
+        c.bytes_staged.fetch_add(bytes as u64, Relaxed);
         c.staging_ns.fetch_add(took, Relaxed);
-        Ok((Loc::Arena(block.off()), Some(block)))
     }
 
     /// A new arena block holding a copy of `data` (streamed when large, as
