@@ -240,8 +240,9 @@ where
     /// even if its `size_hint` promises items: a work queue of known length,
     /// `(0..n).map(|_| rx.recv().unwrap())`, guarantees `n` items but blocks
     /// in `recv` until the loop that consumes the stream sends more, which
-    /// it never does if the stream is reading instead of yielding. Either
-    /// way, a wrong answer waits forever.
+    /// it never does if the stream is reading instead of yielding. A
+    /// `true` for a source that waits for the results waits forever; a
+    /// `false` for one that does not only reads it less far ahead.
     ///
     /// ```
     /// let pool = shmpool::Pool::new(2)?;
