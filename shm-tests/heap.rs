@@ -20,6 +20,16 @@ use shmpool::{HeapStats, Pool};
 /// `SHMPOOL_TEST_HEAP=heap` and, if given, `RLIMIT_AS` set to `limit`
 /// bytes; fails unless it passes within `secs`. Returns its stdout.
 fn run_with_heap(name: &str, heap: &str, limit: Option<u64>, secs: u64) -> String {
+    run_with_heap_under(name, heap, limit.map(|l| (libc::RLIMIT_AS, l)), secs)
+}
+
+/// [`run_with_heap`], with any resource limit: `(resource, bytes)`.
+fn run_with_heap_under(
+    name: &str,
+    heap: &str,
+    limit: Option<(libc::__rlimit_resource_t, u64)>,
+    secs: u64,
+) -> String {
     let exe = std::env::current_exe().expect("test binary path");
     let mut cmd = Command::new(exe);
     cmd.args([
@@ -33,7 +43,7 @@ fn run_with_heap(name: &str, heap: &str, limit: Option<u64>, secs: u64) -> Strin
     .env(TEST_HEAP, heap)
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    if let Some(limit) = limit {
+    if let Some((resource, limit)) = limit {
         // SAFETY: the closure runs in the forked child before exec and only
         // calls setrlimit, which is async-signal-safe.
         unsafe {
@@ -42,7 +52,7 @@ fn run_with_heap(name: &str, heap: &str, limit: Option<u64>, secs: u64) -> Strin
                     rlim_cur: limit,
                     rlim_max: limit,
                 };
-                if libc::setrlimit(libc::RLIMIT_AS, &lim) == 0 {
+                if libc::setrlimit(resource, &lim) == 0 {
                     Ok(())
                 } else {
                     Err(std::io::Error::last_os_error())
@@ -768,6 +778,42 @@ fn limit_default_body() {
     } else {
         allocations_work();
         println!("heap off; {} MiB mapped", mapped() >> 20);
+    }
+}
+
+#[test]
+fn a_file_size_limit_below_the_heap_never_kills_the_process() {
+    // Under `ulimit -f`, sizing a file past the limit is refused, and the
+    // kernel sends the process `SIGXFSZ`, which ends it. A configured
+    // capacity above the limit leaves the heap off...
+    let fsize = |bytes| Some((libc::RLIMIT_FSIZE, bytes));
+    let out = run_with_heap_under("file_size_limit_body", "small", fsize(64 << 20), 60);
+    assert!(out.contains("heap off"), "{out}");
+    // ...and the default capacity stays within the limit.
+    let out = run_with_heap_under("file_size_limit_body", "1", fsize(128 << 20), 60);
+    assert!(out.contains("heap on"), "{out}");
+}
+
+#[test]
+#[ignore = "run under limits by a_file_size_limit_below_the_heap_never_kills_the_process"]
+fn file_size_limit_body() {
+    if !in_isolation() {
+        return;
+    }
+    let s = stats();
+    allocations_work();
+    // A pool's region is one file too: past the limit, it is an error, not
+    // the end of the process.
+    match Pool::new(1) {
+        Ok(pool) => assert_eq!(pool.map(&[1u32, 2], |x| x + 1).unwrap()[..], [2, 3]),
+        Err(e) => println!("no pool: {e}"),
+    }
+    if s.active {
+        assert!(s.capacity <= 128 << 20, "{s:?}");
+        println!("heap on: {} MiB", s.capacity >> 20);
+    } else {
+        assert_eq!(s.capacity, 0);
+        println!("heap off");
     }
 }
 

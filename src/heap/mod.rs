@@ -108,8 +108,8 @@ const MIN_BLOCK: usize = 4096;
 ///   at once.
 /// - **The capacity** is address space, not memory:
 ///   [`capacity`](SharedHeap::capacity), or by default the smallest of the
-///   physical memory, the memory cgroup's limit, and a quarter of what
-///   `RLIMIT_AS` leaves free.
+///   physical memory, the memory cgroup's limit, the file size limit
+///   (`RLIMIT_FSIZE`), and a quarter of what `RLIMIT_AS` leaves free.
 /// - **It never fails the process.** If the reservation cannot be made, the
 ///   heap is off and everything goes to the system allocator. If the heap is
 ///   full, or the kernel refuses its pages (a memory cgroup or tmpfs limit),
@@ -267,10 +267,11 @@ impl SharedHeap {
 
     /// Reserves `bytes` of address space (rounded down to 2 MiB, at most
     /// 16 TiB). `0` turns the heap off. The default is the smallest of the
-    /// physical memory, the memory cgroup's limit, and a quarter of the
-    /// address space that `RLIMIT_AS` leaves free; below 32 MiB the heap
-    /// stays off. A capacity set here is tried as given: if the kernel
-    /// refuses it (`RLIMIT_AS`), the heap is off. The first `SharedHeap`
+    /// physical memory, the memory cgroup's limit, the file size limit
+    /// (`RLIMIT_FSIZE`: the heap is one file), and a quarter of the address
+    /// space that `RLIMIT_AS` leaves free; below 32 MiB the heap stays off.
+    /// A capacity set here is tried as given: if the kernel refuses it
+    /// (`RLIMIT_AS`), or it exceeds `RLIMIT_FSIZE`, the heap is off. The first `SharedHeap`
     /// used in a process (the global allocator, in practice) decides the
     /// capacity and the warm bound.
     ///

@@ -126,11 +126,18 @@ pub(super) fn start(capacity: usize, keep_warm: usize) -> Phase {
 }
 
 /// The default capacity: the smallest of the physical memory (4 GiB if
-/// unknown), the cgroup limit, and a quarter of the address space the
+/// unknown), the cgroup limit, the file size limit (`RLIMIT_FSIZE`: the
+/// memfd may be no larger), and a quarter of the address space the
 /// `RLIMIT_AS` leaves free beyond what is mapped now.
-fn default_capacity(physical: u64, cgroup: Option<u64>, rlimit: Option<u64>, mapped: u64) -> u64 {
+fn default_capacity(
+    physical: u64,
+    cgroup: Option<u64>,
+    file: Option<u64>,
+    rlimit: Option<u64>,
+    mapped: u64,
+) -> u64 {
     let mut cap = if physical == 0 { 4 << 30 } else { physical };
-    if let Some(limit) = cgroup {
+    for limit in [cgroup, file].into_iter().flatten() {
         cap = cap.min(limit);
     }
     if let Some(limit) = rlimit {
@@ -150,6 +157,7 @@ fn reserve(capacity: usize, keep_warm: usize) -> bool {
         let cap = default_capacity(
             os::physical_memory(),
             cgroup::cgroup_limit(),
+            os::file_size_limit(),
             os::address_space_limit(),
             os::mapped_bytes().unwrap_or(0),
         );
@@ -687,19 +695,30 @@ mod tests {
     #[test]
     fn the_default_capacity_takes_the_smallest_limit() {
         let gib = 1u64 << 30;
-        assert_eq!(default_capacity(24 * gib, None, None, 0), 24 * gib);
+        assert_eq!(default_capacity(24 * gib, None, None, None, 0), 24 * gib);
         assert_eq!(
-            default_capacity(0, None, None, 0),
+            default_capacity(0, None, None, None, 0),
             4 * gib,
             "unknown memory"
         );
-        assert_eq!(default_capacity(24 * gib, Some(2 * gib), None, 0), 2 * gib);
         assert_eq!(
-            default_capacity(24 * gib, None, Some(8 * gib), 4 * gib),
+            default_capacity(24 * gib, Some(2 * gib), None, None, 0),
+            2 * gib
+        );
+        assert_eq!(
+            default_capacity(24 * gib, Some(2 * gib), Some(gib), None, 0),
+            gib,
+            "RLIMIT_FSIZE"
+        );
+        assert_eq!(
+            default_capacity(24 * gib, None, None, Some(8 * gib), 4 * gib),
             gib,
             "a quarter of what RLIMIT_AS leaves"
         );
-        assert_eq!(default_capacity(24 * gib, None, Some(gib), 2 * gib), 0);
+        assert_eq!(
+            default_capacity(24 * gib, None, None, Some(gib), 2 * gib),
+            0
+        );
     }
 
     #[test]

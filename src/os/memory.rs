@@ -28,8 +28,15 @@ use rustix::mm::{Advice, MapFlags, MprotectFlags, ProtFlags, madvise, mmap, mmap
 /// shows as `memfd:<name>` in `/proc/<pid>/maps`.
 ///
 /// # Errors
-/// Fails when the kernel refuses the file or its size (`EMFILE`, `EFBIG`).
+/// Fails when the kernel refuses the file or its size (`EMFILE`, `EFBIG`),
+/// and with `EFBIG`, before asking, when `len` exceeds this process's file
+/// size limit (`RLIMIT_FSIZE`).
 pub(crate) fn memfd(name: &CStr, len: u64) -> io::Result<OwnedFd> {
+    // Past `RLIMIT_FSIZE`, `ftruncate` fails, and the kernel also sends the
+    // process `SIGXFSZ`, whose default action ends it: ask for no such size.
+    if super::process::file_size_limit().is_some_and(|limit| len > limit) {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    }
     let fd = memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
     ftruncate(&fd, file_offset(len)?)?;
     // Best effort: a kernel without seals keeps the file as it was.

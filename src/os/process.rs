@@ -591,6 +591,13 @@ pub(crate) fn address_space_limit() -> Option<u64> {
     (limit.soft != libc::RLIM_INFINITY).then_some(limit.soft)
 }
 
+/// The soft `RLIMIT_FSIZE` of this process (`ulimit -f`), in bytes, if it
+/// is finite and can be read. No allocation.
+pub(crate) fn file_size_limit() -> Option<u64> {
+    let (soft, _) = getrlimit(Resource::RLIMIT_FSIZE).ok()?;
+    (soft != libc::RLIM_INFINITY).then_some(soft)
+}
+
 /// Whether a worker will be able to cap its own address space
 /// (`Builder::worker_memory_limit`): sets this process's `RLIMIT_AS` to
 /// the value it has, which a filter that forbids the call refuses.
