@@ -497,6 +497,61 @@ fn cycles_body() {
     });
 }
 
+// Fragmentation.
+
+isolated_test!(
+    a_heap_freed_in_warm_and_cold_pieces_still_serves_a_large_block,
+    fragmented_body,
+    "small",
+    None,
+    120
+);
+
+#[test]
+#[ignore = "run with the heap installed by a_heap_freed_in_warm_and_cold_pieces_still_serves_a_large_block"]
+fn fragmented_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(120, || {
+        heap().trim();
+        // Fill the heap with 64 KiB blocks (16 pages each).
+        let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(8192);
+        loop {
+            let v = vec![1u8; 64 << 10];
+            if !in_heap(v.as_ptr()) {
+                break;
+            }
+            blocks.push(v);
+        }
+        assert!(
+            blocks.len() > 3000,
+            "{} blocks: {:?}",
+            blocks.len(),
+            stats()
+        );
+        blocks.sort_unstable_by_key(|v| v.as_ptr() as usize);
+        // One block in sixteen first: 256 of them fill the 16 MiB warm
+        // bound. Then all the others, in address order: each one beyond the
+        // bound is punched, and goes cold between two warm ones.
+        let mut rest = Vec::with_capacity(blocks.len());
+        for (i, v) in blocks.into_iter().enumerate() {
+            if i % 16 != 0 {
+                rest.push(v);
+            }
+        }
+        drop(rest);
+        let before = stats();
+        assert!(before.warm > 0 && before.in_use < 1 << 20, "{before:?}");
+        // The heap is empty but for a few pages: 64 MiB fit in it.
+        let big = vec![2u8; 64 << 20];
+        let after = stats();
+        assert!(in_heap(big.as_ptr()), "{before:?} then {after:?}");
+        assert_eq!(after.fallbacks, before.fallbacks);
+        assert!(big.iter().all(|&b| b == 2));
+    });
+}
+
 // realloc across the threshold.
 
 isolated_test!(

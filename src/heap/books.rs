@@ -284,6 +284,15 @@ impl Books {
         })
     }
 
+    /// Whether a request of `n` pages that `alloc` could not serve may fit
+    /// once every warm page has turned cold: warm and cold spans never
+    /// merge, so enough free pages may lie side by side in pieces of both
+    /// kinds.
+    pub(crate) fn fits_once_cold(&self, n: u32) -> bool {
+        let free = u64::from(self.table.len) - self.used - self.transit;
+        self.warm_pages > 0 && free >= u64::from(n)
+    }
+
     /// Checks that `start..start + pages` is exactly one span of `kind`.
     fn check_span(&self, start: u32, pages: u32, kind: u32) -> Result<Span, NotABlock> {
         let end = u64::from(start) + u64::from(pages);
@@ -674,6 +683,31 @@ mod tests {
         }
         assert_eq!(b.warm_pages(), 0);
         b.check();
+    }
+
+    #[test]
+    fn free_pages_in_warm_and_cold_pieces_fit_once_all_are_cold() {
+        let mut b = books(1024, 0);
+        let blocks: Vec<Span> = (0..64).map(|_| b.alloc(16, 1).unwrap().block).collect();
+        let mut out = [Span::EMPTY; 1];
+        // Every fourth block stays warm; the others are freed and punched.
+        for (i, s) in blocks.iter().enumerate() {
+            b.free(s.start, s.pages).unwrap();
+            if i % 4 != 0 {
+                let bound = b.warm_pages() - 16;
+                assert_eq!(b.take_excess(bound, &mut out), 1);
+                b.settle(out[0]).unwrap();
+            }
+        }
+        b.check();
+        assert_eq!((b.used_pages(), b.warm_pages()), (0, 16 * 16));
+        assert!(b.alloc(512, 1).is_none(), "no one span holds 512 pages");
+        assert!(b.fits_once_cold(512) && !b.fits_once_cold(1025));
+        while b.take_excess(0, &mut out) == 1 {
+            b.settle(out[0]).unwrap();
+        }
+        assert!(!b.fits_once_cold(512), "nothing warm is left");
+        assert_eq!(b.alloc(1024, 1).unwrap().block, Span::new(0, 1024));
     }
 
     #[test]

@@ -384,8 +384,19 @@ pub(super) fn alloc_block(layout: Layout, zeroed: bool) -> Option<*mut u8> {
     }
     // ORDERING: Relaxed: as in `address`.
     let shift = STATE.shift.load(Relaxed);
-    let grant = pages_for(layout.size(), layout.align(), shift)
-        .and_then(|(pages, align)| with_books(|b| b.alloc(pages, align)));
+    let grant = pages_for(layout.size(), layout.align(), shift).and_then(|(pages, align)| {
+        match with_books(|b| b.alloc(pages, align).ok_or_else(|| b.fits_once_cold(pages))) {
+            Ok(grant) => Some(grant),
+            // Enough free pages, in warm and cold pieces (which never
+            // merge): given back, the warm ones merge with their cold
+            // neighbours, as after `trim`, and the search runs once more.
+            Err(true) => {
+                trim_to(0);
+                with_books(|b| b.alloc(pages, align))
+            }
+            Err(false) => None,
+        }
+    });
     let Some(grant) = grant else {
         // ORDERING: Relaxed: statistics.
         STATE.fallbacks.fetch_add(1, Relaxed);
