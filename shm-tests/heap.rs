@@ -552,6 +552,93 @@ fn fragmented_body() {
     });
 }
 
+// Pages the kernel would not give back.
+
+isolated_test!(
+    zeroed_blocks_read_zero_where_hole_punching_is_refused,
+    punch_refused_body,
+    "small",
+    None,
+    60
+);
+
+/// Makes every `fallocate` that punches a hole fail with `EOPNOTSUPP`, in
+/// every thread of this process (a seccomp filter, as a sandbox may have).
+/// Returns `false` where it cannot be installed.
+fn refuse_hole_punching() -> bool {
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const JSET_K: u16 = 0x45;
+    const RET_K: u16 = 0x06;
+    const ALLOW: u32 = 0x7fff_0000;
+    const ERRNO: u32 = 0x0005_0000;
+    const PUNCH_HOLE: u32 = 2;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    if !cfg!(target_arch = "x86_64") {
+        return false;
+    }
+    // `struct seccomp_data`: the call's number at 0, the architecture at
+    // 4, the arguments from 16 (`fallocate`'s mode is the second).
+    let filter = [
+        op(LD_W_ABS, 0, 0, 4),
+        op(JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+        op(RET_K, 0, 0, ALLOW),
+        op(LD_W_ABS, 0, 0, 0),
+        op(JEQ_K, 0, 3, libc::SYS_fallocate as u32),
+        op(LD_W_ABS, 0, 0, 24),
+        op(JSET_K, 0, 1, PUNCH_HOLE),
+        op(RET_K, 0, 0, ERRNO | libc::EOPNOTSUPP as u32),
+        op(RET_K, 0, 0, ALLOW),
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` points to `filter`, which outlives the calls; the
+    // filter only makes one kind of `fallocate` fail.
+    unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+            && libc::syscall(libc::SYS_seccomp, 1, 1, &raw const prog) == 0
+    }
+}
+
+#[test]
+#[ignore = "run with the heap installed by zeroed_blocks_read_zero_where_hole_punching_is_refused"]
+fn punch_refused_body() {
+    if !in_isolation() {
+        return;
+    }
+    if !refuse_hole_punching() {
+        println!("no seccomp filter here: nothing to check");
+        return;
+    }
+    deadline(60, || {
+        heap().trim();
+        // 32 MiB of dirty pages, freed and given back: the punch fails, so
+        // the file keeps them, dirty.
+        let dirty = vec![0xabu8; 32 << 20];
+        let at = dirty.as_ptr();
+        drop(dirty);
+        heap().trim();
+        assert_eq!(stats().warm, 0);
+        let clean = vec![0u8; 32 << 20];
+        assert_eq!(clean.as_ptr(), at, "the same pages");
+        assert!(
+            clean.iter().all(|&b| b == 0),
+            "vec![0; n] reads {:#x}",
+            clean.iter().find(|&&b| b != 0).unwrap()
+        );
+        // `vec![None; n]` of boxes is zeroed memory too.
+        drop(clean);
+        let dirty = vec![0x5au8; 32 << 20];
+        drop(dirty);
+        heap().trim();
+        let boxes: Vec<Option<Box<u64>>> = vec![None; 4 << 20];
+        assert!(boxes.iter().all(Option::is_none));
+    });
+}
+
 // realloc across the threshold.
 
 isolated_test!(

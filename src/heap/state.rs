@@ -365,7 +365,12 @@ fn reserve_cold(grant: &Grant) -> bool {
     })
 }
 
-/// Gives back the pages of `span` (a hole in the file).
+/// Set once a punch was refused: from then on, a cold span may still have
+/// pages holding old bytes, so `alloc_block` zeroes cold pages too.
+static PUNCH_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Gives back the pages of `span` (a hole in the file), or, if the kernel
+/// refuses, records that cold pages may no longer read as zeros.
 fn punch(span: Span) {
     // ORDERING: Relaxed: as in `address`.
     let shift = STATE.shift.load(Relaxed);
@@ -373,7 +378,13 @@ fn punch(span: Span) {
         u64::from(span.start) << shift,
         u64::from(span.pages) << shift,
     );
-    os::punch(fd(), off, len);
+    if !os::punch(fd(), off, len) {
+        // ORDERING: Relaxed: every caller then returns the span to the
+        // books as cold under the lock, and a thread that is handed its
+        // pages takes that lock after: the lock orders this store before
+        // its load in `alloc_block`.
+        PUNCH_REFUSED.store(true, Relaxed);
+    }
 }
 
 /// A heap block for `layout`, in the owner; `None` in any other process,
@@ -418,15 +429,27 @@ pub(super) fn alloc_block(layout: Layout, zeroed: bool) -> Option<*mut u8> {
     // ORDERING: Relaxed: statistics.
     STATE.allocations.fetch_add(1, Relaxed);
     let p = address(grant.block.start);
-    if zeroed && grant.warm.pages > 0 {
-        // Cold pages are fresh from the kernel, zero already; warm ones hold
-        // old bytes.
-        let from = ((grant.warm.start - grant.block.start) as usize) << shift;
-        let to = ((grant.warm.end() - grant.block.start) as usize) << shift;
-        let to = to.min(layout.size());
-        if to > from {
-            // SAFETY: `from..to` lies inside the block just handed out.
-            unsafe { p.add(from).write_bytes(0, to - from) };
+    if zeroed {
+        // Warm pages hold old bytes. Cold ones are holes in the file,
+        // fresh from the kernel and zero, unless a punch was ever refused.
+        // ORDERING: Relaxed: see `punch`.
+        let cold: &[Span] = if PUNCH_REFUSED.load(Relaxed) {
+            &grant.cold
+        } else {
+            &[]
+        };
+        for part in std::iter::once(&grant.warm).chain(cold) {
+            if part.pages == 0 {
+                continue;
+            }
+            let from = ((part.start - grant.block.start) as usize) << shift;
+            let to = ((part.end() - grant.block.start) as usize) << shift;
+            let to = to.min(layout.size());
+            if to > from {
+                // SAFETY: `from..to` lies inside the block just handed out,
+                // whose pages are all reserved.
+                unsafe { p.add(from).write_bytes(0, to - from) };
+            }
         }
     }
     Some(p)

@@ -68,15 +68,22 @@ pub(crate) fn reserve(fd: impl AsFd, off: u64, len: u64) -> io::Result<()> {
     }
 }
 
-/// Gives back the file's pages of `off..off + len` (a hole; the size
-/// stays). Best effort: a failure leaves the pages allocated, which costs
-/// memory, never correctness.
-pub(crate) fn punch(fd: impl AsFd, off: u64, len: u64) {
+/// Gives back the file's pages of `off..off + len` (a hole, which reads as
+/// zeros; the size stays). Best effort: a failure (a kernel or a sandbox
+/// that refuses hole punching) leaves the pages allocated, with their old
+/// bytes. Returns whether it worked: a caller that counts on the range
+/// reading zeros afterwards must check.
+pub(crate) fn punch(fd: impl AsFd, off: u64, len: u64) -> bool {
     let (Ok(off), Ok(len)) = (file_offset(off), file_offset(len)) else {
-        return;
+        return false;
     };
     let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
-    while fallocate(&fd, flags, off, len) == Err(Errno::INTR) {}
+    loop {
+        match fallocate(&fd, flags, off, len) {
+            Err(Errno::INTR) => {}
+            done => return done.is_ok(),
+        }
+    }
 }
 
 /// The most bytes one [`populate`] call faults in: the call holds the
