@@ -842,6 +842,138 @@ fn threads_body() {
     });
 }
 
+isolated_test!(
+    threads_and_forks_keep_every_block_whole,
+    raw_churn_body,
+    "small",
+    None,
+    240
+);
+
+/// Checks that `p` holds `len` bytes of `tag` (sampled, with both ends).
+///
+/// # Safety
+/// `p` is valid for reads of `len` bytes.
+unsafe fn holds_tag(p: *const u8, len: usize, tag: u8) -> bool {
+    let step = (len / 37).max(1);
+    // SAFETY: the caller's contract; every index is below `len`.
+    unsafe { (0..len).step_by(step).all(|i| *p.add(i) == tag) && *p.add(len - 1) == tag }
+}
+
+#[test]
+#[ignore = "run with the heap installed by threads_and_forks_keep_every_block_whole"]
+fn raw_churn_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(240, || {
+        let base = stats();
+        let sizes = [
+            4096,
+            (64 << 10) - 1,
+            64 << 10,
+            (64 << 10) + 1,
+            (1 << 20) + 5,
+            3 << 20,
+        ];
+        let aligns = [8usize, 4096, 64 << 10, 2 << 20];
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for t in 0..6u64 {
+                let stop = &stop;
+                s.spawn(move || {
+                    let mut rng = Rng(0x77 + t);
+                    let mut live: Vec<(usize, Layout, u8)> = Vec::with_capacity(16);
+                    let mut round = 0u32;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) || round < 2000 {
+                        round += 1;
+                        let tag = (round % 250) as u8 + 1;
+                        let op = rng.below(10);
+                        // SAFETY: non-zero sizes; every block is used within
+                        // its layout, and freed or reallocated once with it.
+                        unsafe {
+                            if (op < 4 && live.len() < 12) || live.is_empty() {
+                                let size = sizes[rng.below(6) as usize];
+                                let align = aligns[rng.below(4) as usize];
+                                let l = Layout::from_size_align(size, align).unwrap();
+                                let p = if op % 2 == 0 {
+                                    let p = std::alloc::alloc_zeroed(l);
+                                    assert!(!p.is_null());
+                                    assert!(holds_tag(p, size, 0), "zeroed {size} {align}");
+                                    p
+                                } else {
+                                    std::alloc::alloc(l)
+                                };
+                                assert!(!p.is_null());
+                                assert_eq!(p as usize % align, 0);
+                                p.write_bytes(tag, size);
+                                live.push((p as usize, l, tag));
+                            } else if op < 7 {
+                                let i = rng.below(live.len() as u64) as usize;
+                                let (p, l, tag) = live[i];
+                                let new = sizes[rng.below(6) as usize];
+                                assert!(holds_tag(p as *const u8, l.size(), tag));
+                                let q = std::alloc::realloc(p as *mut u8, l, new);
+                                assert!(!q.is_null());
+                                assert_eq!(q as usize % l.align(), 0);
+                                let keep = l.size().min(new);
+                                assert!(holds_tag(q, keep, tag), "realloc {} -> {new}", l.size());
+                                q.write_bytes(tag, new);
+                                live[i] = (
+                                    q as usize,
+                                    Layout::from_size_align(new, l.align()).unwrap(),
+                                    tag,
+                                );
+                            } else {
+                                let i = rng.below(live.len() as u64) as usize;
+                                let (p, l, tag) = live.swap_remove(i);
+                                assert!(holds_tag(p as *const u8, l.size(), tag));
+                                dealloc(p as *mut u8, l);
+                            }
+                        }
+                        if round % 500 == 0 {
+                            heap().trim();
+                        }
+                    }
+                    for (p, l, tag) in live {
+                        // SAFETY: as above.
+                        unsafe {
+                            assert!(holds_tag(p as *const u8, l.size(), tag));
+                            dealloc(p as *mut u8, l);
+                        }
+                    }
+                });
+            }
+            // Children forked while the threads churn: they allocate, grow
+            // and free their own blocks and inherited ones.
+            let keep = pattern(1 << 18, 41);
+            assert!(in_heap(keep.as_ptr()));
+            for _ in 0..40 {
+                let code = in_forked_child(|| {
+                    let mut mine = pattern(1 << 18, 42);
+                    let ok = !in_heap(mine.as_ptr());
+                    mine.extend_from_slice(&keep);
+                    // SAFETY: this copy is the only owner in this process.
+                    let mut inherited = unsafe { std::ptr::read(&keep) };
+                    inherited.extend_from_slice(&pattern(1 << 18, 41));
+                    check_pattern(&inherited[..1 << 18], 41);
+                    drop(inherited);
+                    ok && mine[..1 << 18] == pattern(1 << 18, 42)[..]
+                });
+                assert_eq!(code, 0);
+                // And a program run the usual way (its child forks, or not).
+                let status = Command::new("true").stdin(Stdio::null()).status();
+                assert!(status.expect("run true").success());
+            }
+            check_pattern(&keep, 41);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let s = stats();
+        assert_eq!(s.in_use, base.in_use, "{s:?}");
+        assert!(s.warm <= 16 << 20, "{s:?}");
+    });
+}
+
 // Address-space limits.
 
 /// Prints the address space this process maps, for calibrating limits.
