@@ -4,12 +4,14 @@
 //!
 //! - `books.rs`: the bookkeeping (which pages are in use, warm, cold or in
 //!   transit), pure and O(1), over a private tag table;
-//! - `lock.rs`: the fork-aware lock that guards it;
-//! - `sys.rs`: the system calls and the limits read at reservation, none of
-//!   which allocates;
+//! - `bins.rs`: the index of free spans by size (TLSF) that the books use;
+//! - `lock.rs`: the fork-aware lock that guards them;
+//! - `cgroup.rs`: the memory cgroup's limit, read at reservation without
+//!   allocating (the system calls themselves are in `crate::os`);
+//! - `state.rs`: the process-wide state, the reservation, the fork handler,
+//!   the block operations, and the interface the pool uses;
 //! - this file: `SharedHeap` (configuration, routing between the heap and
-//!   `std::alloc::System`), the process-wide state, the fork rules, and the
-//!   interface the pool uses.
+//!   `std::alloc::System`).
 //!
 //! # Interface for the pool
 //!
