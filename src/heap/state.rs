@@ -370,8 +370,9 @@ fn reserve_cold(grant: &Grant) -> bool {
 static PUNCH_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// Gives back the pages of `span` (a hole in the file), or, if the kernel
-/// refuses, records that cold pages may no longer read as zeros.
-fn punch(span: Span) {
+/// refuses, records that cold pages may no longer read as zeros. Returns
+/// whether it did.
+fn punch(span: Span) -> bool {
     // ORDERING: Relaxed: as in `address`.
     let shift = STATE.shift.load(Relaxed);
     let (off, len) = (
@@ -384,7 +385,9 @@ fn punch(span: Span) {
         // pages takes that lock after: the lock orders this store before
         // its load in `alloc_block`.
         PUNCH_REFUSED.store(true, Relaxed);
+        return false;
     }
+    true
 }
 
 /// A heap block for `layout`, in the owner; `None` in any other process,
@@ -480,17 +483,20 @@ pub(super) fn free_block(ptr: *mut u8, size: usize) {
 }
 
 /// Punches out pieces in transit and returns them to the books, cold;
-/// returns their bytes.
+/// returns the bytes given back (none of a piece the kernel refused to
+/// punch).
 fn settle(pieces: &[Span]) -> u64 {
     // ORDERING: Relaxed: as in `address`.
     let shift = STATE.shift.load(Relaxed);
     let mut bytes = 0;
     for &piece in pieces {
-        punch(piece);
+        let punched = punch(piece);
         if with_books(|b| b.settle(piece)).is_err() {
             not_a_block();
         }
-        bytes += u64::from(piece.pages) << shift;
+        if punched {
+            bytes += u64::from(piece.pages) << shift;
+        }
     }
     bytes
 }
