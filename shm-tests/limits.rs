@@ -770,6 +770,51 @@ fn tight_address_space_body() {
     })
 }
 
+#[test]
+fn under_a_file_size_limit_the_default_arena_fits_and_a_larger_one_names_it() {
+    common::isolated_under_rlimit("file_size_limit_body", 120, libc::RLIMIT_FSIZE, 64 << 20);
+}
+
+/// The region is one file: under `ulimit -f` the default arena takes what
+/// the limit leaves after the header, and an arena the limit cannot hold
+/// is an error that names it (sizing the file past it would also send the
+/// process `SIGXFSZ`).
+#[test]
+#[ignore = "run in a process of its own by under_a_file_size_limit_the_default_arena_fits_and_a_larger_one_names_it"]
+fn file_size_limit_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(100, || {
+        let pool = Pool::new(2).expect("the default arena fits the limit");
+        let arena = pool.stats().arena_capacity;
+        println!(
+            "default arena under a 64 MiB RLIMIT_FSIZE: {} MiB",
+            arena >> 20
+        );
+        assert!(
+            (32 << 20..64 << 20).contains(&arena),
+            "{arena} bytes of arena"
+        );
+        assert_maps(&pool, 10_000);
+        let big = pool.alloc_zeroed::<u8>(32 << 20).expect("half the limit");
+        assert_eq!(big.len(), 32 << 20);
+        drop(big);
+        drop(pool);
+        let err = Pool::builder()
+            .workers(1)
+            .arena_size(256 << 20)
+            .build()
+            .map(|_| ())
+            .unwrap_err();
+        let Error::Io(io) = &err else {
+            panic!("expected Io, got {err:?}");
+        };
+        assert_eq!(io.kind(), std::io::ErrorKind::FileTooLarge, "{err}");
+        assert!(err.to_string().contains("RLIMIT_FSIZE"), "{err}");
+    })
+}
+
 // 4. A memory cgroup.
 
 /// Where the helper should move itself: a `cgroup.procs` path.

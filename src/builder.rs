@@ -12,7 +12,7 @@ use crate::parent::core::{Config, Core};
 use crate::parent::limits;
 use crate::parent::supervisor;
 use crate::pool::Pool;
-use crate::shm::layout::{Layout, MAX_RING};
+use crate::shm::layout::{LINE, Layout, MAX_RING};
 use crate::shm::region::Region;
 use crate::worker::template::{PanicHook, StdioProbe, Template};
 use crate::worker::{WorkerConfig, in_task};
@@ -81,9 +81,10 @@ impl Builder {
     /// Default: half the physical memory, but at most half of the process's
     /// memory cgroup limit, at least 64 MiB; and at most half of the address
     /// space it may still map under `RLIMIT_AS` (`ulimit -v`), even below
-    /// 64 MiB. Under such a limit, a size that does not fit fails at
-    /// [`build`](Self::build) with `Error::Io` naming the limit and the
-    /// largest size to use; a memory cgroup's limit is checked again at each
+    /// 64 MiB; and within the file size limit (`ulimit -f`), since the
+    /// shared memory is one file. Under such a limit, a size that does not
+    /// fit fails at [`build`](Self::build) with `Error::Io` naming the limit
+    /// and the size to use; a memory cgroup's limit is checked again at each
     /// allocation, which fails with [`Error::OutOfSharedMemory`] rather than
     /// wake the cgroup's OOM killer.
     pub fn arena_size(mut self, bytes: usize) -> Self {
@@ -421,8 +422,10 @@ impl Builder {
         // address space too) and before the template is forked (which
         // inherits it; design.md, "The shared heap and the pool").
         crate::heap::writable_alias();
-        let arena = self.arena_size.unwrap_or_else(default_arena_size);
-        let layout = Layout::new(workers, ring, arena)?;
+        let layout = match self.arena_size {
+            Some(arena) => Layout::new(workers, ring, arena)?,
+            None => within_file_size_limit(Layout::new(workers, ring, default_arena_size())?)?,
+        };
         // Looks at the stdio locks while the region is created; under
         // `RLIMIT_AS`, once it is mapped: in glibc a new thread's first
         // allocations reserve a 64 MiB heap for an instant while the room
@@ -518,16 +521,53 @@ fn default_arena_size() -> usize {
     size as usize
 }
 
-/// Turns a failed mapping of the region (`ENOMEM`) into an error that says
-/// which limit it ran into and how to size the arena; other errors pass.
+/// `layout`, with its arena shrunk so that the region fits this process's
+/// file size limit (`RLIMIT_FSIZE`, `ulimit -f`), if it is finite: the
+/// region is one file, and sizing a file past the limit is refused (and
+/// would send `SIGXFSZ`). The header stays; a limit that leaves no room
+/// for 1 MiB of arena leaves the layout as it is, to fail with the error
+/// that names the limit.
+fn within_file_size_limit(layout: Layout) -> Result<Layout, Error> {
+    let Some(limit) = os::file_size_limit() else {
+        return Ok(layout);
+    };
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let room = limit.saturating_sub(layout.arena_off) / LINE * LINE;
+    if layout.len <= limit || room < 1 << 20 {
+        return Ok(layout);
+    }
+    Layout::new(layout.workers, layout.ring, room)
+}
+
+/// Turns a failed mapping of the region (`ENOMEM`), or a refused size
+/// (`EFBIG` under a file size limit), into an error that says which limit
+/// it ran into and how to size the arena; other errors pass.
 fn explain_map_failure(e: Error, region: usize) -> Error {
     let Error::Io(os_error) = e else {
         return e;
     };
+    let mib = |b: u64| b >> 20;
+    if os_error.raw_os_error() == Some(os::errno::EFBIG) {
+        if let Some(limit) = os::file_size_limit() {
+            let message = format!(
+                "the pool's {} MiB of shared memory (one file) exceed the file size limit \
+                 (RLIMIT_FSIZE, `ulimit -f`) of {} MiB: build with a Builder::arena_size \
+                 a few MiB below it, or raise the limit",
+                mib(region as u64),
+                mib(limit)
+            );
+            return Error::Io(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                LimitError {
+                    message,
+                    source: os_error,
+                },
+            ));
+        }
+    }
     if os_error.raw_os_error() != Some(os::errno::ENOMEM) {
         return Error::Io(os_error);
     }
-    let mib = |b: u64| b >> 20;
     let message = match limits::address_space_limit() {
         Some(limit) => {
             let mapped = os::mapped_bytes();
