@@ -180,8 +180,11 @@ impl Builder {
 
     /// A function each worker runs once, after it is forked and before its
     /// first task (replacements included); never in the parent. If it
-    /// panics, the pool is unusable: every job fails with
-    /// [`Error::InitializerFailed`].
+    /// panics, or its worker dies in it (a crash, an `exit`), the pool is
+    /// unusable: every job fails with [`Error::InitializerFailed`]. It is
+    /// not under [`task_timeout`](Self::task_timeout): an initializer that
+    /// never returns keeps every job waiting (a wait with a timeout, or
+    /// [`Pool::terminate`], ends that).
     ///
     /// It is also where a worker's process settings go. For one: workers
     /// start as `SCHED_BATCH` jobs when the thread that builds the pool runs
