@@ -752,6 +752,79 @@ fn forked_child_body() {
     })
 }
 
+#[test]
+fn a_forked_child_gets_a_global_pool_of_its_own() {
+    isolated("forked_child_global_body", 120);
+}
+
+/// What the forked child checks of `shmpool::global()`; a nonzero code
+/// names the failed check.
+fn global_in_forked_child(parents: usize) -> i32 {
+    // The global pool it inherited is the parent's: its own is built.
+    let Ok(pool) = shmpool::try_global() else {
+        return 30;
+    };
+    if std::ptr::eq(pool, parents as *const Pool) {
+        return 31;
+    }
+    match pool.apply(20u64, |x| x + 1) {
+        Ok(21) => {}
+        _ => return 32,
+    }
+    // Built once: the same pool again.
+    if !std::ptr::eq(pool, shmpool::global()) {
+        return 33;
+    }
+    if !matches!(pool.map(&[1u32, 2, 3], |x| x * 2), Ok(v) if v == vec![2, 4, 6]) {
+        return 34;
+    }
+    0
+}
+
+#[test]
+#[ignore = "run in a process of its own by a_forked_child_gets_a_global_pool_of_its_own"]
+fn forked_child_global_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(100, || {
+        let global = shmpool::global();
+        let pids = global.worker_pids();
+        assert_maps(global);
+        let parents = global as *const Pool as usize;
+        // SAFETY: the child runs only `global_in_forked_child`, inside
+        // `catch_unwind`, and ends with `_exit`: it never returns into the
+        // test harness. This isolated process runs no other test, so no
+        // other thread holds a lock the child takes.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+        if child == 0 {
+            let code =
+                catch_unwind(AssertUnwindSafe(|| global_in_forked_child(parents))).unwrap_or(99);
+            // SAFETY: _exit ends the child without running the parent's
+            // destructors or atexit handlers; its pool's template sees the
+            // socket close and takes the child's workers along.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        assert!(
+            wait_until(Duration::from_secs(60), || {
+                // SAFETY: waitpid writes into a live int.
+                unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) == child }
+            }),
+            "the forked child hung"
+        );
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child failed: raw status {status:#x} (exit code {})",
+            libc::WEXITSTATUS(status)
+        );
+        assert!(std::ptr::eq(global, shmpool::global()));
+        assert_eq!(global.worker_pids(), pids, "the parent's workers live on");
+        assert_maps(global);
+    })
+}
+
 // 10: very large and over-aligned Pod types.
 
 /// 64 KiB of `u64` (bytemuck, without its `min_const_generics` feature,

@@ -1,12 +1,25 @@
 //! `global()`: a lazily built pool for library code that must not own one.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use crate::error::Error;
+use crate::parent::core::lock;
 use crate::pool::Pool;
 use crate::worker::in_task;
 
+/// The global pool of the process that first built one.
 static GLOBAL: OnceLock<Pool> = OnceLock::new();
+
+/// The global pool of a process forked (by the user) from one that had
+/// one: the pool in `GLOBAL` is then a copy whose workers belong to the
+/// parent, and which refuses every call. A forked child builds its own,
+/// kept here (leaked: like `GLOBAL`, it lives until the process exits), and
+/// so does a child forked from that child. Only forked children take this
+/// lock, never a worker (a task returns first); held across the build, so
+/// that two threads of a child build one pool, not two. (A process forked
+/// while another of its parent's threads held it, building, would find it
+/// held forever, as it would find `GLOBAL`'s own lock in `get_or_init`.)
+static FORKED: Mutex<Option<&'static Pool>> = Mutex::new(None);
 
 /// The process-wide pool, built on first use with default settings (one
 /// worker per available core). For library code that wants parallelism
@@ -14,6 +27,8 @@ static GLOBAL: OnceLock<Pool> = OnceLock::new();
 /// own with [`Pool::builder`].
 ///
 /// It lives until the process exits; its workers and template exit with it.
+/// A process forked from one that has a global pool gets a global pool of
+/// its own at its first call (the parent's workers serve only the parent).
 ///
 /// # Panics
 /// If the pool cannot be built (see [`try_global`]), and when called inside
@@ -48,7 +63,11 @@ pub fn global() -> &'static Pool {
 /// ```
 pub fn try_global() -> Result<&'static Pool, Error> {
     if let Some(pool) = GLOBAL.get() {
-        return Ok(pool);
+        // A task gets its copy (every call: `WouldDeadlock`).
+        if in_task() || pool.inner.in_owner_process() {
+            return Ok(pool);
+        }
+        return forked_global();
     }
     if in_task() {
         // Never `get_or_init` here: a worker forked while another thread of
@@ -57,9 +76,29 @@ pub fn try_global() -> Result<&'static Pool, Error> {
             reason: "shmpool::global() inside a task: tasks run in worker processes",
         });
     }
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Built outside the OnceLock, so a slow build never holds its lock; if
     // another thread won the race, this pool is dropped (terminated).
-    let pool = Pool::new(workers)?;
+    let pool = Pool::new(default_workers())?;
     Ok(GLOBAL.get_or_init(|| pool))
+}
+
+/// The global pool of a process forked from one that has one (see
+/// `FORKED`): built at the first call in this process.
+fn forked_global() -> Result<&'static Pool, Error> {
+    let mut forked = lock(&FORKED);
+    match *forked {
+        Some(pool) if pool.inner.in_owner_process() => Ok(pool),
+        // None yet, or the one of the process this one was forked from (a
+        // copy, never dropped: dropping it would do nothing anyway).
+        _ => {
+            let pool: &'static Pool = Box::leak(Box::new(Pool::new(default_workers())?));
+            *forked = Some(pool);
+            Ok(pool)
+        }
+    }
+}
+
+/// One worker per available core.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
