@@ -43,7 +43,9 @@
 
 use std::io::{self, StderrLock, StdoutLock, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::mpsc;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicUsize};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
 
@@ -116,33 +118,67 @@ const STDIO_PATIENCE: Duration = Duration::from_millis(10);
 /// `RLIMIT_AS`, just after: see `Builder::build`); when it
 /// does not answer in time (the calling thread holds a lock itself, or
 /// another thread holds one for long), the template is forked without them.
+///
+/// A probe that did not answer in time goes on waiting for the locks, and
+/// ends once it has them. While one waits so (`ABANDONED`), no other is
+/// started: the locks are still held, and a program whose thread holds
+/// stdout for its whole life (a logger writing under one `StdoutLock`)
+/// would otherwise keep one waiting thread per pool it ever built.
 pub(crate) enum StdioProbe {
     /// The calling thread is the process's only thread.
     Alone,
     /// The probe thread answers on this channel once it has taken and
-    /// released both locks.
-    Probing(mpsc::Receiver<()>),
-    /// No probe thread could be started: fork without the locks.
+    /// released both locks; the state word is `PROBE_*`, shared with it.
+    Probing(mpsc::Receiver<()>, Arc<AtomicU8>),
+    /// No probe thread could be started, or one is still waiting for a
+    /// lock: fork without the locks.
     Unknown,
 }
+
+/// `StdioProbe::Probing`'s state word: the probe thread runs.
+const PROBE_RUNNING: u8 = 0;
+/// The probe thread has taken and released both locks.
+const PROBE_DONE: u8 = 1;
+/// The build stopped waiting for the probe thread, which still waits for a
+/// lock (counted in `ABANDONED` until it ends).
+const PROBE_ABANDONED: u8 = 2;
+
+/// Probe threads that a build stopped waiting for and that still wait for
+/// stdout's or stderr's lock.
+static ABANDONED: AtomicUsize = AtomicUsize::new(0);
 
 impl StdioProbe {
     /// Looks at the process, and starts the probe thread if another thread
     /// exists (the common single-threaded program is spared starting a
-    /// thread and waiting for it to run).
+    /// thread and waiting for it to run) and no earlier probe still waits
+    /// for a lock.
     pub(crate) fn start() -> StdioProbe {
         if os::single_threaded() {
             return StdioProbe::Alone;
         }
+        // ORDERING: Relaxed: a stale count starts one more probe, or forks
+        // one template without the locks; neither is wrong.
+        if ABANDONED.load(Relaxed) != 0 {
+            return StdioProbe::Unknown;
+        }
         let (tx, rx) = mpsc::sync_channel(1);
+        let state = Arc::new(AtomicU8::new(PROBE_RUNNING));
+        let theirs = state.clone();
         let probe = thread::Builder::new()
             .name("shmpool-stdio".into())
             .stack_size(64 << 10)
             .spawn(move || {
                 drop((io::stdout().lock(), io::stderr().lock()));
+                // ORDERING: AcqRel: the swap and `take`'s compare-exchange
+                // are RMWs of one word, so exactly one of them sees the
+                // other's value: an abandoned probe is counted off once.
+                if theirs.swap(PROBE_DONE, AcqRel) == PROBE_ABANDONED {
+                    // ORDERING: Relaxed: a count (see `start`).
+                    ABANDONED.fetch_sub(1, Relaxed);
+                }
                 let _ = tx.send(());
             });
-        probe.map_or(StdioProbe::Unknown, |_| StdioProbe::Probing(rx))
+        probe.map_or(StdioProbe::Unknown, |_| StdioProbe::Probing(rx, state))
     }
 
     /// Both locks, taken by this thread, if they were found free (within
@@ -150,7 +186,24 @@ impl StdioProbe {
     fn take(self, patience: Duration) -> Option<(StdoutLock<'static>, StderrLock<'static>)> {
         match self {
             StdioProbe::Alone => {}
-            StdioProbe::Probing(rx) => rx.recv_timeout(patience).ok()?,
+            StdioProbe::Probing(rx, state) => {
+                if rx.recv_timeout(patience).is_err() {
+                    // Counted before the probe can see it abandoned, so
+                    // that its count-off never comes first.
+                    // ORDERING: Relaxed: a count (see `start`); ordered
+                    // before the probe's count-off by the Release below.
+                    ABANDONED.fetch_add(1, Relaxed);
+                    // ORDERING: AcqRel: see the probe thread's swap.
+                    let finished = state
+                        .compare_exchange(PROBE_RUNNING, PROBE_ABANDONED, AcqRel, Acquire)
+                        .is_err();
+                    if finished {
+                        // ORDERING: Relaxed: as above.
+                        ABANDONED.fetch_sub(1, Relaxed);
+                    }
+                    return None;
+                }
+            }
             StdioProbe::Unknown => return None,
         }
         Some((io::stdout().lock(), io::stderr().lock()))
