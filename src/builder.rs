@@ -360,15 +360,19 @@ impl Builder {
     /// workers.
     ///
     /// # Errors
-    /// `InvalidArgument` for zero workers (or more than 1024), a bad ring
-    /// size, a chunk size of 0, or when called inside a pool worker; `Io`
-    /// when the region, the supervisor thread or the processes cannot be
-    /// created: past the process limit (`EAGAIN`), past the descriptor limit
-    /// (`EMFILE`: each worker needs one), an arena larger than `RLIMIT_AS`
-    /// allows (kind `OutOfMemory`, with a message that names the limit). A
-    /// pool is built with all its workers or not at all: on error, whatever
-    /// was started is killed and reaped. The result thread starts with the
-    /// first asynchronous job.
+    /// `InvalidArgument` for zero workers (or more than 1024), a ring size
+    /// of 0 or more than 1024, an arena size that overflows the address
+    /// space, a chunk size of 0, a task timeout of zero, `caller_runs`
+    /// together with `task_timeout`, `worker_memory_limit` or an
+    /// `initializer`, or when called inside a task; `Io` when
+    /// `worker_memory_limit` cannot be enforced (`RLIMIT_AS` cannot be set),
+    /// and when the region, the supervisor thread or the processes cannot
+    /// be created: past the process limit (`EAGAIN`), past the descriptor
+    /// limit (`EMFILE`: each worker needs one), an arena larger than
+    /// `RLIMIT_AS` allows (kind `OutOfMemory`, with a message that names the
+    /// limit). A pool is built with all its workers or not at all: on error,
+    /// whatever was started is killed and reaped. The result thread starts
+    /// with the first asynchronous job.
     ///
     /// ```
     /// use shmpool::{Error, Pool};

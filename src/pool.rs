@@ -323,8 +323,9 @@ impl Pool {
     ///
     /// # Errors
     /// `OutOfSharedMemory` when the arena has no room; `InvalidArgument` when
-    /// the size overflows or `T` is aligned to more than a page, or from
-    /// inside a task.
+    /// the size overflows or `T` is aligned to more than a page, or in a
+    /// process forked from the pool's owner; `WouldDeadlock` from inside a
+    /// task.
     ///
     /// ```
     /// let pool = shmpool::Pool::new(1)?;
@@ -397,8 +398,17 @@ impl Pool {
     /// # Errors
     /// `TaskPanicked` if `f` panicked, `WorkerDied` if a worker died while
     /// running it (in both cases the rest of the job is skipped, and the pool
-    /// stays usable); `OutOfSharedMemory`; `Closed`; `WouldDeadlock` from
-    /// inside a task.
+    /// stays usable); `TaskTimedOut` and `MemoryLimit` past the builder's
+    /// [`task_timeout`](Builder::task_timeout) and
+    /// [`worker_memory_limit`](Builder::worker_memory_limit); `HeapWrite`
+    /// for a task that wrote the shared heap; `InitializerFailed` once the
+    /// pool's initializer failed; `OutOfSharedMemory`; `Closed` if the pool
+    /// was closed or terminated before the call, `Terminated` if it was
+    /// terminated while the job ran; `Corrupted` if a worker left the job's
+    /// shared words impossible; `WouldDeadlock` from inside a task (or for a
+    /// task blocked forever on a lock it inherited locked);
+    /// `InvalidArgument` in a process forked from the pool's owner, for a
+    /// type aligned to more than a page, or for more than 2^48 elements.
     ///
     /// ```
     /// let pool = shmpool::Pool::new(2)?;
