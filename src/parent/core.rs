@@ -590,11 +590,13 @@ impl Core {
     }
 
     /// Re-announces unfinished asynchronous jobs whose wake-up may be lost.
-    pub(crate) fn kick_async(&self, ring: &Ring) {
-        let tokens: u32 = (0..ring.len())
-            .filter(|&s| ring.is_async(s))
-            .map(|s| ring.kick(&self.region, s))
-            .fold(0, u32::saturating_add);
+    pub(crate) fn kick_async(&self, ring: &mut Ring) {
+        let mut tokens = 0u32;
+        for s in 0..ring.len() {
+            if ring.is_async(s) {
+                tokens = tokens.saturating_add(ring.kick(&self.region, s));
+            }
+        }
         self.region.control().sem.post(tokens);
     }
 
