@@ -44,7 +44,7 @@
 use std::io::{self, StderrLock, StdoutLock, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
-use std::sync::atomic::{AtomicU8, AtomicUsize};
+use std::sync::atomic::{AtomicU8, AtomicU64};
 use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
@@ -140,12 +140,20 @@ const PROBE_RUNNING: u8 = 0;
 /// The probe thread has taken and released both locks.
 const PROBE_DONE: u8 = 1;
 /// The build stopped waiting for the probe thread, which still waits for a
-/// lock (counted in `ABANDONED` until it ends).
+/// lock (marked in `ABANDONED` until it ends).
 const PROBE_ABANDONED: u8 = 2;
 
-/// Probe threads that a build stopped waiting for and that still wait for
-/// stdout's or stderr's lock.
-static ABANDONED: AtomicUsize = AtomicUsize::new(0);
+/// One more than the fork generation (`os::fork_generation`) of the process
+/// in which a probe thread that a build stopped waiting for still waits for
+/// stdout's or stderr's lock; 0 if none does. A process forked meanwhile
+/// inherits the mark but not the thread: the generation tells it that the
+/// mark is not its own.
+static ABANDONED: AtomicU64 = AtomicU64::new(0);
+
+/// The mark `ABANDONED` holds while a probe of this process waits.
+fn abandoned_mark() -> u64 {
+    os::fork_generation().wrapping_add(1)
+}
 
 impl StdioProbe {
     /// Looks at the process, and starts the probe thread if another thread
@@ -156,9 +164,9 @@ impl StdioProbe {
         if os::single_threaded() {
             return StdioProbe::Alone;
         }
-        // ORDERING: Relaxed: a stale count starts one more probe, or forks
+        // ORDERING: Relaxed: a stale mark starts one more probe, or forks
         // one template without the locks; neither is wrong.
-        if ABANDONED.load(Relaxed) != 0 {
+        if ABANDONED.load(Relaxed) == abandoned_mark() {
             return StdioProbe::Unknown;
         }
         let (tx, rx) = mpsc::sync_channel(1);
@@ -171,10 +179,9 @@ impl StdioProbe {
                 drop((io::stdout().lock(), io::stderr().lock()));
                 // ORDERING: AcqRel: the swap and `take`'s compare-exchange
                 // are RMWs of one word, so exactly one of them sees the
-                // other's value: an abandoned probe is counted off once.
+                // other's value: only an abandoned probe clears the mark.
                 if theirs.swap(PROBE_DONE, AcqRel) == PROBE_ABANDONED {
-                    // ORDERING: Relaxed: a count (see `start`).
-                    ABANDONED.fetch_sub(1, Relaxed);
+                    clear_abandoned();
                 }
                 let _ = tx.send(());
             });
@@ -188,18 +195,17 @@ impl StdioProbe {
             StdioProbe::Alone => {}
             StdioProbe::Probing(rx, state) => {
                 if rx.recv_timeout(patience).is_err() {
-                    // Counted before the probe can see it abandoned, so
-                    // that its count-off never comes first.
-                    // ORDERING: Relaxed: a count (see `start`); ordered
-                    // before the probe's count-off by the Release below.
-                    ABANDONED.fetch_add(1, Relaxed);
+                    // Marked before the probe can see itself abandoned, so
+                    // that its clearing never comes first.
+                    // ORDERING: Relaxed: a mark (see `start`); ordered
+                    // before the probe's clearing by the Release below.
+                    ABANDONED.store(abandoned_mark(), Relaxed);
                     // ORDERING: AcqRel: see the probe thread's swap.
                     let finished = state
                         .compare_exchange(PROBE_RUNNING, PROBE_ABANDONED, AcqRel, Acquire)
                         .is_err();
                     if finished {
-                        // ORDERING: Relaxed: as above.
-                        ABANDONED.fetch_sub(1, Relaxed);
+                        clear_abandoned();
                     }
                     return None;
                 }
@@ -208,6 +214,13 @@ impl StdioProbe {
         }
         Some((io::stdout().lock(), io::stderr().lock()))
     }
+}
+
+/// Clears this process's `ABANDONED` mark: its probe has both locks.
+fn clear_abandoned() {
+    let mark = abandoned_mark();
+    // ORDERING: Relaxed: a mark (see `StdioProbe::start`).
+    let _ = ABANDONED.compare_exchange(mark, 0, Relaxed, Relaxed);
 }
 
 /// Which panic hook a template gives its workers.
