@@ -234,6 +234,65 @@ fn no_thread_for_the_results_body() {
     })
 }
 
+#[test]
+fn global_from_several_threads_builds_one_pool() {
+    isolated("global_from_several_threads_body", 60);
+}
+
+#[test]
+#[ignore = "run in a process of its own by global_from_several_threads_builds_one_pool"]
+fn global_from_several_threads_body() {
+    if !in_isolation() {
+        return;
+    }
+    // Threads that ask for the global pool at once get the same pool, and
+    // only one is built: with room for about one pool under
+    // `RLIMIT_NPROC`, every thread gets it (builds racing each other made
+    // all but the first fail with `EAGAIN`, and forked a pool's worth of
+    // processes per thread for nothing).
+    deadline(50, || {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let enforced = !root || become_nobody();
+        let n = 6;
+        let barrier = std::sync::Barrier::new(n + 1);
+        let got: Vec<Result<usize, String>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..n)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        shmpool::try_global()
+                            .map(|p| p as *const Pool as usize)
+                            .map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            // SAFETY: getuid has no preconditions.
+            let running = tasks_of(unsafe { libc::getuid() }).len();
+            let old = nproc_limit();
+            // The template, the workers, the supervisor and the stdio probe
+            // of one pool, and a few to spare: not two pools.
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let headroom = (workers + 4) as libc::rlim_t;
+            set_nproc_limit(libc::rlimit {
+                rlim_cur: (running as libc::rlim_t + headroom).min(old.rlim_max),
+                rlim_max: old.rlim_max,
+            });
+            barrier.wait();
+            let got = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            set_nproc_limit(old);
+            got
+        });
+        println!("enforced: {enforced}: {got:?}");
+        let first = got[0].clone().expect("the global pool");
+        assert!(
+            got.iter().all(|g| g.as_ref() == Ok(&first)),
+            "every thread gets the one pool: {got:?}"
+        );
+        assert_maps(shmpool::global());
+    })
+}
+
 /// Becomes `nobody` (uid and gid 65534), dropping root's capabilities with
 /// root's uid. Returns whether it did.
 fn become_nobody() -> bool {
