@@ -33,6 +33,9 @@ static BUILDING: AtomicU64 = AtomicU64::new(0);
 /// own with [`Pool::builder`].
 ///
 /// It lives until the process exits; its workers and template exit with it.
+/// It is shared by the whole process: [`close`](Pool::close) or
+/// [`terminate`](Pool::terminate) on it ends it for every caller (later
+/// calls return `Error::Closed`), so leave that to the process's exit.
 /// A process forked from one that has a global pool gets a global pool of
 /// its own at its first call (the parent's workers serve only the parent).
 /// Threads that ask for it while it is being built wait for that one build
