@@ -74,8 +74,9 @@ pub fn global() -> &'static Pool {
 /// ```
 pub fn try_global() -> Result<&'static Pool, Error> {
     if let Some(pool) = GLOBAL.get() {
-        // A task gets its copy (every call: `WouldDeadlock`).
-        if in_task() || pool.inner.in_owner_process() {
+        // A task gets its copy (every call: `WouldDeadlock`). The owner's
+        // check first: two plain loads on the common path.
+        if pool.inner.in_owner_process() || in_task() {
             return Ok(pool);
         }
         // A copy from the process this one was forked from.
