@@ -68,7 +68,8 @@ impl Default for Builder {
 }
 
 impl Builder {
-    /// The number of worker processes (default: the available parallelism).
+    /// The number of worker processes (default: the available parallelism,
+    /// at most 1024).
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = Some(n);
         self
@@ -389,10 +390,7 @@ impl Builder {
                 "a pool cannot be created inside a task (or a pool worker)",
             ));
         }
-        let workers = match self.workers {
-            Some(n) => n,
-            None => thread::available_parallelism().map_or(1, |n| n.get()),
-        };
+        let workers = self.workers.unwrap_or_else(default_workers);
         if workers > MAX_WORKERS {
             return Err(Error::invalid(format!(
                 "{workers} workers requested, at most {MAX_WORKERS} are supported"
@@ -486,6 +484,19 @@ impl Builder {
             supervisor: Some(supervisor),
         })
     }
+}
+
+/// The default number of workers: one per CPU the process may use
+/// (`available_parallelism`), but at most `MAX_WORKERS`: on a machine with
+/// more CPUs, a pool built with the defaults (and `shmpool::global()`)
+/// would otherwise be refused.
+fn default_workers() -> usize {
+    workers_for(thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The default number of workers on `cpus` CPUs.
+fn workers_for(cpus: usize) -> usize {
+    cpus.clamp(1, MAX_WORKERS)
 }
 
 /// How many idle workers may spin on `cpus` CPUs: one per CPU, so that
@@ -611,6 +622,17 @@ impl std::error::Error for LimitError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_pool_fits_any_machine() {
+        assert_eq!(workers_for(1), 1);
+        assert_eq!(workers_for(64), 64);
+        assert_eq!(workers_for(MAX_WORKERS), MAX_WORKERS);
+        // More CPUs than a pool may have workers: the most it may have,
+        // not a refused build.
+        assert_eq!(workers_for(4 * MAX_WORKERS), MAX_WORKERS);
+        assert!(default_workers() <= MAX_WORKERS);
+    }
 
     #[test]
     fn spinning_and_waking_follow_the_cpus() {

@@ -28,7 +28,7 @@ static FORKED: Mutex<Option<&'static Pool>> = Mutex::new(None);
 static BUILDING: AtomicU64 = AtomicU64::new(0);
 
 /// The process-wide pool, built on first use with default settings (one
-/// worker per available core). For library code that wants parallelism
+/// worker per available core, at most 1024). For library code that wants parallelism
 /// without owning a pool; applications that care about settings build their
 /// own with [`Pool::builder`].
 ///
@@ -147,11 +147,6 @@ fn build_once(
         if let Some(pool) = current() {
             return Ok(pool);
         }
-        return Pool::new(default_workers()).map(keep);
+        return Pool::builder().build().map(keep);
     }
-}
-
-/// One worker per available core.
-fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
