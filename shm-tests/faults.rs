@@ -105,6 +105,60 @@ fn a_killed_worker_s_range_is_retried_and_the_job_succeeds() {
     })
 }
 
+/// A file in the temporary directory named by a test's tag and a suffix.
+fn mark(tag: u64, what: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("shmpool-test-{tag:x}-{what}"))
+}
+
+/// Says it holds element `x` (a file), then waits until the test opens the
+/// gate (or a minute has passed); returns `x`.
+fn hold_until_open(tag: &u64, x: u64) -> u64 {
+    let _ = std::fs::write(mark(*tag, &format!("held-{x}")), b"");
+    let end = Instant::now() + Duration::from_secs(60);
+    while !mark(*tag, "open").exists() && Instant::now() < end {
+        thread::sleep(Duration::from_millis(1));
+    }
+    x
+}
+
+#[test]
+fn every_range_lost_at_once_is_retried() {
+    deadline(120, || {
+        // More workers, each in a range of its own, than a job has retry
+        // entries (8): all killed at once (an OOM killer, a `kill` of the
+        // process group), each range is retried as `max_retries` says.
+        let n = 12;
+        let pool = Pool::builder()
+            .workers(n)
+            .chunk_size(1)
+            .max_retries(1)
+            .build()
+            .unwrap();
+        let tag = u64::from(std::process::id()) << 16 | 0x1ea;
+        let xs: Vec<u64> = (0..n as u64).collect();
+        let got = thread::scope(|scope| {
+            let pending = scope.spawn(|| pool.map_with(tag, &xs, hold_until_open));
+            let held = |x: &u64| mark(tag, &format!("held-{x}")).exists();
+            let started = wait_until(Duration::from_secs(30), || xs.iter().all(held));
+            if started {
+                for pid in pool.worker_pids() {
+                    // SAFETY: kill(2) on a worker of ours.
+                    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+                }
+            }
+            std::fs::write(mark(tag, "open"), b"").unwrap();
+            assert!(started, "not every range started");
+            pending.join().unwrap()
+        });
+        for x in &xs {
+            let _ = std::fs::remove_file(mark(tag, &format!("held-{x}")));
+        }
+        let _ = std::fs::remove_file(mark(tag, "open"));
+        assert_eq!(got.expect("every lost range ran again"), xs);
+        assert_healthy(&pool);
+    })
+}
+
 #[test]
 fn tasks_that_kill_their_worker() {
     deadline(120, || {

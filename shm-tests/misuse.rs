@@ -234,6 +234,65 @@ fn no_thread_for_the_results_body() {
     })
 }
 
+#[test]
+fn global_from_several_threads_builds_one_pool() {
+    isolated("global_from_several_threads_body", 60);
+}
+
+#[test]
+#[ignore = "run in a process of its own by global_from_several_threads_builds_one_pool"]
+fn global_from_several_threads_body() {
+    if !in_isolation() {
+        return;
+    }
+    // Threads that ask for the global pool at once get the same pool, and
+    // only one is built: with room for about one pool under
+    // `RLIMIT_NPROC`, every thread gets it (builds racing each other made
+    // all but the first fail with `EAGAIN`, and forked a pool's worth of
+    // processes per thread for nothing).
+    deadline(50, || {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let enforced = !root || become_nobody();
+        let n = 6;
+        let barrier = std::sync::Barrier::new(n + 1);
+        let got: Vec<Result<usize, String>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..n)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        shmpool::try_global()
+                            .map(|p| p as *const Pool as usize)
+                            .map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            // SAFETY: getuid has no preconditions.
+            let running = tasks_of(unsafe { libc::getuid() }).len();
+            let old = nproc_limit();
+            // The template, the workers, the supervisor and the stdio probe
+            // of one pool, and a few to spare: not two pools.
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let headroom = (workers + 4) as libc::rlim_t;
+            set_nproc_limit(libc::rlimit {
+                rlim_cur: (running as libc::rlim_t + headroom).min(old.rlim_max),
+                rlim_max: old.rlim_max,
+            });
+            barrier.wait();
+            let got = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            set_nproc_limit(old);
+            got
+        });
+        println!("enforced: {enforced}: {got:?}");
+        let first = got[0].clone().expect("the global pool");
+        assert!(
+            got.iter().all(|g| g.as_ref() == Ok(&first)),
+            "every thread gets the one pool: {got:?}"
+        );
+        assert_maps(shmpool::global());
+    })
+}
+
 /// Becomes `nobody` (uid and gid 65534), dropping root's capabilities with
 /// root's uid. Returns whether it did.
 fn become_nobody() -> bool {
@@ -749,6 +808,79 @@ fn forked_child_body() {
         assert_eq!(pool.stats().worker_restarts, 0);
         assert_maps(&pool);
         assert!(pids.iter().all(|&pid| !common::is_dead(pid)));
+    })
+}
+
+#[test]
+fn a_forked_child_gets_a_global_pool_of_its_own() {
+    isolated("forked_child_global_body", 120);
+}
+
+/// What the forked child checks of `shmpool::global()`; a nonzero code
+/// names the failed check.
+fn global_in_forked_child(parents: usize) -> i32 {
+    // The global pool it inherited is the parent's: its own is built.
+    let Ok(pool) = shmpool::try_global() else {
+        return 30;
+    };
+    if std::ptr::eq(pool, parents as *const Pool) {
+        return 31;
+    }
+    match pool.apply(20u64, |x| x + 1) {
+        Ok(21) => {}
+        _ => return 32,
+    }
+    // Built once: the same pool again.
+    if !std::ptr::eq(pool, shmpool::global()) {
+        return 33;
+    }
+    if !matches!(pool.map(&[1u32, 2, 3], |x| x * 2), Ok(v) if v == vec![2, 4, 6]) {
+        return 34;
+    }
+    0
+}
+
+#[test]
+#[ignore = "run in a process of its own by a_forked_child_gets_a_global_pool_of_its_own"]
+fn forked_child_global_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(100, || {
+        let global = shmpool::global();
+        let pids = global.worker_pids();
+        assert_maps(global);
+        let parents = global as *const Pool as usize;
+        // SAFETY: the child runs only `global_in_forked_child`, inside
+        // `catch_unwind`, and ends with `_exit`: it never returns into the
+        // test harness. This isolated process runs no other test, so no
+        // other thread holds a lock the child takes.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+        if child == 0 {
+            let code =
+                catch_unwind(AssertUnwindSafe(|| global_in_forked_child(parents))).unwrap_or(99);
+            // SAFETY: _exit ends the child without running the parent's
+            // destructors or atexit handlers; its pool's template sees the
+            // socket close and takes the child's workers along.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        assert!(
+            wait_until(Duration::from_secs(60), || {
+                // SAFETY: waitpid writes into a live int.
+                unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) == child }
+            }),
+            "the forked child hung"
+        );
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child failed: raw status {status:#x} (exit code {})",
+            libc::WEXITSTATUS(status)
+        );
+        assert!(std::ptr::eq(global, shmpool::global()));
+        assert_eq!(global.worker_pids(), pids, "the parent's workers live on");
+        assert_maps(global);
     })
 }
 

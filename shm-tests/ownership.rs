@@ -359,6 +359,54 @@ fn pool_new_completes_while_the_calling_thread_holds_stdout() {
 }
 
 #[test]
+fn pools_built_while_stdout_is_held_for_long_leave_at_most_one_thread_waiting() {
+    isolated("pools_built_while_stdout_is_held_body", 60);
+}
+
+#[test]
+#[ignore = "run in a process of its own by pools_built_while_stdout_is_held_for_long_leave_at_most_one_thread_waiting"]
+fn pools_built_while_stdout_is_held_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(50, || {
+        // A thread that holds stdout for the program's life (a logger
+        // writing under one `StdoutLock`, say). Each `Pool::new` looks at
+        // the lock from a thread of its own, which waits until the lock is
+        // free: one such thread may wait, not one per pool built.
+        let (release, wait_release) = mpsc::channel::<()>();
+        let (held, wait_held) = mpsc::channel::<()>();
+        let holder = thread::spawn(move || {
+            let out = std::io::stdout().lock();
+            held.send(()).unwrap();
+            wait_release.recv().unwrap();
+            drop(out);
+        });
+        wait_held.recv().unwrap();
+        let before = common::threads();
+        for _ in 0..6 {
+            let pool = Pool::new(1).unwrap();
+            assert_eq!(pool.apply(2u8, |x| x * 2).unwrap(), 4);
+            drop(pool);
+        }
+        let left = common::threads();
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        assert!(
+            left <= before + 1,
+            "{} threads still wait for stdout after six pools came and went",
+            left - before
+        );
+        // Once stdout is free, the waiting thread ends too.
+        assert!(
+            wait_until(Duration::from_secs(5), || common::threads() < before),
+            "{} threads, {before} before (the holder included)",
+            common::threads()
+        );
+    })
+}
+
+#[test]
 fn a_single_threaded_program_builds_pools_with_stdout_free_or_held() {
     let out = common::run_to_end(
         std::process::Command::new(env!("CARGO_BIN_EXE_single_threaded")),

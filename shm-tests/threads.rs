@@ -3,7 +3,9 @@
 mod common;
 
 use std::sync::Barrier;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use common::{Rng, deadline};
 use shmpool::Pool;
@@ -95,5 +97,53 @@ fn a_small_ring_under_contention() {
             }
         });
         assert_eq!(pool.stats().jobs_completed, 1800);
+    })
+}
+
+#[test]
+fn stats_taken_while_threads_submit_and_cancel_add_up() {
+    deadline(60, || {
+        let pool = Pool::builder().workers(2).spin(0).build().unwrap();
+        let stop = AtomicBool::new(false);
+        thread::scope(|scope| {
+            for t in 0..3 {
+                let (pool, stop) = (&pool, &stop);
+                scope.spawn(move || {
+                    while !stop.load(Relaxed) {
+                        match t {
+                            0 => assert_eq!(pool.apply(1u32, |x| x + 1).unwrap(), 2),
+                            1 => assert_eq!(
+                                pool.apply_async(2u32, |x| x + 1).unwrap().get().unwrap(),
+                                3
+                            ),
+                            _ => pool.apply_async(3u32, |x| x + 1).unwrap().cancel(),
+                        }
+                    }
+                });
+            }
+            // A snapshot never counts a job finished before it counts it
+            // submitted, a cancellation before its failure, or a profiled
+            // job before its completion, whatever the other threads do
+            // between its loads.
+            let start = Instant::now();
+            let mut snapshots = 0u64;
+            let mut wrong = None;
+            while wrong.is_none() && start.elapsed() < Duration::from_secs(2) {
+                let s = pool.stats();
+                snapshots += 1;
+                let adds_up = s.jobs_completed + s.jobs_failed <= s.jobs_submitted
+                    && s.jobs_cancelled <= s.jobs_failed
+                    && s.profile.jobs <= s.jobs_completed;
+                wrong = (!adds_up).then_some(s);
+            }
+            // Stopped before any assertion, so that a failure ends the scope.
+            stop.store(true, Relaxed);
+            assert!(
+                wrong.is_none(),
+                "snapshot {snapshots} does not add up: {wrong:?}"
+            );
+        });
+        let s = pool.stats();
+        assert_eq!(s.jobs_completed + s.jobs_failed, s.jobs_submitted, "{s:?}");
     })
 }

@@ -68,7 +68,8 @@ impl Default for Builder {
 }
 
 impl Builder {
-    /// The number of worker processes (default: the available parallelism).
+    /// The number of worker processes (default: the available parallelism,
+    /// at most 1024).
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = Some(n);
         self
@@ -181,8 +182,11 @@ impl Builder {
 
     /// A function each worker runs once, after it is forked and before its
     /// first task (replacements included); never in the parent. If it
-    /// panics, the pool is unusable: every job fails with
-    /// [`Error::InitializerFailed`].
+    /// panics, or its worker dies in it (a crash, an `exit`), the pool is
+    /// unusable: every job fails with [`Error::InitializerFailed`]. It is
+    /// not under [`task_timeout`](Self::task_timeout): an initializer that
+    /// never returns keeps every job waiting (a wait with a timeout, or
+    /// [`Pool::terminate`], ends that).
     ///
     /// It is also where a worker's process settings go. For one: workers
     /// start as `SCHED_BATCH` jobs when the thread that builds the pool runs
@@ -358,15 +362,19 @@ impl Builder {
     /// workers.
     ///
     /// # Errors
-    /// `InvalidArgument` for zero workers (or more than 1024), a bad ring
-    /// size, a chunk size of 0, or when called inside a pool worker; `Io`
-    /// when the region, the supervisor thread or the processes cannot be
-    /// created: past the process limit (`EAGAIN`), past the descriptor limit
-    /// (`EMFILE`: each worker needs one), an arena larger than `RLIMIT_AS`
-    /// allows (kind `OutOfMemory`, with a message that names the limit). A
-    /// pool is built with all its workers or not at all: on error, whatever
-    /// was started is killed and reaped. The result thread starts with the
-    /// first asynchronous job.
+    /// `InvalidArgument` for zero workers (or more than 1024), a ring size
+    /// of 0 or more than 1024, an arena size that overflows the address
+    /// space, a chunk size of 0, a task timeout of zero, `caller_runs`
+    /// together with `task_timeout`, `worker_memory_limit` or an
+    /// `initializer`, or when called inside a task; `Io` when
+    /// `worker_memory_limit` cannot be enforced (`RLIMIT_AS` cannot be set),
+    /// and when the region, the supervisor thread or the processes cannot
+    /// be created: past the process limit (`EAGAIN`), past the descriptor
+    /// limit (`EMFILE`: each worker needs one), an arena larger than
+    /// `RLIMIT_AS` allows (kind `OutOfMemory`, with a message that names the
+    /// limit). A pool is built with all its workers or not at all: on error,
+    /// whatever was started is killed and reaped. The result thread starts
+    /// with the first asynchronous job.
     ///
     /// ```
     /// use shmpool::{Error, Pool};
@@ -383,10 +391,7 @@ impl Builder {
                 "a pool cannot be created inside a task (or a pool worker)",
             ));
         }
-        let workers = match self.workers {
-            Some(n) => n,
-            None => thread::available_parallelism().map_or(1, |n| n.get()),
-        };
+        let workers = self.workers.unwrap_or_else(default_workers);
         if workers > MAX_WORKERS {
             return Err(Error::invalid(format!(
                 "{workers} workers requested, at most {MAX_WORKERS} are supported"
@@ -482,6 +487,19 @@ impl Builder {
             supervisor: Some(supervisor),
         })
     }
+}
+
+/// The default number of workers: one per CPU the process may use
+/// (`available_parallelism`), but at most `MAX_WORKERS`: on a machine with
+/// more CPUs, a pool built with the defaults (and `shmpool::global()`)
+/// would otherwise be refused.
+fn default_workers() -> usize {
+    workers_for(thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The default number of workers on `cpus` CPUs.
+fn workers_for(cpus: usize) -> usize {
+    cpus.clamp(1, MAX_WORKERS)
 }
 
 /// How many idle workers may spin on `cpus` CPUs: one per CPU, so that
@@ -644,6 +662,17 @@ impl std::error::Error for LimitError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_pool_fits_any_machine() {
+        assert_eq!(workers_for(1), 1);
+        assert_eq!(workers_for(64), 64);
+        assert_eq!(workers_for(MAX_WORKERS), MAX_WORKERS);
+        // More CPUs than a pool may have workers: the most it may have,
+        // not a refused build.
+        assert_eq!(workers_for(4 * MAX_WORKERS), MAX_WORKERS);
+        assert!(default_workers() <= MAX_WORKERS);
+    }
 
     #[test]
     fn spinning_and_waking_follow_the_cpus() {

@@ -153,11 +153,13 @@ pub enum Error {
     /// The job was cancelled ([`AsyncResult::cancel`](crate::AsyncResult::cancel),
     /// or its `AsyncResult` was dropped unfinished).
     Cancelled,
-    /// The pool's initializer panicked in a worker. The pool runs no tasks
-    /// from then on: every job fails with this error.
+    /// The pool's initializer failed in a worker: it panicked, or the worker
+    /// died in it (a signal, an `exit`, the memory limit, or a kill for
+    /// blocking forever on a lock it inherited locked). The pool runs no
+    /// tasks from then on: every job fails with this error.
     #[non_exhaustive]
     InitializerFailed {
-        /// The panic message (and location).
+        /// The panic message (and location), or how the worker died.
         message: String,
     },
     /// The shared-memory arena has no free block large enough, or the
@@ -288,7 +290,7 @@ impl fmt::Display for Error {
                 Ok(())
             }
             Error::InitializerFailed { message } => {
-                write!(f, "the pool's initializer panicked: {message}")
+                write!(f, "the pool's initializer failed: {message}")
             }
             Error::TaskTimedOut { pid, after, range } => {
                 write!(f, "task timed out after {after:?}")?;
@@ -384,6 +386,20 @@ mod tests {
             after: Duration::from_millis(5),
         };
         assert_eq!(e.to_string(), "wait timed out after 5ms; the job goes on");
+    }
+
+    #[test]
+    fn a_failed_initializer_is_not_called_a_panic_unless_it_was_one() {
+        // The message says what happened: a panic's own message, or how the
+        // worker died in the initializer (the supervisor's wording).
+        let e = Error::InitializerFailed {
+            message: "the worker exited with code 3 in the initializer".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the pool's initializer failed: the worker exited with code 3 in the initializer"
+        );
+        assert!(!e.to_string().contains("panicked"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `Pool` and its `Builder`: the public face.
 
 use std::mem::{align_of, size_of};
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -287,19 +287,30 @@ impl Pool {
     pub fn stats(&self) -> Stats {
         let c = &self.inner.stats;
         let (arena_capacity, arena_in_use) = self.inner.region.arena_usage();
+        // ORDERING: Acquire, in the opposite order of the counting
+        // (`Core::submit`, `Core::count`, `Core::cancel`: submitted, then
+        // completed or failed, then profiled or cancelled, each Release
+        // after the one before), so that the snapshot adds up: no more
+        // jobs profiled than completed, cancelled than failed, or finished
+        // than submitted, whatever other threads do meanwhile.
+        let jobs_profiled = c.jobs_profiled.load(Acquire);
+        let jobs_cancelled = c.jobs_cancelled.load(Acquire);
+        let jobs_completed = c.jobs_completed.load(Acquire);
+        let jobs_failed = c.jobs_failed.load(Acquire);
+        let jobs_submitted = c.jobs_submitted.load(Acquire);
         // ORDERING: Relaxed: statistics.
         Stats {
-            jobs_submitted: c.jobs_submitted.load(Relaxed),
-            jobs_completed: c.jobs_completed.load(Relaxed),
-            jobs_failed: c.jobs_failed.load(Relaxed),
+            jobs_submitted,
+            jobs_completed,
+            jobs_failed,
             bytes_staged: c.bytes_staged.load(Relaxed),
-            jobs_cancelled: c.jobs_cancelled.load(Relaxed),
+            jobs_cancelled,
             worker_restarts: c.worker_restarts.load(Relaxed),
             workers_recycled: c.workers_recycled.load(Relaxed),
             arena_capacity,
             arena_in_use,
             profile: Profile {
-                jobs: c.jobs_profiled.load(Relaxed),
+                jobs: jobs_profiled,
                 staging: Duration::from_nanos(c.staging_ns.load(Relaxed)),
                 dispatch: Duration::from_nanos(c.dispatch_ns.load(Relaxed)),
                 compute: Duration::from_nanos(c.compute_ns.load(Relaxed)),
@@ -312,8 +323,9 @@ impl Pool {
     ///
     /// # Errors
     /// `OutOfSharedMemory` when the arena has no room; `InvalidArgument` when
-    /// the size overflows or `T` is aligned to more than a page, or from
-    /// inside a task.
+    /// the size overflows or `T` is aligned to more than a page, or in a
+    /// process forked from the pool's owner; `WouldDeadlock` from inside a
+    /// task.
     ///
     /// ```
     /// let pool = shmpool::Pool::new(1)?;
@@ -386,8 +398,17 @@ impl Pool {
     /// # Errors
     /// `TaskPanicked` if `f` panicked, `WorkerDied` if a worker died while
     /// running it (in both cases the rest of the job is skipped, and the pool
-    /// stays usable); `OutOfSharedMemory`; `Closed`; `WouldDeadlock` from
-    /// inside a task.
+    /// stays usable); `TaskTimedOut` and `MemoryLimit` past the builder's
+    /// [`task_timeout`](Builder::task_timeout) and
+    /// [`worker_memory_limit`](Builder::worker_memory_limit); `HeapWrite`
+    /// for a task that wrote the shared heap; `InitializerFailed` once the
+    /// pool's initializer failed; `OutOfSharedMemory`; `Closed` if the pool
+    /// was closed or terminated before the call, `Terminated` if it was
+    /// terminated while the job ran; `Corrupted` if a worker left the job's
+    /// shared words impossible; `WouldDeadlock` from inside a task (or for a
+    /// task blocked forever on a lock it inherited locked);
+    /// `InvalidArgument` in a process forked from the pool's owner, for a
+    /// type aligned to more than a page, or for more than 2^48 elements.
     ///
     /// ```
     /// let pool = shmpool::Pool::new(2)?;

@@ -738,7 +738,7 @@ pub(crate) fn result_loop(inner: Arc<Core>) {
             if kick && busy {
                 // Woken by the tick, or a tick since the last kick: make
                 // sure no job waits for a wake-up that was lost.
-                inner.kick_async(&ring);
+                inner.kick_async(&mut ring);
                 kicked = Some(Instant::now());
             }
             let exit = inner.life() != OPEN && inner.workers_gone() && !busy && batch.is_empty();

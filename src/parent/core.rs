@@ -387,9 +387,11 @@ impl Core {
         }
         let cell = self.ring().cancel(&self.region, s, seq);
         if let Some(cell) = cell {
-            // ORDERING: Relaxed: statistics.
-            self.stats.jobs_cancelled.fetch_add(1, Relaxed);
-            self.stats.jobs_failed.fetch_add(1, Relaxed);
+            // ORDERING: Release: failed before cancelled, each after the
+            // submission (ring lock); `Pool::stats` loads them in the
+            // opposite order, Acquire, so a snapshot adds up.
+            self.stats.jobs_failed.fetch_add(1, Release);
+            self.stats.jobs_cancelled.fetch_add(1, Release);
             // Its callbacks run here, in the cancelling thread; the job
             // counts as in flight until they have returned, so `join` waits
             // for them as for any other job's.
@@ -511,10 +513,12 @@ impl Core {
                 .0;
         };
         let seq = ring.publish(&self.region, s, spec, job, notify);
+        // ORDERING: Relaxed: a statistic, counted under the ring lock, which
+        // every harvest and cancel of the job takes before they count it
+        // (`count`): a snapshot never sees it finished but not submitted.
+        self.stats.jobs_submitted.fetch_add(1, Relaxed);
         drop(ring);
         self.region.control().sem.post(tokens);
-        // ORDERING: Relaxed: a statistic.
-        self.stats.jobs_submitted.fetch_add(1, Relaxed);
         Ok((s, seq))
     }
 
@@ -586,11 +590,13 @@ impl Core {
     }
 
     /// Re-announces unfinished asynchronous jobs whose wake-up may be lost.
-    pub(crate) fn kick_async(&self, ring: &Ring) {
-        let tokens: u32 = (0..ring.len())
-            .filter(|&s| ring.is_async(s))
-            .map(|s| ring.kick(&self.region, s))
-            .fold(0, u32::saturating_add);
+    pub(crate) fn kick_async(&self, ring: &mut Ring) {
+        let mut tokens = 0u32;
+        for s in 0..ring.len() {
+            if ring.is_async(s) {
+                tokens = tokens.saturating_add(ring.kick(&self.region, s));
+            }
+        }
         self.region.control().sem.post(tokens);
     }
 
@@ -657,14 +663,18 @@ impl Core {
         } else {
             &c.jobs_failed
         };
-        // ORDERING: Relaxed: statistics.
-        counter.fetch_add(1, Relaxed);
+        // ORDERING: Release: after the job's submission was counted (the
+        // ring lock orders them) and before its profile; `Pool::stats`
+        // loads them in the opposite order, Acquire, so that a snapshot
+        // adds up (a plain `lock xadd` on x86, as Relaxed).
+        counter.fetch_add(1, Release);
         if let Some(t) = times {
-            // ORDERING: Relaxed: statistics.
+            // ORDERING: Relaxed: statistics, summed.
             c.dispatch_ns.fetch_add(t.dispatch, Relaxed);
             c.compute_ns.fetch_add(t.compute, Relaxed);
             c.completion_ns.fetch_add(t.completion, Relaxed);
-            c.jobs_profiled.fetch_add(1, Relaxed);
+            // ORDERING: Release: see above.
+            c.jobs_profiled.fetch_add(1, Release);
         }
     }
 }

@@ -121,6 +121,10 @@ pub(crate) struct Job {
     pub(crate) waiter: Waiter,
     /// Retries so far, by range start.
     pub(crate) attempts: Vec<(u64, u32)>,
+    /// Lost ranges (start, end) to run again that found every retry entry
+    /// of the slot taken (more ranges of the job lost at once than it has
+    /// entries): queued as entries come free (`requeue_held_back`).
+    pub(crate) held_back: Vec<(u64, u64)>,
     /// Whether a lost range may run again: false for a job that writes its
     /// input in place (a range the dead worker half-updated would be mapped
     /// twice).
@@ -146,6 +150,7 @@ impl Job {
             failure: None,
             waiter,
             attempts: Vec::new(),
+            held_back: Vec::new(),
             retryable: true,
             published: [0; 11],
             corrupt: None,
@@ -172,6 +177,33 @@ fn descriptor(slot: &Slot) -> [u64; 11] {
         d.window[0].load(Relaxed),
         d.window[1].load(Relaxed),
     ]
+}
+
+/// Requeue, Repend: queues range `start..end` of the job in slot `s` to run
+/// again, in the first EMPTY retry entry. Returns false if none is EMPTY.
+fn requeue(region: &Region, s: usize, start: u64, end: u64) -> bool {
+    // ORDERING: Acquire: an EMPTY entry was released by the worker that ran
+    // it (FreeRetry), or by our Reset or Unclaim.
+    let free = region
+        .slot(s)
+        .retries
+        .0
+        .iter()
+        .find(|e| e.state.load(Acquire) == RETRY_EMPTY);
+    let Some(entry) = free else {
+        return false;
+    };
+    // ORDERING: Relaxed: Requeue, published by the SeqCst store of READY,
+    // which TakeRetry acquires.
+    entry.start.store(start, Relaxed);
+    entry.end.store(end, Relaxed);
+    // ORDERING: SeqCst: Requeue, before Repend (the Dekker pair with a
+    // worker's Unpend and LookRetries), and before the Stall checks that
+    // now see a retry waiting.
+    entry.state.store(RETRY_READY, SeqCst);
+    // ORDERING: SeqCst: Repend, see above.
+    region.control().pending.0[s / 64].fetch_or(1u64 << (s % 64), SeqCst);
+    true
 }
 
 /// Whether a retry of slot `slot` is queued and not yet claimed.
@@ -580,34 +612,40 @@ impl Ring {
                         1
                     }
                 };
-                // ORDERING: Acquire: an EMPTY entry was released by the
-                // worker that ran it (FreeRetry), or by our Reset or Unclaim.
-                let free = slot
-                    .retries
-                    .0
-                    .iter()
-                    .find(|e| e.state.load(Acquire) == RETRY_EMPTY);
-                match free {
-                    Some(entry) if tries <= max => {
-                        // ORDERING: Relaxed: Requeue, published by the SeqCst
-                        // store of READY, which TakeRetry acquires.
-                        entry.start.store(start, Relaxed);
-                        entry.end.store(range.end as u64, Relaxed);
-                        // ORDERING: SeqCst: Requeue, before Repend (the Dekker
-                        // pair with a worker's Unpend and LookRetries), and
-                        // before the Stall checks that now see a retry
-                        // waiting.
-                        entry.state.store(RETRY_READY, SeqCst);
-                        // ORDERING: SeqCst: Repend, see above.
-                        region.control().pending.0[s / 64].fetch_or(1u64 << (s % 64), SeqCst);
-                        return true;
+                if tries > max {
+                    e
+                } else {
+                    if !requeue(region, s, start, range.end as u64) {
+                        // Every entry is taken: run it once one comes free.
+                        job.held_back.push((start, range.end as u64));
                     }
-                    _ => e,
+                    return true;
                 }
             }
         };
         self.fail(region, s, |_| error);
         false
+    }
+
+    /// Queues the held-back ranges of the job in slot `s` into retry entries
+    /// that have come free, as many as there are. Returns whether one was
+    /// queued.
+    pub(crate) fn requeue_held_back(&mut self, region: &Region, s: usize) -> bool {
+        let Phase::Busy(job) = &mut self.phases[s] else {
+            return false;
+        };
+        if job.failure.is_some() {
+            return false;
+        }
+        let mut queued = false;
+        while let Some(&(start, end)) = job.held_back.last() {
+            if !requeue(region, s, start, end) {
+                break;
+            }
+            job.held_back.pop();
+            queued = true;
+        }
+        queued
     }
 
     /// Frees the retry entries of slot `s` that worker `w`, now dead, had
@@ -700,7 +738,10 @@ impl Ring {
     /// over an idle worker's record). Returns how many tokens to post: one if
     /// ranges or retries wait, else every worker's worth if a record still
     /// names the slot (each woken worker rewrites its own record).
-    pub(crate) fn kick(&self, region: &Region, s: usize) -> u32 {
+    pub(crate) fn kick(&mut self, region: &Region, s: usize) -> u32 {
+        // Ranges held back for want of a retry entry go in as entries
+        // come free (workers free them without telling the parent).
+        self.requeue_held_back(region, s);
         let Phase::Busy(job) = &self.phases[s] else {
             return 0;
         };
@@ -846,7 +887,8 @@ fn look_done(slot: &Slot, job: &mut Job) -> u32 {
 fn stalled_and_drained(region: &Region, s: usize, job: &mut Job, state: u32) -> Option<u32> {
     let slot = region.slot(s);
     // ORDERING: SeqCst: Stall, read before Drain, like Abort.
-    let exhausted = slot.claim.next.load(SeqCst) >= job.len && !retry_ready(slot);
+    let exhausted =
+        slot.claim.next.load(SeqCst) >= job.len && !retry_ready(slot) && job.held_back.is_empty();
     let stalled =
         job.corrupt.is_some() || job.failure.is_some() || state != SLOT_RUNNING || exhausted;
     if !stalled || !drained(region, s) {
@@ -938,7 +980,7 @@ fn corrupt_when_done(slot: &Slot, job: &Job) -> Option<&'static str> {
         "a finished job's ranges do not add up to its length"
     } else if claimed < job.len {
         "a finished job has elements no worker claimed"
-    } else if retry_ready(slot) {
+    } else if retry_ready(slot) || !job.held_back.is_empty() {
         "a finished job has a retry waiting"
     } else if descriptor(slot) != job.published {
         "a worker overwrote the job descriptor"

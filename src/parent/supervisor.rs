@@ -664,6 +664,8 @@ impl Supervisor {
         if (slot as usize) < ring.len() {
             let s = slot as usize;
             ring.release_retries(region, s, w);
+            // Entries may have come free since a range was held back.
+            ring.requeue_held_back(region, s);
             let config = &inner.config;
             ring.lost(region, s, |len| {
                 let range =

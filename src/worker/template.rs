@@ -43,7 +43,9 @@
 
 use std::io::{self, StderrLock, StdoutLock, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::mpsc;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU64};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
 
@@ -116,33 +118,74 @@ const STDIO_PATIENCE: Duration = Duration::from_millis(10);
 /// `RLIMIT_AS`, just after: see `Builder::build`); when it
 /// does not answer in time (the calling thread holds a lock itself, or
 /// another thread holds one for long), the template is forked without them.
+///
+/// A probe that did not answer in time goes on waiting for the locks, and
+/// ends once it has them. While one waits so (`ABANDONED`), no other is
+/// started: the locks are still held, and a program whose thread holds
+/// stdout for its whole life (a logger writing under one `StdoutLock`)
+/// would otherwise keep one waiting thread per pool it ever built.
 pub(crate) enum StdioProbe {
     /// The calling thread is the process's only thread.
     Alone,
     /// The probe thread answers on this channel once it has taken and
-    /// released both locks.
-    Probing(mpsc::Receiver<()>),
-    /// No probe thread could be started: fork without the locks.
+    /// released both locks; the state word is `PROBE_*`, shared with it.
+    Probing(mpsc::Receiver<()>, Arc<AtomicU8>),
+    /// No probe thread could be started, or one is still waiting for a
+    /// lock: fork without the locks.
     Unknown,
+}
+
+/// `StdioProbe::Probing`'s state word: the probe thread runs.
+const PROBE_RUNNING: u8 = 0;
+/// The probe thread has taken and released both locks.
+const PROBE_DONE: u8 = 1;
+/// The build stopped waiting for the probe thread, which still waits for a
+/// lock (marked in `ABANDONED` until it ends).
+const PROBE_ABANDONED: u8 = 2;
+
+/// One more than the fork generation (`os::fork_generation`) of the process
+/// in which a probe thread that a build stopped waiting for still waits for
+/// stdout's or stderr's lock; 0 if none does. A process forked meanwhile
+/// inherits the mark but not the thread: the generation tells it that the
+/// mark is not its own.
+static ABANDONED: AtomicU64 = AtomicU64::new(0);
+
+/// The mark `ABANDONED` holds while a probe of this process waits.
+fn abandoned_mark() -> u64 {
+    os::fork_generation().wrapping_add(1)
 }
 
 impl StdioProbe {
     /// Looks at the process, and starts the probe thread if another thread
     /// exists (the common single-threaded program is spared starting a
-    /// thread and waiting for it to run).
+    /// thread and waiting for it to run) and no earlier probe still waits
+    /// for a lock.
     pub(crate) fn start() -> StdioProbe {
         if os::single_threaded() {
             return StdioProbe::Alone;
         }
+        // ORDERING: Relaxed: a stale mark starts one more probe, or forks
+        // one template without the locks; neither is wrong.
+        if ABANDONED.load(Relaxed) == abandoned_mark() {
+            return StdioProbe::Unknown;
+        }
         let (tx, rx) = mpsc::sync_channel(1);
+        let state = Arc::new(AtomicU8::new(PROBE_RUNNING));
+        let theirs = state.clone();
         let probe = thread::Builder::new()
             .name("shmpool-stdio".into())
             .stack_size(64 << 10)
             .spawn(move || {
                 drop((io::stdout().lock(), io::stderr().lock()));
+                // ORDERING: AcqRel: the swap and `take`'s compare-exchange
+                // are RMWs of one word, so exactly one of them sees the
+                // other's value: only an abandoned probe clears the mark.
+                if theirs.swap(PROBE_DONE, AcqRel) == PROBE_ABANDONED {
+                    clear_abandoned();
+                }
                 let _ = tx.send(());
             });
-        probe.map_or(StdioProbe::Unknown, |_| StdioProbe::Probing(rx))
+        probe.map_or(StdioProbe::Unknown, |_| StdioProbe::Probing(rx, state))
     }
 
     /// Both locks, taken by this thread, if they were found free (within
@@ -150,11 +193,34 @@ impl StdioProbe {
     fn take(self, patience: Duration) -> Option<(StdoutLock<'static>, StderrLock<'static>)> {
         match self {
             StdioProbe::Alone => {}
-            StdioProbe::Probing(rx) => rx.recv_timeout(patience).ok()?,
+            StdioProbe::Probing(rx, state) => {
+                if rx.recv_timeout(patience).is_err() {
+                    // Marked before the probe can see itself abandoned, so
+                    // that its clearing never comes first.
+                    // ORDERING: Relaxed: a mark (see `start`); ordered
+                    // before the probe's clearing by the Release below.
+                    ABANDONED.store(abandoned_mark(), Relaxed);
+                    // ORDERING: AcqRel: see the probe thread's swap.
+                    let finished = state
+                        .compare_exchange(PROBE_RUNNING, PROBE_ABANDONED, AcqRel, Acquire)
+                        .is_err();
+                    if finished {
+                        clear_abandoned();
+                    }
+                    return None;
+                }
+            }
             StdioProbe::Unknown => return None,
         }
         Some((io::stdout().lock(), io::stderr().lock()))
     }
+}
+
+/// Clears this process's `ABANDONED` mark: its probe has both locks.
+fn clear_abandoned() {
+    let mark = abandoned_mark();
+    // ORDERING: Relaxed: a mark (see `StdioProbe::start`).
+    let _ = ABANDONED.compare_exchange(mark, 0, Relaxed, Relaxed);
 }
 
 /// Which panic hook a template gives its workers.
