@@ -205,7 +205,10 @@ pub enum Error {
         /// Its error, as text.
         message: String,
     },
-    /// A system call failed.
+    /// The operating system failed the pool: a system call (its error), a
+    /// limit the pool ran into (the message names the limit and what to
+    /// change), or the template process dying or stalling while it started
+    /// the workers.
     Io(io::Error),
 }
 
@@ -324,7 +327,7 @@ impl fmt::Display for Error {
             Error::Corrupted { detail } => write!(f, "shared control block corrupted: {detail}"),
             Error::WouldDeadlock { reason } => write!(f, "operation would deadlock: {reason}"),
             Error::Remote { rank, message } => write!(f, "rank {rank} failed: {message}"),
-            Error::Io(e) => write!(f, "system call failed: {e}"),
+            Error::Io(e) => write!(f, "operating system error: {e}"),
         }
     }
 }
@@ -400,6 +403,18 @@ mod tests {
             "the pool's initializer failed: the worker exited with code 3 in the initializer"
         );
         assert!(!e.to_string().contains("panicked"), "{e}");
+    }
+
+    #[test]
+    fn an_io_error_does_not_claim_a_system_call() {
+        // Not every `Io` is a system call's: the template's death is one.
+        let e = Error::Io(io::Error::other(
+            "the template process died while starting the workers",
+        ));
+        assert_eq!(
+            e.to_string(),
+            "operating system error: the template process died while starting the workers"
+        );
     }
 
     #[test]
