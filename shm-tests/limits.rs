@@ -736,6 +736,16 @@ fn unmap_pages(pages: &[usize]) {
     }
 }
 
+/// A pool with the default arena, built under `limit`: its arena's size
+/// (printed), after a map checks that it works.
+fn default_pool_under(limit: &str) -> (Pool, u64) {
+    let pool = Pool::new(2).expect("the default arena fits the limit");
+    let arena = pool.stats().arena_capacity;
+    println!("default arena under {limit}: {} MiB", arena >> 20);
+    assert_maps(&pool, 10_000);
+    (pool, arena)
+}
+
 #[test]
 fn under_a_tight_address_space_limit_the_pool_s_threads_still_start() {
     common::isolated_under_rlimit("tight_address_space_body", 120, libc::RLIMIT_AS, 100 << 20);
@@ -751,14 +761,8 @@ fn tight_address_space_body() {
         // Half the room under 100 MiB is less than the 64 MiB the default
         // arena takes elsewhere: it takes half the room instead, and leaves
         // the rest to the pool's supervisor and result threads.
-        let pool = Pool::new(2).expect("the default arena fits the limit");
-        let arena = pool.stats().arena_capacity;
-        println!(
-            "default arena under a 100 MiB RLIMIT_AS: {} MiB",
-            arena >> 20
-        );
+        let (pool, arena) = default_pool_under("a 100 MiB RLIMIT_AS");
         assert!(arena < 50 << 20, "{arena} bytes of arena");
-        assert_maps(&pool, 10_000);
         let doubled = pool
             .map_async(&[1u64, 2, 3], |x| x * 2)
             .unwrap()
@@ -786,17 +790,11 @@ fn file_size_limit_body() {
         return;
     }
     deadline(100, || {
-        let pool = Pool::new(2).expect("the default arena fits the limit");
-        let arena = pool.stats().arena_capacity;
-        println!(
-            "default arena under a 64 MiB RLIMIT_FSIZE: {} MiB",
-            arena >> 20
-        );
+        let (pool, arena) = default_pool_under("a 64 MiB RLIMIT_FSIZE");
         assert!(
             (32 << 20..64 << 20).contains(&arena),
             "{arena} bytes of arena"
         );
-        assert_maps(&pool, 10_000);
         let big = pool.alloc_zeroed::<u8>(32 << 20).expect("half the limit");
         assert_eq!(big.len(), 32 << 20);
         drop(big);
