@@ -172,13 +172,22 @@ impl Pool {
     /// this pool's arena, or the heap if this pool's workers can write it
     /// (its writable alias existed when the pool was built). `None`: `out`
     /// must be staged into an arena block and copied back (`Staged`).
-    pub(crate) fn place_output<T: Pod>(&self, out: &[T]) -> Option<Loc> {
-        match self.locate(out) {
-            Place::Arena(off) => Some(Loc::Arena(off)),
-            Place::Heap(off) if self.inner.heap_writable => Some(Loc::Heap(off)),
-            Place::Nowhere => Some(self.nowhere()),
-            Place::Heap(_) | Place::Elsewhere => None,
-        }
+    ///
+    /// Written in place, `out`'s provenance is exposed: the job writes it
+    /// through addresses (in the workers, and in this thread with
+    /// `caller_runs`: `Memory::for_caller`), never through `out`, while the
+    /// caller's call holds `out` as a protected mutable borrow. Exposed, those
+    /// writes are writes through a pointer derived from that borrow
+    /// (design.md, "Where a slice lives").
+    pub(crate) fn place_output<T: Pod>(&self, out: &mut [T]) -> Option<Loc> {
+        let at = match self.locate(out) {
+            Place::Arena(off) => Loc::Arena(off),
+            Place::Heap(off) if self.inner.heap_writable => Loc::Heap(off),
+            Place::Nowhere => return Some(self.nowhere()),
+            Place::Heap(_) | Place::Elsewhere => return None,
+        };
+        let _ = out.as_mut_ptr().expose_provenance();
+        Some(at)
     }
 
     /// Copies `input` into a block the job will own.

@@ -103,6 +103,38 @@ impl Memory {
             windowed,
         }
     }
+
+    /// The memory the owner's caller uses when it runs ranges of its own job
+    /// (`Builder::caller_runs`): the same addresses as [`here`](Self::here),
+    /// with the provenance of every pointer the program has exposed for them.
+    ///
+    /// The job's output may be a `&mut [U]` the caller's own call holds (a
+    /// `ShmVec` or a shared-heap `Vec` given to `map_into` or
+    /// `map_in_place`), and that call's parameter is a protected mutable
+    /// borrow. A write through the region's own pointer would be a write
+    /// through a pointer the borrow was derived *from*, which the borrow
+    /// rules forbid while it is protected. `place_output` exposes the
+    /// borrow's provenance before the job is posted, and the writes made
+    /// here go through pointers of exposed provenance, so they count as
+    /// writes through (a pointer derived from) the caller's borrow, as the
+    /// workers' writes from their own processes do (design.md, "Where a
+    /// slice lives").
+    pub(crate) fn for_caller(region: &Region) -> Memory {
+        let m = Memory::here(region);
+        let exposed_mut = |p: *mut u8| -> *mut u8 {
+            if p.is_null() {
+                p
+            } else {
+                std::ptr::with_exposed_provenance_mut(p.expose_provenance())
+            }
+        };
+        Memory {
+            region: exposed_mut(m.region),
+            heap: exposed_mut(m.heap.cast_mut()).cast_const(),
+            heap_out: exposed_mut(m.heap_out),
+            ..m
+        }
+    }
 }
 
 /// What a trampoline needs to find its data; built by the worker from the

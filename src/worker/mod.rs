@@ -761,7 +761,7 @@ pub(crate) fn run_as_caller(region: &Region, s: usize, spec: &Spec) {
     let len = spec.len;
     let chunk = spec.chunk.clamp(1, len.max(1));
     let args = JobArgs {
-        mem: Memory::here(region),
+        mem: Memory::for_caller(region),
         in_off: spec.input.resolve(inline_off),
         out_off: spec.output.resolve(inline_off),
         ctx_off: spec.ctx.resolve(inline_off),
