@@ -546,6 +546,16 @@ fn calls_after_close_are_refused_but_allocation_is_not() {
         assert_err!(pool.map_async(&[1u32], |x| x), Error::Closed);
         assert_err!(pool.map_async(kept, |x| x), Error::Closed);
         assert_err!(pool.apply_async(1u32, |x| x), Error::Closed);
+        // Whatever else is wrong with the call: the pool's state comes first.
+        assert_err!(
+            pool.map_into(&[1u32, 2], &mut [0u32; 1], |x| x),
+            Error::Closed
+        );
+        assert_err!(pool.map2(&[1u32], &[1u32, 2], |a, b| a + b), Error::Closed);
+        assert_err!(
+            pool.map_reduce_chunked(&[1u32, 2], 0, |x| x, |a, b| a + b, 0),
+            Error::Closed
+        );
         // Allocating needs no worker: a closed pool still hands out shared
         // memory (the vectors outlive the pool anyway).
         let z = pool.alloc_zeroed::<u64>(1000).unwrap();

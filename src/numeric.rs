@@ -420,6 +420,9 @@ impl Pool {
     {
         const { assert!(size_of::<M>() == 0, "{}", CAPTURE_MESSAGE) };
         const { assert!(size_of::<R>() == 0, "{}", CAPTURE_MESSAGE) };
+        // A closed pool says so first, whatever the arguments, as every
+        // other entry point does.
+        self.prologue(map)?;
         if chunk == 0 {
             return Err(Error::invalid("the chunk size must be at least 1"));
         }
