@@ -441,9 +441,28 @@ pub(crate) fn pidfd_kill(pidfd: &OwnedFd) {
 
 /// Whether the process behind `pidfd` has exited (it may be a zombie),
 /// waiting up to `timeout_ms` milliseconds (-1: no limit) for it.
+/// A signal caught meanwhile does not cut the wait short (`poll` says
+/// `EINTR`, which `sync::poll` reports as "nothing yet"): the wait goes on
+/// until the deadline.
 pub(crate) fn pidfd_exited(pidfd: &OwnedFd, timeout_ms: i32) -> bool {
-    let mut fds = [super::sync::watch(pidfd.as_fd())];
-    matches!(super::sync::poll(&mut fds, timeout_ms), Ok(n) if n > 0)
+    let deadline = u64::try_from(timeout_ms)
+        .ok()
+        .map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms));
+    loop {
+        let left = match deadline {
+            None => -1,
+            Some(d) => d
+                .saturating_duration_since(std::time::Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as i32,
+        };
+        let mut fds = [super::sync::watch(pidfd.as_fd())];
+        match super::sync::poll(&mut fds, left) {
+            Ok(n) if n > 0 => return true,
+            Ok(_) if left != 0 => continue,
+            _ => return false,
+        }
+    }
 }
 
 /// Reaps the process behind `pidfd` if it has exited and is (now) our child:
@@ -651,6 +670,48 @@ mod tests {
             links >= 3 && links.abs_diff(threads + 2) <= 1,
             "{links} links, {threads} threads"
         );
+    }
+
+    #[test]
+    fn a_caught_signal_does_not_cut_a_wait_for_an_exit_short() {
+        extern "C" fn nothing(_: libc::c_int) {}
+        // SAFETY: a handler that does nothing, for a signal whose default
+        // action is to be ignored, so no other test notices it; installed
+        // without SA_RESTART, so a `poll` it interrupts returns EINTR.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = nothing as extern "C" fn(libc::c_int) as usize;
+            assert_eq!(libc::sigaction(libc::SIGURG, &sa, std::ptr::null_mut()), 0);
+        }
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.3")
+            .spawn()
+            .unwrap();
+        let pidfd = pidfd_open(child.id()).unwrap();
+        // SAFETY: `pthread_self` has no preconditions.
+        let waiter = unsafe { libc::pthread_self() } as usize;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pester = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                // ORDERING: Relaxed: a flag polled until set.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // SAFETY: the waiting thread is alive until `stop` is
+                    // set, and SIGURG has the handler above.
+                    unsafe { libc::pthread_kill(waiter as libc::pthread_t, libc::SIGURG) };
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            })
+        };
+        let t = std::time::Instant::now();
+        let exited = pidfd_exited(&pidfd, 5_000);
+        let took = t.elapsed();
+        // ORDERING: Relaxed: see above; `join` orders the rest.
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        pester.join().unwrap();
+        let _ = child.wait();
+        assert!(exited, "gave up after {took:?}, interrupted by a signal");
+        assert!(took >= std::time::Duration::from_millis(250), "{took:?}");
     }
 
     #[test]
