@@ -80,9 +80,9 @@ impl Builder {
     /// reuse when it is freed.
     ///
     /// Default: half the physical memory, but at most half of the process's
-    /// memory cgroup limit, at least 64 MiB; and at most half of the address
-    /// space it may still map under `RLIMIT_AS` (`ulimit -v`), even below
-    /// 64 MiB; and within the file size limit (`ulimit -f`), since the
+    /// memory cgroup limit, at least 64 MiB and at most 1 TiB; and at most
+    /// half of the address space it may still map under `RLIMIT_AS`
+    /// (`ulimit -v`), even below 64 MiB; and within the file size limit (`ulimit -f`), since the
     /// shared memory is one file. Under such a limit, a size that does not
     /// fit fails at [`build`](Self::build) with `Error::Io` naming the limit
     /// and the size to use; a memory cgroup's limit is checked again at each
