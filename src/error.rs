@@ -186,8 +186,14 @@ pub enum Error {
         detail: &'static str,
     },
     /// The call would wait on something that can only happen after the call
-    /// returns: using the pool from inside one of its own tasks, or blocking on
-    /// an unfinished result from inside a completion callback.
+    /// returns: using the pool from inside one of its own tasks, blocking on
+    /// an unfinished result (or iterating an `imap` stream) from inside a
+    /// completion callback or from another process, or `join` on the thread
+    /// that has an unfinished `imap` stream of the pool. Also a job's error
+    /// when one of its tasks blocked forever on a lock it inherited locked
+    /// from the process that built the pool (a `static` pool whose task
+    /// uses that pool, say): its worker was killed, and the range is not run
+    /// again.
     #[non_exhaustive]
     WouldDeadlock {
         /// Which call, and why it would deadlock.
