@@ -138,10 +138,11 @@ pub enum Error {
         /// How long the caller waited.
         after: Duration,
     },
-    /// A task wrote to the shared heap ([`SharedHeap`](crate::SharedHeap)),
-    /// which workers see read-only (through a `static` that points into it,
-    /// say): a task's results travel back as its return values, never as
-    /// writes into the parent's memory. The worker was replaced; the range
+    /// A task wrote to the shared heap ([`SharedHeap`](crate::SharedHeap))
+    /// outside its job's output, which workers see read-only (through a
+    /// `static` that points into it, say, or a stray pointer in C code): a
+    /// task's results travel back as its return values, never as writes
+    /// into the parent's memory. The worker was replaced; the range
     /// is not run again, and the parent's data is unchanged.
     #[non_exhaustive]
     HeapWrite {
