@@ -131,10 +131,10 @@ const MIN_BLOCK: usize = 4096;
 /// child that keeps using heap data the owner then changes or frees sees
 /// those bytes change. Programs that fork such children (without `exec`)
 /// should not install the heap. Pool workers, whose tasks only read data
-/// the pool hands them, are what it is for. A pool's workers map the heap
-/// shared and read-only instead, but for the output of the job they run
-/// (a heap slice given to `map_into` or `map_in_place`): a task that writes
-/// anywhere else in the heap fails its job with
+/// the pool hands them, are what it is for. A pool's workers see the heap
+/// live and read-only, but for the output of the job they run (a heap
+/// slice given to `map_into` or `map_in_place`, written through a second
+/// mapping): a task that writes anywhere else in the heap fails its job with
 /// [`Error::HeapWrite`](crate::Error::HeapWrite), the owner's data unchanged.
 ///
 /// **Statics read inside tasks.** A `static` itself is private memory: a
