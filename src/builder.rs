@@ -108,7 +108,8 @@ impl Builder {
     /// (`sched_getaffinity`), and none on a single CPU: more spinners would
     /// take the CPUs from the workers with work and from the caller.
     /// The caller of a blocking call polls for its result an eighth as long
-    /// before it sleeps, which shortens the round trip of small maps.
+    /// (at most 1024 rounds) before it sleeps, which shortens the round trip
+    /// of small maps.
     pub fn spin(mut self, rounds: u32) -> Self {
         self.spin = rounds;
         self
