@@ -262,6 +262,11 @@ impl SharedHeap {
     /// ```
     /// # // SAFETY: tasks read heap memory only through their arguments.
     /// static HEAP: shmpool::SharedHeap = unsafe { shmpool::SharedHeap::new() }.threshold(1 << 20);
+    /// assert_eq!(HEAP.stats().threshold, 1 << 20);
+    ///
+    /// # // SAFETY: as above.
+    /// static TINY: shmpool::SharedHeap = unsafe { shmpool::SharedHeap::new() }.threshold(100);
+    /// assert!(TINY.stats().threshold >= 4096); // a page at least
     /// ```
     #[must_use]
     pub const fn threshold(self, bytes: usize) -> SharedHeap {
