@@ -22,8 +22,11 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Jobs accepted (one per `map`, `map_with`, `apply` and their async forms
-    /// with a non-empty input).
+    /// Jobs accepted: one per call of a map form (`map`, `map_with`, the
+    /// numeric and ndarray forms, their async forms) with a non-empty input
+    /// (two for a reduction of more than one range: the ranges, then their
+    /// partials), per `apply` or `apply_async`, and per chunk of an `imap`
+    /// stream.
     pub jobs_submitted: u64,
     /// Jobs that finished successfully.
     pub jobs_completed: u64,
