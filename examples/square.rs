@@ -1,5 +1,5 @@
-//! The seed's example (`../shared/seeds/`): the squares of 0..100 on a pool
-//! of 4 processes, as Python's `multiprocessing.Pool` tutorial writes it:
+//! The squares of 0..100 on a pool of 4 processes, as Python's
+//! `multiprocessing.Pool` tutorial writes it:
 //!
 //! ```python
 //! inputs = list(range(100))

@@ -1,6 +1,6 @@
 //! Who owns shared memory: a `ShmVec` is used only in the process that
-//! allocated it; a vector of another pool is staged (as an input) or refused
-//! (as an output) by every entry point; dropping shared memory never takes a
+//! allocated it; a vector of another pool is staged, as an input or as an
+//! output (copied back), by every entry point; dropping shared memory never takes a
 //! lock a forked child may have inherited locked; `Pool::new` and drops never
 //! wait for a lock user code holds; and regions come and go without leaks.
 

@@ -82,12 +82,12 @@ impl Builder {
     /// Default: half the physical memory, but at most half of the process's
     /// memory cgroup limit, at least 64 MiB and at most 1 TiB; and at most
     /// half of the address space it may still map under `RLIMIT_AS`
-    /// (`ulimit -v`), even below 64 MiB; and within the file size limit (`ulimit -f`), since the
-    /// shared memory is one file. Under such a limit, a size that does not
-    /// fit fails at [`build`](Self::build) with `Error::Io` naming the limit
-    /// and the size to use; a memory cgroup's limit is checked again at each
-    /// allocation, which fails with [`Error::OutOfSharedMemory`] rather than
-    /// wake the cgroup's OOM killer.
+    /// (`ulimit -v`), even below 64 MiB; and within the file size limit
+    /// (`ulimit -f`), since the shared memory is one file. Under such a
+    /// limit, a size that does not fit fails at [`build`](Self::build) with
+    /// `Error::Io` naming the limit and the size to use; a memory cgroup's
+    /// limit is checked again at each allocation, which fails with
+    /// [`Error::OutOfSharedMemory`] rather than wake the cgroup's OOM killer.
     pub fn arena_size(mut self, bytes: usize) -> Self {
         self.arena_size = Some(bytes);
         self
@@ -108,7 +108,8 @@ impl Builder {
     /// (`sched_getaffinity`), and none on a single CPU: more spinners would
     /// take the CPUs from the workers with work and from the caller.
     /// The caller of a blocking call polls for its result an eighth as long
-    /// before it sleeps, which shortens the round trip of small maps.
+    /// (at most 1024 rounds) before it sleeps, which shortens the round trip
+    /// of small maps.
     pub fn spin(mut self, rounds: u32) -> Self {
         self.spin = rounds;
         self
@@ -322,12 +323,13 @@ impl Builder {
     ///
     /// Default: the size of the last-level cache, read from sysfs, where the
     /// crossover was measured, but at most 32 MiB (and 32 MiB when unknown):
-    /// a larger cache is shared by many cores, and streaming won from 32 MiB
-    /// on a guest that reports a 480 MiB L3. `usize::MAX` turns
-    /// streaming off. Only x86-64 streams; elsewhere this does nothing.
-    /// In-place maps and reductions never stream. The same threshold applies
-    /// to inputs staged from a plain slice and to [`Pool::to_shm`]: those
-    /// copies stream too, so their data starts out of cache.
+    /// a larger cache is shared by many cores, and streaming won from 16 MiB
+    /// on a guest that reports a 480 MiB L3 (plain stores won at 16 MiB on
+    /// one with a real 32 MiB L3). `usize::MAX` turns streaming off. Only
+    /// x86-64 streams; elsewhere this does nothing. In-place maps and
+    /// reductions never stream. The same threshold applies to inputs staged
+    /// from a plain slice and to [`Pool::to_shm`]: those copies stream too,
+    /// so their data starts out of cache.
     pub fn stream_stores_from(mut self, bytes: usize) -> Self {
         self.stream_from = Some(bytes);
         self

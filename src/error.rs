@@ -138,10 +138,11 @@ pub enum Error {
         /// How long the caller waited.
         after: Duration,
     },
-    /// A task wrote to the shared heap ([`SharedHeap`](crate::SharedHeap)),
-    /// which workers see read-only (through a `static` that points into it,
-    /// say): a task's results travel back as its return values, never as
-    /// writes into the parent's memory. The worker was replaced; the range
+    /// A task wrote to the shared heap ([`SharedHeap`](crate::SharedHeap))
+    /// outside its job's output, which workers see read-only (through a
+    /// `static` that points into it, say, or a stray pointer in C code): a
+    /// task's results travel back as its return values, never as writes
+    /// into the parent's memory. The worker was replaced; the range
     /// is not run again, and the parent's data is unchanged.
     #[non_exhaustive]
     HeapWrite {
@@ -186,8 +187,14 @@ pub enum Error {
         detail: &'static str,
     },
     /// The call would wait on something that can only happen after the call
-    /// returns: using the pool from inside one of its own tasks, or blocking on
-    /// an unfinished result from inside a completion callback.
+    /// returns: using the pool from inside one of its own tasks, blocking on
+    /// an unfinished result (or iterating an `imap` stream) from inside a
+    /// completion callback or from another process, or `join` on the thread
+    /// that has an unfinished `imap` stream of the pool. Also a job's error
+    /// when one of its tasks blocked forever on a lock it inherited locked
+    /// from the process that built the pool (a `static` pool whose task
+    /// uses that pool, say): its worker was killed, and the range is not run
+    /// again.
     #[non_exhaustive]
     WouldDeadlock {
         /// Which call, and why it would deadlock.

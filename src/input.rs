@@ -40,9 +40,13 @@ pub(crate) mod sealed {
     }
 }
 
-/// An input for [`Pool::map_async`](crate::Pool::map_async): a slice, `Vec`,
-/// array or `&ShmVec`, copied into shared memory once; or a [`ShmVec`] moved
-/// in, read in place with no copy.
+/// An input for [`Pool::map_async`](crate::Pool::map_async): a borrowed
+/// slice, `Vec`, array or `ShmVec`, copied into shared memory once; or a
+/// `Vec` or [`ShmVec`] moved in. A moved `ShmVec` of this pool, and a moved
+/// `Vec` whose buffer lies in the shared heap
+/// ([`SharedHeap`](crate::SharedHeap)), are read in place with no copy and
+/// kept until the job finishes; any other moved input is copied in, then
+/// dropped.
 ///
 /// ```
 /// let pool = shmpool::Pool::new(2)?;

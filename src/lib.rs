@@ -115,6 +115,46 @@ pub mod design {}
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+/// The README's shared-heap snippet, a `rust,ignore` block there because it
+/// leaves out `n`, `x`, `pool` and `build_matrix`: here with them, compiled
+/// and run in a crate of its own (it installs a global allocator). Keep the
+/// lines between the markers as the README has them.
+/// ```rust,standalone_crate
+/// // README: begin
+/// #[global_allocator]
+/// // SAFETY: tasks read heap memory only through their arguments.
+/// static HEAP: shmpool::SharedHeap = unsafe { shmpool::SharedHeap::new() };
+/// // README: end
+///
+/// fn build_matrix(n: usize) -> Vec<f64> {
+///     (0..n * n).map(|k| (k % 7) as f64).collect()
+/// }
+///
+/// fn main() -> Result<(), shmpool::Error> {
+///     let n = 300;
+///     let pool = shmpool::Pool::new(2)?;
+///     let x: Vec<f64> = (0..n).map(|i| i as f64).collect();
+///     // README: begin
+///     let a: Vec<f64> = build_matrix(n);                   // before or after Pool::new
+///     let y = pool.map_shared_indexed(&a, &x, |a: &[f64], x: &[f64], i| {
+///         a[i * x.len()..][..x.len()].iter().zip(x).map(|(a, x)| a * x).sum::<f64>()
+///     })?;                                                 // y = A·x; `a` is read in place
+///     // README: end
+///     let serial: Vec<f64> = (0..n)
+///         .map(|i| a[i * n..][..n].iter().zip(&x).map(|(a, x)| a * x).sum::<f64>())
+///         .collect();
+///     assert_eq!(y, serial);
+///     if HEAP.stats().active {
+///         // `a` (720 KB) is read in place; `x` (2400 bytes, under the
+///         // heap's 64 KiB threshold) is in private memory, so it is copied.
+///         assert_eq!(pool.stats().bytes_staged, 8 * n as u64);
+///     }
+///     Ok(())
+/// }
+/// ```
+#[cfg(doctest)]
+pub struct ReadmeSharedHeap;
+
 /// Every entry point that takes a task refuses a capturing closure at
 /// compile time, naming the caller's line (one `compile_fail` check per
 /// entry point: a check that moved into a shared helper would name

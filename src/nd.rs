@@ -228,7 +228,9 @@ impl Pool {
 
     /// `f` applied to every element of an array of any dimension; the result
     /// has the same shape, in shared memory. A contiguous input in this
-    /// pool's shared memory is read in place; any other is copied in once
+    /// pool's shared memory or in the shared heap
+    /// ([`SharedHeap`](crate::SharedHeap)) is read in place; any other is
+    /// copied in once
     /// (a non-contiguous view, row-major, straight into shared memory: a
     /// broadcast view larger than the arena is `OutOfSharedMemory`).
     ///

@@ -47,7 +47,7 @@ fn same_length(lens: &[usize]) -> Result<usize, Error> {
 impl Pool {
     /// `f(a[i], b[i])` for every `i`, in parallel: a zip of two slices
     /// (saxpy, elementwise arithmetic). Inputs in this pool's shared memory
-    /// are read in place; others are copied in once.
+    /// or in the shared heap are read in place; others are copied in once.
     ///
     /// # Errors
     /// `InvalidArgument` if the lengths differ; otherwise as

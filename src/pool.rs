@@ -375,9 +375,10 @@ impl Pool {
     /// results in a new [`ShmVec`], in input order. Blocks until done.
     ///
     /// If `input` lies in this pool's shared memory (a [`ShmVec`] of this
-    /// pool or a slice of one) workers read it in place; otherwise (a plain
-    /// slice, a `ShmVec` of another pool) it is copied in once (counted in
-    /// [`Stats::bytes_staged`]).
+    /// pool or a slice of one) or in the shared heap
+    /// ([`SharedHeap`](crate::SharedHeap)), workers read it in place;
+    /// otherwise (a plain slice, a `ShmVec` of another pool) it is copied in
+    /// once (counted in [`Stats::bytes_staged`]).
     ///
     /// # What a task is
     /// `f` runs in a worker process, forked from this one when the pool was

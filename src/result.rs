@@ -378,6 +378,8 @@ impl<R: Send + 'static> AsyncResult<R> {
     /// let pool = shmpool::Pool::new(1)?;
     /// let mut r = pool.apply_async(2u8, |x| x + 1)?;
     /// assert_eq!(r.get_timeout(Duration::from_secs(10))?, 3);
+    /// let again = r.get_timeout(Duration::from_secs(10));
+    /// assert!(matches!(again, Err(shmpool::Error::InvalidArgument { .. }))); // taken
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn get_timeout(&mut self, timeout: Duration) -> Result<R, Error> {

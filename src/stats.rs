@@ -14,20 +14,29 @@ use std::time::Duration;
 /// let s = pool.stats();
 /// assert_eq!(s.jobs_completed, 2);
 /// assert_eq!(s.bytes_staged, 8000);
+/// let mut out = vec![0.0f64; 1000];
+/// pool.map_into(&shared, &mut out, |x| x * 2.0)?; // a Vec output: copied back
+/// assert_eq!(pool.stats().bytes_staged, 16000);
 /// # Ok::<(), shmpool::Error>(())
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Jobs accepted (one per `map`, `map_with`, `apply` and their async forms
-    /// with a non-empty input).
+    /// Jobs accepted: one per call of a map form (`map`, `map_with`, the
+    /// numeric and ndarray forms, their async forms) with a non-empty input
+    /// (two for a reduction of more than one range: the ranges, then their
+    /// partials), per `apply` or `apply_async`, and per chunk of an `imap`
+    /// stream.
     pub jobs_submitted: u64,
     /// Jobs that finished successfully.
     pub jobs_completed: u64,
     /// Jobs that finished with an error.
     pub jobs_failed: u64,
-    /// Bytes of input copied into shared memory on the caller's behalf,
-    /// because a `map` input did not already lie in this pool's arena.
+    /// Bytes copied between the caller's memory and shared memory on its
+    /// behalf: inputs that did not already lie where workers read them (this
+    /// pool's arena, or the shared heap), and the outputs of `map_into` and
+    /// `map_in_place` that workers could not write in place, copied back
+    /// once the job succeeded (`map_in_place` counts both copies).
     /// (`to_shm`, which copies on request, and by-value `apply` arguments and
     /// `map_with` contexts are not counted.)
     pub bytes_staged: u64,

@@ -131,7 +131,11 @@ const MIN_BLOCK: usize = 4096;
 /// child that keeps using heap data the owner then changes or frees sees
 /// those bytes change. Programs that fork such children (without `exec`)
 /// should not install the heap. Pool workers, whose tasks only read data
-/// the pool hands them, are what it is for.
+/// the pool hands them, are what it is for. A pool's workers see the heap
+/// live and read-only, but for the output of the job they run (a heap
+/// slice given to `map_into` or `map_in_place`, written through a second
+/// mapping): a task that writes anywhere else in the heap fails its job with
+/// [`Error::HeapWrite`](crate::Error::HeapWrite), the owner's data unchanged.
 ///
 /// **Statics read inside tasks.** A `static` itself is private memory: a
 /// worker sees the value it had when the pool's template was forked, at
@@ -258,6 +262,11 @@ impl SharedHeap {
     /// ```
     /// # // SAFETY: tasks read heap memory only through their arguments.
     /// static HEAP: shmpool::SharedHeap = unsafe { shmpool::SharedHeap::new() }.threshold(1 << 20);
+    /// assert_eq!(HEAP.stats().threshold, 1 << 20);
+    ///
+    /// # // SAFETY: as above.
+    /// static TINY: shmpool::SharedHeap = unsafe { shmpool::SharedHeap::new() }.threshold(100);
+    /// assert!(TINY.stats().threshold >= 4096); // a page at least
     /// ```
     #[must_use]
     pub const fn threshold(self, bytes: usize) -> SharedHeap {

@@ -65,7 +65,7 @@ pub(crate) struct Region {
     registry_entry: &'static registry::Entry,
     /// The fork generation (`os::fork_generation`) of the process that
     /// created the region: the only one that allocates, frees or unmaps in
-    /// it (design.md, "What safe code can do with a ShmVec").
+    /// it (design.md, "What safe code can and cannot do with a `ShmVec`").
     owner: u64,
 }
 
