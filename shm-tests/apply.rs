@@ -145,3 +145,45 @@ fn a_panic_is_an_error_and_the_pool_stays_usable() {
         );
     })
 }
+
+/// A task that panics and catches its own panic: the hook records where.
+fn catches_its_own_panic(x: u64) -> u64 {
+    let caught = std::panic::catch_unwind(|| panic!("caught by the task itself"));
+    assert!(caught.is_err());
+    x
+}
+
+/// A task that unwinds with `resume_unwind`, which runs no panic hook: where
+/// it happened is unknown.
+fn resumes_a_fresh_payload(x: u64) -> u64 {
+    if x > 0 {
+        std::panic::resume_unwind(Box::new("resumed"));
+    }
+    x
+}
+
+#[test]
+fn a_panic_is_not_given_the_location_of_an_earlier_caught_one() {
+    deadline(30, || {
+        // One worker, so both jobs run in the same process; and the caller,
+        // whose thread records locations the same way.
+        for caller in [false, true] {
+            let pool = Pool::builder()
+                .workers(1)
+                .caller_runs(caller)
+                .build()
+                .unwrap();
+            assert_eq!(pool.apply(1u64, catches_its_own_panic).unwrap(), 1);
+            let err = pool.apply(1u64, resumes_a_fresh_payload).unwrap_err();
+            match &err {
+                Error::TaskPanicked {
+                    message, location, ..
+                } => {
+                    assert_eq!(message, "resumed");
+                    assert_eq!(location, &None, "caller_runs {caller}");
+                }
+                other => panic!("expected TaskPanicked, got {other:?}"),
+            }
+        }
+    })
+}

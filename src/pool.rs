@@ -617,6 +617,9 @@ impl Pool {
     ///
     /// # Errors
     /// `OutOfSharedMemory`, `Closed`, `WouldDeadlock` from inside a task;
+    /// `InitializerFailed` once the pool's initializer failed;
+    /// `InvalidArgument` in a process forked from the pool's owner, for a
+    /// type aligned to more than a page, or for more than 2^48 elements;
     /// `Io` if this is the pool's first asynchronous job and its result
     /// thread cannot be started (`EAGAIN` past the process limit; a later
     /// call tries again). Task errors arrive through the `AsyncResult`.

@@ -850,6 +850,10 @@ fn run_range(slot: &Slot, args: &JobArgs, run: usize, start: u64, end: u64) {
     // anywhere; that can only crash this worker, which fails its job.)
     let f: RunFn = unsafe { std::mem::transmute::<usize, RunFn>(run) };
     let (s, e) = (start as usize, end as usize);
+    // A location left by an earlier panic that its task caught itself is
+    // not this range's: a panic that reaches us without passing the hook
+    // (`resume_unwind`) would be reported there.
+    drop(take_panic_location());
     // SAFETY: see `RunFn`: the mapping is live, the trampoline matches the
     // data, and this worker alone claimed `start..end`.
     match catch_unwind(AssertUnwindSafe(|| unsafe { f(args, s, e) })) {
