@@ -105,6 +105,34 @@ fn a_killed_worker_s_range_is_retried_and_the_job_succeeds() {
     })
 }
 
+#[test]
+fn a_lost_range_runs_again_on_a_worker_started_after_it_was_lost() {
+    deadline(60, || {
+        // The other worker has run the rest of the job and waits, idle,
+        // when the range is lost: it must not take the retry.
+        // A range lost to what its worker had accumulated (a leak near the
+        // memory limit, a corrupted heap) would fail again there.
+        let pool = Pool::builder().workers(2).chunk_size(1).build().unwrap();
+        let tag = u64::from(std::process::id()) << 16 | 0x2e7;
+        for round in 0..5 {
+            let _ = std::fs::remove_file(common::died_mark(tag));
+            let before = pool.worker_pids();
+            let who = pool
+                .map_with(tag, &[0u64, 1, 2, 3], common::die_once_then_say_who)
+                .expect("the lost range ran again");
+            assert!(common::died_mark(tag).exists());
+            assert!(
+                !before.contains(&(who[0] as u32)),
+                "round {round}: element 0 ran again in {}, one of the workers \
+                 that were there when it was lost ({before:?})",
+                who[0]
+            );
+        }
+        let _ = std::fs::remove_file(common::died_mark(tag));
+        assert_healthy(&pool);
+    })
+}
+
 /// A file in the temporary directory named by a test's tag and a suffix.
 fn mark(tag: u64, what: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("shmpool-test-{tag:x}-{what}"))

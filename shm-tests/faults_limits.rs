@@ -288,14 +288,12 @@ fn a_leaking_task_is_contained_by_the_limit_and_the_retry() {
             .workers(2)
             .worker_memory_limit(48 << 20)
             .chunk_size(1)
-            .max_retries(2)
             .build()
             .unwrap();
         // Each call leaks 8 MiB: a worker dies every few calls, and each lost
-        // range runs again. The first retry may land on the other old worker,
-        // near its own limit, and kill it too; the second then reaches a
-        // worker started after the range was lost, which has room for the
-        // four calls of a round (`max_retries`: `n` retries for `n` workers).
+        // range runs again (once, the default) on a worker started after it
+        // was lost, never on the other old worker, which may be near its own
+        // limit too.
         for round in 0..10u64 {
             let xs: Vec<u64> = (round * 4..round * 4 + 4).collect();
             assert_eq!(pool.map_with(8u64, &xs, leak).unwrap(), xs);

@@ -270,6 +270,62 @@ fn fd_limit_while_running_body() {
 
 /// The `stat` file of this process's supervisor thread (a new thread names
 /// itself, so it may take a moment to be found).
+#[test]
+fn a_retry_kept_for_a_new_worker_runs_on_an_old_one_if_none_can_start() {
+    isolated("retry_without_a_new_worker_body", 60);
+}
+
+#[test]
+#[ignore = "run in a process of its own by a_retry_kept_for_a_new_worker_runs_on_an_old_one_if_none_can_start"]
+fn retry_without_a_new_worker_body() {
+    if !in_isolation() {
+        return;
+    }
+    deadline(50, || {
+        become_subreaper();
+        let old = get_rlimit(libc::RLIMIT_NOFILE);
+        // The pool's descriptors lie above the limit set below, and none
+        // is free under it: a replacement's pidfd cannot be received, so
+        // no replacement starts.
+        let low = fill_fds_below(200);
+        let pool = Pool::builder().workers(2).chunk_size(1).build().unwrap();
+        assert_maps(&pool, 100);
+        let before = pool.worker_pids();
+        set_soft_rlimit(libc::RLIMIT_NOFILE, 100);
+        let tag = u64::from(std::process::id()) << 16 | 0x2e8;
+        let _ = std::fs::remove_file(common::died_mark(tag));
+        // A lost range is kept for a worker started after it was lost; with
+        // none coming, the worker that is left takes it at once.
+        let t = Instant::now();
+        let who = pool
+            .map_with(tag, &[0u64, 1, 2, 3], common::die_once_then_say_who)
+            .expect("the lost range ran again");
+        let took = t.elapsed();
+        assert!(common::died_mark(tag).exists());
+        let _ = std::fs::remove_file(common::died_mark(tag));
+        assert!(
+            before.contains(&(who[0] as u32)),
+            "element 0 ran again in {}, not in a worker that was there ({before:?})",
+            who[0]
+        );
+        println!("the job took {took:?} with its retry on the old worker");
+        // Not after the 500 ms a retry is kept for a new worker that may
+        // still come (30 ms here).
+        assert!(took < Duration::from_millis(400), "{took:?}");
+        // Descriptors free again: the dead worker is replaced.
+        drop(low);
+        set_soft_rlimit(libc::RLIMIT_NOFILE, old.rlim_cur);
+        assert!(
+            wait_until(Duration::from_secs(10), || pool.worker_pids().len() == 2),
+            "workers: {:?}",
+            pool.worker_pids()
+        );
+        assert_maps(&pool, 1000);
+        drop(pool);
+        assert_nothing_left(Duration::from_secs(5));
+    })
+}
+
 fn supervisor_stat_file() -> File {
     let mut found = None;
     wait_until(Duration::from_secs(5), || {

@@ -158,14 +158,12 @@ impl Builder {
     /// fails with [`Error::WorkerDied`] (default: 1). Ranges that ran past
     /// the task timeout are not retried.
     ///
-    /// The retry is queued in the job and taken by the first worker that
-    /// comes to it: often the dead worker's replacement, but it may be a
-    /// worker that was already running. A range lost to something a worker
-    /// accumulates (a leak that reaches
-    /// [`worker_memory_limit`](Self::worker_memory_limit)) can therefore
-    /// kill an old worker near its own limit too; with `n` workers, `n`
-    /// retries always reach a worker started after the range was first
-    /// lost.
+    /// Each try runs on a worker started after the range was lost (the dead
+    /// worker's replacement, or a later one), never on one of the workers
+    /// that were running then: a range lost to something workers accumulate
+    /// (a leak that reached [`worker_memory_limit`](Self::worker_memory_limit))
+    /// would kill them too. If no new worker takes it within half a second
+    /// (none can be started, or they are busy), any worker may.
     ///
     /// ```
     /// use std::{fs::File, process};
@@ -181,7 +179,7 @@ impl Builder {
     /// # let mark = std::env::temp_dir().join(format!("flaky-{tag}"));
     /// # let _ = std::fs::remove_file(&mark);
     /// let pool = shmpool::Pool::builder().workers(1).max_retries(1).build()?;
-    /// assert_eq!(pool.apply(tag, flaky)?, tag); // the second try, on the new worker
+    /// assert_eq!(pool.apply(tag, flaky)?, tag); // the second try, on a new worker
     /// # let _ = std::fs::remove_file(&mark);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
@@ -242,7 +240,7 @@ impl Builder {
     /// (the shared region, the parent's image), with `RLIMIT_AS`. A task that
     /// allocates past it kills only its own worker; the job fails with
     /// [`Error::MemoryLimit`] (after [`max_retries`](Self::max_retries) more
-    /// tries), and the pool carries on. It holds without
+    /// tries, each on a new worker), and the pool carries on. It holds without
     /// `/proc` too (chroots, minimal containers): a worker then measures
     /// what it maps by probing. [`build`](Self::build) fails with
     /// `Error::Io` if `RLIMIT_AS` cannot be set at all (a filter refuses

@@ -9,9 +9,9 @@
 //!
 //! Why processes? Isolation. A segfault in foreign code, an `abort`, a
 //! runaway loop or a leak in a task kills one worker, not your program. The
-//! dead worker is replaced and the lost range runs again
-//! ([`Builder::max_retries`]); if it kills that worker too, the job fails
-//! with a typed [`Error`] naming the signal and the range. Runaway tasks
+//! dead worker is replaced and the lost range runs again on a new worker
+//! ([`Builder::max_retries`]); if it kills that one too, the job fails with
+//! a typed [`Error`] naming the signal and the range. Runaway tasks
 //! are stopped by [`Builder::task_timeout`], leaks by
 //! [`Builder::worker_memory_limit`], and an unwanted job by
 //! [`AsyncResult::cancel`]. Only the dead worker is

@@ -237,6 +237,8 @@ fn start_workers(region: &Arc<Region>) -> Vec<thread::JoinHandle<i32>> {
                 let ctx = WorkerCtx {
                     region: &region,
                     index,
+                    // The template's first workers (no model queues a retry).
+                    born: 0,
                     // Never signalled: no model job asks for an event.
                     event_fd: stdin.as_fd(),
                     parent: 0,
@@ -250,7 +252,7 @@ fn start_workers(region: &Arc<Region>) -> Vec<thread::JoinHandle<i32>> {
                         flush_stdout: false,
                     },
                 };
-                work(&ctx, 0, 0, u64::MAX, FOREVER)
+                work(&ctx, 0, 0, u64::MAX, FOREVER, false)
             })
         })
         .collect()

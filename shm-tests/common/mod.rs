@@ -239,6 +239,23 @@ pub fn gated(token: u64) -> u64 {
 }
 
 /// Polls `cond` every 5 ms until it holds or `timeout` passes.
+/// The file `die_once_then_say_who` leaves for `tag` when it kills its
+/// worker.
+pub fn died_mark(tag: u64) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("shmpool-test-{tag:x}-died"))
+}
+
+/// Element 0 kills its worker the first time it runs for `tag` (after
+/// 30 ms, leaving `died_mark(tag)`); every element, 0 again included,
+/// returns the pid of the worker that ran it.
+pub fn die_once_then_say_who(tag: &u64, x: u64) -> u64 {
+    if x == 0 && std::fs::File::create_new(died_mark(*tag)).is_ok() {
+        thread::sleep(Duration::from_millis(30));
+        std::process::abort();
+    }
+    u64::from(std::process::id())
+}
+
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
     loop {

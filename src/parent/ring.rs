@@ -17,13 +17,14 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 
 use crate::error::Error;
 use crate::os;
 use crate::shm::futex;
-use crate::shm::layout::{INLINE_CAP, LINE, LOC_CAP, MSG_CAP, Slot};
+use crate::shm::layout::{INLINE_CAP, LINE, LOC_CAP, MSG_CAP, RETRY_CAP, Slot};
 use crate::shm::region::{Alloc, FIRST_SLOTS, Region};
 use crate::shm::states::*;
 use crate::shmvec::ShmVec;
@@ -121,10 +122,14 @@ pub(crate) struct Job {
     pub(crate) waiter: Waiter,
     /// Retries so far, by range start.
     pub(crate) attempts: Vec<(u64, u32)>,
-    /// Lost ranges (start, end) to run again that found every retry entry
+    /// Lost ranges (`Lost`) to run again that found every retry entry
     /// of the slot taken (more ranges of the job lost at once than it has
     /// entries): queued as entries come free (`requeue_held_back`).
-    pub(crate) held_back: Vec<(u64, u64)>,
+    pub(crate) held_back: Vec<Lost>,
+    /// For each retry entry kept for new workers, its `after` and when
+    /// `open_retries` first saw it so (it opens the entry to every worker
+    /// after `KEEP_FOR_NEW`).
+    pub(crate) kept_for_new: [Option<(u32, Instant)>; RETRY_CAP],
     /// Whether a lost range may run again: false for a job that writes its
     /// input in place (a range the dead worker half-updated would be mapped
     /// twice).
@@ -151,6 +156,7 @@ impl Job {
             waiter,
             attempts: Vec::new(),
             held_back: Vec::new(),
+            kept_for_new: [None; RETRY_CAP],
             retryable: true,
             published: [0; 11],
             corrupt: None,
@@ -181,7 +187,7 @@ fn descriptor(slot: &Slot) -> [u64; 11] {
 
 /// Requeue, Repend: queues range `start..end` of the job in slot `s` to run
 /// again, in the first EMPTY retry entry. Returns false if none is EMPTY.
-fn requeue(region: &Region, s: usize, start: u64, end: u64) -> bool {
+fn requeue(region: &Region, s: usize, (start, end, after): Lost) -> bool {
     // ORDERING: Acquire: an EMPTY entry was released by the worker that ran
     // it (FreeRetry), or by our Reset or Unclaim.
     let free = region
@@ -197,6 +203,7 @@ fn requeue(region: &Region, s: usize, start: u64, end: u64) -> bool {
     // which TakeRetry acquires.
     entry.start.store(start, Relaxed);
     entry.end.store(end, Relaxed);
+    entry.after.store(after, Relaxed);
     // ORDERING: SeqCst: Requeue, before Repend (the Dekker pair with a
     // worker's Unpend and LookRetries), and before the Stall checks that
     // now see a retry waiting.
@@ -205,6 +212,16 @@ fn requeue(region: &Region, s: usize, start: u64, end: u64) -> bool {
     region.control().pending.0[s / 64].fetch_or(1u64 << (s % 64), SeqCst);
     true
 }
+
+/// A lost range queued for another attempt: its start and end, and the
+/// first worker number that may take it (`RetryEntry::after`).
+pub(crate) type Lost = (u64, u64, u32);
+
+/// How long a retry is kept for a worker started after its range was lost
+/// before any worker may take it (`Ring::open_retries`). A replacement
+/// starts within milliseconds; this only bounds the wait when it is slow,
+/// or busy in another job.
+const KEEP_FOR_NEW: Duration = Duration::from_millis(500);
 
 /// Whether a retry of slot `slot` is queued and not yet claimed.
 fn retry_ready(slot: &Slot) -> bool {
@@ -476,6 +493,7 @@ impl Ring {
         }
         for e in &slot.retries.0 {
             e.state.store(RETRY_EMPTY, Relaxed);
+            e.after.store(0, Relaxed);
         }
         slot.err.state.store(ERR_NONE, Relaxed);
         d.abort.store(0, Relaxed);
@@ -581,12 +599,14 @@ impl Ring {
     }
 
     /// A worker died in slot `s`. `decide` gets the job's length and says
-    /// whether to queue the lost range again or to fail the job. Returns
-    /// whether a retry was queued (the caller then posts tokens).
+    /// whether to queue the lost range again or to fail the job. A retry is
+    /// for workers asked for as number `after` or later (0: any worker).
+    /// Returns whether a retry was queued (the caller then posts tokens).
     pub(crate) fn lost(
         &mut self,
         region: &Region,
         s: usize,
+        after: u32,
         decide: impl FnOnce(u64) -> Verdict,
     ) -> bool {
         let slot = region.slot(s);
@@ -615,9 +635,10 @@ impl Ring {
                 if tries > max {
                     e
                 } else {
-                    if !requeue(region, s, start, range.end as u64) {
+                    let lost = (start, range.end as u64, after);
+                    if !requeue(region, s, lost) {
                         // Every entry is taken: run it once one comes free.
-                        job.held_back.push((start, range.end as u64));
+                        job.held_back.push(lost);
                     }
                     return true;
                 }
@@ -638,8 +659,8 @@ impl Ring {
             return false;
         }
         let mut queued = false;
-        while let Some(&(start, end)) = job.held_back.last() {
-            if !requeue(region, s, start, end) {
+        while let Some(&lost) = job.held_back.last() {
+            if !requeue(region, s, lost) {
                 break;
             }
             job.held_back.pop();
@@ -659,6 +680,49 @@ impl Ring {
                 .state
                 .compare_exchange(theirs, RETRY_EMPTY, Relaxed, Relaxed);
         }
+    }
+
+    /// Opens retries kept for new workers to every worker: each one kept
+    /// for `KEEP_FOR_NEW` already (no new worker came for it), or every one
+    /// if `now` (none is coming: the pool is stopping, or a replacement
+    /// cannot be started yet). Returns how many tokens to post.
+    pub(crate) fn open_retries(&mut self, region: &Region, now: bool) -> u32 {
+        let mut tokens = 0u32;
+        for s in 0..self.phases.len() {
+            let Phase::Busy(job) = &mut self.phases[s] else {
+                continue;
+            };
+            let mut opened = false;
+            for (e, kept) in region.slot(s).retries.0.iter().zip(&mut job.kept_for_new) {
+                // ORDERING: Relaxed: a look; a worker takes the entry with
+                // its own exchange, and the store below only lets more
+                // workers take it (published by the Pend below).
+                let after = e.after.load(Relaxed);
+                // ORDERING: Relaxed: as above.
+                if after == 0 || e.state.load(Relaxed) != RETRY_READY {
+                    *kept = None;
+                    continue;
+                }
+                let since = match *kept {
+                    Some((a, since)) if a == after => since,
+                    _ => Instant::now(),
+                };
+                if now || since.elapsed() >= KEEP_FOR_NEW {
+                    // ORDERING: Relaxed: published by `set_pending` below
+                    // (Release), which a worker's Find acquires.
+                    e.after.store(0, Relaxed);
+                    *kept = None;
+                    opened = true;
+                    tokens = tokens.saturating_add(1);
+                } else {
+                    *kept = Some((after, since));
+                }
+            }
+            if opened {
+                set_pending(region, s);
+            }
+        }
+        tokens
     }
 
     /// Puts back what the parent owns in shared memory, in case a worker

@@ -124,6 +124,11 @@ struct Supervisor {
     /// When worker `w`'s process was first seen gone while the template had
     /// not reported its death.
     unreported: Vec<Option<Instant>>,
+    /// Workers asked of the template so far: the next one asked for is
+    /// number `asked + 1` (`WorkerCtx::born`; the template's first workers,
+    /// forked unasked, are number 0). A lost range is kept for workers from
+    /// the next number on (`RetryEntry::after`).
+    asked: u32,
 }
 
 /// Starts the supervisor thread, waits until every worker runs, then hands
@@ -158,6 +163,7 @@ pub(crate) fn start(inner: Arc<Core>, template: Template) -> Result<thread::Join
         watch: (0..n).map(|_| Watch::default()).collect(),
         stuck: vec![None; n],
         unreported: vec![None; n],
+        asked: 0,
     };
     // The thread is started first, so that its start overlaps with the
     // template's forks (this thread would only wait for them); it waits
@@ -337,7 +343,15 @@ impl Supervisor {
     /// Puts back the shared words the parent owns (see `Ring::repair`).
     fn repair(&mut self) {
         let running = self.stop() == STOP_NONE;
-        self.inner.ring().repair(&self.inner.region, running);
+        // No new worker is coming for a kept retry while the pool stops, or
+        // while a worker waits for the backoff or a failed start.
+        let none_coming = !running || self.workers.contains(&Worker::Missing);
+        let tokens = {
+            let mut ring = self.inner.ring();
+            ring.repair(&self.inner.region, running);
+            ring.open_retries(&self.inner.region, none_coming)
+        };
+        self.inner.region.control().sem.post(tokens);
         self.inner.drain_unread_completions();
         self.repaired = Instant::now();
     }
@@ -567,8 +581,12 @@ impl Supervisor {
         if let Err(e) = os::descriptor_available(&template.sock) {
             return self.start_failed(e);
         }
-        match template.request(w) {
-            Ok(()) => self.workers[w] = Worker::Requested(Instant::now()),
+        let born = self.asked.saturating_add(1);
+        match template.request(w, born) {
+            Ok(()) => {
+                self.asked = born;
+                self.workers[w] = Worker::Requested(Instant::now());
+            }
             // The socket is full of requests: ask again next round.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => self.start_failed(e),
@@ -667,7 +685,15 @@ impl Supervisor {
             // Entries may have come free since a range was held back.
             ring.requeue_held_back(region, s);
             let config = &inner.config;
-            ring.lost(region, s, |len| {
+            // Kept for a worker started from now on (the replacement asked
+            // for below): one that has not run this job's earlier ranges,
+            // nor leaked what they leaked. Any worker, if none will come.
+            let after = if self.stop() == STOP_NONE {
+                self.asked.saturating_add(1)
+            } else {
+                0
+            };
+            ring.lost(region, s, after, |len| {
                 let range =
                     (running && start < end && end <= len).then_some(start as usize..end as usize);
                 if timed_out {

@@ -180,6 +180,10 @@ pub(crate) struct RetryEntry {
     /// `RETRY_EMPTY`, `RETRY_READY` (queued by the supervisor) or
     /// `RETRY_CLAIMED + w` (worker `w` took it with a compare-exchange).
     pub(crate) state: AtomicU32,
+    /// Only a worker the supervisor asked for as this number or later
+    /// (`WorkerCtx::born`) may take the entry: one started after the range
+    /// was lost. 0: any worker (design.md, "A retry goes to a new worker").
+    pub(crate) after: AtomicU32,
     pub(crate) start: AtomicU64,
     pub(crate) end: AtomicU64,
 }

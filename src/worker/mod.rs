@@ -38,7 +38,7 @@ use crate::os;
 use crate::parent::ring::Spec;
 use crate::shm::atomic::AtomicU32;
 use crate::shm::futex;
-use crate::shm::layout::{ErrorRecord, LOC_CAP, MSG_CAP, Slot, WorkerRecord};
+use crate::shm::layout::{ErrorRecord, LOC_CAP, MSG_CAP, RetryEntry, Slot, WorkerRecord};
 use crate::shm::region::Region;
 use crate::shm::registry;
 use crate::shm::states::*;
@@ -100,6 +100,11 @@ pub(crate) struct WorkerConfig {
 pub(crate) struct WorkerCtx<'a> {
     pub(crate) region: &'a Region,
     pub(crate) index: usize,
+    /// The supervisor's number for this worker: 0 for the template's first
+    /// workers, else the count of workers it had asked for, this one
+    /// included. A retry kept for workers from number `after` on
+    /// (`RetryEntry::after`) is not this worker's to take if `born < after`.
+    pub(crate) born: u32,
     pub(crate) event_fd: BorrowedFd<'a>,
     /// The process that forked this worker (the template).
     pub(crate) parent: u32,
@@ -237,7 +242,12 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
     } else {
         0
     };
-    work(ctx, spin, idle_spin, budget, IDLE_CHECK)
+    // A worker the supervisor asked for (a replacement, above all) looks at
+    // the pending slots before it first sleeps: a retry kept for workers
+    // started after its range was lost waits for it (`may_take`), and the
+    // tokens posted for the retry went to the workers that were there.
+    let look_first = ctx.born != 0;
+    work(ctx, spin, idle_spin, budget, IDLE_CHECK, look_first)
 }
 
 /// The worker's life once it is set up: takes a work token (spinning
@@ -245,18 +255,26 @@ fn serve(ctx: &WorkerCtx<'_>) -> i32 {
 /// pending bits are set, and waits again, until it is told to exit or its
 /// `budget` of ranges is spent. Returns its exit code. A sleep lasts at
 /// most `idle_check`, after which the worker checks that its parent lives.
+/// With `look_first`, it visits the pending slots once before it first
+/// waits, as if woken.
 pub(crate) fn work(
     ctx: &WorkerCtx<'_>,
     mut spin: u32,
     idle_spin: u32,
     mut budget: u64,
     idle_check: Duration,
+    mut look_first: bool,
 ) -> i32 {
     let control = ctx.region.control();
     let rec = ctx.region.record(ctx.index);
     loop {
-        let woken = control.sem.wait(spin, idle_check);
-        spin = idle_spin;
+        let woken = if std::mem::take(&mut look_first) {
+            true
+        } else {
+            let woken = control.sem.wait(spin, idle_check);
+            spin = idle_spin;
+            woken
+        };
         // ORDERING: SeqCst: pairs with the parent's store before it posts the
         // shutdown tokens (Shutdown; `shm/README.md`).
         if control.shutdown.0.load(SeqCst) != 0 {
@@ -462,7 +480,7 @@ fn run_retries(ctx: &WorkerCtx<'_>, job: &JobView<'_>, budget: &mut u64) -> bool
             return false;
         }
         // ORDERING: Acquire: a first look; the exchange below decides.
-        if entry.state.load(Acquire) != RETRY_READY {
+        if entry.state.load(Acquire) != RETRY_READY || !may_take(ctx, entry) {
             continue;
         }
         hold(ctx, rec);
@@ -502,6 +520,19 @@ fn run_retries(ctx: &WorkerCtx<'_>, job: &JobView<'_>, budget: &mut u64) -> bool
     true
 }
 
+/// Whether this worker may take retry `entry`: it is open to every worker,
+/// or kept for workers started after its range was lost and this is one
+/// (`RetryEntry::after`). A scribbled `after` only delays the job's own
+/// retry until the supervisor opens it (`Ring::open_retries`).
+fn may_take(ctx: &WorkerCtx<'_>, entry: &RetryEntry) -> bool {
+    // ORDERING: Relaxed: written before the entry's SeqCst READY (Requeue),
+    // which the caller's Acquire load saw, or opened before a Pend
+    // (Release) that this visit's Find acquired; a stale look only skips
+    // the entry this time.
+    let after = entry.after.load(Relaxed);
+    after == 0 || ctx.born >= after
+}
+
 /// Claim (and Relay): claims and runs ranges until every element of the
 /// job is claimed. Returns `false` if the worker must leave the slot at
 /// once.
@@ -534,20 +565,32 @@ fn run_claims(ctx: &WorkerCtx<'_>, job: &JobView<'_>, budget: &mut u64) -> bool 
 
 /// Unpend, LookRetries: clears the slot's pending bit once its claims are
 /// exhausted, then looks at its retry entries once more. Returns whether a
-/// retry waits (the visit goes on).
+/// retry this worker may take waits (the visit goes on). A retry kept for
+/// newer workers sets the bit again (Repend), so that the one it waits for
+/// finds the slot when it starts or wakes.
 fn unpend(ctx: &WorkerCtx<'_>, job: &JobView<'_>) -> bool {
     let s = job.index as usize;
+    let word = &ctx.region.control().pending.0[s / 64];
     // ORDERING: SeqCst: Unpend, the worker's half of a Dekker pair with the
     // supervisor's Requeue then Repend: either its bit survives our clear
     // (and a token brings someone back), or LookRetries below sees its
     // entry.
-    ctx.region.control().pending.0[s / 64].fetch_and(!(1u64 << (s % 64)), SeqCst);
-    // ORDERING: SeqCst: LookRetries, see above.
-    job.slot
-        .retries
-        .0
-        .iter()
-        .any(|e| e.state.load(SeqCst) == RETRY_READY)
+    word.fetch_and(!(1u64 << (s % 64)), SeqCst);
+    let mut kept = false;
+    for e in &job.slot.retries.0 {
+        // ORDERING: SeqCst: LookRetries, see above.
+        if e.state.load(SeqCst) == RETRY_READY {
+            if may_take(ctx, e) {
+                return true;
+            }
+            kept = true;
+        }
+    }
+    if kept {
+        // ORDERING: SeqCst: as the supervisor's Repend, which this restores.
+        word.fetch_or(1u64 << (s % 64), SeqCst);
+    }
+    false
 }
 
 /// Leave, LookAbort: clears this worker's record, then, if the job failed,

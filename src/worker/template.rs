@@ -18,7 +18,8 @@
 //!
 //! The protocol, over a `SOCK_SEQPACKET` socket pair, is three-word messages:
 //!
-//! - supervisor → template: `[SPAWN, index, 0]`, and `[KILL, index, pid]`
+//! - supervisor → template: `[SPAWN, index, born]` (the worker's number,
+//!   `WorkerCtx::born`), and `[KILL, index, pid]`
 //!   for a worker whose pidfd never reached the parent;
 //! - template → supervisor: `[SPAWNED, index, pid]` with the worker's pidfd
 //!   attached (`SCM_RIGHTS`), `[SPAWN_FAILED, index, errno]`, and
@@ -347,10 +348,16 @@ impl Template {
         }
     }
 
-    /// Asks for worker `index`; the answer arrives as a `Report`. Never
-    /// blocks: a full socket is `WouldBlock` (ask again later).
-    pub(crate) fn request(&self, index: usize) -> io::Result<()> {
-        os::send_message(&self.sock, &[SPAWN, index as u64, 0], None, true)
+    /// Asks for worker `index`, the supervisor's worker number `born`
+    /// (`WorkerCtx::born`); the answer arrives as a `Report`. Never blocks:
+    /// a full socket is `WouldBlock` (ask again later).
+    pub(crate) fn request(&self, index: usize, born: u32) -> io::Result<()> {
+        os::send_message(
+            &self.sock,
+            &[SPAWN, index as u64, u64::from(born)],
+            None,
+            true,
+        )
     }
 
     /// Asks the template to kill worker `index` (process `pid`), whose
@@ -480,7 +487,7 @@ fn serve(
     // for each would cost a round trip with the parent apiece, and a report
     // after each fork a wake-up of the parent while the template still forks
     // (`docs/performance.md`, "Starting and stopping a pool").
-    let forked: Vec<_> = (0..first).map(|i| (i, spawner.spawn(i))).collect();
+    let forked: Vec<_> = (0..first).map(|i| (i, spawner.spawn(i, 0))).collect();
     let mut hung_up_early = false;
     for (index, child) in forked {
         hung_up_early |= report(sock, index, child, &mut children).is_err();
@@ -518,9 +525,10 @@ fn serve(
             continue;
         }
         match os::recv_message(sock, false) {
-            Ok(Some(([SPAWN, index, _], _))) => {
+            Ok(Some(([SPAWN, index, born], _))) => {
                 let index = index as usize;
-                if report(sock, index, spawner.spawn(index), &mut children).is_err() {
+                let born = u32::try_from(born).unwrap_or(u32::MAX);
+                if report(sock, index, spawner.spawn(index, born), &mut children).is_err() {
                     break;
                 }
             }
@@ -623,8 +631,8 @@ struct Spawner<'a> {
 }
 
 impl Spawner<'_> {
-    /// Forks worker `index`.
-    fn spawn(&self, index: usize) -> io::Result<Child> {
+    /// Forks worker `index`, the supervisor's worker number `born`.
+    fn spawn(&self, index: usize, born: u32) -> io::Result<Child> {
         if index >= self.region.layout().workers {
             return Err(io::Error::from_raw_os_error(os::errno::EINVAL));
         }
@@ -649,6 +657,7 @@ impl Spawner<'_> {
             os::Forked::Child => worker_main(WorkerCtx {
                 region: self.region,
                 index,
+                born,
                 event_fd: self.event_fd,
                 parent: self.me,
                 config: self.config,
