@@ -268,8 +268,6 @@ fn fd_limit_while_running_body() {
     })
 }
 
-/// The `stat` file of this process's supervisor thread (a new thread names
-/// itself, so it may take a moment to be found).
 #[test]
 fn a_retry_kept_for_a_new_worker_runs_on_an_old_one_if_none_can_start() {
     isolated("retry_without_a_new_worker_body", 60);
@@ -326,6 +324,8 @@ fn retry_without_a_new_worker_body() {
     })
 }
 
+/// The `stat` file of this process's supervisor thread (a new thread names
+/// itself, so it may take a moment to be found).
 fn supervisor_stat_file() -> File {
     let mut found = None;
     wait_until(Duration::from_secs(5), || {

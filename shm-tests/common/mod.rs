@@ -238,7 +238,6 @@ pub fn gated(token: u64) -> u64 {
     token
 }
 
-/// Polls `cond` every 5 ms until it holds or `timeout` passes.
 /// The file `die_once_then_say_who` leaves for `tag` when it kills its
 /// worker.
 pub fn died_mark(tag: u64) -> std::path::PathBuf {
@@ -256,6 +255,7 @@ pub fn die_once_then_say_who(tag: &u64, x: u64) -> u64 {
     u64::from(std::process::id())
 }
 
+/// Polls `cond` every 5 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
     loop {
