@@ -302,3 +302,60 @@ fn a_task_using_a_pool_gets_an_error_not_a_deadlock() {
         assert_healthy(GLOBAL.get().unwrap());
     })
 }
+
+/// Each element kills its worker the first time it runs for `tag`, after
+/// 200 ms (so that every worker holds one when they die); then it returns
+/// itself.
+fn each_dies_once(tag: &u64, x: u64) -> u64 {
+    if std::fs::File::create_new(mark(*tag, &format!("died-{x}"))).is_ok() {
+        thread::sleep(Duration::from_millis(200));
+        std::process::abort();
+    }
+    x
+}
+
+#[test]
+fn more_ranges_lost_at_once_than_retry_entries_run_again_promptly() {
+    deadline(60, || {
+        // 28 ranges lost at once: 8 go into the slot's retry entries, 20
+        // are held back until entries come free. Those are open to every
+        // worker when they are queued at last: kept for the workers started
+        // for them, which had looked and gone to sleep, they waited for a
+        // kick's token to reach one by chance, or for the supervisor to
+        // open them (1 to 3 s a round, not 0.2 s).
+        let n = 28u64;
+        let pool = Pool::builder()
+            .workers(n as usize + 2)
+            .chunk_size(1)
+            .build()
+            .unwrap();
+        let tag = u64::from(std::process::id()) << 16 | 0x2e9;
+        let xs: Vec<u64> = (0..n).collect();
+        let clear = || {
+            for x in 0..n {
+                let _ = std::fs::remove_file(mark(tag, &format!("died-{x}")));
+            }
+        };
+        for round in 0..3 {
+            clear();
+            let t = Instant::now();
+            let ys = pool.map_with(tag, &xs, each_dies_once);
+            let took = t.elapsed();
+            assert_eq!(ys.expect("every lost range ran again"), xs);
+            assert!(mark(tag, &format!("died-{}", n - 1)).exists());
+            println!("round {round}: {took:?}");
+            assert!(
+                took < Duration::from_millis(1500),
+                "round {round}: {took:?}"
+            );
+        }
+        clear();
+        assert!(
+            wait_until(Duration::from_secs(10), || pool.stats().worker_restarts
+                == 3 * n),
+            "{:?}",
+            pool.stats()
+        );
+        assert_healthy(&pool);
+    })
+}

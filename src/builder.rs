@@ -163,7 +163,9 @@ impl Builder {
     /// that were running then: a range lost to something workers accumulate
     /// (a leak that reached [`worker_memory_limit`](Self::worker_memory_limit))
     /// would kill them too. If no new worker takes it within half a second
-    /// (none can be started, or they are busy), any worker may.
+    /// (none can be started, or they are busy), any worker may; so may a
+    /// range lost while 8 others of its job wait to run again (it is held
+    /// back until one of its slot's 8 retry entries is free).
     ///
     /// ```
     /// use std::{fs::File, process};
