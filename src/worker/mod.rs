@@ -527,8 +527,11 @@ fn run_retries(ctx: &WorkerCtx<'_>, job: &JobView<'_>, budget: &mut u64) -> bool
 fn may_take(ctx: &WorkerCtx<'_>, entry: &RetryEntry) -> bool {
     // ORDERING: Relaxed: written before the entry's SeqCst READY (Requeue),
     // which the caller's Acquire load saw, or opened before a Pend
-    // (Release) that this visit's Find acquired; a stale look only skips
-    // the entry this time.
+    // (Release) that this visit's Find acquired. A stale look mostly skips
+    // the entry this time; only if the entry was taken, freed and queued
+    // again between the caller's load and its exchange can the look read
+    // the earlier use's `after` and let an older worker take a retry kept
+    // for a newer one (the range still runs once: the exchange decides).
     let after = entry.after.load(Relaxed);
     after == 0 || ctx.born >= after
 }
