@@ -601,8 +601,10 @@ impl Ring {
 
     /// A worker died in slot `s`. `decide` gets the job's length and says
     /// whether to queue the lost range again or to fail the job. A retry is
-    /// for workers asked for as number `after` or later (0: any worker).
-    /// Returns whether a retry was queued (the caller then posts tokens).
+    /// for workers asked for as number `after` or later (0: any worker),
+    /// unless every retry entry is taken: then it is held back, and queued
+    /// open to every worker (`requeue_held_back`). Returns whether a retry
+    /// was queued or held back (the caller then posts tokens).
     pub(crate) fn lost(
         &mut self,
         region: &Region,
