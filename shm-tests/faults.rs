@@ -359,3 +359,68 @@ fn more_ranges_lost_at_once_than_retry_entries_run_again_promptly() {
         assert_healthy(&pool);
     })
 }
+
+/// The tag `slow_start` looks for a mark with; set before the pool is built,
+/// so that its workers inherit it.
+static SLOW_TAG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// An initializer that takes two seconds once the test has left its mark:
+/// the replacements are slow, the first workers (which say when they are
+/// done) were not.
+fn slow_start() {
+    let tag = SLOW_TAG.load(std::sync::atomic::Ordering::Relaxed);
+    if mark(tag, "slow-start").exists() {
+        thread::sleep(Duration::from_secs(2));
+    } else {
+        let _ = std::fs::File::create(mark(tag, &format!("init-{}", std::process::id())));
+    }
+}
+
+#[test]
+fn a_retry_kept_for_a_new_worker_runs_on_an_old_one_after_half_a_second() {
+    deadline(60, || {
+        let tag = u64::from(std::process::id()) << 16 | 0x2eb;
+        SLOW_TAG.store(tag, std::sync::atomic::Ordering::Relaxed);
+        let pool = Pool::builder()
+            .workers(2)
+            .chunk_size(1)
+            .initializer(slow_start)
+            .build()
+            .unwrap();
+        let before = pool.worker_pids();
+        // A worker runs its initializer after its start is reported.
+        assert!(wait_until(Duration::from_secs(10), || before
+            .iter()
+            .all(|pid| mark(tag, &format!("init-{pid}")).exists())));
+        for pid in &before {
+            let _ = std::fs::remove_file(mark(tag, &format!("init-{pid}")));
+        }
+        std::fs::File::create(mark(tag, "slow-start")).unwrap();
+        let _ = std::fs::remove_file(common::died_mark(tag));
+        // The replacement is in its initializer for two seconds: the retry,
+        // kept for it, goes to the other worker, which was idle, once it has
+        // been kept for half a second (it waited 1 s: the supervisor,
+        // seeing nobody busy, looked again only after its idle second).
+        let t = Instant::now();
+        let who = pool
+            .map_with(tag, &[0u64, 1, 2, 3], common::die_once_then_say_who)
+            .expect("the lost range ran again");
+        let took = t.elapsed();
+        let _ = std::fs::remove_file(mark(tag, "slow-start"));
+        assert!(common::died_mark(tag).exists());
+        let _ = std::fs::remove_file(common::died_mark(tag));
+        println!("the job took {took:?}");
+        assert!(
+            before.contains(&(who[0] as u32)),
+            "element 0 ran again in {}, not in a worker that was there ({before:?})",
+            who[0]
+        );
+        assert!(took >= Duration::from_millis(500), "{took:?}");
+        assert!(took < Duration::from_millis(900), "{took:?}");
+        assert!(wait_until(Duration::from_secs(10), || pool
+            .worker_pids()
+            .len()
+            == 2));
+        assert_healthy(&pool);
+    })
+}

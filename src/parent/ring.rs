@@ -224,6 +224,15 @@ pub(crate) type Lost = (u64, u64, u32);
 /// or busy in another job.
 const KEEP_FOR_NEW: Duration = Duration::from_millis(500);
 
+/// What `Ring::open_retries` did.
+pub(crate) struct Opened {
+    /// How many tokens to post: one per retry opened to every worker.
+    pub(crate) tokens: u32,
+    /// Whether a retry is still kept for new workers: the supervisor then
+    /// repairs every `REPAIR_EVERY`, however idle the pool.
+    pub(crate) keeping: bool,
+}
+
 /// Whether a retry of slot `slot` is queued and not yet claimed.
 fn retry_ready(slot: &Slot) -> bool {
     // ORDERING: SeqCst: Stall (or Believe, or a kick), read before Drain,
@@ -696,9 +705,11 @@ impl Ring {
     /// Opens retries kept for new workers to every worker: each one kept
     /// for `KEEP_FOR_NEW` already (no new worker came for it), or every one
     /// if `now` (none is coming: the pool is stopping, or a replacement
-    /// cannot be started yet). Returns how many tokens to post.
-    pub(crate) fn open_retries(&mut self, region: &Region, now: bool) -> u32 {
+    /// cannot be started yet). Returns how many tokens to post, and whether
+    /// a retry is still kept.
+    pub(crate) fn open_retries(&mut self, region: &Region, now: bool) -> Opened {
         let mut tokens = 0u32;
+        let mut keeping = false;
         for s in 0..self.phases.len() {
             let Phase::Busy(job) = &mut self.phases[s] else {
                 continue;
@@ -727,13 +738,14 @@ impl Ring {
                     tokens = tokens.saturating_add(1);
                 } else {
                     *kept = Some((after, since));
+                    keeping = true;
                 }
             }
             if opened {
                 set_pending(region, s);
             }
         }
-        tokens
+        Opened { tokens, keeping }
     }
 
     /// Puts back what the parent owns in shared memory, in case a worker

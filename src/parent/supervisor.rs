@@ -129,6 +129,10 @@ struct Supervisor {
     /// forked unasked, are number 0). A lost range is kept for workers from
     /// the next number on (`RetryEntry::after`).
     asked: u32,
+    /// The last repair left a retry kept for new workers: repair rounds
+    /// come every `REPAIR_EVERY` until it is taken or opened
+    /// (`Ring::open_retries`), not only once a second.
+    keeping: bool,
 }
 
 /// Starts the supervisor thread, waits until every worker runs, then hands
@@ -164,6 +168,7 @@ pub(crate) fn start(inner: Arc<Core>, template: Template) -> Result<thread::Join
         stuck: vec![None; n],
         unreported: vec![None; n],
         asked: 0,
+        keeping: false,
     };
     // The thread is started first, so that its start overlaps with the
     // template's forks (this thread would only wait for them); it waits
@@ -311,6 +316,12 @@ impl Supervisor {
             if self.any_busy() {
                 timeout = timeout.min(stuck::WATCH_TICK);
             }
+            if self.keeping {
+                // Opened at the first round after it was kept for 500 ms:
+                // with the idle poll, that round came at 1 s (a replacement
+                // in its initializer is not yet busy when the poll starts).
+                timeout = timeout.min(REPAIR_EVERY);
+            }
             if os::poll(&mut fds, timeout.as_millis().max(1) as i32).is_err() {
                 thread::sleep(RESPAWN_RETRY);
             }
@@ -346,12 +357,13 @@ impl Supervisor {
         // No new worker is coming for a kept retry while the pool stops, or
         // while a worker waits for the backoff or a failed start.
         let none_coming = !running || self.workers.contains(&Worker::Missing);
-        let tokens = {
+        let opened = {
             let mut ring = self.inner.ring();
             ring.repair(&self.inner.region, running);
             ring.open_retries(&self.inner.region, none_coming)
         };
-        self.inner.region.control().sem.post(tokens);
+        self.keeping = opened.keeping;
+        self.inner.region.control().sem.post(opened.tokens);
         self.inner.drain_unread_completions();
         self.repaired = Instant::now();
     }
