@@ -669,8 +669,8 @@ impl Ring {
     /// token goes to whichever sleeper the futex wakes first, and a woken
     /// worker that finds no token sleeps again). Kept, such a range waited
     /// until a kick's single token happened to reach one of them, or until
-    /// `open_retries`: 28 ranges lost at once in a pool of 30 took 2.8 s
-    /// instead of 0.2 s.
+    /// `open_retries`: 28 ranges lost at once in a pool of 30 took 2.2 to
+    /// 3 s instead of 0.2 s.
     pub(crate) fn requeue_held_back(&mut self, region: &Region, s: usize) -> bool {
         let Phase::Busy(job) = &mut self.phases[s] else {
             return false;
