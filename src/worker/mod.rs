@@ -31,7 +31,7 @@ use std::os::fd::BorrowedFd;
 use std::panic::{self, AssertUnwindSafe, catch_unwind};
 use std::sync::Once;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::os;
@@ -566,12 +566,51 @@ fn run_claims(ctx: &WorkerCtx<'_>, job: &JobView<'_>, budget: &mut u64) -> bool 
     }
 }
 
+/// What a worker's look at a slot's retry entries found.
+#[derive(PartialEq, Eq)]
+enum Retries {
+    /// A `READY` entry this worker may take.
+    Mine,
+    /// Only `READY` entries kept for newer workers.
+    Kept,
+    None,
+}
+
+/// Looks at the retry entries of `job`'s slot (LookRetries when `order` is
+/// SeqCst).
+fn look_retries(ctx: &WorkerCtx<'_>, job: &JobView<'_>, order: Ordering) -> Retries {
+    let mut found = Retries::None;
+    for e in &job.slot.retries.0 {
+        // ORDERING: the caller's: Acquire for `unpend`'s first look,
+        // SeqCst for LookRetries (see there).
+        if e.state.load(order) == RETRY_READY {
+            if may_take(ctx, e) {
+                return Retries::Mine;
+            }
+            found = Retries::Kept;
+        }
+    }
+    found
+}
+
 /// Unpend, LookRetries: clears the slot's pending bit once its claims are
 /// exhausted, then looks at its retry entries once more. Returns whether a
-/// retry this worker may take waits (the visit goes on). A retry kept for
-/// newer workers sets the bit again (Repend), so that the one it waits for
-/// finds the slot when it starts or wakes.
+/// retry this worker may take waits (the visit goes on).
+///
+/// A retry kept for newer workers must leave the bit set, so that the one
+/// it waits for finds the slot when it starts or wakes: a first look, before
+/// the clear, leaves the bit alone if it sees one (a new worker's first
+/// pass never falls between our clear and our Repend then); one queued
+/// after that look is seen by LookRetries, and the bit set again (Repend).
 fn unpend(ctx: &WorkerCtx<'_>, job: &JobView<'_>) -> bool {
+    // ORDERING: Acquire: a first look, pairing with Requeue's SeqCst store
+    // (so a Release); a stale answer only sends us through the exact pair
+    // below.
+    match look_retries(ctx, job, Acquire) {
+        Retries::Mine => return true,
+        Retries::Kept => return false,
+        Retries::None => {}
+    }
     let s = job.index as usize;
     let word = &ctx.region.control().pending.0[s / 64];
     // ORDERING: SeqCst: Unpend, the worker's half of a Dekker pair with the
@@ -579,21 +618,17 @@ fn unpend(ctx: &WorkerCtx<'_>, job: &JobView<'_>) -> bool {
     // (and a token brings someone back), or LookRetries below sees its
     // entry.
     word.fetch_and(!(1u64 << (s % 64)), SeqCst);
-    let mut kept = false;
-    for e in &job.slot.retries.0 {
-        // ORDERING: SeqCst: LookRetries, see above.
-        if e.state.load(SeqCst) == RETRY_READY {
-            if may_take(ctx, e) {
-                return true;
-            }
-            kept = true;
+    // ORDERING: SeqCst: LookRetries, see above.
+    match look_retries(ctx, job, SeqCst) {
+        Retries::Mine => true,
+        Retries::Kept => {
+            // ORDERING: SeqCst: as the supervisor's Repend, which this
+            // restores.
+            word.fetch_or(1u64 << (s % 64), SeqCst);
+            false
         }
+        Retries::None => false,
     }
-    if kept {
-        // ORDERING: SeqCst: as the supervisor's Repend, which this restores.
-        word.fetch_or(1u64 << (s % 64), SeqCst);
-    }
-    false
 }
 
 /// Leave, LookAbort: clears this worker's record, then, if the job failed,
