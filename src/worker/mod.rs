@@ -933,8 +933,14 @@ fn run_range(slot: &Slot, args: &JobArgs, run: usize, start: u64, end: u64) {
     let (s, e) = (start as usize, end as usize);
     // A location left by an earlier panic that its task caught itself is
     // not this range's: a panic that reaches us without passing the hook
-    // (`resume_unwind`) would be reported there.
-    drop(take_panic_location());
+    // (`resume_unwind`) would be reported there. Only once the hook has
+    // recorded one in this process: a thread-local's first use registers
+    // its destructor (an allocation, and page faults, in a new worker).
+    // ORDERING: Relaxed: set by the hook, on this thread for any location
+    // this thread recorded.
+    if PANIC_RECORDED.load(Relaxed) {
+        drop(take_panic_location());
+    }
     // SAFETY: see `RunFn`: the mapping is live, the trampoline matches the
     // data, and this worker alone claimed `start..end`.
     match catch_unwind(AssertUnwindSafe(|| unsafe { f(args, s, e) })) {
@@ -1081,10 +1087,16 @@ fn take_panic_location() -> Option<String> {
     PANIC_LOCATION.with(Cell::take)
 }
 
+/// Set for good by the first panic location this process records.
+static PANIC_RECORDED: AtomicBool = AtomicBool::new(false);
+
 /// Records where a task panicked (the message travels in the payload; the
 /// location only reaches a hook), for `Error::TaskPanicked`.
 fn record_panic_location(info: &panic::PanicHookInfo<'_>) {
     let location = info.location().map(|l| l.to_string());
+    // ORDERING: Relaxed: read by `run_range`, on this thread for this
+    // location (another thread's look only clears its own, if any).
+    PANIC_RECORDED.store(true, Relaxed);
     // Fails only while the thread's locals are being destroyed.
     let _ = PANIC_LOCATION.try_with(|l| l.set(location));
 }
