@@ -24,7 +24,7 @@ use bytemuck::Pod;
 use crate::error::Error;
 use crate::os;
 use crate::shm::futex;
-use crate::shm::layout::{INLINE_CAP, LINE, LOC_CAP, MSG_CAP, RETRY_CAP, Slot};
+use crate::shm::layout::{INLINE_CAP, LINE, LOC_CAP, MSG_CAP, RETRY_CAP, RetryEntry, Slot};
 use crate::shm::region::{Alloc, FIRST_SLOTS, Region};
 use crate::shm::states::*;
 use crate::shmvec::ShmVec;
@@ -130,7 +130,9 @@ pub(crate) struct Job {
     /// For each retry entry kept for new workers, its `after` and when
     /// `open_retries` first saw it so (it opens the entry to every worker
     /// after `KEEP_FOR_NEW`).
-    pub(crate) kept_for_new: [Option<(u32, Instant)>; RETRY_CAP],
+    /// Boxed, and only while one is kept: every job carries the field, and
+    /// a larger `Job` cost `apply_async` about a tenth of its rate.
+    pub(crate) kept_for_new: Option<Box<KeptSince>>,
     /// Whether a lost range may run again: false for a job that writes its
     /// input in place (a range the dead worker half-updated would be mapped
     /// twice).
@@ -157,7 +159,7 @@ impl Job {
             waiter,
             attempts: Vec::new(),
             held_back: Vec::new(),
-            kept_for_new: [None; RETRY_CAP],
+            kept_for_new: None,
             retryable: true,
             published: [0; 11],
             corrupt: None,
@@ -217,6 +219,10 @@ fn requeue(region: &Region, s: usize, (start, end, after): Lost) -> bool {
 /// A lost range queued for another attempt: its start and end, and the
 /// first worker number that may take it (`RetryEntry::after`).
 pub(crate) type Lost = (u64, u64, u32);
+
+/// For each retry entry of a slot kept for new workers: its `after`, and
+/// when `Ring::open_retries` first saw it kept.
+pub(crate) type KeptSince = [Option<(u32, Instant)>; RETRY_CAP];
 
 /// How long a retry is kept for a worker started after its range was lost
 /// before any worker may take it (`Ring::open_retries`). A replacement
@@ -714,8 +720,17 @@ impl Ring {
             let Phase::Busy(job) = &mut self.phases[s] else {
                 continue;
             };
+            let entries = &region.slot(s).retries.0;
+            // ORDERING: Relaxed: a look, as below.
+            let kept_now =
+                |e: &RetryEntry| e.after.load(Relaxed) != 0 && e.state.load(Relaxed) == RETRY_READY;
+            if job.kept_for_new.is_none() && !entries.iter().any(kept_now) {
+                continue;
+            }
             let mut opened = false;
-            for (e, kept) in region.slot(s).retries.0.iter().zip(&mut job.kept_for_new) {
+            let mut still = false;
+            let seen = job.kept_for_new.get_or_insert_with(Default::default);
+            for (e, kept) in entries.iter().zip(seen.iter_mut()) {
                 // ORDERING: Relaxed: a look; a worker takes the entry with
                 // its own exchange, and the store below only lets more
                 // workers take it (published by the Pend below).
@@ -738,9 +753,13 @@ impl Ring {
                     tokens = tokens.saturating_add(1);
                 } else {
                     *kept = Some((after, since));
-                    keeping = true;
+                    still = true;
                 }
             }
+            if !still {
+                job.kept_for_new = None;
+            }
+            keeping |= still;
             if opened {
                 set_pending(region, s);
             }
