@@ -115,20 +115,14 @@ fn a_lost_range_runs_again_on_a_worker_started_after_it_was_lost() {
         let pool = Pool::builder().workers(2).chunk_size(1).build().unwrap();
         let tag = u64::from(std::process::id()) << 16 | 0x2e7;
         for round in 0..5 {
-            let _ = std::fs::remove_file(common::died_mark(tag));
             let before = pool.worker_pids();
-            let who = pool
-                .map_with(tag, &[0u64, 1, 2, 3], common::die_once_then_say_who)
-                .expect("the lost range ran again");
-            assert!(common::died_mark(tag).exists());
+            let (who, _) = common::lose_element_0(&pool, tag);
             assert!(
-                !before.contains(&(who[0] as u32)),
-                "round {round}: element 0 ran again in {}, one of the workers \
-                 that were there when it was lost ({before:?})",
-                who[0]
+                !before.contains(&who),
+                "round {round}: element 0 ran again in {who}, one of the workers \
+                 that were there when it was lost ({before:?})"
             );
         }
-        let _ = std::fs::remove_file(common::died_mark(tag));
         assert_healthy(&pool);
     })
 }
@@ -396,24 +390,16 @@ fn a_retry_kept_for_a_new_worker_runs_on_an_old_one_after_half_a_second() {
             let _ = std::fs::remove_file(mark(tag, &format!("init-{pid}")));
         }
         std::fs::File::create(mark(tag, "slow-start")).unwrap();
-        let _ = std::fs::remove_file(common::died_mark(tag));
         // The replacement is in its initializer for two seconds: the retry,
         // kept for it, goes to the other worker, which was idle, once it has
         // been kept for half a second (it waited 1 s: the supervisor,
         // seeing nobody busy, looked again only after its idle second).
-        let t = Instant::now();
-        let who = pool
-            .map_with(tag, &[0u64, 1, 2, 3], common::die_once_then_say_who)
-            .expect("the lost range ran again");
-        let took = t.elapsed();
+        let (who, took) = common::lose_element_0(&pool, tag);
         let _ = std::fs::remove_file(mark(tag, "slow-start"));
-        assert!(common::died_mark(tag).exists());
-        let _ = std::fs::remove_file(common::died_mark(tag));
         println!("the job took {took:?}");
         assert!(
-            before.contains(&(who[0] as u32)),
-            "element 0 ran again in {}, not in a worker that was there ({before:?})",
-            who[0]
+            before.contains(&who),
+            "element 0 ran again in {who}, not in a worker that was there ({before:?})"
         );
         assert!(took >= Duration::from_millis(500), "{took:?}");
         assert!(took < Duration::from_millis(900), "{took:?}");

@@ -291,20 +291,12 @@ fn retry_without_a_new_worker_body() {
         let before = pool.worker_pids();
         set_soft_rlimit(libc::RLIMIT_NOFILE, 100);
         let tag = u64::from(std::process::id()) << 16 | 0x2e8;
-        let _ = std::fs::remove_file(common::died_mark(tag));
         // A lost range is kept for a worker started after it was lost; with
         // none coming, the worker that is left takes it at once.
-        let t = Instant::now();
-        let who = pool
-            .map_with(tag, &[0u64, 1, 2, 3], common::die_once_then_say_who)
-            .expect("the lost range ran again");
-        let took = t.elapsed();
-        assert!(common::died_mark(tag).exists());
-        let _ = std::fs::remove_file(common::died_mark(tag));
+        let (who, took) = common::lose_element_0(&pool, tag);
         assert!(
-            before.contains(&(who[0] as u32)),
-            "element 0 ran again in {}, not in a worker that was there ({before:?})",
-            who[0]
+            before.contains(&who),
+            "element 0 ran again in {who}, not in a worker that was there ({before:?})"
         );
         println!("the job took {took:?} with its retry on the old worker");
         // Not after the 500 ms a retry is kept for a new worker that may

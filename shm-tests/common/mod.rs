@@ -255,6 +255,21 @@ pub fn die_once_then_say_who(tag: &u64, x: u64) -> u64 {
     u64::from(std::process::id())
 }
 
+/// Runs a job of four elements whose element 0 kills its worker the first
+/// time (`die_once_then_say_who`), and checks that it did. Returns the pid
+/// of the worker that ran element 0 again, and how long the job took.
+pub fn lose_element_0(pool: &shmpool::Pool, tag: u64) -> (u32, Duration) {
+    let _ = std::fs::remove_file(died_mark(tag));
+    let t = Instant::now();
+    let who = pool
+        .map_with(tag, &[0u64, 1, 2, 3], die_once_then_say_who)
+        .expect("the lost range ran again");
+    let took = t.elapsed();
+    assert!(died_mark(tag).exists(), "element 0 did not kill its worker");
+    let _ = std::fs::remove_file(died_mark(tag));
+    (who[0] as u32, took)
+}
+
 /// Polls `cond` every 5 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
