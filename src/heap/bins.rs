@@ -209,12 +209,24 @@ impl FreeSet {
     pub(super) fn best_in_bin(
         &self,
         table: &Table,
+        bin: (usize, usize),
+        fits: impl Fn(Span) -> bool,
+    ) -> Option<Span> {
+        self.best_of_first(table, bin, SCAN, fits)
+    }
+
+    /// Of the first `limit` spans of bin `(f, s)` that `fits` accepts, the
+    /// one with the fewest pages.
+    fn best_of_first(
+        &self,
+        table: &Table,
         (f, s): (usize, usize),
+        limit: usize,
         fits: impl Fn(Span) -> bool,
     ) -> Option<Span> {
         let mut best: Option<Span> = None;
         let mut at = self.heads[f][s];
-        for _ in 0..SCAN {
+        for _ in 0..limit {
             if at == NIL {
                 break;
             }
@@ -225,6 +237,41 @@ impl FreeSet {
             at = table.get(at).next;
         }
         best
+    }
+
+    /// Of all the spans in the bins from `from` up to, not including,
+    /// `until` (`None`: every bin above), the one with the fewest pages
+    /// that `fits` accepts, from the first bin that has one. A walk of
+    /// every span there: for when the bounded scans found nothing and no
+    /// bin holds only spans that surely fit, so that a span that does fit
+    /// is never missed for lying deep in a list.
+    pub(super) fn best_of_all(
+        &self,
+        table: &Table,
+        from: (usize, usize),
+        until: Option<(usize, usize)>,
+        fits: impl Fn(Span) -> bool,
+    ) -> Option<Span> {
+        let mut bin = self.non_empty_from(from.0, from.1);
+        while let Some((f, s)) = bin {
+            if until.is_some_and(|u| (f, s) >= u) {
+                break;
+            }
+            // A list holds fewer spans than the table has pages.
+            let found = self.best_of_first(table, (f, s), table.len as usize, &fits);
+            if found.is_some() {
+                // A later bin's spans are all longer.
+                return found;
+            }
+            bin = if s + 1 < SL {
+                self.non_empty_from(f, s + 1)
+            } else if f + 1 < FL {
+                self.non_empty_from(f + 1, 0)
+            } else {
+                None
+            };
+        }
+        None
     }
 
     /// Of the first `SCAN` spans of the largest non-empty bin, the longest.

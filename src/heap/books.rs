@@ -174,17 +174,19 @@ impl Books {
 
     /// A free span of `kind` holding `n` pages aligned to `align` pages:
     /// the best fit among the first entries of `n`'s own bin, else the
-    /// best of the first bin whose every span fits.
+    /// best of the first bin whose every span fits, else (no such bin is
+    /// left) the best fit among every span of the bins in between.
     fn find(&self, kind: u32, n: u32, align: u32) -> Option<Span> {
         let set = if kind == WARM { &self.warm } else { &self.cold };
         let fits = |s: Span| self.aligned(s.start, align) + u64::from(n) <= u64::from(s.end());
         if let Some(span) = set.best_in_bin(&self.table, bin_of(n), fits) {
             return Some(span);
         }
-        let need = n.checked_add(align - 1)?;
-        let (f, s) = first_fitting_bin(need)?;
-        let bin = set.non_empty_from(f, s)?;
-        set.best_in_bin(&self.table, bin, fits)
+        let surely = n.checked_add(align - 1).and_then(first_fitting_bin);
+        if let Some(bin) = surely.and_then(|(f, s)| set.non_empty_from(f, s)) {
+            return set.best_in_bin(&self.table, bin, fits);
+        }
+        set.best_of_all(&self.table, bin_of(n), surely, fits)
     }
 
     /// Cuts `block` out of the free span `from` of `kind`; the rest stays
@@ -612,6 +614,36 @@ mod tests {
     }
 
     #[test]
+    fn a_fit_deep_in_a_crowded_bin_is_found() {
+        // More free spans of 100 pages than `find` looks at first, then one
+        // of 103 (the same bin, listed last), and nothing larger free.
+        let count = SCAN as u32 + 4;
+        let mut b = books(count * 101 + 104, 0);
+        let spans: Vec<Span> = (0..count)
+            .map(|_| {
+                let s = b.alloc(100, 1).unwrap().block;
+                b.alloc(1, 1).unwrap();
+                s
+            })
+            .collect();
+        let last = b.alloc(103, 1).unwrap().block;
+        b.alloc(1, 1).unwrap();
+        assert!(b.alloc(1, 1).is_none(), "full");
+        b.free(last.start, last.pages).unwrap();
+        for s in &spans {
+            b.free(s.start, s.pages).unwrap();
+        }
+        assert_eq!(bin_of(100), bin_of(103));
+        assert_eq!(b.alloc(103, 1).map(|g| g.block), Some(last));
+        assert!(b.alloc(101, 1).is_none(), "only spans of 100 are left");
+        // The same with an alignment the first spans cannot meet: every
+        // span of 100 starts at a multiple of 101 pages.
+        let g = b.alloc(96, 4).unwrap().block;
+        assert_eq!(g.start % 4, 0);
+        b.check();
+    }
+
+    #[test]
     fn alignment_is_of_addresses() {
         // The heap starts at page 3 of the address space.
         let mut b = books(4096, 3);
@@ -785,6 +817,17 @@ mod tests {
                     } else {
                         live.push(g.block);
                     }
+                } else {
+                    // Nothing refused that one span of either kind holds.
+                    for kind in [Page::Warm, Page::Cold] {
+                        for (start, len) in model_runs(&model, kind) {
+                            let first = (start + 5).next_multiple_of(align) - 5;
+                            assert!(
+                                first + n > start + len,
+                                "step {step}: {n} pages aligned to {align} fit in {start}+{len}"
+                            );
+                        }
+                    }
                 }
             } else if op < 70 {
                 let i = (next() % live.len() as u64) as usize;
@@ -882,6 +925,20 @@ mod tests {
 
     /// Lengths of the runs of warm pages (each one span: warm spans never
     /// touch).
+    /// The runs of `kind` in the model: (first page, length).
+    fn model_runs(model: &[Page], kind: Page) -> Vec<(u32, u32)> {
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < model.len() {
+            let len = model[i..].iter().take_while(|&&p| p == kind).count();
+            if len > 0 {
+                runs.push((i as u32, len as u32));
+            }
+            i += len.max(1);
+        }
+        runs
+    }
+
     fn model_warm_runs(model: &[Page]) -> Vec<u32> {
         let mut runs = Vec::new();
         let mut n = 0;
