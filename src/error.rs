@@ -75,7 +75,9 @@ pub enum Error {
     /// ```
     #[non_exhaustive]
     WorkerDied {
-        /// The process id of the worker that died.
+        /// The process id of the worker that died; 0 when it died before
+        /// the pool learned it (it was just starting when the process that
+        /// forks the workers died, taking it along).
         pid: u32,
         /// The signal that killed it, if it was killed by a signal.
         signal: Option<i32>,
@@ -89,7 +91,7 @@ pub enum Error {
     /// an allocation failed and the worker aborted. The pool replaced it.
     #[non_exhaustive]
     MemoryLimit {
-        /// The process id of the worker that died.
+        /// The process id of the worker that died (0 as in `WorkerDied`).
         pid: u32,
         /// The limit, in bytes beyond what the worker mapped at start.
         limit: usize,
@@ -146,7 +148,7 @@ pub enum Error {
     /// is not run again, and the parent's data is unchanged.
     #[non_exhaustive]
     HeapWrite {
-        /// The process id of the worker that tried.
+        /// The process id of the worker that tried (0 as in `WorkerDied`).
         pid: u32,
         /// The index range it was running, when the worker had recorded one.
         range: Option<Range<usize>>,
@@ -278,7 +280,7 @@ impl fmt::Display for Error {
                 exit_code,
                 range,
             } => {
-                write!(f, "worker process {pid} ")?;
+                write!(f, "{} ", WorkerName(*pid))?;
                 match (signal, exit_code) {
                     (Some(s), _) => write!(f, "was killed by {}", signal_name(*s))?,
                     (None, Some(c)) => write!(f, "exited with code {c}")?,
@@ -292,7 +294,8 @@ impl fmt::Display for Error {
             Error::MemoryLimit { pid, limit, range } => {
                 write!(
                     f,
-                    "worker process {pid} exceeded its memory limit of {limit} bytes"
+                    "{} exceeded its memory limit of {limit} bytes",
+                    WorkerName(*pid)
                 )?;
                 if let Some(r) = range {
                     write!(f, " while running elements {}..{}", r.start, r.end)?;
@@ -307,7 +310,7 @@ impl fmt::Display for Error {
                 if let Some(r) = range {
                     write!(f, " on elements {}..{}", r.start, r.end)?;
                 }
-                write!(f, " (worker process {pid} was killed)")
+                write!(f, " ({} was killed)", WorkerName(*pid))
             }
             Error::WaitTimedOut { after } => {
                 write!(f, "wait timed out after {after:?}; the job goes on")
@@ -315,8 +318,8 @@ impl fmt::Display for Error {
             Error::HeapWrite { pid, range } => {
                 write!(
                     f,
-                    "a task in worker process {pid} wrote to the shared heap, which workers \
-                     see read-only"
+                    "a task in {} wrote to the shared heap, which workers see read-only",
+                    WorkerName(*pid)
                 )?;
                 if let Some(r) = range {
                     write!(f, " (elements {}..{})", r.start, r.end)?;
@@ -354,6 +357,19 @@ impl From<io::Error> for Error {
     }
 }
 
+/// A worker as an error names it: by its process id, which is 0 for one
+/// that died before the pool learned it.
+struct WorkerName(u32);
+
+impl fmt::Display for WorkerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => f.write_str("a worker process that was just starting"),
+            pid => write!(f, "worker process {pid}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,6 +385,16 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "worker process 42 was killed by SIGSEGV while running elements 3..9"
+        );
+        let e = Error::WorkerDied {
+            pid: 0,
+            signal: None,
+            exit_code: None,
+            range: None,
+        };
+        assert_eq!(
+            e.to_string(),
+            "a worker process that was just starting died while taking part in the job"
         );
         let e = Error::TaskPanicked {
             message: "boom".into(),
