@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::os;
-use crate::parent::core::{Core, STOP_GRACEFUL, STOP_KILL, STOP_NONE, lock, saturating_deadline};
+use crate::parent::core::{
+    Core, STOP_GRACEFUL, STOP_KILL, STOP_NONE, TERMINATED, lock, saturating_deadline,
+};
 use crate::parent::ring::Verdict;
 use crate::parent::stuck::{self, Subject, Watch};
 use crate::shm::futex;
@@ -187,7 +189,16 @@ pub(crate) fn start(inner: Arc<Core>, template: Template) -> Result<thread::Join
             // Whatever happens in the loop (even a bug that panics), the
             // workers are killed and reaped and `gone` is set, so that
             // `terminate`, `join` and `Drop`, which wait for it, return.
-            let _ = catch_unwind(AssertUnwindSafe(|| sup.run()));
+            if catch_unwind(AssertUnwindSafe(|| sup.run())).is_err() {
+                // A bug: the pool ends as if terminated. Marked before
+                // `finish` fails the jobs under the ring lock, so that a
+                // submission either comes before and is failed with them,
+                // or sees the pool terminated (`submit` checks under that
+                // lock): none waits for workers that will never come.
+                sup.inner.advance_life(TERMINATED);
+                // ORDERING: SeqCst: as `terminate`'s store.
+                sup.inner.stop.store(STOP_KILL, SeqCst);
+            }
             sup.kill_all();
             sup.finish();
         });
