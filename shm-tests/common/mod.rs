@@ -457,6 +457,26 @@ pub fn threads() -> usize {
         .unwrap_or(0)
 }
 
+/// This process's threads once no stdio probe thread (started by a
+/// `Pool::new` in a program with threads, ending just after the build
+/// returns) is left listed: a baseline that a probe still on its way out
+/// does not inflate.
+pub fn settled_threads() -> usize {
+    let probing = || {
+        std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| {
+            tasks.flatten().any(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim_end() == "shmpool-stdio")
+            })
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || !probing()),
+        "a stdio probe thread did not end"
+    );
+    threads()
+}
+
 /// Open file descriptors of this process.
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
