@@ -636,10 +636,17 @@ mod tests {
         assert_eq!(bin_of(100), bin_of(103));
         assert_eq!(b.alloc(103, 1).map(|g| g.block), Some(last));
         assert!(b.alloc(101, 1).is_none(), "only spans of 100 are left");
-        // The same with an alignment the first spans cannot meet: every
-        // span of 100 starts at a multiple of 101 pages.
-        let g = b.alloc(96, 4).unwrap().block;
+        // An aligned request: 98 pages aligned to 4 are sure to fit only
+        // in a span of 101 or more, and none is left; some spans of 100 (of
+        // another bin than 98's) hold them.
+        assert_eq!(first_fitting_bin(98 + 3), first_fitting_bin(104));
+        let g = b.alloc(98, 4).unwrap().block;
         assert_eq!(g.start % 4, 0);
+        assert!(
+            spans
+                .iter()
+                .any(|s| s.start <= g.start && g.end() <= s.end())
+        );
         b.check();
     }
 
@@ -923,8 +930,6 @@ mod tests {
         assert_eq!(spans, vec![(Span::new(0, pages), COLD)], "all merged back");
     }
 
-    /// Lengths of the runs of warm pages (each one span: warm spans never
-    /// touch).
     /// The runs of `kind` in the model: (first page, length).
     fn model_runs(model: &[Page], kind: Page) -> Vec<(u32, u32)> {
         let mut runs = Vec::new();
@@ -939,6 +944,8 @@ mod tests {
         runs
     }
 
+    /// Lengths of the runs of warm pages (each one span: warm spans never
+    /// touch).
     fn model_warm_runs(model: &[Page]) -> Vec<u32> {
         let mut runs = Vec::new();
         let mut n = 0;
