@@ -12,8 +12,8 @@
 //! thread). The region is a real one (`Region::create`, a memfd mapping),
 //! and the code under test is the crate's own: the semaphore, the worker's
 //! loop (`worker::work` and everything it calls), and the parent's
-//! `Ring::publish`, `Ring::take_free`, `Ring::try_harvest` and
-//! `core::sleep_on_job`. What the models replace is said in each model's
+//! `Ring::publish`, `Ring::take_free`, `Ring::try_harvest`, `Ring::lost`
+//! and `core::sleep_on_job`. What the models replace is said in each model's
 //! docs: the job's task (a function that records which elements ran), the
 //! blocking caller's loop (`Core::wait_sync` without its ring lock, spin and
 //! timeout kick) and the pool's shutdown (the flag and tokens of
@@ -39,9 +39,12 @@ use loom::sync::atomic::AtomicU32;
 use loom::thread;
 
 use crate::parent::core::sleep_on_job;
-use crate::parent::ring::{Harvest, InlineData, Job, Loc, Out, RawOut, Ring, Spec, Waiter};
+use crate::parent::ring::{
+    Harvest, InlineData, Job, Loc, Out, RawOut, Ring, Spec, Verdict, Waiter,
+};
 use crate::shm::layout::Layout;
 use crate::shm::region::Region;
+use crate::shm::states::RETRY_EMPTY;
 use crate::shm::sync::Semaphore;
 use crate::worker::job::{BadDescriptor, JobArgs, RunFn};
 use crate::worker::{WorkerConfig, WorkerCtx, work};
@@ -134,6 +137,9 @@ fn semaphore_relays_reach_a_capped_sleeper() {
 struct Trace {
     runs: [[AtomicU32; LEN]; JOBS],
     out: [[UnsafeCell<u32>; LEN]; JOBS],
+    /// The worker number (`WorkerCtx::born`) of the worker that last ran
+    /// each element.
+    born: [[AtomicU32; LEN]; JOBS],
 }
 
 loom::lazy_static! {
@@ -141,7 +147,13 @@ loom::lazy_static! {
     static ref TRACE: Trace = Trace {
         runs: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU32::new(0))),
         out: std::array::from_fn(|_| std::array::from_fn(|_| UnsafeCell::new(0))),
+        born: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU32::new(0))),
     };
+}
+
+loom::thread_local! {
+    /// The worker number of the worker this thread stands in for.
+    static BORN: std::cell::Cell<u32> = std::cell::Cell::new(0);
 }
 
 /// The model's task in place of a trampoline: the job's index travels in the
@@ -154,6 +166,8 @@ unsafe fn record(args: &JobArgs, start: usize, end: usize) -> Result<(), BadDesc
     for i in start..end {
         // ORDERING: Relaxed: a tally read after every thread is joined.
         TRACE.runs[job][i].fetch_add(1, Relaxed);
+        // ORDERING: Relaxed: as above.
+        TRACE.born[job][i].store(BORN.with(std::cell::Cell::get), Relaxed);
         // SAFETY: loom checks this: only the worker that claimed element
         // `i` writes it, and the parent reads it after the harvest.
         TRACE.out[job][i].with_mut(|p| unsafe { *p += 1 });
@@ -318,6 +332,92 @@ fn a_slot_is_not_reused_while_a_worker_is_in_it() {
             // ORDERING: Relaxed: every worker is joined.
             assert_eq!(TRACE.runs[job][0].load(Relaxed), 1, "job {job} ran again");
         }
+    });
+}
+
+/// A worker running the real worker loop (`worker::work`) as worker
+/// `index`, the supervisor's worker number `born`; with `look_first`, it
+/// visits the pending slots once before it first waits, as a replacement
+/// does.
+fn spawn_worker(
+    region: &Arc<Region>,
+    index: usize,
+    born: u32,
+    look_first: bool,
+) -> thread::JoinHandle<i32> {
+    let region = region.clone();
+    thread::spawn(move || {
+        BORN.with(|b| b.set(born));
+        let stdin = std::io::stdin();
+        let ctx = WorkerCtx {
+            region: &region,
+            index,
+            born,
+            // Never signalled: no model job asks for an event.
+            event_fd: stdin.as_fd(),
+            parent: 0,
+            config: WorkerConfig {
+                spin: 0,
+                spinners: 0,
+                initializer: None,
+                max_tasks: 0,
+                memory_limit: None,
+                timed: false,
+                flush_stdout: false,
+            },
+        };
+        work(&ctx, 0, 0, u64::MAX, FOREVER, look_first)
+    })
+}
+
+/// A range lost with its worker runs again on a worker started after the
+/// loss, never on an older one (the retry protocol, `shm/README.md`;
+/// design.md, "A retry goes to a new worker"). An old worker (number 0)
+/// runs element 1 of a two-element job while the parent queues element 0,
+/// which a worker that died had claimed, as a retry kept for workers
+/// numbered 1 and up (Requeue, Repend: `Ring::lost`), concurrently with the
+/// old worker's Unpend and LookRetries. Then the replacement (number 1)
+/// starts and makes its first pass over the pending slots; no token is
+/// posted for it. If the old worker's Unpend could clear the slot's pending
+/// bit after the Repend without its LookRetries seeing the entry, the
+/// replacement would find no pending slot and sleep forever, and so would
+/// the caller (the futex stand-in never times out), which loom reports; if
+/// the old worker took the retry, element 0 would run on it, which the
+/// model checks.
+#[test]
+fn a_retry_kept_for_a_new_worker_reaches_it() {
+    builder(PREEMPTIONS).check(|| {
+        let region = region(1);
+        region.control().sem.set_wake_cap(WORKERS as u32);
+        let old = spawn_worker(&region, 0, 0, false);
+        let mut ring = Ring::new(1);
+        // Element 0 was claimed by a worker that died before it counted
+        // it: the claim counter is past it before any worker looks.
+        let (s, seq) = submit(&region, &mut ring, 0, LEN as u64, 0);
+        // ORDERING: SeqCst: the dead worker's Claim, published by the post.
+        region.slot(s).claim.next.store(1, SeqCst);
+        region.control().sem.post(1);
+        let error = || crate::Error::WorkerDied {
+            pid: 0,
+            signal: None,
+            exit_code: None,
+            range: Some(0..1),
+        };
+        assert!(ring.lost(&region, s, 1, |_| Verdict::Range(0..1, 1, error())));
+        let new = spawn_worker(&region, 1, 1, true);
+        let h = wait(&region, &mut ring, s, seq);
+        check_job(h, 0, LEN);
+        shut_down(&region, vec![old, new]);
+        // ORDERING: Relaxed: every worker is joined.
+        assert_eq!(
+            TRACE.born[0][0].load(Relaxed),
+            1,
+            "the old worker ran the retry"
+        );
+        // ORDERING: Relaxed: as above. The entry came free once the retry
+        // ran (FreeRetry).
+        let entries = &region.slot(s).retries.0;
+        assert!(entries.iter().all(|e| e.state.load(Relaxed) == RETRY_EMPTY));
     });
 }
 
