@@ -670,10 +670,17 @@ impl<R: Send + 'static> Future for AsyncResult<R> {
             }
             match &mut *state {
                 State::Pending { waker, .. } => {
-                    match waker {
-                        Some(w) if w.will_wake(cx.waker()) => {}
-                        _ => *waker = Some(cx.waker().clone()),
-                    }
+                    let replaced = match waker {
+                        Some(w) if w.will_wake(cx.waker()) => None,
+                        _ => waker.replace(cx.waker().clone()),
+                    };
+                    drop(state);
+                    // An executor's waker is foreign code: the one it
+                    // replaces is dropped outside the lock (as delivery
+                    // wakes outside it), so that a drop that ends a task,
+                    // and whatever that task held, runs under no lock of
+                    // ours.
+                    drop(replaced);
                     return Poll::Pending;
                 }
                 State::Lent { .. } => {
