@@ -238,37 +238,48 @@ fn check_job(h: Harvest, job: usize, len: usize) {
     }
 }
 
-/// Starts the workers: each runs the real worker loop (`worker::work`) from
-/// its first wait on the semaphore. Reduced: no fork, no initializer, no
-/// parent check (the wait never times out).
+/// A worker running the real worker loop (`worker::work`) as worker
+/// `index`, the supervisor's worker number `born`; with `look_first`, it
+/// visits the pending slots once before it first waits, as a replacement
+/// does. Reduced: no fork, no initializer, no parent check (the wait never
+/// times out).
+fn spawn_worker(
+    region: &Arc<Region>,
+    index: usize,
+    born: u32,
+    look_first: bool,
+) -> thread::JoinHandle<i32> {
+    let region = region.clone();
+    thread::spawn(move || {
+        BORN.with(|b| b.set(born));
+        let stdin = std::io::stdin();
+        let ctx = WorkerCtx {
+            region: &region,
+            index,
+            born,
+            // Never signalled: no model job asks for an event.
+            event_fd: stdin.as_fd(),
+            parent: 0,
+            config: WorkerConfig {
+                spin: 0,
+                spinners: 0,
+                initializer: None,
+                max_tasks: 0,
+                memory_limit: None,
+                timed: false,
+                flush_stdout: false,
+            },
+        };
+        work(&ctx, 0, 0, u64::MAX, FOREVER, look_first)
+    })
+}
+
+/// Starts the workers, the template's first (worker number 0), each from
+/// its first wait on the semaphore.
 fn start_workers(region: &Arc<Region>) -> Vec<thread::JoinHandle<i32>> {
     region.control().sem.set_wake_cap(WORKERS as u32);
     (0..WORKERS)
-        .map(|index| {
-            let region = region.clone();
-            thread::spawn(move || {
-                let stdin = std::io::stdin();
-                let ctx = WorkerCtx {
-                    region: &region,
-                    index,
-                    // The template's first workers (no model queues a retry).
-                    born: 0,
-                    // Never signalled: no model job asks for an event.
-                    event_fd: stdin.as_fd(),
-                    parent: 0,
-                    config: WorkerConfig {
-                        spin: 0,
-                        spinners: 0,
-                        initializer: None,
-                        max_tasks: 0,
-                        memory_limit: None,
-                        timed: false,
-                        flush_stdout: false,
-                    },
-                };
-                work(&ctx, 0, 0, u64::MAX, FOREVER, false)
-            })
-        })
+        .map(|index| spawn_worker(region, index, 0, false))
         .collect()
 }
 
@@ -333,41 +344,6 @@ fn a_slot_is_not_reused_while_a_worker_is_in_it() {
             assert_eq!(TRACE.runs[job][0].load(Relaxed), 1, "job {job} ran again");
         }
     });
-}
-
-/// A worker running the real worker loop (`worker::work`) as worker
-/// `index`, the supervisor's worker number `born`; with `look_first`, it
-/// visits the pending slots once before it first waits, as a replacement
-/// does.
-fn spawn_worker(
-    region: &Arc<Region>,
-    index: usize,
-    born: u32,
-    look_first: bool,
-) -> thread::JoinHandle<i32> {
-    let region = region.clone();
-    thread::spawn(move || {
-        BORN.with(|b| b.set(born));
-        let stdin = std::io::stdin();
-        let ctx = WorkerCtx {
-            region: &region,
-            index,
-            born,
-            // Never signalled: no model job asks for an event.
-            event_fd: stdin.as_fd(),
-            parent: 0,
-            config: WorkerConfig {
-                spin: 0,
-                spinners: 0,
-                initializer: None,
-                max_tasks: 0,
-                memory_limit: None,
-                timed: false,
-                flush_stdout: false,
-            },
-        };
-        work(&ctx, 0, 0, u64::MAX, FOREVER, look_first)
-    })
 }
 
 /// A range lost with its worker runs again on a worker started after the
