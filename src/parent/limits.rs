@@ -224,6 +224,13 @@ impl MemoryCgroup {
         limit
     }
 
+    /// Whether `limit`'s reading, less than a second old, found no limit at
+    /// any level. Reads nothing.
+    fn seen_unlimited(&self) -> bool {
+        let cached = self.limit.lock().unwrap_or_else(PoisonError::into_inner);
+        matches!(*cached, Some((at, None)) if at.elapsed() < REREAD)
+    }
+
     /// How many more bytes can be charged to this cgroup without reaching a
     /// limit (less a margin) at any level; `None` if no level has a limit.
     pub(crate) fn headroom(&self) -> Option<u64> {
@@ -236,10 +243,10 @@ impl MemoryCgroup {
     /// room for twice what has been reserved since, this included.
     pub(crate) fn check(&self, bytes: u64) -> io::Result<()> {
         // No level has a limit, by a reading less than a second old (`limit`
-        // is read at every `Pool::new`): nothing to read again. A program's
-        // first map went back to the three limit files here otherwise
-        // (30-40 µs of the seed's 1 ms).
-        if self.limit().is_none() {
+        // is read at every `Pool::new` that sizes its arena): nothing to
+        // read again. A program's first map went back to the three limit
+        // files here otherwise (30-40 µs of the seed's 1 ms).
+        if self.seen_unlimited() {
             return Ok(());
         }
         let mut budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
@@ -446,6 +453,32 @@ mod tests {
         assert_eq!(stat_field(stat, "inactive_file"), Some(3));
         assert_eq!(stat_field(stat, "total_inactive_file"), Some(30));
         assert_eq!(stat_field(stat, "shmem"), None);
+    }
+
+    #[test]
+    fn a_check_reads_nothing_while_a_fresh_reading_found_no_limit() {
+        let dir = std::env::temp_dir().join(format!("shmpool-cg-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let write = |limit: &str, usage: &str| {
+            fs::write(dir.join("memory.max"), limit).unwrap();
+            fs::write(dir.join("memory.current"), usage).unwrap();
+        };
+        write("max\n", "0\n");
+        let cg = MemoryCgroup::at(Version::V2, vec![dir.clone()]).unwrap();
+        // Never read: a check reads the files.
+        write("67108864\n", "0\n");
+        assert!(cg.check(1 << 30).is_err(), "1 GiB under 64 MiB");
+        // Read as unlimited: for a second, a check reads nothing (the
+        // limit written after the reading is not seen until it is re-read).
+        write("max\n", "0\n");
+        assert_eq!(cg.limit(), None);
+        write("67108864\n", "0\n");
+        assert!(cg.check(1 << 30).is_ok());
+        // A reading that found a limit does not spare the check.
+        let limited = MemoryCgroup::at(Version::V2, vec![dir.clone()]).unwrap();
+        assert_eq!(limited.limit(), Some(64 << 20));
+        assert!(limited.check(1 << 30).is_err());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
